@@ -1,0 +1,129 @@
+/*
+ * flags.c - the parser behind lk_flags_parse. Values point into argv or
+ * the environment (never copied), so targets stay valid for the process.
+ */
+#include "lib/flags.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Builds LATCHKEY_DATA_DIR from data-dir. */
+static void env_name(const char *flag, char *out, size_t cap) {
+  size_t n = (size_t)snprintf(out, cap, "LATCHKEY_");
+  for (; *flag != '\0' && n + 1 < cap; flag++) {
+    out[n++] = *flag == '-' ? '_' : (char)toupper((unsigned char)*flag);
+  }
+  out[n] = '\0';
+}
+
+static lk_status set_value(const lk_flag *f, const char *value,
+                           const char *source, lk_err *err) {
+  switch (f->kind) {
+    case LK_FLAG_STRING:
+      *(const char **)f->target = value;
+      return LK_OK;
+    case LK_FLAG_BOOL:
+      if (value == NULL || strcmp(value, "1") == 0 ||
+          strcmp(value, "true") == 0 || strcmp(value, "yes") == 0) {
+        *(int *)f->target = 1;
+        return LK_OK;
+      }
+      if (strcmp(value, "0") == 0 || strcmp(value, "false") == 0 ||
+          strcmp(value, "no") == 0 || value[0] == '\0') {
+        *(int *)f->target = 0;
+        return LK_OK;
+      }
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "%s --%s takes true or false, got '%s'", source, f->name,
+                     value);
+    case LK_FLAG_INT: {
+      char *end = NULL;
+      errno = 0;
+      long long v = strtoll(value, &end, 10);
+      if (errno != 0 || end == value || *end != '\0' || v < 0) {
+        return lk_fail(err, LK_INVALID_ARGUMENT,
+                       "%s --%s takes a non-negative integer, got '%s'", source,
+                       f->name, value);
+      }
+      *(int64_t *)f->target = v;
+      return LK_OK;
+    }
+  }
+  return lk_fail(err, LK_INTERNAL, "flag --%s has an unknown kind", f->name);
+}
+
+lk_status lk_flags_parse(const lk_flag *flags, int n_flags, int argc,
+                         char **argv, int *help_requested, lk_err *err) {
+  char seen[128] = {0};
+  *help_requested = 0;
+  if (n_flags > (int)sizeof(seen)) {
+    return lk_fail(err, LK_INTERNAL, "too many flags");
+  }
+  for (int i = 1; i < argc; i++) {
+    const char *arg = argv[i];
+    if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+      *help_requested = 1;
+      return LK_OK;
+    }
+    if (strncmp(arg, "--", 2) != 0) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "unexpected argument '%s' (flags start with --)", arg);
+    }
+    const char *name = arg + 2;
+    const char *eq = strchr(name, '=');
+    size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
+    int found = -1;
+    for (int k = 0; k < n_flags; k++) {
+      if (strlen(flags[k].name) == name_len &&
+          strncmp(flags[k].name, name, name_len) == 0) {
+        found = k;
+        break;
+      }
+    }
+    if (found < 0) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "unknown flag --%.*s (see --help)", (int)name_len, name);
+    }
+    const lk_flag *f = &flags[found];
+    const char *value = eq ? eq + 1 : NULL;
+    if (value == NULL && f->kind != LK_FLAG_BOOL) {
+      if (i + 1 >= argc) {
+        return lk_fail(err, LK_INVALID_ARGUMENT, "flag --%s needs a value",
+                       f->name);
+      }
+      value = argv[++i];
+    }
+    lk_status st = set_value(f, value, "flag", err);
+    if (st != LK_OK) return st;
+    seen[found] = 1;
+  }
+  for (int k = 0; k < n_flags; k++) {
+    if (seen[k]) continue;
+    char env[96];
+    env_name(flags[k].name, env, sizeof(env));
+    const char *value = getenv(env);
+    if (value == NULL) continue;
+    char source[128];
+    snprintf(source, sizeof(source), "environment %s for", env);
+    lk_status st = set_value(&flags[k], value, source, err);
+    if (st != LK_OK) return st;
+  }
+  return LK_OK;
+}
+
+void lk_flags_usage(const char *prog, const char *summary,
+                    const lk_flag *flags, int n_flags) {
+  fprintf(stderr, "usage: %s [flags]\n%s\n\nflags (each also from the "
+          "environment variable shown):\n", prog, summary);
+  for (int k = 0; k < n_flags; k++) {
+    char env[96];
+    env_name(flags[k].name, env, sizeof(env));
+    char left[64];
+    snprintf(left, sizeof(left), "--%s%s", flags[k].name,
+             flags[k].kind == LK_FLAG_BOOL ? "" : " VALUE");
+    fprintf(stderr, "  %-30s %s [%s]\n", left, flags[k].help, env);
+  }
+}

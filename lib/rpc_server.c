@@ -1,0 +1,577 @@
+/*
+ * rpc_server.c - grpc core server plumbing behind lk_rpc_server.
+ *
+ * Every completion-queue tag points at a struct whose first member is a
+ * tag_kind, so a worker can tell request notifications from call batches.
+ * A call holds two references: one for its RECV_CLOSE_ON_SERVER batch
+ * (which tells us about client cancellation) and one for its final send
+ * batch; whichever completes last frees it on the worker that accepted it.
+ *
+ * Shutdown order matters (grpc src/ruby/ext/grpc/rb_server.c does the
+ * same): shutdown_and_notify every grpc_server on a private pluck queue,
+ * cancel_all_calls if the grace period passes, wait until every accepted
+ * call has been released (handlers finishing from other threads still
+ * need the worker queues), destroy the servers, then shut the worker
+ * queues down and let the workers drain them to GRPC_QUEUE_SHUTDOWN.
+ */
+#include "lib/rpc_server.h"
+
+#include <errno.h>
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/time.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lib/clock.h"
+#include "lib/log.h"
+#include "lib/secret.h"
+
+#define MAX_LISTENERS 8
+#define MAX_REQUEST_BYTES (4 * 1024 * 1024)
+
+typedef enum { TAG_REQUEST, TAG_CLOSE, TAG_SEND, TAG_SHUTDOWN } tag_kind;
+
+typedef struct {
+  tag_kind kind;
+  void *owner;
+} tag;
+
+typedef struct listener {
+  grpc_server *server;
+  char *addr;
+  size_t n_methods;
+  char **methods;
+  void **registered;
+  lk_rpc_handler handler;
+  void *ctx;
+} listener;
+
+typedef struct worker worker;
+
+typedef struct request_slot {
+  tag t; /* first: the notification tag */
+  worker *w;
+  listener *l;
+  size_t method;
+  grpc_call *call;
+  gpr_timespec deadline;
+  grpc_metadata_array md;
+  grpc_byte_buffer *payload;
+} request_slot;
+
+struct worker {
+  lk_rpc_server *srv;
+  grpc_completion_queue *cq;
+  pthread_t thread;
+  int started;
+  size_t n_slots;
+  request_slot *slots;
+};
+
+struct lk_rpc_call {
+  tag close_tag;
+  tag send_tag;
+  lk_rpc_server *srv;
+  listener *l;
+  size_t method;
+  grpc_call *call;
+  grpc_metadata_array md;
+  int64_t deadline_ms;
+  unsigned char *req;
+  size_t req_len;
+  int close_cancelled; /* written by grpc when the close batch completes */
+  atomic_int closed;
+  atomic_int refs;
+  atomic_int finished;
+  grpc_op ops[3];
+  grpc_byte_buffer *resp;
+  grpc_slice details;
+  int has_details;
+};
+
+struct lk_rpc_server {
+  int n_workers;
+  worker *workers;
+  size_t n_listeners;
+  listener listeners[MAX_LISTENERS];
+  grpc_completion_queue *shutdown_cq;
+  atomic_int shutting_down;
+  int started;
+  int stopped;
+  pthread_mutex_t mu;
+  pthread_cond_t calls_cv;
+  long live_calls;
+};
+
+static void request_next(request_slot *slot) {
+  grpc_metadata_array_init(&slot->md);
+  slot->call = NULL;
+  slot->payload = NULL;
+  grpc_call_error e = grpc_server_request_registered_call(
+      slot->l->server, slot->l->registered[slot->method], &slot->call,
+      &slot->deadline, &slot->md, &slot->payload, slot->w->cq, slot->w->cq,
+      &slot->t);
+  if (e != GRPC_CALL_OK) {
+    lk_log(LK_LOG_ERROR, "rpc_request_failed", "cannot request calls on %s: %s",
+           slot->l->addr, grpc_call_error_to_string(e));
+    grpc_metadata_array_destroy(&slot->md);
+  }
+}
+
+static void call_release(lk_rpc_call *c) {
+  if (atomic_fetch_sub(&c->refs, 1) != 1) return;
+  lk_rpc_server *srv = c->srv;
+  if (c->call != NULL) grpc_call_unref(c->call);
+  grpc_metadata_array_destroy(&c->md);
+  lk_wipe_free(c->req, c->req_len);
+  if (c->resp != NULL) grpc_byte_buffer_destroy(c->resp);
+  if (c->has_details) grpc_slice_unref(c->details);
+  free(c);
+  pthread_mutex_lock(&srv->mu);
+  if (--srv->live_calls == 0) pthread_cond_broadcast(&srv->calls_cv);
+  pthread_mutex_unlock(&srv->mu);
+}
+
+/* Copies the payload into one flat buffer (wiped on release). */
+static int flatten_payload(lk_rpc_call *c, grpc_byte_buffer *bb) {
+  if (bb == NULL) return 0;
+  size_t len = grpc_byte_buffer_length(bb);
+  if (len > MAX_REQUEST_BYTES) return -1;
+  grpc_byte_buffer_reader reader;
+  if (!grpc_byte_buffer_reader_init(&reader, bb)) return -1;
+  c->req = malloc(len ? len : 1);
+  if (c->req == NULL) {
+    grpc_byte_buffer_reader_destroy(&reader);
+    return -1;
+  }
+  grpc_slice s;
+  size_t pos = 0;
+  while (grpc_byte_buffer_reader_next(&reader, &s)) {
+    size_t n = GRPC_SLICE_LENGTH(s);
+    if (pos + n <= len) memcpy(c->req + pos, GRPC_SLICE_START_PTR(s), n);
+    /* Admin requests carry secrets: wipe grpc's copy as we take ours. */
+    if (n > 0) lk_wipe(GRPC_SLICE_START_PTR(s), n);
+    pos += n;
+    grpc_slice_unref(s);
+  }
+  grpc_byte_buffer_reader_destroy(&reader);
+  c->req_len = pos < len ? pos : len;
+  return 0;
+}
+
+static void accept_call(request_slot *slot) {
+  lk_rpc_server *srv = slot->w->srv;
+  lk_rpc_call *c = calloc(1, sizeof(*c));
+  if (c == NULL) {
+    grpc_call_cancel_with_status(slot->call, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                                 "server out of memory", NULL);
+    grpc_call_unref(slot->call);
+    grpc_metadata_array_destroy(&slot->md);
+    if (slot->payload) grpc_byte_buffer_destroy(slot->payload);
+    return;
+  }
+  c->close_tag = (tag){TAG_CLOSE, c};
+  c->send_tag = (tag){TAG_SEND, c};
+  c->srv = srv;
+  c->l = slot->l;
+  c->method = slot->method;
+  c->call = slot->call;
+  c->md = slot->md; /* moved */
+  atomic_init(&c->refs, 2);
+  atomic_init(&c->closed, 0);
+  atomic_init(&c->finished, 0);
+  gpr_timespec dl = gpr_convert_clock_type(slot->deadline, GPR_CLOCK_MONOTONIC);
+  if (gpr_time_cmp(dl, gpr_inf_future(GPR_CLOCK_MONOTONIC)) == 0) {
+    c->deadline_ms = INT64_MAX;
+  } else {
+    /* gpr's monotonic clock has its own epoch: convert via "remaining". */
+    gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
+    gpr_timespec left = gpr_time_sub(dl, now);
+    c->deadline_ms = lk_now_ms() + (int64_t)left.tv_sec * 1000 +
+                     left.tv_nsec / 1000000;
+  }
+  int bad_payload = flatten_payload(c, slot->payload);
+  if (slot->payload) grpc_byte_buffer_destroy(slot->payload);
+
+  pthread_mutex_lock(&srv->mu);
+  srv->live_calls++;
+  pthread_mutex_unlock(&srv->mu);
+
+  grpc_op close_op;
+  memset(&close_op, 0, sizeof(close_op));
+  close_op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+  close_op.data.recv_close_on_server.cancelled = &c->close_cancelled;
+  if (grpc_call_start_batch(c->call, &close_op, 1, &c->close_tag, NULL) !=
+      GRPC_CALL_OK) {
+    call_release(c);
+  }
+
+  if (bad_payload) {
+    lk_err err;
+    lk_fail(&err, LK_RESOURCE_EXHAUSTED,
+            "request message is over %d bytes or unreadable: send a smaller "
+            "request",
+            MAX_REQUEST_BYTES);
+    lk_rpc_call_fail(c, &err);
+    return;
+  }
+  c->l->handler(c->l->ctx, c);
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  for (;;) {
+    grpc_event ev = grpc_completion_queue_next(
+        w->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+    if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+    if (ev.type != GRPC_OP_COMPLETE) continue;
+    tag *t = ev.tag;
+    switch (t->kind) {
+      case TAG_REQUEST: {
+        request_slot *slot = (request_slot *)t;
+        if (!ev.success || slot->call == NULL) {
+          grpc_metadata_array_destroy(&slot->md);
+          if (slot->payload) grpc_byte_buffer_destroy(slot->payload);
+          slot->payload = NULL;
+          break; /* server shutting down: do not re-request */
+        }
+        request_slot taken = *slot;
+        if (!atomic_load(&w->srv->shutting_down)) request_next(slot);
+        accept_call(&taken);
+        break;
+      }
+      case TAG_CLOSE: {
+        lk_rpc_call *c = t->owner;
+        atomic_store(&c->closed, 1);
+        call_release(c);
+        break;
+      }
+      case TAG_SEND: {
+        lk_rpc_call *c = t->owner;
+        call_release(c);
+        break;
+      }
+      case TAG_SHUTDOWN:
+        break;
+    }
+  }
+  return NULL;
+}
+
+lk_status lk_rpc_server_new(int n_workers, lk_rpc_server **out,
+                            lk_err *err) {
+  *out = NULL;
+  if (n_workers < 1 || n_workers > 256) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "worker count %d is out of range 1..256", n_workers);
+  }
+  lk_rpc_server *s = calloc(1, sizeof(*s));
+  if (s == NULL) return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  s->workers = calloc((size_t)n_workers, sizeof(worker));
+  if (s->workers == NULL) {
+    free(s);
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  s->n_workers = n_workers;
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->calls_cv, NULL);
+  atomic_init(&s->shutting_down, 0);
+  s->shutdown_cq = grpc_completion_queue_create_for_pluck(NULL);
+  for (int i = 0; i < n_workers; i++) {
+    s->workers[i].srv = s;
+    s->workers[i].cq = grpc_completion_queue_create_for_next(NULL);
+  }
+  *out = s;
+  return LK_OK;
+}
+
+/* Removes a stale Unix socket file so a restart can bind again. */
+static void remove_stale_socket(const char *addr) {
+  if (strncmp(addr, "unix:", 5) != 0) return;
+  const char *path = addr + 5;
+  struct stat st;
+  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path);
+}
+
+lk_status lk_rpc_server_listen(lk_rpc_server *s, const char *addr,
+                               const char *const *methods, size_t n_methods,
+                               lk_rpc_handler handler, void *ctx,
+                               lk_err *err) {
+  if (s->started) {
+    return lk_fail(err, LK_INTERNAL, "listener added after start");
+  }
+  if (s->n_listeners == MAX_LISTENERS) {
+    return lk_fail(err, LK_INTERNAL, "too many listeners");
+  }
+  listener *l = &s->listeners[s->n_listeners];
+  memset(l, 0, sizeof(*l));
+  grpc_arg args[2];
+  args[0].type = GRPC_ARG_INTEGER;
+  args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+  args[0].value.integer = MAX_REQUEST_BYTES;
+  args[1].type = GRPC_ARG_INTEGER;
+  args[1].key = (char *)GRPC_ARG_ALLOW_REUSEPORT;
+  args[1].value.integer = 0;
+  grpc_channel_args cargs = {2, args};
+  l->server = grpc_server_create(&cargs, NULL);
+  l->addr = strdup(addr);
+  l->methods = calloc(n_methods, sizeof(char *));
+  l->registered = calloc(n_methods, sizeof(void *));
+  if (l->server == NULL || l->addr == NULL || l->methods == NULL ||
+      l->registered == NULL) {
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  s->n_listeners++; /* from here on destroy() owns it */
+  l->n_methods = n_methods;
+  l->handler = handler;
+  l->ctx = ctx;
+  for (size_t i = 0; i < n_methods; i++) {
+    l->methods[i] = strdup(methods[i]);
+    l->registered[i] =
+        grpc_server_register_method(l->server, methods[i], NULL,
+                                    GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+    if (l->methods[i] == NULL || l->registered[i] == NULL) {
+      return lk_fail(err, LK_INTERNAL, "cannot register method %s",
+                     methods[i]);
+    }
+  }
+  for (int i = 0; i < s->n_workers; i++) {
+    grpc_server_register_completion_queue(l->server, s->workers[i].cq, NULL);
+  }
+  grpc_server_register_completion_queue(l->server, s->shutdown_cq, NULL);
+  remove_stale_socket(addr);
+  grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+  int port = grpc_server_add_http2_port(l->server, addr, creds);
+  grpc_server_credentials_release(creds);
+  if (port == 0) {
+    return lk_fail(err, LK_UNAVAILABLE,
+                   "cannot listen on %s: the address is invalid, in use, or "
+                   "its directory is missing",
+                   addr);
+  }
+  return LK_OK;
+}
+
+lk_status lk_rpc_server_start(lk_rpc_server *s, lk_err *err) {
+  if (s->started) return LK_OK;
+  size_t per_worker = 0;
+  for (size_t i = 0; i < s->n_listeners; i++) {
+    grpc_server_start(s->listeners[i].server);
+    per_worker += s->listeners[i].n_methods;
+  }
+  s->started = 1;
+  for (int i = 0; i < s->n_workers; i++) {
+    worker *w = &s->workers[i];
+    w->slots = calloc(per_worker ? per_worker : 1, sizeof(request_slot));
+    if (w->slots == NULL) {
+      return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    w->n_slots = per_worker;
+    size_t k = 0;
+    for (size_t li = 0; li < s->n_listeners; li++) {
+      for (size_t m = 0; m < s->listeners[li].n_methods; m++, k++) {
+        request_slot *slot = &w->slots[k];
+        slot->t = (tag){TAG_REQUEST, slot};
+        slot->w = w;
+        slot->l = &s->listeners[li];
+        slot->method = m;
+        request_next(slot);
+      }
+    }
+  }
+  for (int i = 0; i < s->n_workers; i++) {
+    if (pthread_create(&s->workers[i].thread, NULL, worker_main,
+                       &s->workers[i]) != 0) {
+      return lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                     "cannot start worker thread: %s", strerror(errno));
+    }
+    s->workers[i].started = 1;
+  }
+  return LK_OK;
+}
+
+void lk_rpc_server_shutdown(lk_rpc_server *s, int grace_ms) {
+  if (s == NULL || s->stopped) return;
+  s->stopped = 1;
+  atomic_store(&s->shutting_down, 1);
+  if (s->started) {
+    tag t = {TAG_SHUTDOWN, NULL};
+    for (size_t i = 0; i < s->n_listeners; i++) {
+      grpc_server_shutdown_and_notify(s->listeners[i].server, s->shutdown_cq,
+                                      &t);
+    }
+    gpr_timespec deadline = gpr_time_add(
+        gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(grace_ms, GPR_TIMESPAN));
+    size_t done = 0;
+    while (done < s->n_listeners) {
+      grpc_event ev = grpc_completion_queue_pluck(s->shutdown_cq, &t, deadline,
+                                                  NULL);
+      if (ev.type == GRPC_OP_COMPLETE) {
+        done++;
+        continue;
+      }
+      /* Grace period over: cancel what is left and wait for it. */
+      for (size_t i = 0; i < s->n_listeners; i++) {
+        grpc_server_cancel_all_calls(s->listeners[i].server);
+      }
+      deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+    }
+    /* Handlers that finish from other threads still need the queues. */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    pthread_mutex_lock(&s->mu);
+    while (s->live_calls > 0) {
+      if (pthread_cond_timedwait(&s->calls_cv, &s->mu, &until) == ETIMEDOUT) {
+        lk_log(LK_LOG_WARN, "rpc_shutdown_leak",
+               "%ld calls still unfinished at shutdown", s->live_calls);
+        break;
+      }
+    }
+    pthread_mutex_unlock(&s->mu);
+  }
+  for (size_t i = 0; i < s->n_listeners; i++) {
+    if (s->listeners[i].server != NULL) {
+      if (!s->started) {
+        /* Destroy needs a completed shutdown even if never started. */
+        tag t = {TAG_SHUTDOWN, NULL};
+        grpc_server_shutdown_and_notify(s->listeners[i].server, s->shutdown_cq,
+                                        &t);
+        grpc_completion_queue_pluck(s->shutdown_cq, &t,
+                                    gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+      }
+      grpc_server_destroy(s->listeners[i].server);
+      s->listeners[i].server = NULL;
+    }
+  }
+  for (int i = 0; i < s->n_workers; i++) {
+    grpc_completion_queue_shutdown(s->workers[i].cq);
+  }
+  for (int i = 0; i < s->n_workers; i++) {
+    if (s->workers[i].started) {
+      pthread_join(s->workers[i].thread, NULL);
+    } else {
+      /* Never started: drain here. */
+      for (;;) {
+        grpc_event ev = grpc_completion_queue_next(
+            s->workers[i].cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+      }
+    }
+  }
+  grpc_completion_queue_shutdown(s->shutdown_cq);
+  for (;;) {
+    grpc_event ev = grpc_completion_queue_pluck(
+        s->shutdown_cq, NULL, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+    if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+  }
+}
+
+void lk_rpc_server_destroy(lk_rpc_server *s) {
+  if (s == NULL) return;
+  lk_rpc_server_shutdown(s, 0);
+  for (size_t i = 0; i < s->n_listeners; i++) {
+    listener *l = &s->listeners[i];
+    for (size_t m = 0; m < l->n_methods; m++) free(l->methods[m]);
+    free(l->methods);
+    free(l->registered);
+    free(l->addr);
+  }
+  for (int i = 0; i < s->n_workers; i++) {
+    grpc_completion_queue_destroy(s->workers[i].cq);
+    free(s->workers[i].slots);
+  }
+  grpc_completion_queue_destroy(s->shutdown_cq);
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->calls_cv);
+  free(s->workers);
+  free(s);
+}
+
+const char *lk_rpc_call_method(const lk_rpc_call *c) {
+  return c->l->methods[c->method];
+}
+
+const unsigned char *lk_rpc_call_request(const lk_rpc_call *c, size_t *len) {
+  *len = c->req_len;
+  return c->req != NULL ? c->req : (const unsigned char *)"";
+}
+
+const char *lk_rpc_call_metadata(const lk_rpc_call *c, const char *key,
+                                 size_t *len) {
+  for (size_t i = 0; i < c->md.count; i++) {
+    if (grpc_slice_str_cmp(c->md.metadata[i].key, key) == 0) {
+      *len = GRPC_SLICE_LENGTH(c->md.metadata[i].value);
+      return (const char *)GRPC_SLICE_START_PTR(c->md.metadata[i].value);
+    }
+  }
+  *len = 0;
+  return NULL;
+}
+
+int64_t lk_rpc_call_deadline_ms(const lk_rpc_call *c) {
+  return c->deadline_ms;
+}
+
+int lk_rpc_call_cancelled(const lk_rpc_call *c) {
+  if (atomic_load(&c->closed)) return 1;
+  return c->deadline_ms != INT64_MAX && lk_now_ms() >= c->deadline_ms;
+}
+
+static void send_final(lk_rpc_call *c, grpc_status_code code, const char *msg,
+                       const unsigned char *resp, size_t len) {
+  if (atomic_exchange(&c->finished, 1)) {
+    lk_log(LK_LOG_ERROR, "rpc_double_finish", "call %s finished twice",
+           lk_rpc_call_method(c));
+    return;
+  }
+  size_t n = 0;
+  memset(c->ops, 0, sizeof(c->ops));
+  c->ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+  c->ops[n].data.send_initial_metadata.count = 0;
+  n++;
+  if (code == GRPC_STATUS_OK) {
+    grpc_slice s = grpc_slice_from_copied_buffer((const char *)resp, len);
+    c->resp = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    c->ops[n].op = GRPC_OP_SEND_MESSAGE;
+    c->ops[n].data.send_message.send_message = c->resp;
+    n++;
+  }
+  c->ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+  c->ops[n].data.send_status_from_server.status = code;
+  c->ops[n].data.send_status_from_server.trailing_metadata_count = 0;
+  if (msg != NULL && msg[0] != '\0') {
+    c->details = grpc_slice_from_copied_string(msg);
+    c->has_details = 1;
+    c->ops[n].data.send_status_from_server.status_details = &c->details;
+  }
+  n++;
+  grpc_call_error e = grpc_call_start_batch(c->call, c->ops, n, &c->send_tag,
+                                            NULL);
+  if (e != GRPC_CALL_OK) {
+    lk_log(LK_LOG_WARN, "rpc_send_failed", "%s: %s", lk_rpc_call_method(c),
+           grpc_call_error_to_string(e));
+    call_release(c);
+  }
+}
+
+void lk_rpc_call_finish(lk_rpc_call *c, const unsigned char *resp,
+                        size_t len) {
+  send_final(c, GRPC_STATUS_OK, NULL, resp, len);
+}
+
+void lk_rpc_call_fail(lk_rpc_call *c, const lk_err *err) {
+  lk_status code = err->code == LK_OK ? LK_INTERNAL : err->code;
+  const char *msg = err->msg[0] ? err->msg : lk_status_default_msg(code);
+  send_final(c, (grpc_status_code)lk_status_grpc_code(code), msg, NULL, 0);
+}

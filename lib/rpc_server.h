@@ -1,0 +1,83 @@
+/*
+ * rpc_server.h - a multi-threaded unary gRPC server over grpc core's C API.
+ *
+ * Why: both daemons serve unary protobuf RPCs on several listeners (agent
+ * socket, admin socket) and some handlers finish long after they return
+ * (a tool call waits on the vendor). This module owns every grpc core
+ * object so handlers see only bytes in and bytes (or an lk_err) out.
+ *
+ * Design: N worker threads, each with its own completion queue registered
+ * with every listener's grpc_server. Each worker keeps one outstanding
+ * request per (listener, method), so any worker can accept any call and a
+ * slow handler never stalls the others. A handler may finish its call
+ * later from any thread (lk_rpc_call_finish/fail); the call's completion
+ * comes back to the worker that accepted it, which frees it.
+ *
+ * Invariants: each call is finished exactly once; request bytes are wiped
+ * before free (Admin requests carry secrets); shutdown is idempotent and
+ * drains every completion queue to GRPC_QUEUE_SHUTDOWN.
+ */
+#ifndef LK_RPC_SERVER_H
+#define LK_RPC_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/status.h"
+
+typedef struct lk_rpc_server lk_rpc_server;
+typedef struct lk_rpc_call lk_rpc_call;
+
+/* Called on a worker thread for every accepted call. The handler must
+ * eventually call lk_rpc_call_finish or lk_rpc_call_fail exactly once,
+ * from any thread. */
+typedef void (*lk_rpc_handler)(void *ctx, lk_rpc_call *call);
+
+/* Creates a server with n_workers threads (not yet started). */
+lk_status lk_rpc_server_new(int n_workers, lk_rpc_server **out,
+                            lk_err *err) LK_MUST_CHECK;
+
+/* Adds a listener on addr ("unix:/path" or "host:port") serving the given
+ * full method paths ("/pkg.Service/Method") with handler. A stale Unix
+ * socket file at the path is removed first. Before lk_rpc_server_start. */
+lk_status lk_rpc_server_listen(lk_rpc_server *s, const char *addr,
+                               const char *const *methods, size_t n_methods,
+                               lk_rpc_handler handler, void *ctx,
+                               lk_err *err) LK_MUST_CHECK;
+
+/* Starts every listener and the worker threads. */
+lk_status lk_rpc_server_start(lk_rpc_server *s, lk_err *err) LK_MUST_CHECK;
+
+/* Stops accepting calls, lets in-flight calls finish for up to grace_ms,
+ * cancels the rest, and joins the workers. Idempotent. */
+void lk_rpc_server_shutdown(lk_rpc_server *s, int grace_ms);
+
+/* Shuts down (if needed) and frees the server; NULL is ignored. */
+void lk_rpc_server_destroy(lk_rpc_server *s);
+
+/* Returns the full method path of the call ("/latchkey.v1.ToolCalls/Call"). */
+const char *lk_rpc_call_method(const lk_rpc_call *c);
+
+/* Returns the request message bytes (valid until the call is finished). */
+const unsigned char *lk_rpc_call_request(const lk_rpc_call *c, size_t *len);
+
+/* Returns the first value of request metadata key (lowercase) or NULL;
+ * *len receives its length. Valid until the call is finished. */
+const char *lk_rpc_call_metadata(const lk_rpc_call *c, const char *key,
+                                 size_t *len);
+
+/* Returns the call's deadline in CLOCK_MONOTONIC milliseconds, or
+ * INT64_MAX when the client set none. */
+int64_t lk_rpc_call_deadline_ms(const lk_rpc_call *c);
+
+/* Returns nonzero once the client has cancelled or the deadline passed. */
+int lk_rpc_call_cancelled(const lk_rpc_call *c);
+
+/* Sends resp as the reply with status OK and releases the call. */
+void lk_rpc_call_finish(lk_rpc_call *c, const unsigned char *resp,
+                        size_t len);
+
+/* Sends err's status and message and releases the call. */
+void lk_rpc_call_fail(lk_rpc_call *c, const lk_err *err);
+
+#endif

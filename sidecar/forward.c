@@ -1,0 +1,442 @@
+/*
+ * forward.c - the forwarder thread: a curl multi loop fed by a queue.
+ *
+ * Submitters append to a mutex-protected queue and wake the loop with
+ * curl_multi_wakeup; the loop adds queued transfers, drives curl, and
+ * completes finished ones. Cancellation is polled every loop turn (at
+ * most 50 ms apart), so a client that gives up frees its connection
+ * quickly. Everything curl allocates goes through wiping allocators
+ * (lk_forward_global_init), because curl keeps private copies of the URL,
+ * headers and received bytes, any of which may hold a secret.
+ */
+#include "sidecar/forward.h"
+
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lib/clock.h"
+#include "lib/log.h"
+
+#define MAX_HEADER_BYTES (64 * 1024)
+
+/* ---- allocators that wipe on free ---------------------------------- */
+
+/* Each block carries its usable size in a 16-byte prefix (keeps malloc's
+ * alignment) so free can wipe exactly what was handed out. */
+#define PREFIX 16
+
+static void *wipe_malloc(size_t n) {
+  unsigned char *p = malloc(n + PREFIX);
+  if (p == NULL) return NULL;
+  memcpy(p, &n, sizeof(n));
+  return p + PREFIX;
+}
+
+static void wipe_free(void *ptr) {
+  if (ptr == NULL) return;
+  unsigned char *p = (unsigned char *)ptr - PREFIX;
+  size_t n;
+  memcpy(&n, p, sizeof(n));
+  lk_wipe(p, n + PREFIX);
+  free(p);
+}
+
+static void *wipe_realloc(void *ptr, size_t n) {
+  if (ptr == NULL) return wipe_malloc(n);
+  size_t old;
+  memcpy(&old, (unsigned char *)ptr - PREFIX, sizeof(old));
+  void *q = wipe_malloc(n);
+  if (q == NULL) return NULL;
+  memcpy(q, ptr, old < n ? old : n);
+  wipe_free(ptr);
+  return q;
+}
+
+static char *wipe_strdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *q = wipe_malloc(n);
+  if (q != NULL) memcpy(q, s, n);
+  return q;
+}
+
+static void *wipe_calloc(size_t nmemb, size_t size) {
+  if (size != 0 && nmemb > SIZE_MAX / size) return NULL;
+  void *q = wipe_malloc(nmemb * size);
+  if (q != NULL) memset(q, 0, nmemb * size);
+  return q;
+}
+
+lk_status lk_forward_global_init(lk_err *err) {
+  CURLcode rc = curl_global_init_mem(CURL_GLOBAL_DEFAULT, wipe_malloc,
+                                     wipe_free, wipe_realloc, wipe_strdup,
+                                     wipe_calloc);
+  if (rc != CURLE_OK) {
+    return lk_fail(err, LK_INTERNAL, "libcurl initialisation failed: %s",
+                   curl_easy_strerror(rc));
+  }
+  return LK_OK;
+}
+
+/* ---- transfers ------------------------------------------------------ */
+
+typedef struct transfer {
+  struct transfer *next;
+  const lk_http_request *req;
+  int64_t deadline_ms;
+  int64_t sent_ms;
+  lk_forward_cancelled cancelled;
+  lk_forward_done done;
+  void *ctx;
+  CURL *easy;
+  struct curl_slist *headers;
+  lk_secret_buf *body;
+  lk_secret_buf *head;
+  int body_too_large;
+  int head_too_large;
+} transfer;
+
+struct lk_forwarder {
+  lk_forward_opts opts;
+  CURLM *multi;
+  pthread_t thread;
+  pthread_mutex_t mu;
+  transfer *queue;  /* submitted, not yet added (guarded by mu) */
+  transfer *active; /* owned by the thread */
+  int stopping;     /* guarded by mu */
+};
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userp) {
+  transfer *t = userp;
+  size_t n = size * nmemb;
+  if (lk_secret_buf_append(t->body, data, n, NULL) != LK_OK) {
+    t->body_too_large = 1;
+    return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+  }
+  return n;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *userp) {
+  transfer *t = userp;
+  size_t n = size * nmemb;
+  if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+    /* A new response (after 1xx): keep only the final one's headers. */
+    lk_secret_buf_free(t->head);
+    t->head = lk_secret_buf_new(MAX_HEADER_BYTES);
+    if (t->head == NULL) return 0;
+    return n;
+  }
+  if (lk_secret_buf_append(t->head, data, n, NULL) != LK_OK) {
+    t->head_too_large = 1;
+    return 0;
+  }
+  return n;
+}
+
+static void transfer_free(transfer *t) {
+  if (t->headers != NULL) {
+    /* Header copies live in curl's (wiping) allocator; free wipes them. */
+    curl_slist_free_all(t->headers);
+  }
+  if (t->easy != NULL) curl_easy_cleanup(t->easy);
+  lk_secret_buf_free(t->body);
+  lk_secret_buf_free(t->head);
+  free(t);
+}
+
+/* Reports res to the submitter and frees t. */
+static void complete(transfer *t, lk_forward_result *res) {
+  res->sent_ms = t->sent_ms;
+  t->done(t->ctx, res);
+  transfer_free(t);
+}
+
+static void complete_error(transfer *t, lk_status code, const char *fmt,
+                           const char *detail) {
+  lk_forward_result res;
+  memset(&res, 0, sizeof(res));
+  res.status = code;
+  lk_fail(&res.err, code, fmt, detail);
+  complete(t, &res);
+}
+
+static lk_status setup_easy(lk_forwarder *f, transfer *t, lk_err *err) {
+  const lk_http_request *r = t->req;
+  t->body = lk_secret_buf_new(f->opts.max_response_bytes);
+  t->head = lk_secret_buf_new(MAX_HEADER_BYTES);
+  t->easy = curl_easy_init();
+  if (t->body == NULL || t->head == NULL || t->easy == NULL) {
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  CURL *e = t->easy;
+  for (size_t i = 0; i < r->n_headers; i++) {
+    struct curl_slist *next =
+        curl_slist_append(t->headers, lk_secret_str(r->headers[i]));
+    if (next == NULL) return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    t->headers = next;
+  }
+  /* The agent never sets these; keep curl from adding its own Expect. */
+  struct curl_slist *next = curl_slist_append(t->headers, "Expect:");
+  if (next == NULL) return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  t->headers = next;
+
+  int64_t left = t->deadline_ms - lk_now_ms();
+  if (left < 1) left = 1;
+  curl_easy_setopt(e, CURLOPT_URL, lk_secret_str(r->url));
+  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
+  if (strcmp(r->method, "GET") == 0) {
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
+  }
+  if (r->body != NULL) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, lk_secret_str(r->body));
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+                     (curl_off_t)lk_secret_len(r->body));
+  } else if (strcmp(r->method, "GET") != 0 &&
+             strcmp(r->method, "DELETE") != 0) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
+  }
+  if (r->userpwd != NULL) {
+    curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+    curl_easy_setopt(e, CURLOPT_USERPWD, lk_secret_str(r->userpwd));
+  }
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "");
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)left);
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
+                   (curl_off_t)f->opts.max_response_bytes);
+  curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+  curl_easy_setopt(e, CURLOPT_USERAGENT, "latchkey/1");
+  return LK_OK;
+}
+
+static void finish_transfer(lk_forwarder *f, transfer *t, CURLcode rc) {
+  curl_multi_remove_handle(f->multi, t->easy);
+  lk_forward_result res;
+  memset(&res, 0, sizeof(res));
+  if (rc == CURLE_OK) {
+    long code = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &code);
+    lk_secret *body = lk_secret_buf_finish(t->body);
+    lk_secret *head = lk_secret_buf_finish(t->head);
+    t->body = NULL;
+    t->head = NULL;
+    if (body == NULL || head == NULL) {
+      lk_secret_free(body);
+      lk_secret_free(head);
+      complete_error(t, LK_RESOURCE_EXHAUSTED, "%s", "out of memory");
+      return;
+    }
+    res.status = LK_OK;
+    res.http_status = code;
+    res.body = body;
+    res.headers = head;
+    complete(t, &res);
+    lk_secret_free(body);
+    lk_secret_free(head);
+    return;
+  }
+  if (t->body_too_large || rc == CURLE_FILESIZE_EXCEEDED) {
+    complete_error(t, LK_RESOURCE_EXHAUSTED,
+                   "the vendor's response is larger than the sidecar's "
+                   "--max-response-bytes limit%s: ask for less data "
+                   "(paging, filters) or raise the limit",
+                   "");
+    return;
+  }
+  if (t->head_too_large) {
+    complete_error(t, LK_RESOURCE_EXHAUSTED,
+                   "the vendor's response headers exceed 64 KiB%s", "");
+    return;
+  }
+  if (rc == CURLE_OPERATION_TIMEDOUT ||
+      (rc == CURLE_ABORTED_BY_CALLBACK &&
+       lk_now_ms() >= t->deadline_ms)) {
+    complete_error(t, LK_DEADLINE_EXCEEDED,
+                   "the vendor did not answer before the call's deadline%s: "
+                   "retry with a longer deadline",
+                   "");
+    return;
+  }
+  if (rc == CURLE_ABORTED_BY_CALLBACK) {
+    complete_error(t, LK_DEADLINE_EXCEEDED, "the caller cancelled the call%s",
+                   "");
+    return;
+  }
+  complete_error(t, LK_UNAVAILABLE,
+                 "the vendor could not be reached (%s): check that the "
+                 "tool's base_url is right and the vendor is up, then retry",
+                 curl_easy_strerror(rc));
+}
+
+static int64_t poll_wait_ms(const lk_forwarder *f) {
+  int64_t wait = 50;
+  int64_t now = lk_now_ms();
+  for (const transfer *t = f->active; t != NULL; t = t->next) {
+    if (t->deadline_ms - now < wait) wait = t->deadline_ms - now;
+  }
+  return wait < 1 ? 1 : wait;
+}
+
+static void *forwarder_main(void *arg) {
+  lk_forwarder *f = arg;
+  for (;;) {
+    pthread_mutex_lock(&f->mu);
+    transfer *incoming = f->queue;
+    f->queue = NULL;
+    int stopping = f->stopping;
+    pthread_mutex_unlock(&f->mu);
+
+    while (incoming != NULL) {
+      transfer *t = incoming;
+      incoming = t->next;
+      lk_err err;
+      lk_err_clear(&err);
+      if (stopping) {
+        complete_error(t, LK_UNAVAILABLE, "%s",
+                       "the sidecar is shutting down: retry on another one");
+        continue;
+      }
+      t->sent_ms = lk_now_ms();
+      if (setup_easy(f, t, &err) != LK_OK) {
+        complete_error(t, err.code, "%s", err.msg);
+        continue;
+      }
+      CURLMcode mc = curl_multi_add_handle(f->multi, t->easy);
+      if (mc != CURLM_OK) {
+        complete_error(t, LK_INTERNAL, "curl_multi_add_handle: %s",
+                       curl_multi_strerror(mc));
+        continue;
+      }
+      t->next = f->active;
+      f->active = t;
+    }
+
+    /* Drop transfers whose caller is gone. */
+    for (transfer **pp = &f->active; *pp != NULL;) {
+      transfer *t = *pp;
+      if (stopping) {
+        *pp = t->next;
+        curl_multi_remove_handle(f->multi, t->easy);
+        complete_error(t, LK_UNAVAILABLE, "%s",
+                       "the sidecar is shutting down: retry on another one");
+        continue;
+      }
+      if (t->cancelled != NULL && t->cancelled(t->ctx)) {
+        *pp = t->next;
+        finish_transfer(f, t, CURLE_ABORTED_BY_CALLBACK);
+        continue;
+      }
+      pp = &t->next;
+    }
+    if (stopping) break;
+
+    int running = 0;
+    curl_multi_perform(f->multi, &running);
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(f->multi, &left)) != NULL) {
+      if (msg->msg != CURLMSG_DONE) continue;
+      transfer *done = NULL;
+      curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&done);
+      CURLcode rc = msg->data.result;
+      for (transfer **pp = &f->active; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == done) {
+          *pp = done->next;
+          break;
+        }
+      }
+      if (done != NULL) finish_transfer(f, done, rc);
+    }
+    curl_multi_poll(f->multi, NULL, 0, (int)poll_wait_ms(f), NULL);
+  }
+  return NULL;
+}
+
+int64_t lk_forward_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+lk_status lk_forwarder_new(const lk_forward_opts *opts, lk_forwarder **out,
+                           lk_err *err) {
+  *out = NULL;
+  lk_forwarder *f = calloc(1, sizeof(*f));
+  if (f == NULL) return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  f->opts = *opts;
+  if (f->opts.max_connections <= 0) f->opts.max_connections = 64;
+  pthread_mutex_init(&f->mu, NULL);
+  f->multi = curl_multi_init();
+  if (f->multi == NULL) {
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+    return lk_fail(err, LK_INTERNAL, "curl_multi_init failed");
+  }
+  curl_multi_setopt(f->multi, CURLMOPT_MAXCONNECTS, f->opts.max_connections);
+  if (pthread_create(&f->thread, NULL, forwarder_main, f) != 0) {
+    curl_multi_cleanup(f->multi);
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                   "cannot start the forwarder thread");
+  }
+  *out = f;
+  return LK_OK;
+}
+
+void lk_forwarder_submit(lk_forwarder *f, const lk_http_request *req,
+                         int64_t deadline_ms, lk_forward_cancelled cancelled,
+                         lk_forward_done done, void *ctx) {
+  transfer *t = calloc(1, sizeof(*t));
+  if (t == NULL) {
+    lk_forward_result res;
+    memset(&res, 0, sizeof(res));
+    res.status = lk_fail(&res.err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    done(ctx, &res);
+    return;
+  }
+  t->req = req;
+  t->deadline_ms = deadline_ms;
+  t->cancelled = cancelled;
+  t->done = done;
+  t->ctx = ctx;
+  pthread_mutex_lock(&f->mu);
+  /* Appending at the head reverses order within one wake-up; harmless. */
+  t->next = f->queue;
+  f->queue = t;
+  pthread_mutex_unlock(&f->mu);
+  curl_multi_wakeup(f->multi);
+}
+
+void lk_forwarder_destroy(lk_forwarder *f) {
+  if (f == NULL) return;
+  pthread_mutex_lock(&f->mu);
+  f->stopping = 1;
+  pthread_mutex_unlock(&f->mu);
+  curl_multi_wakeup(f->multi);
+  pthread_join(f->thread, NULL);
+  /* Anything submitted after the thread's last look at the queue. */
+  while (f->queue != NULL) {
+    transfer *t = f->queue;
+    f->queue = t->next;
+    complete_error(t, LK_UNAVAILABLE, "%s",
+                   "the sidecar is shutting down: retry on another one");
+  }
+  curl_multi_cleanup(f->multi);
+  pthread_mutex_destroy(&f->mu);
+  free(f);
+}

@@ -1,0 +1,68 @@
+/*
+ * forward.h - sends built vendor requests with libcurl, without blocking.
+ *
+ * Why: a vendor may take seconds; a worker thread that waited on it would
+ * stall every other agent call. One forwarder thread drives all transfers
+ * through a curl multi handle, whose connection cache gives pooled
+ * keep-alive connections per vendor, and reports each result through a
+ * callback. The gRPC deadline of the call bounds the transfer.
+ *
+ * Invariants: redirects are never followed; only http and https are
+ * spoken; responses over max_response_bytes are cut off and reported as
+ * LK_RESOURCE_EXHAUSTED; the raw body and headers (which may echo the
+ * secret) live only in guarded memory and are wiped after the callback.
+ */
+#ifndef LK_FORWARD_H
+#define LK_FORWARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/secret.h"
+#include "lib/status.h"
+#include "sidecar/inject.h"
+
+typedef struct lk_forwarder lk_forwarder;
+
+typedef struct {
+  size_t max_response_bytes; /* body cap */
+  long max_connections;      /* size of the keep-alive connection cache */
+} lk_forward_opts;
+
+/* What came back from the vendor. Valid only during the callback. */
+typedef struct {
+  lk_status status; /* LK_OK when an HTTP response arrived */
+  lk_err err;       /* reason when status != LK_OK */
+  long http_status;
+  const lk_secret *body;    /* raw body, unscrubbed (guarded memory) */
+  const lk_secret *headers; /* raw "Name: value\r\n" lines of the final
+                               response, unscrubbed (guarded memory) */
+  int64_t sent_ms;          /* monotonic ms when the transfer started */
+} lk_forward_result;
+
+/* Called once per submitted request, on the forwarder thread. */
+typedef void (*lk_forward_done)(void *ctx, const lk_forward_result *res);
+
+/* Returns nonzero when the caller no longer wants the answer. */
+typedef int (*lk_forward_cancelled)(void *ctx);
+
+/* Installs libcurl's global state with allocators that wipe on free, so
+ * the copies curl makes of URLs and headers never outlive their use.
+ * Call once at process start, before any other thread exists. */
+lk_status lk_forward_global_init(lk_err *err) LK_MUST_CHECK;
+
+/* Starts the forwarder thread. */
+lk_status lk_forwarder_new(const lk_forward_opts *opts, lk_forwarder **out,
+                           lk_err *err) LK_MUST_CHECK;
+
+/* Queues req (borrowed until done runs) to be sent before deadline_ms
+ * (CLOCK_MONOTONIC ms). done is always called exactly once. */
+void lk_forwarder_submit(lk_forwarder *f, const lk_http_request *req,
+                         int64_t deadline_ms, lk_forward_cancelled cancelled,
+                         lk_forward_done done, void *ctx);
+
+/* Stops the thread, failing every queued or running transfer with
+ * LK_UNAVAILABLE through its callback, and frees f; NULL is ignored. */
+void lk_forwarder_destroy(lk_forwarder *f);
+
+#endif

@@ -1,0 +1,251 @@
+/*
+ * main.c - latchkeyd: wires flags, store, keys, services and signals.
+ *
+ * Startup order makes failure cheap and safe: core dumps off and libsodium
+ * up before any secret can exist; store and node key before any listener,
+ * so a call never sees a half-open sidecar; "ready" is logged only when
+ * every listener accepts. Signals are blocked in every thread and taken by
+ * sigwait here, so SIGTERM drains in-flight calls instead of killing them.
+ */
+#include <grpc/grpc.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lib/admin.h"
+#include "lib/catalog.h"
+#include "lib/flags.h"
+#include "lib/log.h"
+#include "lib/rpc_server.h"
+#include "lib/seal.h"
+#include "lib/secret.h"
+#include "lib/store.h"
+#include "lib/token.h"
+#include "sidecar/forward.h"
+#include "sidecar/toolcalls.h"
+
+#define DEFAULT_MAX_RESPONSE_BYTES (1024 * 1024)
+#define MAX_RESPONSE_LIMIT (3 * 1024 * 1024)
+
+typedef struct {
+  const char *listen;
+  const char *agent_id;
+  const char *data_dir;
+  const char *node_key;
+  const char *admin_listen;
+  const char *admin_token_file;
+  const char *control_plane;
+  int allow_insecure_vendors;
+  const char *setup_url_template;
+  int64_t max_response_bytes;
+  int64_t workers;
+  const char *log_level;
+} options;
+
+typedef struct {
+  lk_admin *admin;
+  lk_token *token;
+} admin_ctx;
+
+/* Admin: every call needs the bearer token, checked in constant time. */
+static void admin_handle(void *ctx, lk_rpc_call *call) {
+  admin_ctx *a = ctx;
+  lk_err err;
+  lk_err_clear(&err);
+  size_t md_len = 0;
+  const char *md = lk_rpc_call_metadata(call, "authorization", &md_len);
+  if (!lk_token_check_bearer(a->token, md, md_len)) {
+    lk_fail(&err, LK_UNAUTHENTICATED,
+            "missing or wrong admin token: send metadata "
+            "'authorization: Bearer <token>' with the token from "
+            "--admin-token-file (latchkeyctl --token-file)");
+    lk_log(LK_LOG_WARN, "admin_unauthenticated", "%s refused",
+           lk_rpc_call_method(call));
+    lk_rpc_call_fail(call, &err);
+    return;
+  }
+  size_t req_len = 0;
+  const unsigned char *req = lk_rpc_call_request(call, &req_len);
+  unsigned char *resp = NULL;
+  size_t resp_len = 0;
+  lk_status st = lk_admin_handle(a->admin, lk_rpc_call_method(call), req,
+                                 req_len, &resp, &resp_len, &err);
+  if (st != LK_OK) {
+    lk_log(LK_LOG_INFO, "audit.admin", "method=%s outcome=%s",
+           lk_rpc_call_method(call), lk_status_name(st));
+    lk_rpc_call_fail(call, &err);
+    return;
+  }
+  lk_log(LK_LOG_INFO, "audit.admin", "method=%s outcome=ok",
+         lk_rpc_call_method(call));
+  lk_rpc_call_finish(call, resp, resp_len);
+  free(resp);
+}
+
+static int run(const options *o) {
+  lk_err err;
+  lk_err_clear(&err);
+  int rc = 1;
+  lk_store *store = NULL;
+  lk_catalog *cat = NULL;
+  lk_seal_key *key = NULL;
+  lk_forwarder *fwd = NULL;
+  lk_toolcalls *tc = NULL;
+  lk_rpc_server *srv = NULL;
+  admin_ctx admin = {NULL, NULL};
+  sigset_t sigs;
+
+  if (lk_secret_disable_core_dumps(&err) != LK_OK ||
+      lk_secret_init() != LK_OK || lk_forward_global_init(&err) != LK_OK) {
+    lk_log(LK_LOG_ERROR, "startup_failed", "%s", err.msg);
+    return 1;
+  }
+  /* Block signals before any thread starts so only sigwait sees them. */
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  signal(SIGPIPE, SIG_IGN);
+  grpc_init();
+
+  if (lk_store_open(o->data_dir, &store, &err) != LK_OK) goto fail;
+  if (lk_catalog_open(store, &cat, &err) != LK_OK) goto fail;
+  if (lk_seal_key_load_or_create(o->node_key, &key, &err) != LK_OK) goto fail;
+  lk_forward_opts fo = {(size_t)o->max_response_bytes, 64};
+  if (lk_forwarder_new(&fo, &fwd, &err) != LK_OK) goto fail;
+  lk_toolcalls_config tcfg = {o->agent_id, o->setup_url_template,
+                              o->allow_insecure_vendors,
+                              (size_t)o->max_response_bytes};
+  if (lk_toolcalls_new(&tcfg, cat, key, fwd, &tc, &err) != LK_OK) goto fail;
+  if (lk_rpc_server_new((int)o->workers, &srv, &err) != LK_OK) goto fail;
+
+  size_t n = 0;
+  const char *const *m = lk_toolcalls_methods(&n);
+  if (lk_rpc_server_listen(srv, o->listen, m, n, lk_toolcalls_handle, tc,
+                           &err) != LK_OK) {
+    goto fail;
+  }
+  if (o->admin_listen != NULL && o->admin_listen[0] != '\0') {
+    if (lk_token_load(o->admin_token_file, &admin.token, &err) != LK_OK) {
+      goto fail;
+    }
+    if (lk_admin_new(cat, key, &admin.admin, &err) != LK_OK) goto fail;
+    m = lk_admin_methods(&n);
+    if (lk_rpc_server_listen(srv, o->admin_listen, m, n, admin_handle, &admin,
+                             &err) != LK_OK) {
+      goto fail;
+    }
+  }
+  if (lk_rpc_server_start(srv, &err) != LK_OK) goto fail;
+  lk_log(LK_LOG_INFO, "ready",
+         "latchkeyd serving ToolCalls on %s%s%s for agent %s (standalone)",
+         o->listen, admin.admin ? ", Admin on " : "",
+         admin.admin ? o->admin_listen : "", o->agent_id);
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  lk_log(LK_LOG_INFO, "stopping", "signal %d: draining in-flight calls", sig);
+  rc = 0;
+  goto cleanup;
+
+fail:
+  lk_log(LK_LOG_ERROR, "startup_failed", "%s: %s", lk_status_name(err.code),
+         err.msg);
+cleanup:
+  /* Drain calls first: in-flight tool calls still need the forwarder. */
+  lk_rpc_server_shutdown(srv, 10000);
+  lk_forwarder_destroy(fwd);
+  lk_rpc_server_destroy(srv);
+  lk_toolcalls_destroy(tc);
+  lk_admin_destroy(admin.admin);
+  lk_token_destroy(admin.token);
+  lk_seal_key_destroy(key);
+  lk_catalog_destroy(cat);
+  if (store != NULL) {
+    lk_err ferr;
+    /* Leave no stale value in the memtable or old files at rest. */
+    if (lk_store_flush_compact(store, &ferr) != LK_OK) {
+      lk_log(LK_LOG_WARN, "store_compact_failed", "%s", ferr.msg);
+    }
+  }
+  lk_store_close(store);
+  grpc_shutdown();
+  if (rc == 0) lk_log(LK_LOG_INFO, "stopped", "latchkeyd stopped cleanly");
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  options o = {
+      .listen = "unix:/run/latchkey/agent.sock",
+      .data_dir = "/var/lib/latchkey",
+      .node_key = "/etc/latchkey/node.key",
+      .max_response_bytes = DEFAULT_MAX_RESPONSE_BYTES,
+      .workers = 4,
+      .log_level = "info",
+  };
+  const lk_flag flags[] = {
+      {"listen", LK_FLAG_STRING, &o.listen,
+       "ToolCalls address: unix:/path or host:port"},
+      {"agent-id", LK_FLAG_STRING, &o.agent_id,
+       "the agent this sidecar serves (required)"},
+      {"data-dir", LK_FLAG_STRING, &o.data_dir, "RocksDB directory"},
+      {"node-key", LK_FLAG_STRING, &o.node_key,
+       "node key file, created 0600 on first start"},
+      {"admin-listen", LK_FLAG_STRING, &o.admin_listen,
+       "Admin address (standalone mode)"},
+      {"admin-token-file", LK_FLAG_STRING, &o.admin_token_file,
+       "file holding the Admin bearer token"},
+      {"control-plane", LK_FLAG_STRING, &o.control_plane,
+       "control plane address (replica mode; not in this release)"},
+      {"allow-insecure-vendors", LK_FLAG_BOOL, &o.allow_insecure_vendors,
+       "allow http:// vendors on loopback"},
+      {"setup-url-template", LK_FLAG_STRING, &o.setup_url_template,
+       "setup link for missing credentials ({tool} {budget} {type})"},
+      {"max-response-bytes", LK_FLAG_INT, &o.max_response_bytes,
+       "largest vendor response body passed back (default 1 MiB)"},
+      {"workers", LK_FLAG_INT, &o.workers, "gRPC worker threads (default 4)"},
+      {"log-level", LK_FLAG_STRING, &o.log_level, "debug|info|warn|error"},
+  };
+  int n_flags = (int)(sizeof(flags) / sizeof(flags[0]));
+  int help = 0;
+  lk_err err;
+  lk_err_clear(&err);
+  if (lk_flags_parse(flags, n_flags, argc, argv, &help, &err) != LK_OK) {
+    fprintf(stderr, "latchkeyd: %s\n", err.msg);
+    return 2;
+  }
+  if (help) {
+    lk_flags_usage("latchkeyd",
+                   "Latchkey sidecar: calls tools for an agent with "
+                   "credentials it never sees.",
+                   flags, n_flags);
+    return 0;
+  }
+  const char *usage_error = NULL;
+  if (o.agent_id == NULL || o.agent_id[0] == '\0') {
+    usage_error = "--agent-id is required";
+  } else if (o.control_plane != NULL && o.control_plane[0] != '\0') {
+    usage_error = "--control-plane (replica mode) is not available yet: run "
+                  "standalone with --admin-listen";
+  } else if (o.admin_listen != NULL && o.admin_listen[0] != '\0' &&
+             (o.admin_token_file == NULL || o.admin_token_file[0] == '\0')) {
+    usage_error = "--admin-listen needs --admin-token-file";
+  } else if (o.max_response_bytes < 1 ||
+             o.max_response_bytes > MAX_RESPONSE_LIMIT) {
+    usage_error = "--max-response-bytes must be between 1 and 3145728 (gRPC "
+                  "clients refuse messages over 4 MiB by default)";
+  } else if (o.workers < 1 || o.workers > 64) {
+    usage_error = "--workers must be between 1 and 64";
+  } else if (lk_log_set_level_name(o.log_level) != 0) {
+    usage_error = "--log-level must be debug, info, warn or error";
+  }
+  if (usage_error != NULL) {
+    fprintf(stderr, "latchkeyd: %s (see --help)\n", usage_error);
+    return 2;
+  }
+  return run(&o);
+}

@@ -1,0 +1,774 @@
+/*
+ * toolcalls.c - ToolCalls/Call and ToolCalls/ListTools.
+ *
+ * Call runs in two halves. On the worker thread: decode, authorize the
+ * budget, find tool and operation, validate arguments, resolve the
+ * binding, unseal, build the vendor request and the scrubber, wipe the
+ * unsealed fields, and hand the request to the forwarder. On the forwarder
+ * thread, when the vendor answers: scrub body and headers, reply, write
+ * the audit line, and wipe the request. Nothing between the two halves
+ * holds a plaintext field value except the built request itself and the
+ * scrubber's needles, both in guarded memory.
+ */
+#include "sidecar/toolcalls.h"
+
+#include <ctype.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "latchkey/v1/toolcalls.pb-c.h"
+#include "lib/clock.h"
+#include "lib/log.h"
+#include "lib/secret.h"
+#include "sidecar/args.h"
+#include "sidecar/inject.h"
+#include "sidecar/scrub.h"
+
+#define DEFAULT_TOOL_TIMEOUT_MS 30000
+#define MAX_FIELDS 64
+#define MAX_HEADERS 128
+
+static const char *const methods[] = {
+    "/latchkey.v1.ToolCalls/Call",
+    "/latchkey.v1.ToolCalls/ListTools",
+};
+
+struct lk_toolcalls {
+  lk_toolcalls_config cfg;
+  lk_catalog *cat;
+  const lk_seal_key *key;
+  lk_forwarder *fwd;
+};
+
+/* One Call waiting on its vendor. */
+typedef struct {
+  lk_toolcalls *t;
+  lk_rpc_call *call;
+  lk_http_request *req;
+  lk_scrubber *scrub;
+  char *budget;
+  char *tool;
+  char *op;
+  char *cred_id;
+  int64_t start_us;
+} pending;
+
+const char *const *lk_toolcalls_methods(size_t *n) {
+  *n = sizeof(methods) / sizeof(methods[0]);
+  return methods;
+}
+
+lk_status lk_toolcalls_new(const lk_toolcalls_config *cfg, lk_catalog *cat,
+                           const lk_seal_key *key, lk_forwarder *fwd,
+                           lk_toolcalls **out, lk_err *err) {
+  *out = NULL;
+  if (cfg->agent_id == NULL || !lk_catalog_valid_id(cfg->agent_id)) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "--agent-id must be set to a valid id (letters, digits, "
+                   "'.', '_', '-'; at most 128)");
+  }
+  lk_toolcalls *t = calloc(1, sizeof(*t));
+  if (t == NULL) return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  t->cfg = *cfg;
+  t->cat = cat;
+  t->key = key;
+  t->fwd = fwd;
+  *out = t;
+  return LK_OK;
+}
+
+void lk_toolcalls_destroy(lk_toolcalls *t) {
+  free(t);
+}
+
+/* ---- shared steps ---------------------------------------------------- */
+
+static lk_status check_id(const char *what, const char *id, lk_err *err) {
+  if (id == NULL || id[0] == '\0') {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "%s is required", what);
+  }
+  if (!lk_catalog_valid_id(id)) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "%s is not a valid id: use letters, digits, '.', '_' and "
+                   "'-' (at most 128)",
+                   what);
+  }
+  return LK_OK;
+}
+
+/* Step 1: the budget exists, lists this agent, and is not paused. */
+static lk_status authorize(lk_toolcalls *t, const char *budget_id,
+                           Latchkey__V1__Budget **out, lk_err *err) {
+  *out = NULL;
+  lk_status st = check_id("budget_id", budget_id, err);
+  if (st != LK_OK) return st;
+  Latchkey__V1__Budget *b = NULL;
+  st = lk_catalog_get_budget(t->cat, budget_id, &b, err);
+  if (st == LK_NOT_FOUND) {
+    return lk_fail(err, LK_NOT_FOUND,
+                   "budget '%s' does not exist: ask the account owner to "
+                   "create it (latchkeyctl budget create %s --agent %s)",
+                   budget_id, budget_id, t->cfg.agent_id);
+  }
+  if (st != LK_OK) return st;
+  int listed = 0;
+  for (size_t i = 0; i < b->n_agents; i++) {
+    if (strcmp(b->agents[i], t->cfg.agent_id) == 0) listed = 1;
+  }
+  if (!listed) {
+    lk_catalog_free_budget(b);
+    return lk_fail(err, LK_PERMISSION_DENIED,
+                   "budget '%s' is not available to agent '%s': use a budget "
+                   "of this agent, or ask the owner to add the agent to it",
+                   budget_id, t->cfg.agent_id);
+  }
+  if (b->paused) {
+    lk_catalog_free_budget(b);
+    return lk_fail(err, LK_FAILED_PRECONDITION,
+                   "budget '%s' is paused: ask the owner to resume it "
+                   "(latchkeyctl budget resume %s)",
+                   budget_id, budget_id);
+  }
+  *out = b;
+  return LK_OK;
+}
+
+/* Finds the credential bound for tool in budget: the tool-specific binding
+ * wins, else the budget-wide one for the tool's type. LK_NOT_FOUND when
+ * neither exists (or the bound credential is gone or of another type). */
+static lk_status resolve(lk_toolcalls *t, const char *budget,
+                         const Latchkey__V1__Tool *tool,
+                         Latchkey__V1__Credential **out, lk_err *err) {
+  *out = NULL;
+  Latchkey__V1__Binding *bind = NULL;
+  lk_status st =
+      lk_catalog_get_binding_tool(t->cat, budget, tool->id, &bind, err);
+  if (st == LK_NOT_FOUND) {
+    st = lk_catalog_get_binding_type(t->cat, budget, tool->credential_type,
+                                     &bind, err);
+  }
+  if (st != LK_OK) return st;
+  Latchkey__V1__Credential *cred = NULL;
+  st = lk_catalog_get_credential(t->cat, bind->credential_id, &cred, err);
+  lk_catalog_free_binding(bind);
+  if (st != LK_OK) return st;
+  if (strcmp(cred->type, tool->credential_type) != 0) {
+    lk_catalog_free_credential(cred);
+    return lk_fail(err, LK_NOT_FOUND, "bound credential has another type");
+  }
+  *out = cred;
+  return LK_OK;
+}
+
+static int is_loopback_host(const char *url) {
+  const char *h = strstr(url, "://");
+  if (h == NULL) return 0;
+  h += 3;
+  if (strncmp(h, "127.", 4) == 0) return 1;
+  if (strncmp(h, "[::1]", 5) == 0) return 1;
+  if (strncmp(h, "localhost", 9) == 0 &&
+      (h[9] == '\0' || h[9] == ':' || h[9] == '/')) {
+    return 1;
+  }
+  return 0;
+}
+
+/* http:// only to loopback vendors and only when the operator allowed it. */
+static lk_status check_destination(lk_toolcalls *t,
+                                   const Latchkey__V1__Tool *tool,
+                                   lk_err *err) {
+  if (strncmp(tool->base_url, "https://", 8) == 0) return LK_OK;
+  if (strncmp(tool->base_url, "http://", 7) == 0) {
+    if (!is_loopback_host(tool->base_url)) {
+      return lk_fail(err, LK_FAILED_PRECONDITION,
+                     "tool '%s' uses plain http to a non-loopback host: "
+                     "register it with an https base_url",
+                     tool->id);
+    }
+    if (!t->cfg.allow_insecure_vendors) {
+      return lk_fail(err, LK_FAILED_PRECONDITION,
+                     "tool '%s' uses plain http: start latchkeyd with "
+                     "--allow-insecure-vendors to allow loopback http vendors",
+                     tool->id);
+    }
+    return LK_OK;
+  }
+  return lk_fail(err, LK_FAILED_PRECONDITION,
+                 "tool '%s' has an unsupported base_url scheme: use https",
+                 tool->id);
+}
+
+/* Unseals every field of cred into guarded memory. */
+static lk_status unseal_fields(lk_toolcalls *t,
+                               const Latchkey__V1__Credential *cred,
+                               lk_field *fields, size_t *n_fields,
+                               lk_err *err) {
+  *n_fields = 0;
+  if (cred->n_fields > MAX_FIELDS) {
+    return lk_fail(err, LK_INTERNAL, "credential '%s' has too many fields",
+                   cred->id);
+  }
+  for (size_t i = 0; i < cred->n_fields; i++) {
+    const Latchkey__V1__FieldValue *f = cred->fields[i];
+    lk_secret *value = NULL;
+    if (f->secret) {
+      const Latchkey__V1__SealedValue *s = f->sealed;
+      if (s == NULL) {
+        return lk_fail(err, LK_FAILED_PRECONDITION,
+                       "credential '%s' field '%s' has no sealed value: "
+                       "update the credential",
+                       cred->id, f->name);
+      }
+      lk_status st = lk_unseal(t->key, s->key_id, cred->id, f->name,
+                               s->nonce.data, s->nonce.len, s->ciphertext.data,
+                               s->ciphertext.len, &value, err);
+      if (st != LK_OK) return st;
+    } else {
+      value = lk_secret_from(f->value, strlen(f->value));
+      if (value == NULL) {
+        return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+      }
+    }
+    fields[*n_fields].name = f->name;
+    fields[*n_fields].value = value;
+    fields[*n_fields].secret = f->secret;
+    (*n_fields)++;
+  }
+  return LK_OK;
+}
+
+static void wipe_fields(lk_field *fields, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    lk_secret_free((lk_secret *)fields[i].value);
+    fields[i].value = NULL;
+  }
+}
+
+/* Replaces {tool} {budget} {type} in the operator's template. */
+static char *render_setup_url(const char *tmpl, const char *tool,
+                              const char *budget, const char *type) {
+  size_t cap = strlen(tmpl) + 16 * (strlen(tool) + strlen(budget) +
+                                    strlen(type) + 1);
+  char *out = malloc(cap + 1);
+  if (out == NULL) return NULL;
+  size_t n = 0;
+  for (const char *p = tmpl; *p != '\0' && n < cap;) {
+    const char *v = NULL;
+    size_t skip = 0;
+    if (strncmp(p, "{tool}", 6) == 0) v = tool, skip = 6;
+    else if (strncmp(p, "{budget}", 8) == 0) v = budget, skip = 8;
+    else if (strncmp(p, "{type}", 6) == 0) v = type, skip = 6;
+    if (v != NULL) {
+      size_t vl = strlen(v);
+      if (n + vl > cap) break;
+      memcpy(out + n, v, vl);
+      n += vl;
+      p += skip;
+    } else {
+      out[n++] = *p++;
+    }
+  }
+  out[n] = '\0';
+  return out;
+}
+
+/* Answers with a MissingCredential: fields, patterns and help, no value. */
+static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
+                          const char *budget, const Latchkey__V1__Tool *tool,
+                          lk_err *err) {
+  Latchkey__V1__CredentialType *type = NULL;
+  if (lk_catalog_get_type(t->cat, tool->credential_type, &type, err) !=
+      LK_OK) {
+    lk_fail(err, LK_FAILED_PRECONDITION,
+            "tool '%s' declares credential type '%s', which is not "
+            "registered: ask the owner to register it",
+            tool->id, tool->credential_type);
+    lk_rpc_call_fail(call, err);
+    return;
+  }
+  Latchkey__V1__MissingCredential mc = LATCHKEY__V1__MISSING_CREDENTIAL__INIT;
+  mc.budget_id = (char *)budget;
+  mc.tool_id = tool->id;
+  mc.credential_type = type->id;
+  Latchkey__V1__CredentialField **fields =
+      calloc(type->n_fields ? type->n_fields : 1, sizeof(*fields));
+  Latchkey__V1__CredentialField *copies =
+      calloc(type->n_fields ? type->n_fields : 1, sizeof(*copies));
+  char names[1024] = "";
+  size_t nl = 0;
+  for (size_t i = 0; fields && copies && i < type->n_fields; i++) {
+    latchkey__v1__credential_field__init(&copies[i]);
+    copies[i].name = type->fields[i]->name;
+    copies[i].secret = type->fields[i]->secret;
+    copies[i].pattern = type->fields[i]->pattern;
+    copies[i].description = type->fields[i]->description;
+    copies[i].max_len = type->fields[i]->max_len;
+    fields[i] = &copies[i];
+    if (nl + strlen(type->fields[i]->name) + 32 < sizeof(names)) {
+      nl += (size_t)snprintf(names + nl, sizeof(names) - nl,
+                             "%s\"%s\":\"...\"", i ? "," : "",
+                             type->fields[i]->name);
+    }
+  }
+  mc.n_required_fields = (fields && copies) ? type->n_fields : 0;
+  mc.required_fields = fields;
+  char *setup_url = NULL;
+  if (t->cfg.setup_url_template != NULL && t->cfg.setup_url_template[0]) {
+    setup_url = render_setup_url(t->cfg.setup_url_template, tool->id, budget,
+                                 type->id);
+  }
+  mc.setup_url = setup_url ? setup_url : "";
+  char hint[2048];
+  snprintf(hint, sizeof(hint),
+           "No credential of type '%s' is bound for tool '%s' in budget "
+           "'%s'. Create one (secret values on stdin, never in argv): "
+           "echo '{%s}' | latchkeyctl credential create --type %s --label "
+           "LABEL; then bind it: latchkeyctl bind %s --tool %s --credential "
+           "CREDENTIAL_ID (or --type %s to share it with every tool of that "
+           "type in the budget).",
+           type->id, tool->id, budget, names, type->id, budget, tool->id,
+           type->id);
+  mc.hint = hint;
+
+  Latchkey__V1__ToolCallResponse resp = LATCHKEY__V1__TOOL_CALL_RESPONSE__INIT;
+  resp.outcome_case = LATCHKEY__V1__TOOL_CALL_RESPONSE__OUTCOME_MISSING_CREDENTIAL;
+  resp.missing_credential = &mc;
+  size_t len = latchkey__v1__tool_call_response__get_packed_size(&resp);
+  unsigned char *buf = malloc(len ? len : 1);
+  if (buf == NULL) {
+    lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    lk_rpc_call_fail(call, err);
+  } else {
+    latchkey__v1__tool_call_response__pack(&resp, buf);
+    lk_rpc_call_finish(call, buf, len);
+    free(buf);
+  }
+  lk_log(LK_LOG_INFO, "audit.tool_call",
+         "budget=%s tool=%s outcome=missing_credential type=%s", budget,
+         tool->id, type->id);
+  free(setup_url);
+  free(fields);
+  free(copies);
+  lk_catalog_free_type(type);
+}
+
+/* ---- the second half: vendor answered -------------------------------- */
+
+static int pending_cancelled(void *ctx) {
+  pending *p = ctx;
+  return lk_rpc_call_cancelled(p->call);
+}
+
+static void pending_free(pending *p) {
+  lk_http_request_destroy(p->req);
+  lk_scrubber_destroy(p->scrub);
+  free(p->budget);
+  free(p->tool);
+  free(p->op);
+  free(p->cred_id);
+  free(p);
+}
+
+static void audit(const pending *p, const char *outcome, long vendor_status,
+                  size_t bytes, int redacted) {
+  lk_log(LK_LOG_INFO, "audit.tool_call",
+         "budget=%s tool=%s operation=%s credential=%s vendor_status=%ld "
+         "latency_ms=%.3f bytes=%zu redacted=%s outcome=%s",
+         p->budget, p->tool, p->op, p->cred_id ? p->cred_id : "-",
+         vendor_status, (double)(lk_now_us() - p->start_us) / 1000.0, bytes,
+         redacted ? "true" : "false", outcome);
+}
+
+/* Splits the scrubbed header block into lowercase name -> value entries
+ * (repeated names joined with ", "). Returns the number of entries. */
+static size_t parse_headers(char *block,
+                            Latchkey__V1__ToolResult__HeadersEntry *entries,
+                            Latchkey__V1__ToolResult__HeadersEntry **ptrs,
+                            char *owned, char **content_type) {
+  size_t n = 0;
+  *content_type = NULL;
+  char *save = NULL;
+  for (char *line = strtok_r(block, "\r\n", &save); line != NULL;
+       line = strtok_r(NULL, "\r\n", &save)) {
+    char *colon = strchr(line, ':');
+    if (colon == NULL || colon == line) continue;
+    *colon = '\0';
+    char *value = colon + 1;
+    while (*value == ' ' || *value == '\t') value++;
+    for (char *c = line; *c; c++) *c = (char)tolower((unsigned char)*c);
+    size_t k;
+    for (k = 0; k < n; k++) {
+      if (strcmp(entries[k].key, line) == 0) break;
+    }
+    if (k < n) {
+      /* Repeated header: join, as HTTP allows. */
+      size_t a = strlen(entries[k].value), b = strlen(value);
+      char *joined = malloc(a + b + 3);
+      if (joined == NULL) continue;
+      memcpy(joined, entries[k].value, a);
+      memcpy(joined + a, ", ", 2);
+      memcpy(joined + a + 2, value, b + 1);
+      if (owned[k]) free(entries[k].value);
+      entries[k].value = joined;
+      owned[k] = 1;
+      if (strcmp(entries[k].key, "content-type") == 0) *content_type = joined;
+      continue;
+    }
+    if (n == MAX_HEADERS) continue;
+    latchkey__v1__tool_result__headers_entry__init(&entries[n]);
+    entries[n].key = line;
+    entries[n].value = value;
+    owned[n] = 0;
+    ptrs[n] = &entries[n];
+    if (strcmp(line, "content-type") == 0) *content_type = value;
+    n++;
+  }
+  return n;
+}
+
+static void on_vendor_done(void *ctx, const lk_forward_result *res) {
+  pending *p = ctx;
+  lk_err err;
+  lk_err_clear(&err);
+  /* The transfer is over: the built request (holding the secret) goes. */
+  lk_http_request_destroy(p->req);
+  p->req = NULL;
+  if (res->status != LK_OK) {
+    lk_fail(&err, res->status, "calling tool '%s': %s", p->tool, res->err.msg);
+    lk_rpc_call_fail(p->call, &err);
+    audit(p, lk_status_name(res->status), 0, 0, 0);
+    pending_free(p);
+    return;
+  }
+  unsigned char *body = NULL, *head = NULL;
+  size_t body_len = 0, head_len = 0, n_body = 0, n_head = 0;
+  lk_status st = lk_scrub(p->scrub, lk_secret_data(res->body),
+                          lk_secret_len(res->body), p->t->cfg.max_response_bytes * 2,
+                          &body, &body_len, &n_body, &err);
+  if (st == LK_OK) {
+    st = lk_scrub(p->scrub, lk_secret_data(res->headers),
+                  lk_secret_len(res->headers), 256 * 1024, &head, &head_len,
+                  &n_head, &err);
+  }
+  lk_scrubber_destroy(p->scrub);
+  p->scrub = NULL;
+  if (st != LK_OK) {
+    lk_rpc_call_fail(p->call, &err);
+    audit(p, lk_status_name(st), res->http_status, 0, 0);
+    free(body);
+    free(head);
+    pending_free(p);
+    return;
+  }
+  char *head_str = malloc(head_len + 1);
+  Latchkey__V1__ToolResult__HeadersEntry entries[MAX_HEADERS];
+  Latchkey__V1__ToolResult__HeadersEntry *ptrs[MAX_HEADERS];
+  char owned[MAX_HEADERS];
+  size_t n_entries = 0;
+  char *content_type = NULL;
+  if (head_str != NULL) {
+    memcpy(head_str, head, head_len);
+    head_str[head_len] = '\0';
+    n_entries = parse_headers(head_str, entries, ptrs, owned, &content_type);
+  }
+  Latchkey__V1__ToolResult result = LATCHKEY__V1__TOOL_RESULT__INIT;
+  result.http_status = (int32_t)res->http_status;
+  result.content_type = content_type ? content_type : "";
+  result.body.data = body;
+  result.body.len = body_len;
+  result.n_headers = n_entries;
+  result.headers = ptrs;
+  result.redacted = (n_body + n_head) > 0;
+  Latchkey__V1__ToolCallResponse resp = LATCHKEY__V1__TOOL_CALL_RESPONSE__INIT;
+  resp.outcome_case = LATCHKEY__V1__TOOL_CALL_RESPONSE__OUTCOME_RESULT;
+  resp.result = &result;
+  size_t len = latchkey__v1__tool_call_response__get_packed_size(&resp);
+  unsigned char *buf = malloc(len ? len : 1);
+  if (buf == NULL) {
+    lk_fail(&err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    lk_rpc_call_fail(p->call, &err);
+  } else {
+    latchkey__v1__tool_call_response__pack(&resp, buf);
+    lk_rpc_call_finish(p->call, buf, len);
+  }
+  audit(p, "ok", res->http_status, body_len, result.redacted);
+  for (size_t i = 0; i < n_entries; i++) {
+    if (owned[i]) free(entries[i].value);
+  }
+  free(buf);
+  free(head_str);
+  free(body);
+  free(head);
+  pending_free(p);
+}
+
+/* ---- Call ------------------------------------------------------------ */
+
+static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
+  lk_err err;
+  lk_err_clear(&err);
+  int64_t start_us = lk_now_us();
+  size_t req_len = 0;
+  const unsigned char *req_bytes = lk_rpc_call_request(call, &req_len);
+  Latchkey__V1__ToolCallRequest *rq = NULL;
+  Latchkey__V1__Budget *budget = NULL;
+  Latchkey__V1__Tool *tool = NULL;
+  Latchkey__V1__CredentialType *type = NULL;
+  Latchkey__V1__Credential *cred = NULL;
+  json_t *args = NULL;
+  lk_field fields[MAX_FIELDS];
+  size_t n_fields = 0;
+  lk_http_request *req = NULL;
+  lk_scrubber *scrub = NULL;
+  pending *p = NULL;
+  const Latchkey__V1__Operation *op = NULL;
+  lk_status st;
+
+  rq = latchkey__v1__tool_call_request__unpack(NULL, req_len, req_bytes);
+  if (rq == NULL) {
+    st = lk_fail(&err, LK_INVALID_ARGUMENT,
+                 "request is not a valid latchkey.v1.ToolCallRequest");
+    goto fail;
+  }
+  st = authorize(t, rq->budget_id, &budget, &err);
+  if (st != LK_OK) goto fail;
+  st = check_id("tool_id", rq->tool_id, &err);
+  if (st != LK_OK) goto fail;
+  st = lk_catalog_get_tool(t->cat, rq->tool_id, &tool, &err);
+  if (st == LK_NOT_FOUND) {
+    st = lk_fail(&err, LK_NOT_FOUND,
+                 "tool '%s' is not registered: list the tools of budget '%s' "
+                 "with ToolCalls/ListTools",
+                 rq->tool_id, rq->budget_id);
+  }
+  if (st != LK_OK) goto fail;
+  for (size_t i = 0; i < tool->n_operations; i++) {
+    if (strcmp(tool->operations[i]->name, rq->operation) == 0) {
+      op = tool->operations[i];
+    }
+  }
+  if (op == NULL) {
+    char known[512] = "";
+    size_t kn = 0;
+    for (size_t i = 0; i < tool->n_operations && kn + 80 < sizeof(known); i++) {
+      kn += (size_t)snprintf(known + kn, sizeof(known) - kn, "%s%s",
+                             i ? ", " : "", tool->operations[i]->name);
+    }
+    st = lk_fail(&err, LK_NOT_FOUND,
+                 "tool '%s' has no operation '%.64s': use one of %s",
+                 tool->id, rq->operation, known);
+    goto fail;
+  }
+  st = lk_args_parse(op, rq->arguments_json, strlen(rq->arguments_json), &args,
+                     &err);
+  if (st != LK_OK) goto fail;
+  st = check_destination(t, tool, &err);
+  if (st != LK_OK) goto fail;
+
+  if (tool->credential_type[0] != '\0') {
+    st = resolve(t, budget->id, tool, &cred, &err);
+    if (st == LK_NOT_FOUND) {
+      reply_missing(t, call, budget->id, tool, &err);
+      goto done;
+    }
+    if (st != LK_OK) goto fail;
+    st = lk_catalog_get_type(t->cat, tool->credential_type, &type, &err);
+    if (st != LK_OK) goto fail;
+    st = unseal_fields(t, cred, fields, &n_fields, &err);
+    if (st != LK_OK) goto fail;
+  }
+  st = lk_inject_build(tool, op, type, fields, n_fields, args, &req, &err);
+  if (st != LK_OK) goto fail;
+  st = lk_scrubber_new(fields, n_fields, req->userpwd, &scrub, &err);
+  if (st != LK_OK) goto fail;
+  /* Last use of the unsealed values: the request and scrubber own copies. */
+  wipe_fields(fields, n_fields);
+  n_fields = 0;
+
+  p = calloc(1, sizeof(*p));
+  if (p == NULL) {
+    st = lk_fail(&err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
+  p->t = t;
+  p->call = call;
+  p->req = req;
+  p->scrub = scrub;
+  p->budget = strdup(budget->id);
+  p->tool = strdup(tool->id);
+  p->op = strdup(op->name);
+  p->cred_id = cred ? strdup(cred->id) : NULL;
+  p->start_us = start_us;
+  req = NULL;
+  scrub = NULL;
+  uint32_t timeout_ms = tool->timeout_ms ? tool->timeout_ms
+                                         : DEFAULT_TOOL_TIMEOUT_MS;
+  int64_t deadline = lk_now_ms() + timeout_ms;
+  int64_t call_deadline = lk_rpc_call_deadline_ms(call);
+  if (call_deadline < deadline) deadline = call_deadline;
+  lk_forwarder_submit(t->fwd, p->req, deadline, pending_cancelled,
+                      on_vendor_done, p);
+  goto done;
+
+fail:
+  lk_rpc_call_fail(call, &err);
+  lk_log(LK_LOG_INFO, "audit.tool_call",
+         "budget=%s tool=%s operation=%s outcome=%s",
+         rq && lk_catalog_valid_id(rq->budget_id) ? rq->budget_id : "-",
+         rq && lk_catalog_valid_id(rq->tool_id) ? rq->tool_id : "-",
+         op ? op->name : "-", lk_status_name(st));
+done:
+  wipe_fields(fields, n_fields);
+  lk_http_request_destroy(req);
+  lk_scrubber_destroy(scrub);
+  json_decref(args);
+  lk_catalog_free_credential(cred);
+  lk_catalog_free_type(type);
+  lk_catalog_free_tool(tool);
+  lk_catalog_free_budget(budget);
+  if (rq != NULL) {
+    latchkey__v1__tool_call_request__free_unpacked(rq, NULL);
+  }
+}
+
+/* ---- ListTools ------------------------------------------------------- */
+
+typedef struct {
+  lk_toolcalls *t;
+  const char *budget;
+  Latchkey__V1__ToolInfo **infos;
+  size_t n;
+  size_t cap;
+  lk_status st;
+  lk_err *err;
+} list_ctx;
+
+static int credential_ready(lk_toolcalls *t, const char *budget,
+                            const Latchkey__V1__Tool *tool) {
+  if (tool->credential_type[0] == '\0') return 1;
+  Latchkey__V1__Credential *cred = NULL;
+  lk_err ignored;
+  if (resolve(t, budget, tool, &cred, &ignored) != LK_OK) return 0;
+  lk_catalog_free_credential(cred);
+  return 1;
+}
+
+static void free_info(Latchkey__V1__ToolInfo *info) {
+  if (info == NULL) return;
+  for (size_t i = 0; i < info->n_operations; i++) {
+    Latchkey__V1__OperationInfo *o = info->operations[i];
+    if (o == NULL) continue;
+    free(o->name);
+    free(o->description);
+    free(o->method);
+    free(o->path);
+    free(o->parameters_json_schema);
+    free(o);
+  }
+  free(info->operations);
+  free(info->tool_id);
+  free(info->description);
+  free(info->credential_type);
+  free(info);
+}
+
+static int add_tool(void *ctx, Latchkey__V1__Tool *tool) {
+  list_ctx *lc = ctx;
+  Latchkey__V1__ToolInfo *info = calloc(1, sizeof(*info));
+  if (info == NULL || (lc->n == lc->cap && lc->cap >= 100000)) goto oom;
+  latchkey__v1__tool_info__init(info);
+  info->tool_id = strdup(tool->id);
+  info->description = strdup(tool->description);
+  info->credential_type = strdup(tool->credential_type);
+  info->credential_ready = credential_ready(lc->t, lc->budget, tool);
+  info->operations = calloc(tool->n_operations ? tool->n_operations : 1,
+                            sizeof(*info->operations));
+  if (!info->tool_id || !info->description || !info->credential_type ||
+      !info->operations) {
+    goto oom;
+  }
+  for (size_t i = 0; i < tool->n_operations; i++) {
+    const Latchkey__V1__Operation *op = tool->operations[i];
+    Latchkey__V1__OperationInfo *o = calloc(1, sizeof(*o));
+    if (o == NULL) goto oom;
+    latchkey__v1__operation_info__init(o);
+    info->operations[info->n_operations++] = o;
+    o->name = strdup(op->name);
+    o->description = strdup(op->description);
+    o->method = strdup(op->method);
+    o->path = strdup(op->path);
+    if (lk_args_schema(op, &o->parameters_json_schema, lc->err) != LK_OK) {
+      lc->st = lc->err->code;
+      goto fail;
+    }
+    if (!o->name || !o->description || !o->method || !o->path) goto oom;
+  }
+  if (lc->n == lc->cap) {
+    size_t cap = lc->cap ? lc->cap * 2 : 16;
+    Latchkey__V1__ToolInfo **grown = realloc(lc->infos, cap * sizeof(*grown));
+    if (grown == NULL) goto oom;
+    lc->infos = grown;
+    lc->cap = cap;
+  }
+  lc->infos[lc->n++] = info;
+  lk_catalog_free_tool(tool);
+  return 0;
+oom:
+  lc->st = lk_fail(lc->err, LK_RESOURCE_EXHAUSTED, "out of memory");
+fail:
+  free_info(info);
+  lk_catalog_free_tool(tool);
+  return 1;
+}
+
+static void handle_list_tools(lk_toolcalls *t, lk_rpc_call *call) {
+  lk_err err;
+  lk_err_clear(&err);
+  size_t req_len = 0;
+  const unsigned char *req_bytes = lk_rpc_call_request(call, &req_len);
+  Latchkey__V1__Budget *budget = NULL;
+  list_ctx lc = {t, NULL, NULL, 0, 0, LK_OK, &err};
+  Latchkey__V1__ListToolsRequest *rq =
+      latchkey__v1__list_tools_request__unpack(NULL, req_len, req_bytes);
+  lk_status st;
+  if (rq == NULL) {
+    st = lk_fail(&err, LK_INVALID_ARGUMENT,
+                 "request is not a valid latchkey.v1.ListToolsRequest");
+    goto out;
+  }
+  st = authorize(t, rq->budget_id, &budget, &err);
+  if (st != LK_OK) goto out;
+  lc.budget = budget->id;
+  st = lk_catalog_list_tools(t->cat, add_tool, &lc, &err);
+  if (st == LK_OK) st = lc.st;
+  if (st != LK_OK) goto out;
+  Latchkey__V1__ListToolsResponse resp = LATCHKEY__V1__LIST_TOOLS_RESPONSE__INIT;
+  resp.n_tools = lc.n;
+  resp.tools = lc.infos;
+  size_t len = latchkey__v1__list_tools_response__get_packed_size(&resp);
+  unsigned char *buf = malloc(len ? len : 1);
+  if (buf == NULL) {
+    st = lk_fail(&err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  latchkey__v1__list_tools_response__pack(&resp, buf);
+  lk_rpc_call_finish(call, buf, len);
+  free(buf);
+out:
+  if (st != LK_OK) lk_rpc_call_fail(call, &err);
+  for (size_t i = 0; i < lc.n; i++) free_info(lc.infos[i]);
+  free(lc.infos);
+  lk_catalog_free_budget(budget);
+  if (rq != NULL) latchkey__v1__list_tools_request__free_unpacked(rq, NULL);
+}
+
+void lk_toolcalls_handle(void *ctx, lk_rpc_call *call) {
+  lk_toolcalls *t = ctx;
+  const char *m = lk_rpc_call_method(call);
+  if (strcmp(m, methods[0]) == 0) {
+    handle_call(t, call);
+  } else {
+    handle_list_tools(t, call);
+  }
+}

@@ -1,0 +1,46 @@
+/*
+ * toolcalls.h - the latchkey.v1.ToolCalls service: the call path of
+ * DESIGN.md §4 from an accepted gRPC call to the scrubbed vendor answer.
+ *
+ * Why: this is the one place that decides whether an agent may call a tool
+ * and with which credential. Each step is a separate module (args, inject,
+ * forward, scrub); this module orders them, maps every failure to its gRPC
+ * status with a message that says what to do, and keeps plaintext secrets
+ * alive only from unseal until the request is built and the scrubber made.
+ */
+#ifndef LK_TOOLCALLS_H
+#define LK_TOOLCALLS_H
+
+#include <stddef.h>
+
+#include "lib/catalog.h"
+#include "lib/rpc_server.h"
+#include "lib/seal.h"
+#include "lib/status.h"
+#include "sidecar/forward.h"
+
+typedef struct {
+  const char *agent_id;           /* this sidecar's agent */
+  const char *setup_url_template; /* {tool} {budget} {type}; NULL = none */
+  int allow_insecure_vendors;     /* http:// to loopback vendors */
+  size_t max_response_bytes;
+} lk_toolcalls_config;
+
+typedef struct lk_toolcalls lk_toolcalls;
+
+/* Creates the service over the catalog, node key and forwarder (all
+ * borrowed; they must outlive it). cfg strings are borrowed too. */
+lk_status lk_toolcalls_new(const lk_toolcalls_config *cfg, lk_catalog *cat,
+                           const lk_seal_key *key, lk_forwarder *fwd,
+                           lk_toolcalls **out, lk_err *err) LK_MUST_CHECK;
+
+/* Frees the service; NULL is ignored. In-flight calls must be done. */
+void lk_toolcalls_destroy(lk_toolcalls *t);
+
+/* Returns the method paths the service serves. */
+const char *const *lk_toolcalls_methods(size_t *n);
+
+/* lk_rpc_handler for ToolCalls: ctx is the lk_toolcalls. */
+void lk_toolcalls_handle(void *ctx, lk_rpc_call *call);
+
+#endif
