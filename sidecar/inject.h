@@ -1,0 +1,83 @@
+/*
+ * inject.h - building the vendor HTTP request and putting the credential in.
+ *
+ * Why: this is the one place where an agent's (untrusted) arguments meet a
+ * credential's plaintext, so it owns the two promises the sidecar makes
+ * about them: the agent decides neither the destination (base_url is the
+ * owner's; every path value stays inside its own path segment) nor any
+ * injected field (an argument naming an injected query or body field is
+ * refused, not merged); and every byte that may hold a secret (URL,
+ * headers, body, user:pass, and every intermediate) lives in lk_secret
+ * memory and is wiped when the request is destroyed.
+ *
+ * Templates: an inject rule's value, username and password are templates
+ * where "{field}" stands for the credential field's value and "{{" / "}}"
+ * are literal braces.
+ */
+#ifndef LK_INJECT_H
+#define LK_INJECT_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "latchkey/v1/types.pb-c.h"
+#include "lib/secret.h"
+#include "lib/status.h"
+
+/* Caps on what lk_inject_build produces (LK_RESOURCE_EXHAUSTED beyond). */
+#define LK_INJECT_URL_MAX ((size_t)8 * 1024)
+#define LK_INJECT_HEADER_MAX ((size_t)8 * 1024)
+#define LK_INJECT_USERPWD_MAX ((size_t)6 * 1024)
+#define LK_INJECT_BODY_MAX ((size_t)1024 * 1024)
+
+/* One credential field, already unsealed (secret) or plain. */
+typedef struct {
+  const char *name;
+  const lk_secret *value;
+  int secret;
+} lk_field;
+
+/* A vendor request ready for libcurl; every member is owned by it. */
+typedef struct lk_http_request {
+  char method[8]; /* "GET", "POST", ... NUL-terminated */
+  lk_secret *url; /* base_url + expanded path + query string */
+  size_t n_headers;
+  lk_secret **headers; /* "Name: value" lines, ready for curl_slist */
+  lk_secret *body;     /* JSON body, or NULL */
+  lk_secret *userpwd;  /* "user:pass" for a basic rule, else NULL */
+} lk_http_request;
+
+/* Builds op's request to tool->base_url from args (as returned by
+ * lk_args_parse; NULL means {}) and applies every inject rule of type
+ * (NULL when the tool needs no credential) with the n_fields values in
+ * fields. Sets *out to a request the caller destroys with
+ * lk_http_request_destroy. LK_INVALID_ARGUMENT for unusable arguments
+ * (empty, "." or ".." path values; an argument naming an injected query or
+ * body field) and for credential values that would put CR, LF or NUL into
+ * a header or a ':' into a basic username; LK_FAILED_PRECONDITION for a
+ * broken tool definition or a credential lacking a field a rule uses;
+ * LK_RESOURCE_EXHAUSTED past LK_INJECT_*_MAX. Messages never contain
+ * values. */
+lk_status lk_inject_build(const Latchkey__V1__Tool *tool,
+                          const Latchkey__V1__Operation *op,
+                          const Latchkey__V1__CredentialType *type,
+                          const lk_field *fields, size_t n_fields,
+                          const json_t *args, lk_http_request **out,
+                          lk_err *err) LK_MUST_CHECK;
+
+/* Wipes and frees r and everything it owns; NULL is a no-op. */
+void lk_http_request_destroy(lk_http_request *r);
+
+/* Registration-time check of a credential type: field names non-empty,
+ * unique and brace-free; every rule's "in" is header|query|basic|body with
+ * the members it needs (header names RFC 7230 tokens other than Host,
+ * Content-Length, Transfer-Encoding and Connection; no header or query or
+ * body name injected twice; at most one basic rule, and not together with
+ * an Authorization header rule); every template's braces balanced and every
+ * {placeholder} a declared field; no CR or LF in header templates.
+ * LK_INVALID_ARGUMENT with the reason otherwise. */
+lk_status lk_inject_check_type(const Latchkey__V1__CredentialType *type,
+                               lk_err *err) LK_MUST_CHECK;
+
+#endif
