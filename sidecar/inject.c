@@ -33,6 +33,7 @@ typedef enum { ENC_RAW, ENC_PATH, ENC_QUERY, ENC_JSON } enc_mode;
 typedef struct {
   lk_secret_buf *buf;
   const char *what; /* names the output in cap messages */
+  const char *hint; /* what to do when the cap is hit */
   size_t cap;
   size_t n;
   unsigned char chunk[256];
@@ -40,9 +41,13 @@ typedef struct {
 
 static const char hex_upper[] = "0123456789ABCDEF";
 
+#define ARGS_HINT "send shorter arguments"
+#define CRED_HINT "shorten the credential's values"
+
 static lk_status em_open(emitter *e, size_t cap, const char *what,
-                         lk_err *err) {
+                         const char *hint, lk_err *err) {
   e->what = what;
+  e->hint = hint;
   e->cap = cap;
   e->n = 0;
   e->buf = lk_secret_buf_new(cap);
@@ -63,9 +68,8 @@ static lk_status em_flush(emitter *e, lk_err *err) {
   e->n = 0;
   if (st != LK_OK) {
     return lk_fail(err, LK_RESOURCE_EXHAUSTED,
-                   "the vendor %s would exceed %zu bytes; send shorter "
-                   "arguments",
-                   e->what, e->cap);
+                   "the vendor %s would exceed %zu bytes; %s", e->what, e->cap,
+                   e->hint);
   }
   return LK_OK;
 }
@@ -148,9 +152,8 @@ static lk_status em_put(emitter *e, enc_mode mode, const void *p, size_t n,
     st = em_flush(e, err);
     if (st == LK_OK && lk_secret_buf_append(e->buf, s, n, err) != LK_OK) {
       st = lk_fail(err, LK_RESOURCE_EXHAUSTED,
-                   "the vendor %s would exceed %zu bytes; send shorter "
-                   "arguments",
-                   e->what, e->cap);
+                   "the vendor %s would exceed %zu bytes; %s", e->what, e->cap,
+                   e->hint);
     }
     return st;
   }
@@ -456,7 +459,7 @@ static lk_status build_url(lk_http_request *r, const Latchkey__V1__Tool *tool,
                            const json_t *args, lk_err *err) {
   emitter e;
   int has_query = strchr(op->path, '?') != NULL;
-  lk_status st = em_open(&e, LK_INJECT_URL_MAX, "URL", err);
+  lk_status st = em_open(&e, LK_INJECT_URL_MAX, "URL", ARGS_HINT, err);
   if (st != LK_OK) {
     goto done;
   }
@@ -543,7 +546,7 @@ static lk_status build_header(lk_http_request *r,
   const Latchkey__V1__InjectRule *rule = type->inject[i];
   lk_secret *line = NULL;
   emitter e;
-  lk_status st = em_open(&e, LK_INJECT_HEADER_MAX, "header", err);
+  lk_status st = em_open(&e, LK_INJECT_HEADER_MAX, "header", CRED_HINT, err);
   if (st != LK_OK) {
     goto done;
   }
@@ -591,7 +594,8 @@ static lk_status build_userpwd(lk_http_request *r,
   const Latchkey__V1__InjectRule *rule = type->inject[i];
   emitter e;
   lk_secret *up = NULL;
-  lk_status st = em_open(&e, LK_INJECT_USERPWD_MAX, "basic credentials", err);
+  lk_status st =
+      em_open(&e, LK_INJECT_USERPWD_MAX, "basic credentials", CRED_HINT, err);
   if (st != LK_OK) {
     goto done;
   }
@@ -664,7 +668,7 @@ static lk_status build_body(lk_http_request *r,
                             const json_t *args, lk_err *err) {
   emitter e;
   int first = 1;
-  lk_status st = em_open(&e, LK_INJECT_BODY_MAX, "body", err);
+  lk_status st = em_open(&e, LK_INJECT_BODY_MAX, "body", ARGS_HINT, err);
   if (st == LK_OK) {
     st = em_str(&e, ENC_RAW, "{", err);
   }

@@ -615,8 +615,8 @@ static void header_is_capped_at_8_kib(void **state) {
   set_type(&f, names, values, 1, rules, 1);
   build(&f, 1, "{}", LK_RESOURCE_EXHAUSTED, &err);
   assert_msg_eq(&err,
-                "the vendor header would exceed 8192 bytes; send shorter "
-                "arguments");
+                "the vendor header would exceed 8192 bytes; shorten the "
+                "credential's values");
   free_fields(&f);
   free(v);
 }
