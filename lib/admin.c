@@ -1,0 +1,2251 @@
+/*
+ * admin.c - latchkey.v1.Admin: validates what owners register, seals what
+ * they entrust, masks what they read back, and refuses deletes that would
+ * leave a dangling reference.
+ *
+ * Shape: lk_admin_handle looks the method up in one table, decodes the
+ * request with the table's descriptor, runs the handler (writers under the
+ * service mutex, so each read-modify-write sees its own reads), wipes the
+ * request's plaintext secret values (the table's scrub hook) and frees it.
+ * Handlers build responses either from unpacked catalog records or from
+ * "view" messages on the stack that borrow their strings; either way the
+ * response is packed before anything it points to is freed.
+ *
+ * Secrets: a credential request's values are validated (pattern, length,
+ * UTF-8) in place, each secret one is sealed and wiped right after its
+ * last use (mask, seal), and the scrub hook wipes all of them again on
+ * every exit path. Error messages name fields, patterns and ids, never a
+ * value; ids are echoed only after they have been validated, and
+ * base_url (which may carry a password in user info) never is.
+ */
+#include "lib/admin.h"
+
+#include <pthread.h>
+#include <regex.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "latchkey/v1/admin.pb-c.h"
+#include "lib/secret.h"
+#include "sidecar/inject.h"
+
+#define MAX_DESCRIPTION 4096
+#define MAX_LABEL 1024
+#define MAX_PATTERN 1024
+#define MAX_PATH 2048
+#define MAX_HOST 253
+/* "••••" is 12 bytes of UTF-8; 4 more characters take at most 16. */
+#define MASK_MAX 32
+#define BULLETS "\xe2\x80\xa2\xe2\x80\xa2\xe2\x80\xa2\xe2\x80\xa2"
+#define MASK_MIN_CHARS 12
+#define CRED_ID_RANDOM_BYTES 8
+#define CRED_ID_TRIES 8
+
+struct lk_admin {
+  lk_catalog *cat;
+  const lk_seal_key *key;
+  pthread_mutex_t mu;
+};
+
+/* A handler gets the decoded request and packs its own response. */
+typedef lk_status (*handler_fn)(lk_admin *a, ProtobufCMessage *req,
+                                unsigned char **resp, size_t *resp_len,
+                                lk_err *err);
+
+typedef struct {
+  const char *path;
+  const ProtobufCMessageDescriptor *req_desc;
+  int writes;                        /* runs under the mutex */
+  void (*scrub)(ProtobufCMessage *); /* wipes plaintext before free */
+  handler_fn fn;
+} method;
+
+/* ---- small helpers ---- */
+
+static int nonempty(const char *s) {
+  return s != NULL && s[0] != '\0';
+}
+
+static int streq(const char *a, const char *b) {
+  return strcmp(a != NULL ? a : "", b != NULL ? b : "") == 0;
+}
+
+static lk_status bad_id(lk_err *err, const char *what) {
+  return lk_fail(err, LK_INVALID_ARGUMENT,
+                 "%s is not a valid id: use 1-128 characters from A-Z a-z "
+                 "0-9 . _ -, starting with a letter or digit",
+                 what);
+}
+
+/* Checks a required id field: present and valid. */
+static lk_status need_id(const char *id, const char *what, lk_err *err) {
+  if (!nonempty(id)) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "%s is required; set it", what);
+  }
+  if (!lk_catalog_valid_id(id)) {
+    return bad_id(err, what);
+  }
+  return LK_OK;
+}
+
+static lk_status pack(const ProtobufCMessage *m, unsigned char **resp,
+                      size_t *resp_len, lk_err *err) {
+  size_t len = protobuf_c_message_get_packed_size(m);
+  unsigned char *buf = malloc(len > 0 ? len : 1);
+
+  if (buf == NULL) {
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                   "out of memory encoding the response; retry");
+  }
+  protobuf_c_message_pack(m, buf);
+  *resp = buf;
+  *resp_len = len;
+  return LK_OK;
+}
+
+static lk_status pack_empty(unsigned char **resp, size_t *resp_len,
+                            lk_err *err) {
+  Latchkey__V1__Empty e = LATCHKEY__V1__EMPTY__INIT;
+  return pack(&e.base, resp, resp_len, err);
+}
+
+static lk_status oom(lk_err *err) {
+  return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory; retry");
+}
+
+/* Writes b atomically; b stays the caller's. */
+static lk_status commit(lk_admin *a, lk_store_batch *b, lk_err *err) {
+  return lk_catalog_commit(a->cat, b, err);
+}
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Returns 1 when the n bytes at s are valid UTF-8 (no overlongs, no
+ * surrogates, nothing above U+10FFFF). */
+static int valid_utf8(const unsigned char *s, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    unsigned char c = s[i];
+    size_t need;
+    unsigned int cp;
+    size_t j;
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    if (c >= 0xc2 && c <= 0xdf) {
+      need = 1;
+      cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      need = 2;
+      cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      need = 3;
+      cp = c & 0x07;
+    } else {
+      return 0;
+    }
+    if (n - i <= need) {
+      return 0;
+    }
+    for (j = 1; j <= need; j++) {
+      if ((s[i + j] & 0xc0) != 0x80) {
+        return 0;
+      }
+      cp = (cp << 6) | (s[i + j] & 0x3f);
+    }
+    if ((need == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (need == 3 && (cp < 0x10000 || cp > 0x10ffff))) {
+      return 0;
+    }
+    i += need + 1;
+  }
+  return 1;
+}
+
+/* Writes the mask of a valid UTF-8 value: bullets, plus its last 4
+ * characters when it has at least MASK_MIN_CHARS. */
+static void mask_of(const char *v, size_t len, char out[MASK_MAX]) {
+  size_t chars = 0;
+  size_t i;
+  size_t start = len;
+  size_t seen = 0;
+
+  for (i = 0; i < len; i++) {
+    if (((unsigned char)v[i] & 0xc0) != 0x80) {
+      chars++;
+    }
+  }
+  memcpy(out, BULLETS, sizeof(BULLETS));
+  if (chars < MASK_MIN_CHARS) {
+    return;
+  }
+  while (start > 0 && seen < 4) {
+    start--;
+    if (((unsigned char)v[start] & 0xc0) != 0x80) {
+      seen++;
+    }
+  }
+  memcpy(out + sizeof(BULLETS) - 1, v + start, len - start);
+  out[sizeof(BULLETS) - 1 + len - start] = '\0';
+}
+
+/* ---- collecting listings ---- */
+
+/* Records gathered from a catalog listing, at most LK_ADMIN_MAX_LIST. */
+typedef struct {
+  void **items; /* each a pointer to an unpacked message */
+  size_t n;
+  size_t alloc;
+  const char *noun;
+  lk_status st;
+  lk_err *err;
+} collector;
+
+static void collector_free(collector *col) {
+  size_t i;
+  for (i = 0; i < col->n; i++) {
+    protobuf_c_message_free_unpacked((ProtobufCMessage *)col->items[i], NULL);
+  }
+  free(col->items);
+  col->items = NULL;
+  col->n = 0;
+  col->alloc = 0;
+}
+
+/* Takes m; returns 0 when kept, 1 (m freed, listing stopped) otherwise. */
+static int collect(collector *col, ProtobufCMessage *m) {
+  if (col->n == col->alloc) {
+    size_t next = col->alloc == 0 ? 16 : col->alloc * 2;
+    void **grown;
+    if (col->n >= LK_ADMIN_MAX_LIST) {
+      col->st = lk_fail(col->err, LK_RESOURCE_EXHAUSTED,
+                        "more than %d %ss; this listing is capped, narrow it "
+                        "or delete unused records",
+                        LK_ADMIN_MAX_LIST, col->noun);
+      protobuf_c_message_free_unpacked(m, NULL);
+      return 1;
+    }
+    if (next > LK_ADMIN_MAX_LIST) {
+      next = LK_ADMIN_MAX_LIST;
+    }
+    grown = realloc(col->items, next * sizeof(*grown));
+    if (grown == NULL) {
+      col->st = oom(col->err);
+      protobuf_c_message_free_unpacked(m, NULL);
+      return 1;
+    }
+    col->items = grown;
+    col->alloc = next;
+  }
+  col->items[col->n++] = m;
+  return 0;
+}
+
+static int collect_tool(void *ctx, Latchkey__V1__Tool *t) {
+  return collect(ctx, &t->base);
+}
+
+static int collect_type(void *ctx, Latchkey__V1__CredentialType *t) {
+  return collect(ctx, &t->base);
+}
+
+static int collect_cred(void *ctx, Latchkey__V1__Credential *c) {
+  return collect(ctx, &c->base);
+}
+
+static int collect_budget(void *ctx, Latchkey__V1__Budget *b) {
+  return collect(ctx, &b->base);
+}
+
+static int collect_binding(void *ctx, Latchkey__V1__Binding *b) {
+  return collect(ctx, &b->base);
+}
+
+/* Runs a listing into col; the listing's own failure or col's. */
+static lk_status finish_collect(lk_status st, collector *col) {
+  if (st != LK_OK) {
+    return st;
+  }
+  return col->st;
+}
+
+static lk_status collect_bindings(lk_admin *a, const char *budget,
+                                  collector *col, lk_err *err) {
+  lk_status st;
+  col->noun = "binding";
+  col->err = err;
+  st = lk_catalog_list_bindings(a->cat, budget, collect_binding, col, err);
+  return finish_collect(st, col);
+}
+
+/* ---- tools ---- */
+
+/* Checks base_url is scheme://host[:port] and strips one trailing '/'
+ * in place. Never echoes the URL: user info may hold a password. */
+static lk_status check_base_url(char *url, lk_err *err) {
+  char *rest;
+  size_t len;
+  size_t i;
+  size_t host_end;
+
+  if (!nonempty(url)) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "tool.base_url is required: set it to "
+                   "https://host[:port] of the vendor's API");
+  }
+  if (strncmp(url, "https://", 8) == 0) {
+    rest = url + 8;
+  } else if (strncmp(url, "http://", 7) == 0) {
+    rest = url + 7;
+  } else {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "tool.base_url must start with https:// or http://");
+  }
+  len = strlen(rest);
+  if (len > 0 && rest[len - 1] == '/') {
+    len--;
+  }
+  for (i = 0; i < len; i++) {
+    if (rest[i] == '@') {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "tool.base_url must not contain user info "
+                     "(user:password@); put secrets in a credential type");
+    }
+  }
+  for (i = 0; i < len; i++) {
+    if (rest[i] == '?' || rest[i] == '#') {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "tool.base_url must not contain a query or fragment; "
+                     "use operation params instead");
+    }
+    if (rest[i] == '/') {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "tool.base_url must not contain a path; give only "
+                     "scheme://host[:port] and put the path in each "
+                     "operation's path");
+    }
+  }
+  if (len == 0) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "tool.base_url has no host; use scheme://host[:port]");
+  }
+  if (rest[0] == '[') {
+    for (host_end = 1; host_end < len && rest[host_end] != ']'; host_end++) {
+      char ch = rest[host_end];
+      if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') ||
+            (ch >= 'A' && ch <= 'F') || ch == ':' || ch == '.')) {
+        return lk_fail(err, LK_INVALID_ARGUMENT,
+                       "tool.base_url has an invalid IPv6 host; write it "
+                       "as [address]");
+      }
+    }
+    if (host_end >= len || host_end == 1) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "tool.base_url has an invalid IPv6 host; write it as "
+                     "[address]");
+    }
+    host_end++;
+  } else {
+    for (host_end = 0; host_end < len && rest[host_end] != ':'; host_end++) {
+      char ch = rest[host_end];
+      if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
+            (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '.')) {
+        return lk_fail(err, LK_INVALID_ARGUMENT,
+                       "tool.base_url host may contain only letters, "
+                       "digits, '-' and '.'");
+      }
+    }
+    if (host_end == 0) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "tool.base_url has no host; use scheme://host[:port]");
+    }
+  }
+  if (host_end > MAX_HOST + 2) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "tool.base_url host is longer than %d characters", MAX_HOST);
+  }
+  if (host_end < len) {
+    unsigned long port = 0;
+    size_t digits = len - host_end - 1;
+    if (rest[host_end] != ':' || digits == 0 || digits > 5) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "tool.base_url port must be a number 1-65535 after "
+                     "':'");
+    }
+    for (i = host_end + 1; i < len; i++) {
+      if (rest[i] < '0' || rest[i] > '9') {
+        return lk_fail(err, LK_INVALID_ARGUMENT,
+                       "tool.base_url port must be a number 1-65535 after "
+                       "':'");
+      }
+      port = port * 10 + (unsigned long)(rest[i] - '0');
+    }
+    if (port == 0 || port > 65535) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "tool.base_url port must be a number 1-65535 after "
+                     "':'");
+    }
+  }
+  rest[len] = '\0';
+  return LK_OK;
+}
+
+/* Param names go into paths, query strings and JSON: 1-128 characters
+ * from A-Z a-z 0-9 . _ -, starting with a letter, digit or '_'. */
+static int valid_param_name(const char *s) {
+  size_t i;
+  if (!nonempty(s) || s[0] == '.' || s[0] == '-') {
+    return 0;
+  }
+  for (i = 0; s[i] != '\0'; i++) {
+    char ch = s[i];
+    if (i >= LK_CATALOG_ID_MAX ||
+        !((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+          (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-')) {
+      return 0;
+    }
+  }
+  return 1;
+}
+
+static int one_of(const char *s, const char *const *set) {
+  size_t i;
+  for (i = 0; set[i] != NULL; i++) {
+    if (streq(s, set[i])) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static const char *const methods_http[] = {"GET",   "POST",   "PUT",
+                                           "PATCH", "DELETE", NULL};
+static const char *const param_ins[] = {"path", "query", "body", NULL};
+static const char *const param_types[] = {
+    "string", "integer", "number", "boolean", "object", "array", NULL};
+
+/* Returns the param named name (length n) in op, or NULL. */
+static const Latchkey__V1__Param *find_param(const Latchkey__V1__Operation *op,
+                                             const char *name, size_t n) {
+  size_t i;
+  for (i = 0; i < op->n_params; i++) {
+    const char *p = op->params[i]->name;
+    if (p != NULL && strlen(p) == n && memcmp(p, name, n) == 0) {
+      return op->params[i];
+    }
+  }
+  return NULL;
+}
+
+/* Counts the occurrences of "{name}" in path. */
+static size_t count_placeholder(const char *path, const char *name) {
+  size_t n = 0;
+  size_t len = strlen(name);
+  const char *p = path;
+  while ((p = strchr(p, '{')) != NULL) {
+    if (strncmp(p + 1, name, len) == 0 && p[1 + len] == '}') {
+      n++;
+    }
+    p++;
+  }
+  return n;
+}
+
+/* Checks the path template and that its placeholders are exactly the
+ * operation's path params, each used once. Params are checked first, so
+ * their names are valid and brace-free. */
+static lk_status check_path(const Latchkey__V1__Operation *op, lk_err *err) {
+  const char *path = op->path;
+  size_t len;
+  size_t i;
+  size_t j;
+
+  if (!nonempty(path) || path[0] != '/') {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "operation '%s': path must start with '/'", op->name);
+  }
+  len = strlen(path);
+  if (len > MAX_PATH) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "operation '%s': path is longer than %d bytes", op->name,
+                   MAX_PATH);
+  }
+  for (i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)path[i];
+    const Latchkey__V1__Param *p;
+    if (ch == '?' || ch == '#') {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "operation '%s': path must not contain '?' or '#'; "
+                     "declare query params with in=query",
+                     op->name);
+    }
+    if (ch <= 0x20 || ch == 0x7f) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "operation '%s': path must not contain spaces or "
+                     "control characters; percent-encode them",
+                     op->name);
+    }
+    if (ch == '}') {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "operation '%s': path has a '}' without '{'; write "
+                     "placeholders as {name}",
+                     op->name);
+    }
+    if (ch != '{') {
+      continue;
+    }
+    for (j = i + 1; j < len && path[j] != '}' && path[j] != '{'; j++) {
+    }
+    if (j >= len || path[j] != '}' || j == i + 1) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "operation '%s': path has an unclosed or empty "
+                     "placeholder; write placeholders as {name}",
+                     op->name);
+    }
+    p = find_param(op, path + i + 1, j - i - 1);
+    if (p == NULL || !streq(p->in, "path")) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "operation '%s': path placeholder {%.*s} has no param "
+                     "with in=path; declare one",
+                     op->name, (int)(j - i - 1 > 128 ? 128 : j - i - 1),
+                     path + i + 1);
+    }
+    if (count_placeholder(path, p->name) > 1) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "operation '%s': path placeholder {%s} appears more "
+                     "than once; use it once",
+                     op->name, p->name);
+    }
+    i = j;
+  }
+  for (i = 0; i < op->n_params; i++) {
+    const Latchkey__V1__Param *p = op->params[i];
+    if (streq(p->in, "path") && count_placeholder(path, p->name) == 0) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "operation '%s': param '%s' has in=path but the path "
+                     "has no {%s}; add it to the path or change in",
+                     op->name, p->name, p->name);
+    }
+  }
+  return LK_OK;
+}
+
+static lk_status check_operation(const Latchkey__V1__Operation *op,
+                                 lk_err *err) {
+  size_t i;
+  size_t j;
+  int bodyless;
+
+  if (!one_of(op->method, methods_http)) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "operation '%s': method must be GET, POST, PUT, PATCH or "
+                   "DELETE",
+                   op->name);
+  }
+  if (op->description != NULL && strlen(op->description) > MAX_DESCRIPTION) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "operation '%s': description is longer than %d bytes",
+                   op->name, MAX_DESCRIPTION);
+  }
+  if (op->n_params > LK_ADMIN_MAX_PARAMS) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "operation '%s' has more than %d params", op->name,
+                   LK_ADMIN_MAX_PARAMS);
+  }
+  bodyless = streq(op->method, "GET") || streq(op->method, "DELETE");
+  for (i = 0; i < op->n_params; i++) {
+    const Latchkey__V1__Param *p = op->params[i];
+    if (!valid_param_name(p->name)) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "operation '%s': param %zu has no valid name; use 1-128 "
+                     "characters from A-Z a-z 0-9 . _ -",
+                     op->name, i + 1);
+    }
+    for (j = 0; j < i; j++) {
+      if (streq(op->params[j]->name, p->name)) {
+        return lk_fail(err, LK_INVALID_ARGUMENT,
+                       "operation '%s': param '%s' is declared twice; keep "
+                       "one",
+                       op->name, p->name);
+      }
+    }
+    if (!one_of(p->in, param_ins)) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "operation '%s': param '%s' in must be path, query or "
+                     "body",
+                     op->name, p->name);
+    }
+    if (!one_of(p->type, param_types)) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "operation '%s': param '%s' type must be string, "
+                     "integer, number, boolean, object or array",
+                     op->name, p->name);
+    }
+    if (streq(p->in, "body") && bodyless) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "operation '%s': param '%s' is in=body but %s requests "
+                     "have no body; use in=query or another method",
+                     op->name, p->name, op->method);
+    }
+    if (streq(p->in, "path") && !p->required) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "operation '%s': path param '%s' must be required; set "
+                     "required: true",
+                     op->name, p->name);
+    }
+    if (p->description != NULL && strlen(p->description) > MAX_DESCRIPTION) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "operation '%s': param '%s' description is longer than "
+                     "%d bytes",
+                     op->name, p->name, MAX_DESCRIPTION);
+    }
+  }
+  return check_path(op, err);
+}
+
+/* Validates a tool in place (base_url normalized). */
+static lk_status check_tool(Latchkey__V1__Tool *t, lk_err *err) {
+  lk_status st = need_id(t->id, "tool.id", err);
+  size_t i;
+  size_t j;
+
+  if (st != LK_OK) {
+    return st;
+  }
+  if (!nonempty(t->description)) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "tool '%s' needs a description: agents choose tools by it",
+                   t->id);
+  }
+  if (strlen(t->description) > MAX_DESCRIPTION) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "tool '%s' description is longer than %d bytes", t->id,
+                   MAX_DESCRIPTION);
+  }
+  st = check_base_url(t->base_url, err);
+  if (st != LK_OK) {
+    return st;
+  }
+  if (t->timeout_ms > LK_ADMIN_MAX_TIMEOUT_MS) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "tool '%s' timeout_ms is over %d; lower it (0 means the "
+                   "30 s default)",
+                   t->id, LK_ADMIN_MAX_TIMEOUT_MS);
+  }
+  if (nonempty(t->credential_type) &&
+      !lk_catalog_valid_id(t->credential_type)) {
+    return bad_id(err, "tool.credential_type");
+  }
+  if (t->n_operations == 0) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "tool '%s' has no operations; declare at least one", t->id);
+  }
+  if (t->n_operations > LK_ADMIN_MAX_OPERATIONS) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "tool '%s' has more than %d operations; split it", t->id,
+                   LK_ADMIN_MAX_OPERATIONS);
+  }
+  for (i = 0; i < t->n_operations; i++) {
+    const Latchkey__V1__Operation *op = t->operations[i];
+    if (!lk_catalog_valid_id(op->name)) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "tool '%s': operation %zu has no valid name; use 1-128 "
+                     "characters from A-Z a-z 0-9 . _ -, starting with a "
+                     "letter or digit",
+                     t->id, i + 1);
+    }
+    for (j = 0; j < i; j++) {
+      if (streq(t->operations[j]->name, op->name)) {
+        return lk_fail(err, LK_INVALID_ARGUMENT,
+                       "tool '%s': operation '%s' is declared twice; give "
+                       "operations unique names",
+                       t->id, op->name);
+      }
+    }
+    st = check_operation(op, err);
+    if (st != LK_OK) {
+      return st;
+    }
+  }
+  return LK_OK;
+}
+
+/* ---- credential types ---- */
+
+/* Validates a credential type in place (max_len 0 becomes the default). */
+static lk_status check_type(Latchkey__V1__CredentialType *t, lk_err *err) {
+  lk_status st = need_id(t->id, "credential_type.id", err);
+  size_t i;
+  size_t j;
+
+  if (st != LK_OK) {
+    return st;
+  }
+  if (t->description != NULL && strlen(t->description) > MAX_DESCRIPTION) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "credential type '%s' description is longer than %d bytes",
+                   t->id, MAX_DESCRIPTION);
+  }
+  if (t->n_fields == 0) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "credential type '%s' has no fields; declare at least one",
+                   t->id);
+  }
+  if (t->n_fields > LK_ADMIN_MAX_FIELDS) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "credential type '%s' has more than %d fields", t->id,
+                   LK_ADMIN_MAX_FIELDS);
+  }
+  for (i = 0; i < t->n_fields; i++) {
+    Latchkey__V1__CredentialField *f = t->fields[i];
+    if (!lk_catalog_valid_id(f->name)) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "credential type '%s': field %zu has no valid name; use "
+                     "1-128 characters from A-Z a-z 0-9 . _ -, starting with "
+                     "a letter or digit",
+                     t->id, i + 1);
+    }
+    for (j = 0; j < i; j++) {
+      if (streq(t->fields[j]->name, f->name)) {
+        return lk_fail(err, LK_INVALID_ARGUMENT,
+                       "credential type '%s': field '%s' is declared twice; "
+                       "give fields unique names",
+                       t->id, f->name);
+      }
+    }
+    if (f->max_len > LK_ADMIN_MAX_MAX_LEN) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "credential type '%s': field '%s' max_len is over %d; "
+                     "lower it",
+                     t->id, f->name, LK_ADMIN_MAX_MAX_LEN);
+    }
+    if (f->max_len == 0) {
+      f->max_len = LK_ADMIN_DEFAULT_MAX_LEN;
+    }
+    if (f->description != NULL && strlen(f->description) > MAX_DESCRIPTION) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "credential type '%s': field '%s' description is longer "
+                     "than %d bytes",
+                     t->id, f->name, MAX_DESCRIPTION);
+    }
+    if (nonempty(f->pattern)) {
+      regex_t re;
+      int rc;
+      if (strlen(f->pattern) > MAX_PATTERN) {
+        return lk_fail(err, LK_INVALID_ARGUMENT,
+                       "credential type '%s': field '%s' pattern is longer "
+                       "than %d bytes",
+                       t->id, f->name, MAX_PATTERN);
+      }
+      rc = regcomp(&re, f->pattern, REG_EXTENDED | REG_NOSUB);
+      if (rc != 0) {
+        char why[128];
+        regerror(rc, &re, why, sizeof(why));
+        return lk_fail(err, LK_INVALID_ARGUMENT,
+                       "credential type '%s': field '%s' pattern does not "
+                       "compile (%s); write a POSIX extended regex",
+                       t->id, f->name, why);
+      }
+      regfree(&re);
+    }
+  }
+  return lk_inject_check_type(t, err);
+}
+
+/* ---- credentials ---- */
+
+static const Latchkey__V1__CredentialField *type_field(
+    const Latchkey__V1__CredentialType *t, const char *name) {
+  size_t i;
+  for (i = 0; i < t->n_fields; i++) {
+    if (streq(t->fields[i]->name, name)) {
+      return t->fields[i];
+    }
+  }
+  return NULL;
+}
+
+/* Checks one value against its field; the message never holds the value. */
+static lk_status check_value(const Latchkey__V1__CredentialType *t,
+                             const Latchkey__V1__CredentialField *f,
+                             const char *v, lk_err *err) {
+  size_t len = strlen(v);
+  size_t max = f->max_len != 0 ? f->max_len : LK_ADMIN_DEFAULT_MAX_LEN;
+
+  if (len == 0) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "field '%s' is empty; provide a value", f->name);
+  }
+  if (len > max) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "field '%s' is longer than its max_len of %zu bytes; check "
+                   "the value",
+                   f->name, max);
+  }
+  if (f->secret && len > LK_SEAL_MAX_PT_BYTES) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "secret field '%s' is longer than %u bytes; check the "
+                   "value",
+                   f->name, (unsigned)LK_SEAL_MAX_PT_BYTES);
+  }
+  if (!valid_utf8((const unsigned char *)v, len)) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "field '%s' is not valid UTF-8; check the value", f->name);
+  }
+  if (nonempty(f->pattern)) {
+    regex_t re;
+    int rc = regcomp(&re, f->pattern, REG_EXTENDED | REG_NOSUB);
+    if (rc != 0) {
+      return lk_fail(err, LK_FAILED_PRECONDITION,
+                     "credential type '%s': field '%s' pattern does not "
+                     "compile; re-register the type",
+                     t->id, f->name);
+    }
+    rc = regexec(&re, v, 0, NULL, 0);
+    regfree(&re);
+    if (rc != 0) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "field '%s' does not match the pattern %s of credential "
+                     "type '%s'; check the value",
+                     f->name, f->pattern, t->id);
+    }
+  }
+  return LK_OK;
+}
+
+/* One request field entry (create and update share the shape). */
+typedef struct {
+  const char *key;
+  char *value;
+} entry;
+
+/* Checks that every entry names a field of t once and its value is valid;
+ * with all set, also that none of t's fields is missing. */
+static lk_status check_entries(const Latchkey__V1__CredentialType *t,
+                               const entry *e, size_t n, int all, lk_err *err) {
+  size_t i;
+  size_t j;
+
+  for (i = 0; i < n; i++) {
+    const Latchkey__V1__CredentialField *f;
+    if (!lk_catalog_valid_id(e[i].key)) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "field %zu has no valid name; use the field names of "
+                     "credential type '%s'",
+                     i + 1, t->id);
+    }
+    f = type_field(t, e[i].key);
+    if (f == NULL) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "'%s' is not a field of credential type '%s'; see its "
+                     "fields with `latchkeyctl type list`",
+                     e[i].key, t->id);
+    }
+    for (j = 0; j < i; j++) {
+      if (streq(e[j].key, e[i].key)) {
+        return lk_fail(err, LK_INVALID_ARGUMENT,
+                       "field '%s' is given twice; give it once", e[i].key);
+      }
+    }
+  }
+  if (all) {
+    char missing[400];
+    size_t used = 0;
+    size_t count = 0;
+    missing[0] = '\0';
+    for (i = 0; i < t->n_fields; i++) {
+      const char *name = t->fields[i]->name;
+      int found = 0;
+      for (j = 0; j < n && !found; j++) {
+        found = streq(e[j].key, name);
+      }
+      if (!found) {
+        int w = snprintf(missing + used, sizeof(missing) - used, "%s%s",
+                         count > 0 ? ", " : "", name);
+        count++;
+        if (w > 0 && (size_t)w < sizeof(missing) - used) {
+          used += (size_t)w;
+        }
+      }
+    }
+    if (count > 0) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "missing field%s of credential type '%s': %s; provide "
+                     "every field",
+                     count > 1 ? "s" : "", t->id, missing);
+    }
+  }
+  for (i = 0; i < n; i++) {
+    lk_status st = check_value(t, type_field(t, e[i].key), e[i].value, err);
+    if (st != LK_OK) {
+      return st;
+    }
+  }
+  return LK_OK;
+}
+
+/* Storage for one freshly sealed (or plain) field value of a view. */
+typedef struct {
+  Latchkey__V1__FieldValue fv;
+  Latchkey__V1__SealedValue sv;
+  unsigned char nonce[LK_SEAL_NONCE_BYTES];
+  unsigned char *ct;
+  char mask[MASK_MAX];
+} slot;
+
+/* Fills s for field f of credential cred_id from value v; secret values are
+ * sealed, masked, then wiped (their last use). */
+static lk_status fill_slot(lk_admin *a, slot *s, const char *cred_id,
+                           const Latchkey__V1__CredentialField *f, char *v,
+                           lk_err *err) {
+  latchkey__v1__field_value__init(&s->fv);
+  latchkey__v1__sealed_value__init(&s->sv);
+  s->fv.name = f->name;
+  s->fv.secret = f->secret;
+  if (!f->secret) {
+    s->fv.value = v;
+    return LK_OK;
+  }
+  {
+    size_t len = strlen(v);
+    size_t ct_len = 0;
+    lk_status st;
+    mask_of(v, len, s->mask);
+    st = lk_seal(a->key, cred_id, f->name, (const unsigned char *)v, len,
+                 s->nonce, &s->ct, &ct_len, err);
+    lk_wipe(v, len);
+    if (st != LK_OK) {
+      return st;
+    }
+    s->sv.key_id = lk_seal_key_id(a->key);
+    s->sv.nonce.data = s->nonce;
+    s->sv.nonce.len = sizeof(s->nonce);
+    s->sv.ciphertext.data = s->ct;
+    s->sv.ciphertext.len = ct_len;
+    s->fv.sealed = &s->sv;
+    s->fv.mask = s->mask;
+  }
+  return LK_OK;
+}
+
+static void slots_free(slot *s, size_t n) {
+  size_t i;
+  if (s == NULL) {
+    return;
+  }
+  for (i = 0; i < n; i++) {
+    free(s[i].ct);
+  }
+  free(s);
+}
+
+/* Turns a credential (view or unpacked) into what the Admin API shows:
+ * secret fields keep name and mask only. Sealed submessages of unpacked
+ * records are freed, so only call with owned=1 on unpacked messages. */
+static void mask_credential(Latchkey__V1__Credential *c, int owned) {
+  size_t i;
+  for (i = 0; i < c->n_fields; i++) {
+    Latchkey__V1__FieldValue *f = c->fields[i];
+    if (!f->secret) {
+      continue;
+    }
+    if (f->sealed != NULL) {
+      if (owned) {
+        protobuf_c_message_free_unpacked(&f->sealed->base, NULL);
+      }
+      f->sealed = NULL;
+    }
+    if (nonempty(f->value)) {
+      if (owned) {
+        lk_wipe(f->value, strlen(f->value));
+      } else {
+        f->value = (char *)"";
+      }
+    }
+  }
+}
+
+static void scrub_create(ProtobufCMessage *m) {
+  Latchkey__V1__CreateCredentialRequest *r =
+      (Latchkey__V1__CreateCredentialRequest *)m;
+  size_t i;
+  for (i = 0; i < r->n_fields; i++) {
+    if (r->fields[i]->value != NULL) {
+      lk_wipe(r->fields[i]->value, strlen(r->fields[i]->value));
+    }
+  }
+}
+
+static void scrub_update(ProtobufCMessage *m) {
+  Latchkey__V1__UpdateCredentialRequest *r =
+      (Latchkey__V1__UpdateCredentialRequest *)m;
+  size_t i;
+  for (i = 0; i < r->n_fields; i++) {
+    if (r->fields[i]->value != NULL) {
+      lk_wipe(r->fields[i]->value, strlen(r->fields[i]->value));
+    }
+  }
+}
+
+static lk_status check_label(const char *label, lk_err *err) {
+  if (label != NULL && strlen(label) > MAX_LABEL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "label is longer than %d bytes; shorten it", MAX_LABEL);
+  }
+  if (label != NULL &&
+      !valid_utf8((const unsigned char *)label, strlen(label))) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "label is not valid UTF-8");
+  }
+  return LK_OK;
+}
+
+/* Picks a fresh "cred_" + 16 hex id that no credential has. */
+static lk_status new_cred_id(lk_admin *a, char out[LK_CATALOG_ID_MAX + 1],
+                             lk_err *err) {
+  int i;
+  for (i = 0; i < CRED_ID_TRIES; i++) {
+    unsigned char rnd[CRED_ID_RANDOM_BYTES];
+    Latchkey__V1__Credential *old = NULL;
+    lk_status st;
+    randombytes_buf(rnd, sizeof(rnd));
+    memcpy(out, "cred_", 5);
+    sodium_bin2hex(out + 5, 2 * sizeof(rnd) + 1, rnd, sizeof(rnd));
+    st = lk_catalog_get_credential(a->cat, out, &old, err);
+    if (st == LK_OK) {
+      lk_catalog_free_credential(old);
+      continue;
+    }
+    if (st == LK_NOT_FOUND) {
+      lk_err_clear(err);
+      return LK_OK;
+    }
+    return st;
+  }
+  return lk_fail(err, LK_INTERNAL,
+                 "could not pick an unused credential id; retry");
+}
+
+/* Packs a view credential as the Admin API shows it, after storing it. */
+static lk_status store_and_answer(lk_admin *a, Latchkey__V1__Credential *c,
+                                  unsigned char **resp, size_t *resp_len,
+                                  lk_err *err) {
+  lk_store_batch *b = lk_store_batch_new();
+  lk_status st;
+
+  if (b == NULL) {
+    return oom(err);
+  }
+  st = lk_catalog_put_credential(a->cat, b, c, err);
+  if (st == LK_OK) {
+    st = commit(a, b, err);
+  }
+  lk_store_batch_destroy(b);
+  if (st != LK_OK) {
+    return st;
+  }
+  mask_credential(c, 0);
+  return pack(&c->base, resp, resp_len, err);
+}
+
+static lk_status h_create_credential(lk_admin *a, ProtobufCMessage *m,
+                                     unsigned char **resp, size_t *resp_len,
+                                     lk_err *err) {
+  Latchkey__V1__CreateCredentialRequest *r =
+      (Latchkey__V1__CreateCredentialRequest *)m;
+  Latchkey__V1__CredentialType *type = NULL;
+  Latchkey__V1__Credential cred = LATCHKEY__V1__CREDENTIAL__INIT;
+  Latchkey__V1__FieldValue **fvs = NULL;
+  entry *e = NULL;
+  slot *slots = NULL;
+  size_t nslots = 0;
+  char id[LK_CATALOG_ID_MAX + 1];
+  size_t i;
+  lk_status st;
+
+  if (!nonempty(r->type)) {
+    st = lk_fail(err, LK_INVALID_ARGUMENT,
+                 "CreateCredentialRequest.type is required; name the "
+                 "credential type");
+    goto done;
+  }
+  st = need_id(r->type, "credential type", err);
+  if (st == LK_OK) {
+    st = lk_catalog_get_type(a->cat, r->type, &type, err);
+  }
+  if (st == LK_OK) {
+    st = check_label(r->label, err);
+  }
+  if (st != LK_OK) {
+    goto done;
+  }
+  e = calloc(r->n_fields > 0 ? r->n_fields : 1, sizeof(*e));
+  if (e == NULL) {
+    st = oom(err);
+    goto done;
+  }
+  for (i = 0; i < r->n_fields; i++) {
+    e[i].key = r->fields[i]->key;
+    e[i].value = r->fields[i]->value != NULL ? r->fields[i]->value : (char *)"";
+  }
+  st = check_entries(type, e, r->n_fields, 1, err);
+  if (st != LK_OK) {
+    goto done;
+  }
+  if (nonempty(r->id)) {
+    Latchkey__V1__Credential *old = NULL;
+    st = need_id(r->id, "credential id", err);
+    if (st != LK_OK) {
+      goto done;
+    }
+    st = lk_catalog_get_credential(a->cat, r->id, &old, err);
+    if (st == LK_OK) {
+      lk_catalog_free_credential(old);
+      st = lk_fail(err, LK_ALREADY_EXISTS,
+                   "credential '%s' already exists; choose another id or "
+                   "change it with `latchkeyctl credential update %s`",
+                   r->id, r->id);
+      goto done;
+    }
+    if (st != LK_NOT_FOUND) {
+      goto done;
+    }
+    lk_err_clear(err);
+    snprintf(id, sizeof(id), "%s", r->id);
+  } else {
+    st = new_cred_id(a, id, err);
+    if (st != LK_OK) {
+      goto done;
+    }
+  }
+  slots = calloc(type->n_fields, sizeof(*slots));
+  fvs = calloc(type->n_fields, sizeof(*fvs));
+  if (slots == NULL || fvs == NULL) {
+    st = oom(err);
+    goto done;
+  }
+  for (i = 0; i < type->n_fields; i++) {
+    const Latchkey__V1__CredentialField *f = type->fields[i];
+    size_t j;
+    for (j = 0; j < r->n_fields && !streq(e[j].key, f->name); j++) {
+    }
+    nslots = i + 1;
+    st = fill_slot(a, &slots[i], id, f, e[j].value, err);
+    if (st != LK_OK) {
+      goto done;
+    }
+    fvs[i] = &slots[i].fv;
+  }
+  cred.id = id;
+  cred.type = type->id;
+  cred.label = r->label != NULL ? r->label : (char *)"";
+  cred.n_fields = type->n_fields;
+  cred.fields = fvs;
+  cred.created_at = now_ms();
+  cred.updated_at = cred.created_at;
+  cred.version = 1;
+  st = store_and_answer(a, &cred, resp, resp_len, err);
+done:
+  slots_free(slots, nslots);
+  free(fvs);
+  free(e);
+  lk_catalog_free_type(type);
+  return st;
+}
+
+static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
+                                     unsigned char **resp, size_t *resp_len,
+                                     lk_err *err) {
+  Latchkey__V1__UpdateCredentialRequest *r =
+      (Latchkey__V1__UpdateCredentialRequest *)m;
+  Latchkey__V1__Credential *old = NULL;
+  Latchkey__V1__CredentialType *type = NULL;
+  Latchkey__V1__Credential cred = LATCHKEY__V1__CREDENTIAL__INIT;
+  Latchkey__V1__FieldValue **fvs = NULL;
+  Latchkey__V1__FieldValue *kept = NULL;
+  entry *e = NULL;
+  slot *slots = NULL;
+  size_t nslots = 0;
+  size_t nfv;
+  size_t i;
+  lk_status st = need_id(r->id, "UpdateCredentialRequest.id", err);
+
+  if (st == LK_OK) {
+    st = lk_catalog_get_credential(a->cat, r->id, &old, err);
+  }
+  if (st == LK_OK) {
+    st = check_label(r->label, err);
+  }
+  if (st != LK_OK) {
+    goto done;
+  }
+  st = lk_catalog_get_type(a->cat, old->type, &type, err);
+  if (st == LK_NOT_FOUND) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION,
+                 "credential '%s' has type '%s', which no longer exists; "
+                 "register the type again first",
+                 old->id, old->type);
+  }
+  if (st != LK_OK) {
+    goto done;
+  }
+  e = calloc(r->n_fields > 0 ? r->n_fields : 1, sizeof(*e));
+  if (e == NULL) {
+    st = oom(err);
+    goto done;
+  }
+  for (i = 0; i < r->n_fields; i++) {
+    e[i].key = r->fields[i]->key;
+    e[i].value = r->fields[i]->value != NULL ? r->fields[i]->value : (char *)"";
+  }
+  st = check_entries(type, e, r->n_fields, 0, err);
+  if (st != LK_OK) {
+    goto done;
+  }
+  slots = calloc(r->n_fields > 0 ? r->n_fields : 1, sizeof(*slots));
+  fvs = calloc(old->n_fields + r->n_fields + 1, sizeof(*fvs));
+  kept = calloc(old->n_fields + 1, sizeof(*kept));
+  if (slots == NULL || fvs == NULL || kept == NULL) {
+    st = oom(err);
+    goto done;
+  }
+  /* Shallow copies: masking the view for the answer must not touch old. */
+  for (nfv = 0; nfv < old->n_fields; nfv++) {
+    kept[nfv] = *old->fields[nfv];
+    fvs[nfv] = &kept[nfv];
+  }
+  for (i = 0; i < r->n_fields; i++) {
+    size_t j;
+    nslots = i + 1;
+    st = fill_slot(a, &slots[i], old->id, type_field(type, e[i].key),
+                   e[i].value, err);
+    if (st != LK_OK) {
+      goto done;
+    }
+    for (j = 0; j < old->n_fields && !streq(old->fields[j]->name, e[i].key);
+         j++) {
+    }
+    if (j < old->n_fields) {
+      fvs[j] = &slots[i].fv;
+    } else {
+      fvs[nfv++] = &slots[i].fv;
+    }
+  }
+  cred.id = old->id;
+  cred.type = old->type;
+  cred.label = nonempty(r->label) ? r->label : old->label;
+  cred.n_fields = nfv;
+  cred.fields = fvs;
+  cred.created_at = old->created_at;
+  cred.updated_at = now_ms();
+  cred.version = old->version + 1;
+  st = store_and_answer(a, &cred, resp, resp_len, err);
+done:
+  slots_free(slots, nslots);
+  free(kept);
+  free(fvs);
+  free(e);
+  lk_catalog_free_type(type);
+  lk_catalog_free_credential(old);
+  return st;
+}
+
+static lk_status h_get_credential(lk_admin *a, ProtobufCMessage *m,
+                                  unsigned char **resp, size_t *resp_len,
+                                  lk_err *err) {
+  Latchkey__V1__GetRequest *r = (Latchkey__V1__GetRequest *)m;
+  Latchkey__V1__Credential *c = NULL;
+  lk_status st = need_id(r->id, "GetRequest.id", err);
+
+  if (st == LK_OK) {
+    st = lk_catalog_get_credential(a->cat, r->id, &c, err);
+  }
+  if (st == LK_OK) {
+    mask_credential(c, 1);
+    st = pack(&c->base, resp, resp_len, err);
+  }
+  lk_catalog_free_credential(c);
+  return st;
+}
+
+static lk_status h_list_credentials(lk_admin *a, ProtobufCMessage *m,
+                                    unsigned char **resp, size_t *resp_len,
+                                    lk_err *err) {
+  Latchkey__V1__CredentialList list = LATCHKEY__V1__CREDENTIAL_LIST__INIT;
+  collector col = {NULL, 0, 0, "credential", LK_OK, err};
+  lk_status st;
+  size_t i;
+
+  (void)m;
+  st = finish_collect(
+      lk_catalog_list_credentials(a->cat, collect_cred, &col, err), &col);
+  if (st == LK_OK) {
+    list.credentials = calloc(col.n > 0 ? col.n : 1, sizeof(*list.credentials));
+    if (list.credentials == NULL) {
+      st = oom(err);
+    }
+  }
+  if (st == LK_OK) {
+    for (i = 0; i < col.n; i++) {
+      list.credentials[i] = (Latchkey__V1__Credential *)col.items[i];
+      mask_credential(list.credentials[i], 1);
+    }
+    list.n_credentials = col.n;
+    st = pack(&list.base, resp, resp_len, err);
+  }
+  free(list.credentials);
+  collector_free(&col);
+  return st;
+}
+
+/* Finds the first binding that uses credential id; *found 1 with desc set. */
+typedef struct {
+  const char *cred_id;
+  char budget[LK_CATALOG_ID_MAX + 1];
+  char target[LK_CATALOG_ID_MAX + 1];
+  int tool;
+  int found;
+} cred_use;
+
+static int find_cred_use(void *ctx, Latchkey__V1__Binding *b) {
+  cred_use *u = ctx;
+  if (streq(b->credential_id, u->cred_id)) {
+    u->found = 1;
+    u->tool = nonempty(b->tool_id);
+    snprintf(u->budget, sizeof(u->budget), "%s", b->budget_id);
+    snprintf(u->target, sizeof(u->target), "%s",
+             u->tool ? b->tool_id : b->credential_type);
+  }
+  lk_catalog_free_binding(b);
+  return u->found;
+}
+
+static lk_status h_delete_credential(lk_admin *a, ProtobufCMessage *m,
+                                     unsigned char **resp, size_t *resp_len,
+                                     lk_err *err) {
+  Latchkey__V1__DeleteRequest *r = (Latchkey__V1__DeleteRequest *)m;
+  Latchkey__V1__Credential *c = NULL;
+  lk_store_batch *b = NULL;
+  cred_use u;
+  lk_status st = need_id(r->id, "DeleteRequest.id", err);
+
+  if (st == LK_OK) {
+    st = lk_catalog_get_credential(a->cat, r->id, &c, err);
+  }
+  if (st != LK_OK) {
+    goto done;
+  }
+  memset(&u, 0, sizeof(u));
+  u.cred_id = r->id;
+  st = lk_catalog_list_bindings(a->cat, NULL, find_cred_use, &u, err);
+  if (st != LK_OK) {
+    goto done;
+  }
+  if (u.found) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION,
+                 "credential '%s' is bound in budget '%s' to %s '%s'; unbind "
+                 "it first: `latchkeyctl unbind %s --%s %s`",
+                 r->id, u.budget, u.tool ? "tool" : "credential type", u.target,
+                 u.budget, u.tool ? "tool" : "type", u.target);
+    goto done;
+  }
+  b = lk_store_batch_new();
+  if (b == NULL) {
+    st = oom(err);
+    goto done;
+  }
+  st = lk_catalog_delete_credential(a->cat, b, r->id, err);
+  if (st == LK_OK) {
+    st = commit(a, b, err);
+  }
+  if (st == LK_OK) {
+    st = pack_empty(resp, resp_len, err);
+  }
+done:
+  lk_store_batch_destroy(b);
+  lk_catalog_free_credential(c);
+  return st;
+}
+
+/* ---- tools, continued: handlers ---- */
+
+static lk_status h_register_tool(lk_admin *a, ProtobufCMessage *m,
+                                 unsigned char **resp, size_t *resp_len,
+                                 lk_err *err) {
+  Latchkey__V1__RegisterToolRequest *r = (Latchkey__V1__RegisterToolRequest *)m;
+  Latchkey__V1__Tool *t = r->tool;
+  Latchkey__V1__Tool *old = NULL;
+  Latchkey__V1__CredentialType *type = NULL;
+  lk_store_batch *b = NULL;
+  collector col = {NULL, 0, 0, "binding", LK_OK, err};
+  lk_status st;
+  size_t i;
+
+  if (t == NULL) {
+    st = lk_fail(err, LK_INVALID_ARGUMENT,
+                 "RegisterToolRequest.tool is missing; send the tool "
+                 "definition");
+    goto done;
+  }
+  st = check_tool(t, err);
+  if (st != LK_OK) {
+    goto done;
+  }
+  if (r->credential_type != NULL) {
+    st = check_type(r->credential_type, err);
+    if (st != LK_OK) {
+      goto done;
+    }
+    if (!streq(t->credential_type, r->credential_type->id)) {
+      st = lk_fail(err, LK_INVALID_ARGUMENT,
+                   "tool '%s' comes with credential type '%s' inline, so "
+                   "tool.credential_type must be '%s'; set it",
+                   t->id, r->credential_type->id, r->credential_type->id);
+      goto done;
+    }
+  } else if (nonempty(t->credential_type)) {
+    st = lk_catalog_get_type(a->cat, t->credential_type, &type, err);
+    if (st == LK_NOT_FOUND) {
+      st = lk_fail(err, LK_NOT_FOUND,
+                   "tool '%s' needs credential type '%s', which does not "
+                   "exist; register it first (`latchkeyctl type register`) "
+                   "or include it inline",
+                   t->id, t->credential_type);
+    }
+    if (st != LK_OK) {
+      goto done;
+    }
+  }
+  st = lk_catalog_get_tool(a->cat, t->id, &old, err);
+  if (st == LK_NOT_FOUND) {
+    lk_err_clear(err);
+    st = LK_OK;
+  } else if (st == LK_OK && !streq(old->credential_type, t->credential_type)) {
+    st = collect_bindings(a, NULL, &col, err);
+    for (i = 0; st == LK_OK && i < col.n; i++) {
+      Latchkey__V1__Binding *bd = col.items[i];
+      if (streq(bd->tool_id, t->id)) {
+        st = lk_fail(err, LK_FAILED_PRECONDITION,
+                     "tool '%s' is bound to credential '%s' in budget '%s'; "
+                     "unbind it (`latchkeyctl unbind %s --tool %s`) before "
+                     "changing the tool's credential_type",
+                     t->id, bd->credential_id, bd->budget_id, bd->budget_id,
+                     t->id);
+      }
+    }
+  }
+  if (st != LK_OK) {
+    goto done;
+  }
+  b = lk_store_batch_new();
+  if (b == NULL) {
+    st = oom(err);
+    goto done;
+  }
+  if (r->credential_type != NULL) {
+    st = lk_catalog_put_type(a->cat, b, r->credential_type, err);
+  }
+  if (st == LK_OK) {
+    st = lk_catalog_put_tool(a->cat, b, t, err);
+  }
+  if (st == LK_OK) {
+    st = commit(a, b, err);
+  }
+  if (st == LK_OK) {
+    st = pack(&t->base, resp, resp_len, err);
+  }
+done:
+  collector_free(&col);
+  lk_store_batch_destroy(b);
+  lk_catalog_free_tool(old);
+  lk_catalog_free_type(type);
+  return st;
+}
+
+static lk_status h_get_tool(lk_admin *a, ProtobufCMessage *m,
+                            unsigned char **resp, size_t *resp_len,
+                            lk_err *err) {
+  Latchkey__V1__GetRequest *r = (Latchkey__V1__GetRequest *)m;
+  Latchkey__V1__Tool *t = NULL;
+  lk_status st = need_id(r->id, "GetRequest.id", err);
+
+  if (st == LK_OK) {
+    st = lk_catalog_get_tool(a->cat, r->id, &t, err);
+  }
+  if (st == LK_OK) {
+    st = pack(&t->base, resp, resp_len, err);
+  }
+  lk_catalog_free_tool(t);
+  return st;
+}
+
+static lk_status h_list_tools(lk_admin *a, ProtobufCMessage *m,
+                              unsigned char **resp, size_t *resp_len,
+                              lk_err *err) {
+  Latchkey__V1__ToolList list = LATCHKEY__V1__TOOL_LIST__INIT;
+  collector col = {NULL, 0, 0, "tool", LK_OK, err};
+  lk_status st;
+  size_t i;
+
+  (void)m;
+  st = finish_collect(lk_catalog_list_tools(a->cat, collect_tool, &col, err),
+                      &col);
+  if (st == LK_OK) {
+    list.tools = calloc(col.n > 0 ? col.n : 1, sizeof(*list.tools));
+    if (list.tools == NULL) {
+      st = oom(err);
+    }
+  }
+  if (st == LK_OK) {
+    for (i = 0; i < col.n; i++) {
+      list.tools[i] = col.items[i];
+    }
+    list.n_tools = col.n;
+    st = pack(&list.base, resp, resp_len, err);
+  }
+  free(list.tools);
+  collector_free(&col);
+  return st;
+}
+
+static lk_status h_delete_tool(lk_admin *a, ProtobufCMessage *m,
+                               unsigned char **resp, size_t *resp_len,
+                               lk_err *err) {
+  Latchkey__V1__DeleteRequest *r = (Latchkey__V1__DeleteRequest *)m;
+  Latchkey__V1__Tool *t = NULL;
+  lk_store_batch *b = NULL;
+  collector col = {NULL, 0, 0, "binding", LK_OK, err};
+  size_t i;
+  lk_status st = need_id(r->id, "DeleteRequest.id", err);
+
+  if (st == LK_OK) {
+    st = lk_catalog_get_tool(a->cat, r->id, &t, err);
+  }
+  if (st == LK_OK) {
+    st = collect_bindings(a, NULL, &col, err);
+  }
+  if (st != LK_OK) {
+    goto done;
+  }
+  b = lk_store_batch_new();
+  if (b == NULL) {
+    st = oom(err);
+    goto done;
+  }
+  for (i = 0; st == LK_OK && i < col.n; i++) {
+    Latchkey__V1__Binding *bd = col.items[i];
+    if (streq(bd->tool_id, r->id)) {
+      st = lk_catalog_delete_binding(a->cat, b, bd, err);
+    }
+  }
+  if (st == LK_OK) {
+    st = lk_catalog_delete_tool(a->cat, b, r->id, err);
+  }
+  if (st == LK_OK) {
+    st = commit(a, b, err);
+  }
+  if (st == LK_OK) {
+    st = pack_empty(resp, resp_len, err);
+  }
+done:
+  lk_store_batch_destroy(b);
+  collector_free(&col);
+  lk_catalog_free_tool(t);
+  return st;
+}
+
+/* ---- credential types: handlers ---- */
+
+static lk_status h_register_type(lk_admin *a, ProtobufCMessage *m,
+                                 unsigned char **resp, size_t *resp_len,
+                                 lk_err *err) {
+  Latchkey__V1__CredentialType *t = (Latchkey__V1__CredentialType *)m;
+  lk_store_batch *b = NULL;
+  lk_status st = check_type(t, err);
+
+  if (st != LK_OK) {
+    return st;
+  }
+  b = lk_store_batch_new();
+  if (b == NULL) {
+    return oom(err);
+  }
+  st = lk_catalog_put_type(a->cat, b, t, err);
+  if (st == LK_OK) {
+    st = commit(a, b, err);
+  }
+  if (st == LK_OK) {
+    st = pack(&t->base, resp, resp_len, err);
+  }
+  lk_store_batch_destroy(b);
+  return st;
+}
+
+static lk_status h_get_type(lk_admin *a, ProtobufCMessage *m,
+                            unsigned char **resp, size_t *resp_len,
+                            lk_err *err) {
+  Latchkey__V1__GetRequest *r = (Latchkey__V1__GetRequest *)m;
+  Latchkey__V1__CredentialType *t = NULL;
+  lk_status st = need_id(r->id, "GetRequest.id", err);
+
+  if (st == LK_OK) {
+    st = lk_catalog_get_type(a->cat, r->id, &t, err);
+  }
+  if (st == LK_OK) {
+    st = pack(&t->base, resp, resp_len, err);
+  }
+  lk_catalog_free_type(t);
+  return st;
+}
+
+static lk_status h_list_types(lk_admin *a, ProtobufCMessage *m,
+                              unsigned char **resp, size_t *resp_len,
+                              lk_err *err) {
+  Latchkey__V1__CredentialTypeList list =
+      LATCHKEY__V1__CREDENTIAL_TYPE_LIST__INIT;
+  collector col = {NULL, 0, 0, "credential type", LK_OK, err};
+  lk_status st;
+  size_t i;
+
+  (void)m;
+  st = finish_collect(lk_catalog_list_types(a->cat, collect_type, &col, err),
+                      &col);
+  if (st == LK_OK) {
+    list.types = calloc(col.n > 0 ? col.n : 1, sizeof(*list.types));
+    if (list.types == NULL) {
+      st = oom(err);
+    }
+  }
+  if (st == LK_OK) {
+    for (i = 0; i < col.n; i++) {
+      list.types[i] = col.items[i];
+    }
+    list.n_types = col.n;
+    st = pack(&list.base, resp, resp_len, err);
+  }
+  free(list.types);
+  collector_free(&col);
+  return st;
+}
+
+/* Finds the first tool or credential of a type, for the delete guard. */
+typedef struct {
+  const char *type_id;
+  char user[LK_CATALOG_ID_MAX + 1];
+  int found;
+} type_use;
+
+static int find_tool_of_type(void *ctx, Latchkey__V1__Tool *t) {
+  type_use *u = ctx;
+  if (streq(t->credential_type, u->type_id)) {
+    u->found = 1;
+    snprintf(u->user, sizeof(u->user), "%s", t->id);
+  }
+  lk_catalog_free_tool(t);
+  return u->found;
+}
+
+static int find_cred_of_type(void *ctx, Latchkey__V1__Credential *c) {
+  type_use *u = ctx;
+  if (streq(c->type, u->type_id)) {
+    u->found = 1;
+    snprintf(u->user, sizeof(u->user), "%s", c->id);
+  }
+  lk_catalog_free_credential(c);
+  return u->found;
+}
+
+static lk_status h_delete_type(lk_admin *a, ProtobufCMessage *m,
+                               unsigned char **resp, size_t *resp_len,
+                               lk_err *err) {
+  Latchkey__V1__DeleteRequest *r = (Latchkey__V1__DeleteRequest *)m;
+  Latchkey__V1__CredentialType *t = NULL;
+  lk_store_batch *b = NULL;
+  type_use u;
+  lk_status st = need_id(r->id, "DeleteRequest.id", err);
+
+  memset(&u, 0, sizeof(u));
+  u.type_id = r->id;
+  if (st == LK_OK) {
+    st = lk_catalog_get_type(a->cat, r->id, &t, err);
+  }
+  if (st == LK_OK) {
+    st = lk_catalog_list_tools(a->cat, find_tool_of_type, &u, err);
+  }
+  if (st == LK_OK && u.found) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION,
+                 "credential type '%s' is used by tool '%s'; delete that "
+                 "tool or register it with another credential_type first",
+                 r->id, u.user);
+  }
+  if (st == LK_OK) {
+    st = lk_catalog_list_credentials(a->cat, find_cred_of_type, &u, err);
+  }
+  if (st == LK_OK && u.found) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION,
+                 "credential type '%s' is used by credential '%s'; delete "
+                 "that credential first (`latchkeyctl credential delete %s`)",
+                 r->id, u.user, u.user);
+  }
+  if (st != LK_OK) {
+    goto done;
+  }
+  b = lk_store_batch_new();
+  if (b == NULL) {
+    st = oom(err);
+    goto done;
+  }
+  st = lk_catalog_delete_type(a->cat, b, r->id, err);
+  if (st == LK_OK) {
+    st = commit(a, b, err);
+  }
+  if (st == LK_OK) {
+    st = pack_empty(resp, resp_len, err);
+  }
+done:
+  lk_store_batch_destroy(b);
+  lk_catalog_free_type(t);
+  return st;
+}
+
+/* ---- budgets ---- */
+
+static lk_status put_budget_answer(lk_admin *a, Latchkey__V1__Budget *bg,
+                                   unsigned char **resp, size_t *resp_len,
+                                   lk_err *err) {
+  lk_store_batch *b = lk_store_batch_new();
+  lk_status st;
+
+  if (b == NULL) {
+    return oom(err);
+  }
+  st = lk_catalog_put_budget(a->cat, b, bg, err);
+  if (st == LK_OK) {
+    st = commit(a, b, err);
+  }
+  lk_store_batch_destroy(b);
+  if (st == LK_OK) {
+    st = pack(&bg->base, resp, resp_len, err);
+  }
+  return st;
+}
+
+static lk_status h_create_budget(lk_admin *a, ProtobufCMessage *m,
+                                 unsigned char **resp, size_t *resp_len,
+                                 lk_err *err) {
+  Latchkey__V1__Budget *bg = (Latchkey__V1__Budget *)m;
+  Latchkey__V1__Budget *old = NULL;
+  size_t i;
+  size_t j;
+  lk_status st = need_id(bg->id, "budget.id", err);
+
+  if (st != LK_OK) {
+    return st;
+  }
+  if (bg->n_agents == 0) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "budget '%s' lists no agents; add at least one "
+                   "(--agent AGENT)",
+                   bg->id);
+  }
+  if (bg->n_agents > LK_ADMIN_MAX_AGENTS) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "budget '%s' lists more than %d agents", bg->id,
+                   LK_ADMIN_MAX_AGENTS);
+  }
+  for (i = 0; i < bg->n_agents; i++) {
+    if (!lk_catalog_valid_id(bg->agents[i])) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "budget '%s': agent %zu is not a valid id; use 1-128 "
+                     "characters from A-Z a-z 0-9 . _ -, starting with a "
+                     "letter or digit",
+                     bg->id, i + 1);
+    }
+    for (j = 0; j < i; j++) {
+      if (streq(bg->agents[j], bg->agents[i])) {
+        return lk_fail(err, LK_INVALID_ARGUMENT,
+                       "budget '%s': agent '%s' is listed twice; list it once",
+                       bg->id, bg->agents[i]);
+      }
+    }
+  }
+  st = lk_catalog_get_budget(a->cat, bg->id, &old, err);
+  if (st == LK_OK) {
+    lk_catalog_free_budget(old);
+    return lk_fail(err, LK_ALREADY_EXISTS,
+                   "budget '%s' already exists; choose another id or delete "
+                   "it first",
+                   bg->id);
+  }
+  if (st != LK_NOT_FOUND) {
+    return st;
+  }
+  lk_err_clear(err);
+  return put_budget_answer(a, bg, resp, resp_len, err);
+}
+
+static lk_status h_get_budget(lk_admin *a, ProtobufCMessage *m,
+                              unsigned char **resp, size_t *resp_len,
+                              lk_err *err) {
+  Latchkey__V1__GetRequest *r = (Latchkey__V1__GetRequest *)m;
+  Latchkey__V1__Budget *bg = NULL;
+  lk_status st = need_id(r->id, "GetRequest.id", err);
+
+  if (st == LK_OK) {
+    st = lk_catalog_get_budget(a->cat, r->id, &bg, err);
+  }
+  if (st == LK_OK) {
+    st = pack(&bg->base, resp, resp_len, err);
+  }
+  lk_catalog_free_budget(bg);
+  return st;
+}
+
+static lk_status h_list_budgets(lk_admin *a, ProtobufCMessage *m,
+                                unsigned char **resp, size_t *resp_len,
+                                lk_err *err) {
+  Latchkey__V1__BudgetList list = LATCHKEY__V1__BUDGET_LIST__INIT;
+  collector col = {NULL, 0, 0, "budget", LK_OK, err};
+  lk_status st;
+  size_t i;
+
+  (void)m;
+  st = finish_collect(
+      lk_catalog_list_budgets(a->cat, collect_budget, &col, err), &col);
+  if (st == LK_OK) {
+    list.budgets = calloc(col.n > 0 ? col.n : 1, sizeof(*list.budgets));
+    if (list.budgets == NULL) {
+      st = oom(err);
+    }
+  }
+  if (st == LK_OK) {
+    for (i = 0; i < col.n; i++) {
+      list.budgets[i] = col.items[i];
+    }
+    list.n_budgets = col.n;
+    st = pack(&list.base, resp, resp_len, err);
+  }
+  free(list.budgets);
+  collector_free(&col);
+  return st;
+}
+
+static lk_status h_set_budget_paused(lk_admin *a, ProtobufCMessage *m,
+                                     unsigned char **resp, size_t *resp_len,
+                                     lk_err *err) {
+  Latchkey__V1__SetBudgetPausedRequest *r =
+      (Latchkey__V1__SetBudgetPausedRequest *)m;
+  Latchkey__V1__Budget *bg = NULL;
+  lk_status st = need_id(r->id, "SetBudgetPausedRequest.id", err);
+
+  if (st == LK_OK) {
+    st = lk_catalog_get_budget(a->cat, r->id, &bg, err);
+  }
+  if (st == LK_OK) {
+    bg->paused = r->paused;
+    st = put_budget_answer(a, bg, resp, resp_len, err);
+  }
+  lk_catalog_free_budget(bg);
+  return st;
+}
+
+static lk_status h_delete_budget(lk_admin *a, ProtobufCMessage *m,
+                                 unsigned char **resp, size_t *resp_len,
+                                 lk_err *err) {
+  Latchkey__V1__DeleteRequest *r = (Latchkey__V1__DeleteRequest *)m;
+  Latchkey__V1__Budget *bg = NULL;
+  lk_store_batch *b = NULL;
+  collector col = {NULL, 0, 0, "binding", LK_OK, err};
+  size_t i;
+  lk_status st = need_id(r->id, "DeleteRequest.id", err);
+
+  if (st == LK_OK) {
+    st = lk_catalog_get_budget(a->cat, r->id, &bg, err);
+  }
+  if (st == LK_OK) {
+    st = collect_bindings(a, r->id, &col, err);
+  }
+  if (st != LK_OK) {
+    goto done;
+  }
+  b = lk_store_batch_new();
+  if (b == NULL) {
+    st = oom(err);
+    goto done;
+  }
+  for (i = 0; st == LK_OK && i < col.n; i++) {
+    st = lk_catalog_delete_binding(a->cat, b, col.items[i], err);
+  }
+  if (st == LK_OK) {
+    st = lk_catalog_delete_budget(a->cat, b, r->id, err);
+  }
+  if (st == LK_OK) {
+    st = commit(a, b, err);
+  }
+  if (st == LK_OK) {
+    st = pack_empty(resp, resp_len, err);
+  }
+done:
+  lk_store_batch_destroy(b);
+  collector_free(&col);
+  lk_catalog_free_budget(bg);
+  return st;
+}
+
+/* ---- bindings ---- */
+
+/* Checks budget_id and that exactly one target is set; *tool says which. */
+static lk_status check_binding_shape(const Latchkey__V1__Binding *bd, int *tool,
+                                     lk_err *err) {
+  int has_tool = nonempty(bd->tool_id);
+  int has_type = nonempty(bd->credential_type);
+  lk_status st = need_id(bd->budget_id, "binding.budget_id", err);
+
+  if (st != LK_OK) {
+    return st;
+  }
+  if (has_tool == has_type) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "a binding names exactly one of tool_id (tool-specific) "
+                   "and credential_type (budget-wide); set one of them");
+  }
+  *tool = has_tool;
+  return has_tool
+             ? need_id(bd->tool_id, "binding.tool_id", err)
+             : need_id(bd->credential_type, "binding.credential_type", err);
+}
+
+static lk_status h_bind(lk_admin *a, ProtobufCMessage *m, unsigned char **resp,
+                        size_t *resp_len, lk_err *err) {
+  Latchkey__V1__Binding *bd = (Latchkey__V1__Binding *)m;
+  Latchkey__V1__Binding out = LATCHKEY__V1__BINDING__INIT;
+  Latchkey__V1__Budget *bg = NULL;
+  Latchkey__V1__Credential *c = NULL;
+  Latchkey__V1__Tool *t = NULL;
+  Latchkey__V1__CredentialType *type = NULL;
+  lk_store_batch *b = NULL;
+  int tool = 0;
+  lk_status st = check_binding_shape(bd, &tool, err);
+
+  if (st == LK_OK) {
+    st = need_id(bd->credential_id, "binding.credential_id", err);
+  }
+  if (st == LK_OK) {
+    st = lk_catalog_get_budget(a->cat, bd->budget_id, &bg, err);
+  }
+  if (st == LK_OK) {
+    st = lk_catalog_get_credential(a->cat, bd->credential_id, &c, err);
+  }
+  if (st != LK_OK) {
+    goto done;
+  }
+  if (tool) {
+    st = lk_catalog_get_tool(a->cat, bd->tool_id, &t, err);
+    if (st != LK_OK) {
+      goto done;
+    }
+    if (!nonempty(t->credential_type)) {
+      st = lk_fail(err, LK_FAILED_PRECONDITION,
+                   "tool '%s' needs no credential (it has no "
+                   "credential_type), so there is nothing to bind; give it "
+                   "a credential_type first if it needs one",
+                   t->id);
+      goto done;
+    }
+    if (!streq(c->type, t->credential_type)) {
+      st = lk_fail(err, LK_FAILED_PRECONDITION,
+                   "credential '%s' has type '%s' but tool '%s' needs type "
+                   "'%s'; bind a credential of type '%s'",
+                   c->id, c->type, t->id, t->credential_type,
+                   t->credential_type);
+      goto done;
+    }
+  } else {
+    st = lk_catalog_get_type(a->cat, bd->credential_type, &type, err);
+    if (st != LK_OK) {
+      goto done;
+    }
+    if (!streq(c->type, type->id)) {
+      st = lk_fail(err, LK_FAILED_PRECONDITION,
+                   "credential '%s' has type '%s', not '%s'; bind a "
+                   "credential of type '%s'",
+                   c->id, c->type, type->id, type->id);
+      goto done;
+    }
+  }
+  out.budget_id = bd->budget_id;
+  out.tool_id = tool ? bd->tool_id : (char *)"";
+  out.credential_type = tool ? (char *)"" : bd->credential_type;
+  out.credential_id = bd->credential_id;
+  b = lk_store_batch_new();
+  if (b == NULL) {
+    st = oom(err);
+    goto done;
+  }
+  st = lk_catalog_put_binding(a->cat, b, &out, err);
+  if (st == LK_OK) {
+    st = commit(a, b, err);
+  }
+  if (st == LK_OK) {
+    st = pack(&out.base, resp, resp_len, err);
+  }
+done:
+  lk_store_batch_destroy(b);
+  lk_catalog_free_budget(bg);
+  lk_catalog_free_credential(c);
+  lk_catalog_free_tool(t);
+  lk_catalog_free_type(type);
+  return st;
+}
+
+static lk_status h_unbind(lk_admin *a, ProtobufCMessage *m,
+                          unsigned char **resp, size_t *resp_len, lk_err *err) {
+  Latchkey__V1__Binding *bd = (Latchkey__V1__Binding *)m;
+  Latchkey__V1__Binding *old = NULL;
+  lk_store_batch *b = NULL;
+  int tool = 0;
+  lk_status st = check_binding_shape(bd, &tool, err);
+
+  if (st == LK_OK) {
+    st = tool ? lk_catalog_get_binding_tool(a->cat, bd->budget_id, bd->tool_id,
+                                            &old, err)
+              : lk_catalog_get_binding_type(a->cat, bd->budget_id,
+                                            bd->credential_type, &old, err);
+  }
+  if (st != LK_OK) {
+    goto done;
+  }
+  b = lk_store_batch_new();
+  if (b == NULL) {
+    st = oom(err);
+    goto done;
+  }
+  st = lk_catalog_delete_binding(a->cat, b, old, err);
+  if (st == LK_OK) {
+    st = commit(a, b, err);
+  }
+  if (st == LK_OK) {
+    st = pack_empty(resp, resp_len, err);
+  }
+done:
+  lk_store_batch_destroy(b);
+  lk_catalog_free_binding(old);
+  return st;
+}
+
+static lk_status h_list_bindings(lk_admin *a, ProtobufCMessage *m,
+                                 unsigned char **resp, size_t *resp_len,
+                                 lk_err *err) {
+  Latchkey__V1__ListBindingsRequest *r = (Latchkey__V1__ListBindingsRequest *)m;
+  Latchkey__V1__BindingList list = LATCHKEY__V1__BINDING_LIST__INIT;
+  collector col = {NULL, 0, 0, "binding", LK_OK, err};
+  lk_status st = LK_OK;
+  size_t i;
+
+  if (nonempty(r->budget_id)) {
+    Latchkey__V1__Budget *bg = NULL;
+    st = need_id(r->budget_id, "ListBindingsRequest.budget_id", err);
+    if (st == LK_OK) {
+      st = lk_catalog_get_budget(a->cat, r->budget_id, &bg, err);
+    }
+    lk_catalog_free_budget(bg);
+  }
+  if (st == LK_OK) {
+    st = collect_bindings(a, r->budget_id, &col, err);
+  }
+  if (st == LK_OK) {
+    list.bindings = calloc(col.n > 0 ? col.n : 1, sizeof(*list.bindings));
+    if (list.bindings == NULL) {
+      st = oom(err);
+    }
+  }
+  if (st == LK_OK) {
+    for (i = 0; i < col.n; i++) {
+      list.bindings[i] = col.items[i];
+    }
+    list.n_bindings = col.n;
+    st = pack(&list.base, resp, resp_len, err);
+  }
+  free(list.bindings);
+  collector_free(&col);
+  return st;
+}
+
+/* ---- dispatch ---- */
+
+#define PATH(m) "/latchkey.v1.Admin/" m
+
+static const method methods[] = {
+    {PATH("RegisterTool"), &latchkey__v1__register_tool_request__descriptor, 1,
+     NULL, h_register_tool},
+    {PATH("GetTool"), &latchkey__v1__get_request__descriptor, 0, NULL,
+     h_get_tool},
+    {PATH("ListTools"), &latchkey__v1__list_request__descriptor, 0, NULL,
+     h_list_tools},
+    {PATH("DeleteTool"), &latchkey__v1__delete_request__descriptor, 1, NULL,
+     h_delete_tool},
+    {PATH("RegisterCredentialType"), &latchkey__v1__credential_type__descriptor,
+     1, NULL, h_register_type},
+    {PATH("GetCredentialType"), &latchkey__v1__get_request__descriptor, 0, NULL,
+     h_get_type},
+    {PATH("ListCredentialTypes"), &latchkey__v1__list_request__descriptor, 0,
+     NULL, h_list_types},
+    {PATH("DeleteCredentialType"), &latchkey__v1__delete_request__descriptor, 1,
+     NULL, h_delete_type},
+    {PATH("CreateCredential"),
+     &latchkey__v1__create_credential_request__descriptor, 1, scrub_create,
+     h_create_credential},
+    {PATH("GetCredential"), &latchkey__v1__get_request__descriptor, 0, NULL,
+     h_get_credential},
+    {PATH("ListCredentials"), &latchkey__v1__list_request__descriptor, 0, NULL,
+     h_list_credentials},
+    {PATH("UpdateCredential"),
+     &latchkey__v1__update_credential_request__descriptor, 1, scrub_update,
+     h_update_credential},
+    {PATH("DeleteCredential"), &latchkey__v1__delete_request__descriptor, 1,
+     NULL, h_delete_credential},
+    {PATH("CreateBudget"), &latchkey__v1__budget__descriptor, 1, NULL,
+     h_create_budget},
+    {PATH("GetBudget"), &latchkey__v1__get_request__descriptor, 0, NULL,
+     h_get_budget},
+    {PATH("ListBudgets"), &latchkey__v1__list_request__descriptor, 0, NULL,
+     h_list_budgets},
+    {PATH("SetBudgetPaused"),
+     &latchkey__v1__set_budget_paused_request__descriptor, 1, NULL,
+     h_set_budget_paused},
+    {PATH("DeleteBudget"), &latchkey__v1__delete_request__descriptor, 1, NULL,
+     h_delete_budget},
+    {PATH("Bind"), &latchkey__v1__binding__descriptor, 1, NULL, h_bind},
+    {PATH("Unbind"), &latchkey__v1__binding__descriptor, 1, NULL, h_unbind},
+    {PATH("ListBindings"), &latchkey__v1__list_bindings_request__descriptor, 0,
+     NULL, h_list_bindings},
+};
+
+#define N_METHODS (sizeof(methods) / sizeof(methods[0]))
+
+static const char *const method_paths[N_METHODS] = {
+    PATH("RegisterTool"),
+    PATH("GetTool"),
+    PATH("ListTools"),
+    PATH("DeleteTool"),
+    PATH("RegisterCredentialType"),
+    PATH("GetCredentialType"),
+    PATH("ListCredentialTypes"),
+    PATH("DeleteCredentialType"),
+    PATH("CreateCredential"),
+    PATH("GetCredential"),
+    PATH("ListCredentials"),
+    PATH("UpdateCredential"),
+    PATH("DeleteCredential"),
+    PATH("CreateBudget"),
+    PATH("GetBudget"),
+    PATH("ListBudgets"),
+    PATH("SetBudgetPaused"),
+    PATH("DeleteBudget"),
+    PATH("Bind"),
+    PATH("Unbind"),
+    PATH("ListBindings"),
+};
+
+const char *const *lk_admin_methods(size_t *n) {
+  *n = N_METHODS;
+  return method_paths;
+}
+
+lk_status lk_admin_new(lk_catalog *cat, const lk_seal_key *key, lk_admin **out,
+                       lk_err *err) {
+  lk_admin *a;
+  lk_status st;
+
+  *out = NULL;
+  if (cat == NULL || key == NULL) {
+    return lk_fail(err, LK_INTERNAL, "lk_admin_new needs a catalog and a key");
+  }
+  st = lk_secret_init();
+  if (st != LK_OK) {
+    return lk_fail(err, st, "libsodium did not initialize");
+  }
+  a = calloc(1, sizeof(*a));
+  if (a == NULL) {
+    return oom(err);
+  }
+  if (pthread_mutex_init(&a->mu, NULL) != 0) {
+    free(a);
+    return lk_fail(err, LK_INTERNAL, "could not create the Admin mutex");
+  }
+  a->cat = cat;
+  a->key = key;
+  *out = a;
+  return LK_OK;
+}
+
+void lk_admin_destroy(lk_admin *a) {
+  if (a == NULL) {
+    return;
+  }
+  pthread_mutex_destroy(&a->mu);
+  free(a);
+}
+
+lk_status lk_admin_handle(lk_admin *a, const char *method_path,
+                          const unsigned char *req, size_t req_len,
+                          unsigned char **resp, size_t *resp_len, lk_err *err) {
+  static const unsigned char no_bytes[1] = {0};
+  const method *md = NULL;
+  ProtobufCMessage *m = NULL;
+  lk_status st;
+  size_t i;
+
+  *resp = NULL;
+  *resp_len = 0;
+  for (i = 0; method_path != NULL && i < N_METHODS; i++) {
+    if (strcmp(methods[i].path, method_path) == 0) {
+      md = &methods[i];
+      break;
+    }
+  }
+  if (md == NULL) {
+    return lk_fail(err, LK_NOT_FOUND,
+                   "unknown Admin method %.200s; see admin.proto for the "
+                   "methods this server serves",
+                   method_path != NULL ? method_path : "(none)");
+  }
+  if (req_len > LK_ADMIN_MAX_REQUEST) {
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                   "request of %zu bytes is over the %u byte limit; send a "
+                   "smaller definition",
+                   req_len, LK_ADMIN_MAX_REQUEST);
+  }
+  m = protobuf_c_message_unpack(md->req_desc, NULL, req_len,
+                                req != NULL ? req : no_bytes);
+  if (m == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "request is not a valid %s; send the message admin.proto "
+                   "declares for %s",
+                   md->req_desc->name, md->path);
+  }
+  if (md->writes) {
+    pthread_mutex_lock(&a->mu);
+  }
+  st = md->fn(a, m, resp, resp_len, err);
+  if (md->writes) {
+    pthread_mutex_unlock(&a->mu);
+  }
+  if (md->scrub != NULL) {
+    md->scrub(m);
+  }
+  protobuf_c_message_free_unpacked(m, NULL);
+  if (st != LK_OK) {
+    free(*resp);
+    *resp = NULL;
+    *resp_len = 0;
+  }
+  return st;
+}

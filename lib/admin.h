@@ -1,0 +1,77 @@
+/*
+ * admin.h - the latchkey.v1.Admin service logic: validation, sealing,
+ * masking, reference checks, over a catalog.
+ *
+ * Why: the standalone sidecar and the control plane serve the same Admin
+ * API; the rules (what a valid tool is, how a secret is sealed, what a
+ * masked credential shows, what may be deleted) live here once, and the
+ * servers only move bytes: lk_admin_handle takes a method path and a
+ * serialized request and returns a serialized response or an lk_status
+ * whose message tells the owner what to do.
+ *
+ * Invariants:
+ * - No response and no error message ever carries a secret field value.
+ *   Credentials come back masked: secret fields show only `mask`
+ *   ("••••" plus the last 4 characters when the value has at least 12,
+ *   "••••" alone otherwise), never `value` or `sealed`.
+ * - Secret values are sealed with lk_seal (associated data binds the
+ *   credential id, field name and key id) before they reach the catalog;
+ *   the request strings that held them are wiped before they are freed.
+ * - Writes are read-modify-write under one mutex, and every operation that
+ *   touches several records (a tool and its inline type, a budget and its
+ *   bindings) commits them in one atomic batch.
+ *
+ * Limits: request at most LK_ADMIN_MAX_REQUEST bytes; a tool has at most
+ * LK_ADMIN_MAX_OPERATIONS operations of at most LK_ADMIN_MAX_PARAMS params;
+ * a credential type at most LK_ADMIN_MAX_FIELDS fields; a budget at most
+ * LK_ADMIN_MAX_AGENTS agents; a listing at most LK_ADMIN_MAX_LIST records;
+ * a field's max_len defaults to 4096 and may be at most 65536;
+ * timeout_ms at most 300000.
+ */
+#ifndef LK_ADMIN_H
+#define LK_ADMIN_H
+
+#include <stddef.h>
+
+#include "lib/catalog.h"
+#include "lib/seal.h"
+#include "lib/status.h"
+
+#define LK_ADMIN_MAX_REQUEST (4u * 1024u * 1024u)
+#define LK_ADMIN_MAX_OPERATIONS 256
+#define LK_ADMIN_MAX_PARAMS 128
+#define LK_ADMIN_MAX_FIELDS 64
+#define LK_ADMIN_MAX_AGENTS 1024
+#define LK_ADMIN_MAX_LIST 250000
+#define LK_ADMIN_DEFAULT_MAX_LEN 4096
+#define LK_ADMIN_MAX_MAX_LEN 65536
+#define LK_ADMIN_MAX_TIMEOUT_MS 300000
+
+typedef struct lk_admin lk_admin;
+
+/* Creates an Admin service over cat, sealing with key; both are borrowed
+ * and must outlive the service. */
+lk_status lk_admin_new(lk_catalog *cat, const lk_seal_key *key, lk_admin **out,
+                       lk_err *err) LK_MUST_CHECK;
+
+/* Frees the service; NULL is a no-op. */
+void lk_admin_destroy(lk_admin *a);
+
+/* Handles one Admin RPC: method is the full gRPC path
+ * ("/latchkey.v1.Admin/RegisterTool"), req the serialized request; on
+ * LK_OK *resp is the malloc'd serialized response (free()) of *resp_len
+ * bytes. LK_NOT_FOUND for an unknown method, LK_RESOURCE_EXHAUSTED for a
+ * request over LK_ADMIN_MAX_REQUEST, LK_INVALID_ARGUMENT when req does not
+ * decode; otherwise the method's own status. Thread-safe. req is only
+ * read: for CreateCredential and UpdateCredential it holds plaintext
+ * secrets, so the caller wipes it (lk_wipe) before freeing it. */
+lk_status lk_admin_handle(lk_admin *a, const char *method,
+                          const unsigned char *req, size_t req_len,
+                          unsigned char **resp, size_t *resp_len,
+                          lk_err *err) LK_MUST_CHECK;
+
+/* Returns the static list of every method path lk_admin_handle serves and
+ * sets *n to its length (the server registers them). */
+const char *const *lk_admin_methods(size_t *n);
+
+#endif

@@ -1,0 +1,527 @@
+/*
+ * catalog.c - the one place that turns ids into store keys and records into
+ * protobuf bytes (layout documented in catalog.h).
+ *
+ * Keys are built in fixed stack buffers sized for the longest valid ids, so
+ * a lookup allocates only what the store and protobuf-c allocate. Ids are
+ * validated before any key is built; an invalid id never reaches the
+ * store. Credential encodings hold sealed ciphertexts and masks only, but
+ * are still wiped before free so no heap page keeps a copy longer than
+ * needed.
+ */
+#include "lib/catalog.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/secret.h"
+
+/* "bind/" + id + "/tool/" + id + NUL, with room to spare. */
+#define KEY_MAX (2 * LK_CATALOG_ID_MAX + 32)
+
+#define SCHEMA_KEY "meta/schema"
+
+struct lk_catalog {
+  lk_store *store;
+};
+
+/* What a record kind is called in messages, its key prefix and decoder. */
+typedef struct {
+  const char *noun;   /* "tool", for messages */
+  const char *prefix; /* "tool/" */
+  const ProtobufCMessageDescriptor *desc;
+  int wipe;         /* encodings hold credential material */
+  const char *hint; /* what to do when it is missing */
+} kind;
+
+static const kind kind_tool = {"tool", "tool/", &latchkey__v1__tool__descriptor,
+                               0, "list tools with `latchkeyctl tool list`"};
+static const kind kind_type = {"credential type", "type/",
+                               &latchkey__v1__credential_type__descriptor, 0,
+                               "list types with `latchkeyctl type list`"};
+static const kind kind_cred = {
+    "credential", "cred/", &latchkey__v1__credential__descriptor, 1,
+    "list credentials with `latchkeyctl credential list`"};
+static const kind kind_budget = {"budget", "budget/",
+                                 &latchkey__v1__budget__descriptor, 0,
+                                 "list budgets with `latchkeyctl budget list`"};
+static const kind kind_bind = {"binding", "bind/",
+                               &latchkey__v1__binding__descriptor, 0, NULL};
+
+int lk_catalog_valid_id(const char *id) {
+  size_t i;
+  if (id == NULL || id[0] == '\0') {
+    return 0;
+  }
+  for (i = 0; id[i] != '\0'; i++) {
+    unsigned char ch = (unsigned char)id[i];
+    int alnum = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                (ch >= '0' && ch <= '9');
+    if (i >= LK_CATALOG_ID_MAX) {
+      return 0;
+    }
+    if (!alnum && (i == 0 || (ch != '.' && ch != '_' && ch != '-'))) {
+      return 0;
+    }
+  }
+  return 1;
+}
+
+static lk_status bad_id(lk_err *err, const char *noun) {
+  return lk_fail(err, LK_INVALID_ARGUMENT,
+                 "%s id is not valid: use 1-128 characters from A-Z a-z 0-9 "
+                 ". _ -, starting with a letter or digit",
+                 noun);
+}
+
+/* Writes prefix + id into key; the id must already be valid. */
+static void key_of(char key[KEY_MAX], const kind *k, const char *id) {
+  snprintf(key, KEY_MAX, "%s%s", k->prefix, id);
+}
+
+static lk_status binding_key(char key[KEY_MAX], const char *budget,
+                             const char *what, const char *id, lk_err *err) {
+  if (!lk_catalog_valid_id(budget)) {
+    return bad_id(err, "budget");
+  }
+  if (!lk_catalog_valid_id(id)) {
+    return bad_id(err, what[1] == 'o' ? "tool" : "credential type");
+  }
+  snprintf(key, KEY_MAX, "bind/%s/%s/%s", budget, what, id);
+  return LK_OK;
+}
+
+lk_status lk_catalog_open(lk_store *store, lk_catalog **out, lk_err *err) {
+  lk_status st;
+  unsigned char *val = NULL;
+  size_t len = 0;
+  lk_catalog *c = NULL;
+
+  *out = NULL;
+  if (store == NULL) {
+    return lk_fail(err, LK_INTERNAL, "lk_catalog_open: store is NULL");
+  }
+  st = lk_store_get(store, SCHEMA_KEY, &val, &len, err);
+  if (st == LK_NOT_FOUND) {
+    st = lk_store_put(store, SCHEMA_KEY,
+                      (const unsigned char *)LK_CATALOG_SCHEMA,
+                      strlen(LK_CATALOG_SCHEMA), err);
+  } else if (st == LK_OK && (len != strlen(LK_CATALOG_SCHEMA) ||
+                             memcmp(val, LK_CATALOG_SCHEMA, len) != 0)) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION,
+                 "the data dir holds catalog layout \"%.*s\", this build "
+                 "reads layout \"" LK_CATALOG_SCHEMA
+                 "\"; use a matching latchkey version or a fresh data dir",
+                 len > 16 ? 16 : (int)len, (const char *)val);
+  }
+  if (st != LK_OK) {
+    goto done;
+  }
+  c = calloc(1, sizeof(*c));
+  if (c == NULL) {
+    st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory opening catalog");
+    goto done;
+  }
+  c->store = store;
+  *out = c;
+done:
+  if (val != NULL) {
+    lk_store_value_free(val, len);
+  }
+  return st;
+}
+
+void lk_catalog_destroy(lk_catalog *c) {
+  free(c);
+}
+
+lk_store *lk_catalog_store(const lk_catalog *c) {
+  return c->store;
+}
+
+/* Fetches and decodes the record at key: one store get. missing is the
+ * whole LK_NOT_FOUND message. */
+static lk_status get_key(lk_catalog *c, const kind *k, const char *key,
+                         const char *missing, ProtobufCMessage **out,
+                         lk_err *err) {
+  unsigned char *val = NULL;
+  size_t len = 0;
+  ProtobufCMessage *m;
+  lk_status st = lk_store_get(c->store, key, &val, &len, err);
+
+  if (st == LK_NOT_FOUND) {
+    return lk_fail(err, LK_NOT_FOUND, "%s", missing);
+  }
+  if (st != LK_OK) {
+    return st;
+  }
+  m = protobuf_c_message_unpack(k->desc, NULL, len, val);
+  lk_store_value_free(val, len); /* wipes */
+  if (m == NULL) {
+    return lk_fail(err, LK_INTERNAL,
+                   "stored record %s does not decode; restore the data dir "
+                   "from a backup or re-create the %s",
+                   key, k->noun);
+  }
+  *out = m;
+  return LK_OK;
+}
+
+static lk_status get_by_id(lk_catalog *c, const kind *k, const char *id,
+                           ProtobufCMessage **out, lk_err *err) {
+  char key[KEY_MAX];
+  char missing[LK_CATALOG_ID_MAX + 128];
+
+  if (!lk_catalog_valid_id(id)) {
+    return bad_id(err, k->noun);
+  }
+  key_of(key, k, id);
+  snprintf(missing, sizeof(missing), "%s '%s' not found; %s", k->noun, id,
+           k->hint);
+  return get_key(c, k, key, missing, out, err);
+}
+
+lk_status lk_catalog_get_tool(lk_catalog *c, const char *id,
+                              Latchkey__V1__Tool **out, lk_err *err) {
+  ProtobufCMessage *m = NULL;
+  lk_status st = get_by_id(c, &kind_tool, id, &m, err);
+  if (st == LK_OK) {
+    *out = (Latchkey__V1__Tool *)m;
+  }
+  return st;
+}
+
+lk_status lk_catalog_get_type(lk_catalog *c, const char *id,
+                              Latchkey__V1__CredentialType **out, lk_err *err) {
+  ProtobufCMessage *m = NULL;
+  lk_status st = get_by_id(c, &kind_type, id, &m, err);
+  if (st == LK_OK) {
+    *out = (Latchkey__V1__CredentialType *)m;
+  }
+  return st;
+}
+
+lk_status lk_catalog_get_credential(lk_catalog *c, const char *id,
+                                    Latchkey__V1__Credential **out,
+                                    lk_err *err) {
+  ProtobufCMessage *m = NULL;
+  lk_status st = get_by_id(c, &kind_cred, id, &m, err);
+  if (st == LK_OK) {
+    *out = (Latchkey__V1__Credential *)m;
+  }
+  return st;
+}
+
+lk_status lk_catalog_get_budget(lk_catalog *c, const char *id,
+                                Latchkey__V1__Budget **out, lk_err *err) {
+  ProtobufCMessage *m = NULL;
+  lk_status st = get_by_id(c, &kind_budget, id, &m, err);
+  if (st == LK_OK) {
+    *out = (Latchkey__V1__Budget *)m;
+  }
+  return st;
+}
+
+static lk_status get_binding(lk_catalog *c, const char *budget,
+                             const char *what, const char *id,
+                             Latchkey__V1__Binding **out, lk_err *err) {
+  char key[KEY_MAX];
+  char missing[3 * LK_CATALOG_ID_MAX + 160];
+  ProtobufCMessage *m = NULL;
+  lk_status st = binding_key(key, budget, what, id, err);
+
+  if (st != LK_OK) {
+    return st;
+  }
+  snprintf(missing, sizeof(missing),
+           "no credential is bound to %s '%s' in budget '%s'; bind one with "
+           "`latchkeyctl bind %s --%s %s --credential CRED`",
+           what[1] == 'o' ? "tool" : "credential type", id, budget, budget,
+           what, id);
+  st = get_key(c, &kind_bind, key, missing, &m, err);
+  if (st == LK_OK) {
+    *out = (Latchkey__V1__Binding *)m;
+  }
+  return st;
+}
+
+lk_status lk_catalog_get_binding_tool(lk_catalog *c, const char *budget,
+                                      const char *tool,
+                                      Latchkey__V1__Binding **out,
+                                      lk_err *err) {
+  return get_binding(c, budget, "tool", tool, out, err);
+}
+
+lk_status lk_catalog_get_binding_type(lk_catalog *c, const char *budget,
+                                      const char *type,
+                                      Latchkey__V1__Binding **out,
+                                      lk_err *err) {
+  return get_binding(c, budget, "type", type, out, err);
+}
+
+/* One listing in progress: the typed callback and what went wrong. */
+typedef struct {
+  const kind *k;
+  union {
+    lk_catalog_tool_fn tool;
+    lk_catalog_type_fn type;
+    lk_catalog_credential_fn cred;
+    lk_catalog_budget_fn budget;
+    lk_catalog_binding_fn bind;
+  } fn;
+  void *ctx;
+  lk_status st;
+  lk_err *err;
+} scan_state;
+
+static int scan_one(void *ctx, const char *key, size_t klen,
+                    const unsigned char *val, size_t vlen) {
+  scan_state *s = ctx;
+  ProtobufCMessage *m = protobuf_c_message_unpack(s->k->desc, NULL, vlen, val);
+
+  if (m == NULL) {
+    s->st = lk_fail(s->err, LK_INTERNAL,
+                    "stored record %.*s does not decode; restore the data "
+                    "dir from a backup or re-create the %s",
+                    klen > KEY_MAX ? KEY_MAX : (int)klen, key, s->k->noun);
+    return 1;
+  }
+  if (s->k == &kind_tool) {
+    return s->fn.tool(s->ctx, (Latchkey__V1__Tool *)m);
+  }
+  if (s->k == &kind_type) {
+    return s->fn.type(s->ctx, (Latchkey__V1__CredentialType *)m);
+  }
+  if (s->k == &kind_cred) {
+    return s->fn.cred(s->ctx, (Latchkey__V1__Credential *)m);
+  }
+  if (s->k == &kind_budget) {
+    return s->fn.budget(s->ctx, (Latchkey__V1__Budget *)m);
+  }
+  return s->fn.bind(s->ctx, (Latchkey__V1__Binding *)m);
+}
+
+static lk_status scan(lk_catalog *c, scan_state *s, const char *prefix) {
+  lk_status st = lk_store_scan(c->store, prefix, scan_one, s, s->err);
+  if (st != LK_OK) {
+    return st;
+  }
+  return s->st;
+}
+
+lk_status lk_catalog_list_tools(lk_catalog *c, lk_catalog_tool_fn fn, void *ctx,
+                                lk_err *err) {
+  scan_state s = {&kind_tool, {.tool = fn}, ctx, LK_OK, err};
+  return scan(c, &s, kind_tool.prefix);
+}
+
+lk_status lk_catalog_list_types(lk_catalog *c, lk_catalog_type_fn fn, void *ctx,
+                                lk_err *err) {
+  scan_state s = {&kind_type, {.type = fn}, ctx, LK_OK, err};
+  return scan(c, &s, kind_type.prefix);
+}
+
+lk_status lk_catalog_list_credentials(lk_catalog *c,
+                                      lk_catalog_credential_fn fn, void *ctx,
+                                      lk_err *err) {
+  scan_state s = {&kind_cred, {.cred = fn}, ctx, LK_OK, err};
+  return scan(c, &s, kind_cred.prefix);
+}
+
+lk_status lk_catalog_list_budgets(lk_catalog *c, lk_catalog_budget_fn fn,
+                                  void *ctx, lk_err *err) {
+  scan_state s = {&kind_budget, {.budget = fn}, ctx, LK_OK, err};
+  return scan(c, &s, kind_budget.prefix);
+}
+
+lk_status lk_catalog_list_bindings(lk_catalog *c, const char *budget,
+                                   lk_catalog_binding_fn fn, void *ctx,
+                                   lk_err *err) {
+  scan_state s = {&kind_bind, {.bind = fn}, ctx, LK_OK, err};
+  char prefix[KEY_MAX];
+
+  if (budget == NULL || budget[0] == '\0') {
+    return scan(c, &s, kind_bind.prefix);
+  }
+  if (!lk_catalog_valid_id(budget)) {
+    return bad_id(err, "budget");
+  }
+  snprintf(prefix, sizeof(prefix), "bind/%s/", budget);
+  return scan(c, &s, prefix);
+}
+
+/* Encodes m and adds a put of key to b; wipes the encoding when asked. */
+static lk_status put_msg(lk_store_batch *b, const char *key,
+                         const ProtobufCMessage *m, int wipe, lk_err *err) {
+  size_t len = protobuf_c_message_get_packed_size(m);
+  unsigned char *buf = malloc(len > 0 ? len : 1);
+
+  if (buf == NULL) {
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                   "out of memory encoding %s; retry", key);
+  }
+  protobuf_c_message_pack(m, buf);
+  lk_store_batch_put(b, key, buf, len);
+  if (wipe) {
+    lk_wipe_free(buf, len);
+  } else {
+    free(buf);
+  }
+  return LK_OK;
+}
+
+static lk_status put_by_id(lk_store_batch *b, const kind *k, const char *id,
+                           const ProtobufCMessage *m, lk_err *err) {
+  char key[KEY_MAX];
+  if (!lk_catalog_valid_id(id)) {
+    return bad_id(err, k->noun);
+  }
+  key_of(key, k, id);
+  return put_msg(b, key, m, k->wipe, err);
+}
+
+lk_status lk_catalog_put_tool(lk_catalog *c, lk_store_batch *b,
+                              const Latchkey__V1__Tool *tool, lk_err *err) {
+  (void)c;
+  return put_by_id(b, &kind_tool, tool->id, &tool->base, err);
+}
+
+lk_status lk_catalog_put_type(lk_catalog *c, lk_store_batch *b,
+                              const Latchkey__V1__CredentialType *type,
+                              lk_err *err) {
+  (void)c;
+  return put_by_id(b, &kind_type, type->id, &type->base, err);
+}
+
+lk_status lk_catalog_put_credential(lk_catalog *c, lk_store_batch *b,
+                                    const Latchkey__V1__Credential *cred,
+                                    lk_err *err) {
+  (void)c;
+  return put_by_id(b, &kind_cred, cred->id, &cred->base, err);
+}
+
+lk_status lk_catalog_put_budget(lk_catalog *c, lk_store_batch *b,
+                                const Latchkey__V1__Budget *budget,
+                                lk_err *err) {
+  (void)c;
+  return put_by_id(b, &kind_budget, budget->id, &budget->base, err);
+}
+
+/* Builds the key of a binding from its budget and its one target. */
+static lk_status binding_key_of(char key[KEY_MAX],
+                                const Latchkey__V1__Binding *bind,
+                                lk_err *err) {
+  int has_tool = bind->tool_id != NULL && bind->tool_id[0] != '\0';
+  int has_type =
+      bind->credential_type != NULL && bind->credential_type[0] != '\0';
+
+  if (has_tool == has_type) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "a binding names exactly one of tool_id (tool-specific) "
+                   "and credential_type (budget-wide); set one of them");
+  }
+  return has_tool
+             ? binding_key(key, bind->budget_id, "tool", bind->tool_id, err)
+             : binding_key(key, bind->budget_id, "type", bind->credential_type,
+                           err);
+}
+
+lk_status lk_catalog_put_binding(lk_catalog *c, lk_store_batch *b,
+                                 const Latchkey__V1__Binding *bind,
+                                 lk_err *err) {
+  char key[KEY_MAX];
+  lk_status st = binding_key_of(key, bind, err);
+
+  (void)c;
+  if (st != LK_OK) {
+    return st;
+  }
+  if (!lk_catalog_valid_id(bind->credential_id)) {
+    return bad_id(err, "credential");
+  }
+  return put_msg(b, key, &bind->base, 0, err);
+}
+
+static lk_status delete_by_id(lk_store_batch *b, const kind *k, const char *id,
+                              lk_err *err) {
+  char key[KEY_MAX];
+  if (!lk_catalog_valid_id(id)) {
+    return bad_id(err, k->noun);
+  }
+  key_of(key, k, id);
+  lk_store_batch_delete(b, key);
+  return LK_OK;
+}
+
+lk_status lk_catalog_delete_tool(lk_catalog *c, lk_store_batch *b,
+                                 const char *id, lk_err *err) {
+  (void)c;
+  return delete_by_id(b, &kind_tool, id, err);
+}
+
+lk_status lk_catalog_delete_type(lk_catalog *c, lk_store_batch *b,
+                                 const char *id, lk_err *err) {
+  (void)c;
+  return delete_by_id(b, &kind_type, id, err);
+}
+
+lk_status lk_catalog_delete_credential(lk_catalog *c, lk_store_batch *b,
+                                       const char *id, lk_err *err) {
+  (void)c;
+  return delete_by_id(b, &kind_cred, id, err);
+}
+
+lk_status lk_catalog_delete_budget(lk_catalog *c, lk_store_batch *b,
+                                   const char *id, lk_err *err) {
+  (void)c;
+  return delete_by_id(b, &kind_budget, id, err);
+}
+
+lk_status lk_catalog_delete_binding(lk_catalog *c, lk_store_batch *b,
+                                    const Latchkey__V1__Binding *bind,
+                                    lk_err *err) {
+  char key[KEY_MAX];
+  lk_status st = binding_key_of(key, bind, err);
+
+  (void)c;
+  if (st != LK_OK) {
+    return st;
+  }
+  lk_store_batch_delete(b, key);
+  return LK_OK;
+}
+
+lk_status lk_catalog_commit(lk_catalog *c, lk_store_batch *b, lk_err *err) {
+  return lk_store_write(c->store, b, err);
+}
+
+void lk_catalog_free_tool(Latchkey__V1__Tool *tool) {
+  if (tool != NULL) {
+    protobuf_c_message_free_unpacked(&tool->base, NULL);
+  }
+}
+
+void lk_catalog_free_type(Latchkey__V1__CredentialType *type) {
+  if (type != NULL) {
+    protobuf_c_message_free_unpacked(&type->base, NULL);
+  }
+}
+
+void lk_catalog_free_credential(Latchkey__V1__Credential *cred) {
+  if (cred != NULL) {
+    protobuf_c_message_free_unpacked(&cred->base, NULL);
+  }
+}
+
+void lk_catalog_free_budget(Latchkey__V1__Budget *budget) {
+  if (budget != NULL) {
+    protobuf_c_message_free_unpacked(&budget->base, NULL);
+  }
+}
+
+void lk_catalog_free_binding(Latchkey__V1__Binding *bind) {
+  if (bind != NULL) {
+    protobuf_c_message_free_unpacked(&bind->base, NULL);
+  }
+}
