@@ -97,27 +97,33 @@ lk_status lk_flags_parse(const lk_flag *flags, int n_flags, int argc,
       value = argv[++i];
     }
     lk_status st = set_value(f, value, "flag", err);
-    if (st != LK_OK) return st;
+    if (st != LK_OK)
+      return st;
     seen[found] = 1;
   }
   for (int k = 0; k < n_flags; k++) {
-    if (seen[k]) continue;
+    if (seen[k])
+      continue;
     char env[96];
     env_name(flags[k].name, env, sizeof(env));
     const char *value = getenv(env);
-    if (value == NULL) continue;
+    if (value == NULL)
+      continue;
     char source[128];
     snprintf(source, sizeof(source), "environment %s for", env);
     lk_status st = set_value(&flags[k], value, source, err);
-    if (st != LK_OK) return st;
+    if (st != LK_OK)
+      return st;
   }
   return LK_OK;
 }
 
-void lk_flags_usage(const char *prog, const char *summary,
-                    const lk_flag *flags, int n_flags) {
-  fprintf(stderr, "usage: %s [flags]\n%s\n\nflags (each also from the "
-          "environment variable shown):\n", prog, summary);
+void lk_flags_usage(const char *prog, const char *summary, const lk_flag *flags,
+                    int n_flags) {
+  fprintf(stderr,
+          "usage: %s [flags]\n%s\n\nflags (each also from the "
+          "environment variable shown):\n",
+          prog, summary);
   for (int k = 0; k < n_flags; k++) {
     char env[96];
     env_name(flags[k].name, env, sizeof(env));

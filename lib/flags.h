@@ -18,7 +18,7 @@ typedef enum { LK_FLAG_STRING, LK_FLAG_BOOL, LK_FLAG_INT } lk_flag_kind;
 typedef struct {
   const char *name; /* without leading dashes: "data-dir" */
   lk_flag_kind kind;
-  void *target;     /* const char **, int *, or int64_t * */
+  void *target; /* const char **, int *, or int64_t * */
   const char *help;
 } lk_flag;
 
@@ -30,7 +30,7 @@ lk_status lk_flags_parse(const lk_flag *flags, int n_flags, int argc,
                          lk_err *err) LK_MUST_CHECK;
 
 /* Prints a usage text listing every flag and its environment variable. */
-void lk_flags_usage(const char *prog, const char *summary,
-                    const lk_flag *flags, int n_flags);
+void lk_flags_usage(const char *prog, const char *summary, const lk_flag *flags,
+                    int n_flags);
 
 #endif

@@ -41,7 +41,8 @@ static size_t json_escape(char *out, size_t pos, size_t cap, const char *s) {
 }
 
 void lk_log(lk_log_level level, const char *event, const char *fmt, ...) {
-  if (level < min_level) return;
+  if (level < min_level)
+    return;
   char msg[1024];
   va_list ap;
   va_start(ap, fmt);

@@ -8,7 +8,12 @@
 #ifndef LK_LOG_H
 #define LK_LOG_H
 
-typedef enum { LK_LOG_DEBUG, LK_LOG_INFO, LK_LOG_WARN, LK_LOG_ERROR } lk_log_level;
+typedef enum {
+  LK_LOG_DEBUG,
+  LK_LOG_INFO,
+  LK_LOG_WARN,
+  LK_LOG_ERROR
+} lk_log_level;
 
 /* Sets the minimum level written; parses "debug|info|warn|error".
  * Returns 0 on success, -1 for an unknown name. */

@@ -128,26 +128,34 @@ static void request_next(request_slot *slot) {
 }
 
 static void call_release(lk_rpc_call *c) {
-  if (atomic_fetch_sub(&c->refs, 1) != 1) return;
+  if (atomic_fetch_sub(&c->refs, 1) != 1)
+    return;
   lk_rpc_server *srv = c->srv;
-  if (c->call != NULL) grpc_call_unref(c->call);
+  if (c->call != NULL)
+    grpc_call_unref(c->call);
   grpc_metadata_array_destroy(&c->md);
   lk_wipe_free(c->req, c->req_len);
-  if (c->resp != NULL) grpc_byte_buffer_destroy(c->resp);
-  if (c->has_details) grpc_slice_unref(c->details);
+  if (c->resp != NULL)
+    grpc_byte_buffer_destroy(c->resp);
+  if (c->has_details)
+    grpc_slice_unref(c->details);
   free(c);
   pthread_mutex_lock(&srv->mu);
-  if (--srv->live_calls == 0) pthread_cond_broadcast(&srv->calls_cv);
+  if (--srv->live_calls == 0)
+    pthread_cond_broadcast(&srv->calls_cv);
   pthread_mutex_unlock(&srv->mu);
 }
 
 /* Copies the payload into one flat buffer (wiped on release). */
 static int flatten_payload(lk_rpc_call *c, grpc_byte_buffer *bb) {
-  if (bb == NULL) return 0;
+  if (bb == NULL)
+    return 0;
   size_t len = grpc_byte_buffer_length(bb);
-  if (len > MAX_REQUEST_BYTES) return -1;
+  if (len > MAX_REQUEST_BYTES)
+    return -1;
   grpc_byte_buffer_reader reader;
-  if (!grpc_byte_buffer_reader_init(&reader, bb)) return -1;
+  if (!grpc_byte_buffer_reader_init(&reader, bb))
+    return -1;
   c->req = malloc(len ? len : 1);
   if (c->req == NULL) {
     grpc_byte_buffer_reader_destroy(&reader);
@@ -157,9 +165,11 @@ static int flatten_payload(lk_rpc_call *c, grpc_byte_buffer *bb) {
   size_t pos = 0;
   while (grpc_byte_buffer_reader_next(&reader, &s)) {
     size_t n = GRPC_SLICE_LENGTH(s);
-    if (pos + n <= len) memcpy(c->req + pos, GRPC_SLICE_START_PTR(s), n);
+    if (pos + n <= len)
+      memcpy(c->req + pos, GRPC_SLICE_START_PTR(s), n);
     /* Admin requests carry secrets: wipe grpc's copy as we take ours. */
-    if (n > 0) lk_wipe(GRPC_SLICE_START_PTR(s), n);
+    if (n > 0)
+      lk_wipe(GRPC_SLICE_START_PTR(s), n);
     pos += n;
     grpc_slice_unref(s);
   }
@@ -176,7 +186,8 @@ static void accept_call(request_slot *slot) {
                                  "server out of memory", NULL);
     grpc_call_unref(slot->call);
     grpc_metadata_array_destroy(&slot->md);
-    if (slot->payload) grpc_byte_buffer_destroy(slot->payload);
+    if (slot->payload)
+      grpc_byte_buffer_destroy(slot->payload);
     return;
   }
   c->close_tag = (tag){TAG_CLOSE, c};
@@ -196,11 +207,12 @@ static void accept_call(request_slot *slot) {
     /* gpr's monotonic clock has its own epoch: convert via "remaining". */
     gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
     gpr_timespec left = gpr_time_sub(dl, now);
-    c->deadline_ms = lk_now_ms() + (int64_t)left.tv_sec * 1000 +
-                     left.tv_nsec / 1000000;
+    c->deadline_ms =
+        lk_now_ms() + (int64_t)left.tv_sec * 1000 + left.tv_nsec / 1000000;
   }
   int bad_payload = flatten_payload(c, slot->payload);
-  if (slot->payload) grpc_byte_buffer_destroy(slot->payload);
+  if (slot->payload)
+    grpc_byte_buffer_destroy(slot->payload);
 
   pthread_mutex_lock(&srv->mu);
   srv->live_calls++;
@@ -232,20 +244,24 @@ static void *worker_main(void *arg) {
   for (;;) {
     grpc_event ev = grpc_completion_queue_next(
         w->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
-    if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
-    if (ev.type != GRPC_OP_COMPLETE) continue;
+    if (ev.type == GRPC_QUEUE_SHUTDOWN)
+      break;
+    if (ev.type != GRPC_OP_COMPLETE)
+      continue;
     tag *t = ev.tag;
     switch (t->kind) {
       case TAG_REQUEST: {
         request_slot *slot = (request_slot *)t;
         if (!ev.success || slot->call == NULL) {
           grpc_metadata_array_destroy(&slot->md);
-          if (slot->payload) grpc_byte_buffer_destroy(slot->payload);
+          if (slot->payload)
+            grpc_byte_buffer_destroy(slot->payload);
           slot->payload = NULL;
           break; /* server shutting down: do not re-request */
         }
         request_slot taken = *slot;
-        if (!atomic_load(&w->srv->shutting_down)) request_next(slot);
+        if (!atomic_load(&w->srv->shutting_down))
+          request_next(slot);
         accept_call(&taken);
         break;
       }
@@ -267,15 +283,15 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
-lk_status lk_rpc_server_new(int n_workers, lk_rpc_server **out,
-                            lk_err *err) {
+lk_status lk_rpc_server_new(int n_workers, lk_rpc_server **out, lk_err *err) {
   *out = NULL;
   if (n_workers < 1 || n_workers > 256) {
     return lk_fail(err, LK_INVALID_ARGUMENT,
                    "worker count %d is out of range 1..256", n_workers);
   }
   lk_rpc_server *s = calloc(1, sizeof(*s));
-  if (s == NULL) return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  if (s == NULL)
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   s->workers = calloc((size_t)n_workers, sizeof(worker));
   if (s->workers == NULL) {
     free(s);
@@ -296,16 +312,17 @@ lk_status lk_rpc_server_new(int n_workers, lk_rpc_server **out,
 
 /* Removes a stale Unix socket file so a restart can bind again. */
 static void remove_stale_socket(const char *addr) {
-  if (strncmp(addr, "unix:", 5) != 0) return;
+  if (strncmp(addr, "unix:", 5) != 0)
+    return;
   const char *path = addr + 5;
   struct stat st;
-  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path);
+  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+    unlink(path);
 }
 
 lk_status lk_rpc_server_listen(lk_rpc_server *s, const char *addr,
                                const char *const *methods, size_t n_methods,
-                               lk_rpc_handler handler, void *ctx,
-                               lk_err *err) {
+                               lk_rpc_handler handler, void *ctx, lk_err *err) {
   if (s->started) {
     return lk_fail(err, LK_INTERNAL, "listener added after start");
   }
@@ -336,12 +353,11 @@ lk_status lk_rpc_server_listen(lk_rpc_server *s, const char *addr,
   l->ctx = ctx;
   for (size_t i = 0; i < n_methods; i++) {
     l->methods[i] = strdup(methods[i]);
-    l->registered[i] =
-        grpc_server_register_method(l->server, methods[i], NULL,
-                                    GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+    l->registered[i] = grpc_server_register_method(
+        l->server, methods[i], NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
+        0);
     if (l->methods[i] == NULL || l->registered[i] == NULL) {
-      return lk_fail(err, LK_INTERNAL, "cannot register method %s",
-                     methods[i]);
+      return lk_fail(err, LK_INTERNAL, "cannot register method %s", methods[i]);
     }
   }
   for (int i = 0; i < s->n_workers; i++) {
@@ -362,7 +378,8 @@ lk_status lk_rpc_server_listen(lk_rpc_server *s, const char *addr,
 }
 
 lk_status lk_rpc_server_start(lk_rpc_server *s, lk_err *err) {
-  if (s->started) return LK_OK;
+  if (s->started)
+    return LK_OK;
   size_t per_worker = 0;
   for (size_t i = 0; i < s->n_listeners; i++) {
     grpc_server_start(s->listeners[i].server);
@@ -400,7 +417,8 @@ lk_status lk_rpc_server_start(lk_rpc_server *s, lk_err *err) {
 }
 
 void lk_rpc_server_shutdown(lk_rpc_server *s, int grace_ms) {
-  if (s == NULL || s->stopped) return;
+  if (s == NULL || s->stopped)
+    return;
   s->stopped = 1;
   atomic_store(&s->shutting_down, 1);
   if (s->started) {
@@ -409,12 +427,13 @@ void lk_rpc_server_shutdown(lk_rpc_server *s, int grace_ms) {
       grpc_server_shutdown_and_notify(s->listeners[i].server, s->shutdown_cq,
                                       &t);
     }
-    gpr_timespec deadline = gpr_time_add(
-        gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(grace_ms, GPR_TIMESPAN));
+    gpr_timespec deadline =
+        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                     gpr_time_from_millis(grace_ms, GPR_TIMESPAN));
     size_t done = 0;
     while (done < s->n_listeners) {
-      grpc_event ev = grpc_completion_queue_pluck(s->shutdown_cq, &t, deadline,
-                                                  NULL);
+      grpc_event ev =
+          grpc_completion_queue_pluck(s->shutdown_cq, &t, deadline, NULL);
       if (ev.type == GRPC_OP_COMPLETE) {
         done++;
         continue;
@@ -464,7 +483,8 @@ void lk_rpc_server_shutdown(lk_rpc_server *s, int grace_ms) {
       for (;;) {
         grpc_event ev = grpc_completion_queue_next(
             s->workers[i].cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
-        if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+        if (ev.type == GRPC_QUEUE_SHUTDOWN)
+          break;
       }
     }
   }
@@ -472,16 +492,19 @@ void lk_rpc_server_shutdown(lk_rpc_server *s, int grace_ms) {
   for (;;) {
     grpc_event ev = grpc_completion_queue_pluck(
         s->shutdown_cq, NULL, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
-    if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+    if (ev.type == GRPC_QUEUE_SHUTDOWN)
+      break;
   }
 }
 
 void lk_rpc_server_destroy(lk_rpc_server *s) {
-  if (s == NULL) return;
+  if (s == NULL)
+    return;
   lk_rpc_server_shutdown(s, 0);
   for (size_t i = 0; i < s->n_listeners; i++) {
     listener *l = &s->listeners[i];
-    for (size_t m = 0; m < l->n_methods; m++) free(l->methods[m]);
+    for (size_t m = 0; m < l->n_methods; m++)
+      free(l->methods[m]);
     free(l->methods);
     free(l->registered);
     free(l->addr);
@@ -523,7 +546,8 @@ int64_t lk_rpc_call_deadline_ms(const lk_rpc_call *c) {
 }
 
 int lk_rpc_call_cancelled(const lk_rpc_call *c) {
-  if (atomic_load(&c->closed)) return 1;
+  if (atomic_load(&c->closed))
+    return 1;
   return c->deadline_ms != INT64_MAX && lk_now_ms() >= c->deadline_ms;
 }
 
@@ -556,8 +580,8 @@ static void send_final(lk_rpc_call *c, grpc_status_code code, const char *msg,
     c->ops[n].data.send_status_from_server.status_details = &c->details;
   }
   n++;
-  grpc_call_error e = grpc_call_start_batch(c->call, c->ops, n, &c->send_tag,
-                                            NULL);
+  grpc_call_error e =
+      grpc_call_start_batch(c->call, c->ops, n, &c->send_tag, NULL);
   if (e != GRPC_CALL_OK) {
     lk_log(LK_LOG_WARN, "rpc_send_failed", "%s: %s", lk_rpc_call_method(c),
            grpc_call_error_to_string(e));
@@ -565,8 +589,7 @@ static void send_final(lk_rpc_call *c, grpc_status_code code, const char *msg,
   }
 }
 
-void lk_rpc_call_finish(lk_rpc_call *c, const unsigned char *resp,
-                        size_t len) {
+void lk_rpc_call_finish(lk_rpc_call *c, const unsigned char *resp, size_t len) {
   send_final(c, GRPC_STATUS_OK, NULL, resp, len);
 }
 

@@ -74,8 +74,7 @@ int64_t lk_rpc_call_deadline_ms(const lk_rpc_call *c);
 int lk_rpc_call_cancelled(const lk_rpc_call *c);
 
 /* Sends resp as the reply with status OK and releases the call. */
-void lk_rpc_call_finish(lk_rpc_call *c, const unsigned char *resp,
-                        size_t len);
+void lk_rpc_call_finish(lk_rpc_call *c, const unsigned char *resp, size_t len);
 
 /* Sends err's status and message and releases the call. */
 void lk_rpc_call_fail(lk_rpc_call *c, const lk_err *err);

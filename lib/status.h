@@ -18,17 +18,17 @@
 #define LK_MUST_CHECK __attribute__((warn_unused_result))
 
 /* X(name, grpc_code, default message) */
-#define LK_STATUS_MAP(X)                                                      \
-  X(LK_OK, 0, "ok")                                                           \
-  X(LK_INVALID_ARGUMENT, 3, "invalid argument")                               \
-  X(LK_DEADLINE_EXCEEDED, 4, "deadline exceeded")                             \
-  X(LK_NOT_FOUND, 5, "not found")                                             \
-  X(LK_ALREADY_EXISTS, 6, "already exists")                                   \
-  X(LK_PERMISSION_DENIED, 7, "permission denied")                             \
-  X(LK_RESOURCE_EXHAUSTED, 8, "resource exhausted")                           \
-  X(LK_FAILED_PRECONDITION, 9, "failed precondition")                         \
-  X(LK_INTERNAL, 13, "internal error")                                        \
-  X(LK_UNAVAILABLE, 14, "unavailable")                                        \
+#define LK_STATUS_MAP(X)                              \
+  X(LK_OK, 0, "ok")                                   \
+  X(LK_INVALID_ARGUMENT, 3, "invalid argument")       \
+  X(LK_DEADLINE_EXCEEDED, 4, "deadline exceeded")     \
+  X(LK_NOT_FOUND, 5, "not found")                     \
+  X(LK_ALREADY_EXISTS, 6, "already exists")           \
+  X(LK_PERMISSION_DENIED, 7, "permission denied")     \
+  X(LK_RESOURCE_EXHAUSTED, 8, "resource exhausted")   \
+  X(LK_FAILED_PRECONDITION, 9, "failed precondition") \
+  X(LK_INTERNAL, 13, "internal error")                \
+  X(LK_UNAVAILABLE, 14, "unavailable")                \
   X(LK_UNAUTHENTICATED, 16, "unauthenticated")
 
 typedef enum {

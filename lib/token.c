@@ -34,7 +34,8 @@ lk_status lk_token_load(const char *path, lk_token **out, lk_err *err) {
   lk_status st = LK_OK;
   lk_secret *buf = lk_secret_new(MAX_TOKEN_FILE);
   int fd = -1;
-  if (buf == NULL) return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  if (buf == NULL)
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot read token file %s: %s",
@@ -44,13 +45,15 @@ lk_status lk_token_load(const char *path, lk_token **out, lk_err *err) {
   size_t n = 0;
   for (;;) {
     ssize_t r = read(fd, lk_secret_mut(buf) + n, MAX_TOKEN_FILE - n);
-    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno == EINTR)
+      continue;
     if (r < 0) {
       st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot read token file %s: %s",
                    path, strerror(errno));
       goto cleanup;
     }
-    if (r == 0) break;
+    if (r == 0)
+      break;
     n += (size_t)r;
     if (n == MAX_TOKEN_FILE) {
       st = lk_fail(err, LK_INVALID_ARGUMENT,
@@ -79,21 +82,25 @@ lk_status lk_token_load(const char *path, lk_token **out, lk_err *err) {
   digest_bearer(p, n, t->digest);
   *out = t;
 cleanup:
-  if (fd >= 0) close(fd);
+  if (fd >= 0)
+    close(fd);
   lk_secret_free(buf);
   return st;
 }
 
 void lk_token_destroy(lk_token *t) {
-  if (t == NULL) return;
+  if (t == NULL)
+    return;
   sodium_memzero(t, sizeof(*t));
   free(t);
 }
 
 int lk_token_check_bearer(const lk_token *t, const char *value, size_t len) {
-  if (t == NULL || value == NULL) return 0;
+  if (t == NULL || value == NULL)
+    return 0;
   unsigned char d[crypto_generichash_BYTES];
-  if (len < 7 || memcmp(value, "Bearer ", 7) != 0) return 0;
+  if (len < 7 || memcmp(value, "Bearer ", 7) != 0)
+    return 0;
   digest_bearer((const unsigned char *)value + 7, len - 7, d);
   return sodium_memcmp(d, t->digest, sizeof(d)) == 0;
 }

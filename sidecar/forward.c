@@ -30,13 +30,15 @@
 
 static void *wipe_malloc(size_t n) {
   unsigned char *p = malloc(n + PREFIX);
-  if (p == NULL) return NULL;
+  if (p == NULL)
+    return NULL;
   memcpy(p, &n, sizeof(n));
   return p + PREFIX;
 }
 
 static void wipe_free(void *ptr) {
-  if (ptr == NULL) return;
+  if (ptr == NULL)
+    return;
   unsigned char *p = (unsigned char *)ptr - PREFIX;
   size_t n;
   memcpy(&n, p, sizeof(n));
@@ -45,11 +47,13 @@ static void wipe_free(void *ptr) {
 }
 
 static void *wipe_realloc(void *ptr, size_t n) {
-  if (ptr == NULL) return wipe_malloc(n);
+  if (ptr == NULL)
+    return wipe_malloc(n);
   size_t old;
   memcpy(&old, (unsigned char *)ptr - PREFIX, sizeof(old));
   void *q = wipe_malloc(n);
-  if (q == NULL) return NULL;
+  if (q == NULL)
+    return NULL;
   memcpy(q, ptr, old < n ? old : n);
   wipe_free(ptr);
   return q;
@@ -58,21 +62,24 @@ static void *wipe_realloc(void *ptr, size_t n) {
 static char *wipe_strdup(const char *s) {
   size_t n = strlen(s) + 1;
   char *q = wipe_malloc(n);
-  if (q != NULL) memcpy(q, s, n);
+  if (q != NULL)
+    memcpy(q, s, n);
   return q;
 }
 
 static void *wipe_calloc(size_t nmemb, size_t size) {
-  if (size != 0 && nmemb > SIZE_MAX / size) return NULL;
+  if (size != 0 && nmemb > SIZE_MAX / size)
+    return NULL;
   void *q = wipe_malloc(nmemb * size);
-  if (q != NULL) memset(q, 0, nmemb * size);
+  if (q != NULL)
+    memset(q, 0, nmemb * size);
   return q;
 }
 
 lk_status lk_forward_global_init(lk_err *err) {
-  CURLcode rc = curl_global_init_mem(CURL_GLOBAL_DEFAULT, wipe_malloc,
-                                     wipe_free, wipe_realloc, wipe_strdup,
-                                     wipe_calloc);
+  CURLcode rc =
+      curl_global_init_mem(CURL_GLOBAL_DEFAULT, wipe_malloc, wipe_free,
+                           wipe_realloc, wipe_strdup, wipe_calloc);
   if (rc != CURLE_OK) {
     return lk_fail(err, LK_INTERNAL, "libcurl initialisation failed: %s",
                    curl_easy_strerror(rc));
@@ -125,7 +132,8 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *userp) {
     /* A new response (after 1xx): keep only the final one's headers. */
     lk_secret_buf_free(t->head);
     t->head = lk_secret_buf_new(MAX_HEADER_BYTES);
-    if (t->head == NULL) return 0;
+    if (t->head == NULL)
+      return 0;
     return n;
   }
   if (lk_secret_buf_append(t->head, data, n, NULL) != LK_OK) {
@@ -140,7 +148,8 @@ static void transfer_free(transfer *t) {
     /* Header copies live in curl's (wiping) allocator; free wipes them. */
     curl_slist_free_all(t->headers);
   }
-  if (t->easy != NULL) curl_easy_cleanup(t->easy);
+  if (t->easy != NULL)
+    curl_easy_cleanup(t->easy);
   lk_secret_buf_free(t->body);
   lk_secret_buf_free(t->head);
   free(t);
@@ -174,16 +183,19 @@ static lk_status setup_easy(lk_forwarder *f, transfer *t, lk_err *err) {
   for (size_t i = 0; i < r->n_headers; i++) {
     struct curl_slist *next =
         curl_slist_append(t->headers, lk_secret_str(r->headers[i]));
-    if (next == NULL) return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    if (next == NULL)
+      return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
     t->headers = next;
   }
   /* The agent never sets these; keep curl from adding its own Expect. */
   struct curl_slist *next = curl_slist_append(t->headers, "Expect:");
-  if (next == NULL) return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  if (next == NULL)
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   t->headers = next;
 
   int64_t left = t->deadline_ms - lk_now_ms();
-  if (left < 1) left = 1;
+  if (left < 1)
+    left = 1;
   curl_easy_setopt(e, CURLOPT_URL, lk_secret_str(r->url));
   curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
   if (strcmp(r->method, "GET") == 0) {
@@ -263,8 +275,7 @@ static void finish_transfer(lk_forwarder *f, transfer *t, CURLcode rc) {
     return;
   }
   if (rc == CURLE_OPERATION_TIMEDOUT ||
-      (rc == CURLE_ABORTED_BY_CALLBACK &&
-       lk_now_ms() >= t->deadline_ms)) {
+      (rc == CURLE_ABORTED_BY_CALLBACK && lk_now_ms() >= t->deadline_ms)) {
     complete_error(t, LK_DEADLINE_EXCEEDED,
                    "the vendor did not answer before the call's deadline%s: "
                    "retry with a longer deadline",
@@ -286,7 +297,8 @@ static int64_t poll_wait_ms(const lk_forwarder *f) {
   int64_t wait = 50;
   int64_t now = lk_now_ms();
   for (const transfer *t = f->active; t != NULL; t = t->next) {
-    if (t->deadline_ms - now < wait) wait = t->deadline_ms - now;
+    if (t->deadline_ms - now < wait)
+      wait = t->deadline_ms - now;
   }
   return wait < 1 ? 1 : wait;
 }
@@ -342,14 +354,16 @@ static void *forwarder_main(void *arg) {
       }
       pp = &t->next;
     }
-    if (stopping) break;
+    if (stopping)
+      break;
 
     int running = 0;
     curl_multi_perform(f->multi, &running);
     CURLMsg *msg;
     int left;
     while ((msg = curl_multi_info_read(f->multi, &left)) != NULL) {
-      if (msg->msg != CURLMSG_DONE) continue;
+      if (msg->msg != CURLMSG_DONE)
+        continue;
       transfer *done = NULL;
       curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&done);
       CURLcode rc = msg->data.result;
@@ -359,26 +373,23 @@ static void *forwarder_main(void *arg) {
           break;
         }
       }
-      if (done != NULL) finish_transfer(f, done, rc);
+      if (done != NULL)
+        finish_transfer(f, done, rc);
     }
     curl_multi_poll(f->multi, NULL, 0, (int)poll_wait_ms(f), NULL);
   }
   return NULL;
 }
 
-int64_t lk_forward_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 lk_status lk_forwarder_new(const lk_forward_opts *opts, lk_forwarder **out,
                            lk_err *err) {
   *out = NULL;
   lk_forwarder *f = calloc(1, sizeof(*f));
-  if (f == NULL) return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  if (f == NULL)
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   f->opts = *opts;
-  if (f->opts.max_connections <= 0) f->opts.max_connections = 64;
+  if (f->opts.max_connections <= 0)
+    f->opts.max_connections = 64;
   pthread_mutex_init(&f->mu, NULL);
   f->multi = curl_multi_init();
   if (f->multi == NULL) {
@@ -423,7 +434,8 @@ void lk_forwarder_submit(lk_forwarder *f, const lk_http_request *req,
 }
 
 void lk_forwarder_destroy(lk_forwarder *f) {
-  if (f == NULL) return;
+  if (f == NULL)
+    return;
   pthread_mutex_lock(&f->mu);
   f->stopping = 1;
   pthread_mutex_unlock(&f->mu);

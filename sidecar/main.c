@@ -112,16 +112,22 @@ static int run(const options *o) {
   signal(SIGPIPE, SIG_IGN);
   grpc_init();
 
-  if (lk_store_open(o->data_dir, &store, &err) != LK_OK) goto fail;
-  if (lk_catalog_open(store, &cat, &err) != LK_OK) goto fail;
-  if (lk_seal_key_load_or_create(o->node_key, &key, &err) != LK_OK) goto fail;
+  if (lk_store_open(o->data_dir, &store, &err) != LK_OK)
+    goto fail;
+  if (lk_catalog_open(store, &cat, &err) != LK_OK)
+    goto fail;
+  if (lk_seal_key_load_or_create(o->node_key, &key, &err) != LK_OK)
+    goto fail;
   lk_forward_opts fo = {(size_t)o->max_response_bytes, 64};
-  if (lk_forwarder_new(&fo, &fwd, &err) != LK_OK) goto fail;
+  if (lk_forwarder_new(&fo, &fwd, &err) != LK_OK)
+    goto fail;
   lk_toolcalls_config tcfg = {o->agent_id, o->setup_url_template,
                               o->allow_insecure_vendors,
                               (size_t)o->max_response_bytes};
-  if (lk_toolcalls_new(&tcfg, cat, key, fwd, &tc, &err) != LK_OK) goto fail;
-  if (lk_rpc_server_new((int)o->workers, &srv, &err) != LK_OK) goto fail;
+  if (lk_toolcalls_new(&tcfg, cat, key, fwd, &tc, &err) != LK_OK)
+    goto fail;
+  if (lk_rpc_server_new((int)o->workers, &srv, &err) != LK_OK)
+    goto fail;
 
   size_t n = 0;
   const char *const *m = lk_toolcalls_methods(&n);
@@ -133,14 +139,16 @@ static int run(const options *o) {
     if (lk_token_load(o->admin_token_file, &admin.token, &err) != LK_OK) {
       goto fail;
     }
-    if (lk_admin_new(cat, key, &admin.admin, &err) != LK_OK) goto fail;
+    if (lk_admin_new(cat, key, &admin.admin, &err) != LK_OK)
+      goto fail;
     m = lk_admin_methods(&n);
     if (lk_rpc_server_listen(srv, o->admin_listen, m, n, admin_handle, &admin,
                              &err) != LK_OK) {
       goto fail;
     }
   }
-  if (lk_rpc_server_start(srv, &err) != LK_OK) goto fail;
+  if (lk_rpc_server_start(srv, &err) != LK_OK)
+    goto fail;
   lk_log(LK_LOG_INFO, "ready",
          "latchkeyd serving ToolCalls on %s%s%s for agent %s (standalone)",
          o->listen, admin.admin ? ", Admin on " : "",
@@ -174,7 +182,8 @@ cleanup:
   }
   lk_store_close(store);
   grpc_shutdown();
-  if (rc == 0) lk_log(LK_LOG_INFO, "stopped", "latchkeyd stopped cleanly");
+  if (rc == 0)
+    lk_log(LK_LOG_INFO, "stopped", "latchkeyd stopped cleanly");
   return rc;
 }
 
@@ -229,15 +238,17 @@ int main(int argc, char **argv) {
   if (o.agent_id == NULL || o.agent_id[0] == '\0') {
     usage_error = "--agent-id is required";
   } else if (o.control_plane != NULL && o.control_plane[0] != '\0') {
-    usage_error = "--control-plane (replica mode) is not available yet: run "
-                  "standalone with --admin-listen";
+    usage_error =
+        "--control-plane (replica mode) is not available yet: run "
+        "standalone with --admin-listen";
   } else if (o.admin_listen != NULL && o.admin_listen[0] != '\0' &&
              (o.admin_token_file == NULL || o.admin_token_file[0] == '\0')) {
     usage_error = "--admin-listen needs --admin-token-file";
   } else if (o.max_response_bytes < 1 ||
              o.max_response_bytes > MAX_RESPONSE_LIMIT) {
-    usage_error = "--max-response-bytes must be between 1 and 3145728 (gRPC "
-                  "clients refuse messages over 4 MiB by default)";
+    usage_error =
+        "--max-response-bytes must be between 1 and 3145728 (gRPC "
+        "clients refuse messages over 4 MiB by default)";
   } else if (o.workers < 1 || o.workers > 64) {
     usage_error = "--workers must be between 1 and 64";
   } else if (lk_log_set_level_name(o.log_level) != 0) {

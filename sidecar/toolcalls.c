@@ -69,7 +69,8 @@ lk_status lk_toolcalls_new(const lk_toolcalls_config *cfg, lk_catalog *cat,
                    "'.', '_', '-'; at most 128)");
   }
   lk_toolcalls *t = calloc(1, sizeof(*t));
-  if (t == NULL) return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  if (t == NULL)
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   t->cfg = *cfg;
   t->cat = cat;
   t->key = key;
@@ -102,7 +103,8 @@ static lk_status authorize(lk_toolcalls *t, const char *budget_id,
                            Latchkey__V1__Budget **out, lk_err *err) {
   *out = NULL;
   lk_status st = check_id("budget_id", budget_id, err);
-  if (st != LK_OK) return st;
+  if (st != LK_OK)
+    return st;
   Latchkey__V1__Budget *b = NULL;
   st = lk_catalog_get_budget(t->cat, budget_id, &b, err);
   if (st == LK_NOT_FOUND) {
@@ -111,10 +113,12 @@ static lk_status authorize(lk_toolcalls *t, const char *budget_id,
                    "create it (latchkeyctl budget create %s --agent %s)",
                    budget_id, budget_id, t->cfg.agent_id);
   }
-  if (st != LK_OK) return st;
+  if (st != LK_OK)
+    return st;
   int listed = 0;
   for (size_t i = 0; i < b->n_agents; i++) {
-    if (strcmp(b->agents[i], t->cfg.agent_id) == 0) listed = 1;
+    if (strcmp(b->agents[i], t->cfg.agent_id) == 0)
+      listed = 1;
   }
   if (!listed) {
     lk_catalog_free_budget(b);
@@ -148,11 +152,13 @@ static lk_status resolve(lk_toolcalls *t, const char *budget,
     st = lk_catalog_get_binding_type(t->cat, budget, tool->credential_type,
                                      &bind, err);
   }
-  if (st != LK_OK) return st;
+  if (st != LK_OK)
+    return st;
   Latchkey__V1__Credential *cred = NULL;
   st = lk_catalog_get_credential(t->cat, bind->credential_id, &cred, err);
   lk_catalog_free_binding(bind);
-  if (st != LK_OK) return st;
+  if (st != LK_OK)
+    return st;
   if (strcmp(cred->type, tool->credential_type) != 0) {
     lk_catalog_free_credential(cred);
     return lk_fail(err, LK_NOT_FOUND, "bound credential has another type");
@@ -163,10 +169,13 @@ static lk_status resolve(lk_toolcalls *t, const char *budget,
 
 static int is_loopback_host(const char *url) {
   const char *h = strstr(url, "://");
-  if (h == NULL) return 0;
+  if (h == NULL)
+    return 0;
   h += 3;
-  if (strncmp(h, "127.", 4) == 0) return 1;
-  if (strncmp(h, "[::1]", 5) == 0) return 1;
+  if (strncmp(h, "127.", 4) == 0)
+    return 1;
+  if (strncmp(h, "[::1]", 5) == 0)
+    return 1;
   if (strncmp(h, "localhost", 9) == 0 &&
       (h[9] == '\0' || h[9] == ':' || h[9] == '/')) {
     return 1;
@@ -178,7 +187,8 @@ static int is_loopback_host(const char *url) {
 static lk_status check_destination(lk_toolcalls *t,
                                    const Latchkey__V1__Tool *tool,
                                    lk_err *err) {
-  if (strncmp(tool->base_url, "https://", 8) == 0) return LK_OK;
+  if (strncmp(tool->base_url, "https://", 8) == 0)
+    return LK_OK;
   if (strncmp(tool->base_url, "http://", 7) == 0) {
     if (!is_loopback_host(tool->base_url)) {
       return lk_fail(err, LK_FAILED_PRECONDITION,
@@ -223,7 +233,8 @@ static lk_status unseal_fields(lk_toolcalls *t,
       lk_status st = lk_unseal(t->key, s->key_id, cred->id, f->name,
                                s->nonce.data, s->nonce.len, s->ciphertext.data,
                                s->ciphertext.len, &value, err);
-      if (st != LK_OK) return st;
+      if (st != LK_OK)
+        return st;
     } else {
       value = lk_secret_from(f->value, strlen(f->value));
       if (value == NULL) {
@@ -248,20 +259,25 @@ static void wipe_fields(lk_field *fields, size_t n) {
 /* Replaces {tool} {budget} {type} in the operator's template. */
 static char *render_setup_url(const char *tmpl, const char *tool,
                               const char *budget, const char *type) {
-  size_t cap = strlen(tmpl) + 16 * (strlen(tool) + strlen(budget) +
-                                    strlen(type) + 1);
+  size_t cap =
+      strlen(tmpl) + 16 * (strlen(tool) + strlen(budget) + strlen(type) + 1);
   char *out = malloc(cap + 1);
-  if (out == NULL) return NULL;
+  if (out == NULL)
+    return NULL;
   size_t n = 0;
   for (const char *p = tmpl; *p != '\0' && n < cap;) {
     const char *v = NULL;
     size_t skip = 0;
-    if (strncmp(p, "{tool}", 6) == 0) v = tool, skip = 6;
-    else if (strncmp(p, "{budget}", 8) == 0) v = budget, skip = 8;
-    else if (strncmp(p, "{type}", 6) == 0) v = type, skip = 6;
+    if (strncmp(p, "{tool}", 6) == 0)
+      v = tool, skip = 6;
+    else if (strncmp(p, "{budget}", 8) == 0)
+      v = budget, skip = 8;
+    else if (strncmp(p, "{type}", 6) == 0)
+      v = type, skip = 6;
     if (v != NULL) {
       size_t vl = strlen(v);
-      if (n + vl > cap) break;
+      if (n + vl > cap)
+        break;
       memcpy(out + n, v, vl);
       n += vl;
       p += skip;
@@ -278,8 +294,7 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
                           const char *budget, const Latchkey__V1__Tool *tool,
                           lk_err *err) {
   Latchkey__V1__CredentialType *type = NULL;
-  if (lk_catalog_get_type(t->cat, tool->credential_type, &type, err) !=
-      LK_OK) {
+  if (lk_catalog_get_type(t->cat, tool->credential_type, &type, err) != LK_OK) {
     lk_fail(err, LK_FAILED_PRECONDITION,
             "tool '%s' declares credential type '%s', which is not "
             "registered: ask the owner to register it",
@@ -306,17 +321,16 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
     copies[i].max_len = type->fields[i]->max_len;
     fields[i] = &copies[i];
     if (nl + strlen(type->fields[i]->name) + 32 < sizeof(names)) {
-      nl += (size_t)snprintf(names + nl, sizeof(names) - nl,
-                             "%s\"%s\":\"...\"", i ? "," : "",
-                             type->fields[i]->name);
+      nl += (size_t)snprintf(names + nl, sizeof(names) - nl, "%s\"%s\":\"...\"",
+                             i ? "," : "", type->fields[i]->name);
     }
   }
   mc.n_required_fields = (fields && copies) ? type->n_fields : 0;
   mc.required_fields = fields;
   char *setup_url = NULL;
   if (t->cfg.setup_url_template != NULL && t->cfg.setup_url_template[0]) {
-    setup_url = render_setup_url(t->cfg.setup_url_template, tool->id, budget,
-                                 type->id);
+    setup_url =
+        render_setup_url(t->cfg.setup_url_template, tool->id, budget, type->id);
   }
   mc.setup_url = setup_url ? setup_url : "";
   char hint[2048];
@@ -332,7 +346,8 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
   mc.hint = hint;
 
   Latchkey__V1__ToolCallResponse resp = LATCHKEY__V1__TOOL_CALL_RESPONSE__INIT;
-  resp.outcome_case = LATCHKEY__V1__TOOL_CALL_RESPONSE__OUTCOME_MISSING_CREDENTIAL;
+  resp.outcome_case =
+      LATCHKEY__V1__TOOL_CALL_RESPONSE__OUTCOME_MISSING_CREDENTIAL;
   resp.missing_credential = &mc;
   size_t len = latchkey__v1__tool_call_response__get_packed_size(&resp);
   unsigned char *buf = malloc(len ? len : 1);
@@ -392,36 +407,45 @@ static size_t parse_headers(char *block,
   for (char *line = strtok_r(block, "\r\n", &save); line != NULL;
        line = strtok_r(NULL, "\r\n", &save)) {
     char *colon = strchr(line, ':');
-    if (colon == NULL || colon == line) continue;
+    if (colon == NULL || colon == line)
+      continue;
     *colon = '\0';
     char *value = colon + 1;
-    while (*value == ' ' || *value == '\t') value++;
-    for (char *c = line; *c; c++) *c = (char)tolower((unsigned char)*c);
+    while (*value == ' ' || *value == '\t')
+      value++;
+    for (char *c = line; *c; c++)
+      *c = (char)tolower((unsigned char)*c);
     size_t k;
     for (k = 0; k < n; k++) {
-      if (strcmp(entries[k].key, line) == 0) break;
+      if (strcmp(entries[k].key, line) == 0)
+        break;
     }
     if (k < n) {
       /* Repeated header: join, as HTTP allows. */
       size_t a = strlen(entries[k].value), b = strlen(value);
       char *joined = malloc(a + b + 3);
-      if (joined == NULL) continue;
+      if (joined == NULL)
+        continue;
       memcpy(joined, entries[k].value, a);
       memcpy(joined + a, ", ", 2);
       memcpy(joined + a + 2, value, b + 1);
-      if (owned[k]) free(entries[k].value);
+      if (owned[k])
+        free(entries[k].value);
       entries[k].value = joined;
       owned[k] = 1;
-      if (strcmp(entries[k].key, "content-type") == 0) *content_type = joined;
+      if (strcmp(entries[k].key, "content-type") == 0)
+        *content_type = joined;
       continue;
     }
-    if (n == MAX_HEADERS) continue;
+    if (n == MAX_HEADERS)
+      continue;
     latchkey__v1__tool_result__headers_entry__init(&entries[n]);
     entries[n].key = line;
     entries[n].value = value;
     owned[n] = 0;
     ptrs[n] = &entries[n];
-    if (strcmp(line, "content-type") == 0) *content_type = value;
+    if (strcmp(line, "content-type") == 0)
+      *content_type = value;
     n++;
   }
   return n;
@@ -443,9 +467,9 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
   }
   unsigned char *body = NULL, *head = NULL;
   size_t body_len = 0, head_len = 0, n_body = 0, n_head = 0;
-  lk_status st = lk_scrub(p->scrub, lk_secret_data(res->body),
-                          lk_secret_len(res->body), p->t->cfg.max_response_bytes * 2,
-                          &body, &body_len, &n_body, &err);
+  lk_status st = lk_scrub(
+      p->scrub, lk_secret_data(res->body), lk_secret_len(res->body),
+      p->t->cfg.max_response_bytes * 2, &body, &body_len, &n_body, &err);
   if (st == LK_OK) {
     st = lk_scrub(p->scrub, lk_secret_data(res->headers),
                   lk_secret_len(res->headers), 256 * 1024, &head, &head_len,
@@ -494,7 +518,8 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
   }
   audit(p, "ok", res->http_status, body_len, result.redacted);
   for (size_t i = 0; i < n_entries; i++) {
-    if (owned[i]) free(entries[i].value);
+    if (owned[i])
+      free(entries[i].value);
   }
   free(buf);
   free(head_str);
@@ -532,9 +557,11 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
     goto fail;
   }
   st = authorize(t, rq->budget_id, &budget, &err);
-  if (st != LK_OK) goto fail;
+  if (st != LK_OK)
+    goto fail;
   st = check_id("tool_id", rq->tool_id, &err);
-  if (st != LK_OK) goto fail;
+  if (st != LK_OK)
+    goto fail;
   st = lk_catalog_get_tool(t->cat, rq->tool_id, &tool, &err);
   if (st == LK_NOT_FOUND) {
     st = lk_fail(&err, LK_NOT_FOUND,
@@ -542,7 +569,8 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
                  "with ToolCalls/ListTools",
                  rq->tool_id, rq->budget_id);
   }
-  if (st != LK_OK) goto fail;
+  if (st != LK_OK)
+    goto fail;
   for (size_t i = 0; i < tool->n_operations; i++) {
     if (strcmp(tool->operations[i]->name, rq->operation) == 0) {
       op = tool->operations[i];
@@ -556,15 +584,17 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
                              i ? ", " : "", tool->operations[i]->name);
     }
     st = lk_fail(&err, LK_NOT_FOUND,
-                 "tool '%s' has no operation '%.64s': use one of %s",
-                 tool->id, rq->operation, known);
+                 "tool '%s' has no operation '%.64s': use one of %s", tool->id,
+                 rq->operation, known);
     goto fail;
   }
   st = lk_args_parse(op, rq->arguments_json, strlen(rq->arguments_json), &args,
                      &err);
-  if (st != LK_OK) goto fail;
+  if (st != LK_OK)
+    goto fail;
   st = check_destination(t, tool, &err);
-  if (st != LK_OK) goto fail;
+  if (st != LK_OK)
+    goto fail;
 
   if (tool->credential_type[0] != '\0') {
     st = resolve(t, budget->id, tool, &cred, &err);
@@ -572,16 +602,21 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
       reply_missing(t, call, budget->id, tool, &err);
       goto done;
     }
-    if (st != LK_OK) goto fail;
+    if (st != LK_OK)
+      goto fail;
     st = lk_catalog_get_type(t->cat, tool->credential_type, &type, &err);
-    if (st != LK_OK) goto fail;
+    if (st != LK_OK)
+      goto fail;
     st = unseal_fields(t, cred, fields, &n_fields, &err);
-    if (st != LK_OK) goto fail;
+    if (st != LK_OK)
+      goto fail;
   }
   st = lk_inject_build(tool, op, type, fields, n_fields, args, &req, &err);
-  if (st != LK_OK) goto fail;
+  if (st != LK_OK)
+    goto fail;
   st = lk_scrubber_new(fields, n_fields, req->userpwd, &scrub, &err);
-  if (st != LK_OK) goto fail;
+  if (st != LK_OK)
+    goto fail;
   /* Last use of the unsealed values: the request and scrubber own copies. */
   wipe_fields(fields, n_fields);
   n_fields = 0;
@@ -602,11 +637,12 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
   p->start_us = start_us;
   req = NULL;
   scrub = NULL;
-  uint32_t timeout_ms = tool->timeout_ms ? tool->timeout_ms
-                                         : DEFAULT_TOOL_TIMEOUT_MS;
+  uint32_t timeout_ms =
+      tool->timeout_ms ? tool->timeout_ms : DEFAULT_TOOL_TIMEOUT_MS;
   int64_t deadline = lk_now_ms() + timeout_ms;
   int64_t call_deadline = lk_rpc_call_deadline_ms(call);
-  if (call_deadline < deadline) deadline = call_deadline;
+  if (call_deadline < deadline)
+    deadline = call_deadline;
   lk_forwarder_submit(t->fwd, p->req, deadline, pending_cancelled,
                       on_vendor_done, p);
   goto done;
@@ -646,19 +682,23 @@ typedef struct {
 
 static int credential_ready(lk_toolcalls *t, const char *budget,
                             const Latchkey__V1__Tool *tool) {
-  if (tool->credential_type[0] == '\0') return 1;
+  if (tool->credential_type[0] == '\0')
+    return 1;
   Latchkey__V1__Credential *cred = NULL;
   lk_err ignored;
-  if (resolve(t, budget, tool, &cred, &ignored) != LK_OK) return 0;
+  if (resolve(t, budget, tool, &cred, &ignored) != LK_OK)
+    return 0;
   lk_catalog_free_credential(cred);
   return 1;
 }
 
 static void free_info(Latchkey__V1__ToolInfo *info) {
-  if (info == NULL) return;
+  if (info == NULL)
+    return;
   for (size_t i = 0; i < info->n_operations; i++) {
     Latchkey__V1__OperationInfo *o = info->operations[i];
-    if (o == NULL) continue;
+    if (o == NULL)
+      continue;
     free(o->name);
     free(o->description);
     free(o->method);
@@ -676,7 +716,8 @@ static void free_info(Latchkey__V1__ToolInfo *info) {
 static int add_tool(void *ctx, Latchkey__V1__Tool *tool) {
   list_ctx *lc = ctx;
   Latchkey__V1__ToolInfo *info = calloc(1, sizeof(*info));
-  if (info == NULL || (lc->n == lc->cap && lc->cap >= 100000)) goto oom;
+  if (info == NULL || (lc->n == lc->cap && lc->cap >= 100000))
+    goto oom;
   latchkey__v1__tool_info__init(info);
   info->tool_id = strdup(tool->id);
   info->description = strdup(tool->description);
@@ -691,7 +732,8 @@ static int add_tool(void *ctx, Latchkey__V1__Tool *tool) {
   for (size_t i = 0; i < tool->n_operations; i++) {
     const Latchkey__V1__Operation *op = tool->operations[i];
     Latchkey__V1__OperationInfo *o = calloc(1, sizeof(*o));
-    if (o == NULL) goto oom;
+    if (o == NULL)
+      goto oom;
     latchkey__v1__operation_info__init(o);
     info->operations[info->n_operations++] = o;
     o->name = strdup(op->name);
@@ -702,12 +744,14 @@ static int add_tool(void *ctx, Latchkey__V1__Tool *tool) {
       lc->st = lc->err->code;
       goto fail;
     }
-    if (!o->name || !o->description || !o->method || !o->path) goto oom;
+    if (!o->name || !o->description || !o->method || !o->path)
+      goto oom;
   }
   if (lc->n == lc->cap) {
     size_t cap = lc->cap ? lc->cap * 2 : 16;
     Latchkey__V1__ToolInfo **grown = realloc(lc->infos, cap * sizeof(*grown));
-    if (grown == NULL) goto oom;
+    if (grown == NULL)
+      goto oom;
     lc->infos = grown;
     lc->cap = cap;
   }
@@ -738,12 +782,16 @@ static void handle_list_tools(lk_toolcalls *t, lk_rpc_call *call) {
     goto out;
   }
   st = authorize(t, rq->budget_id, &budget, &err);
-  if (st != LK_OK) goto out;
+  if (st != LK_OK)
+    goto out;
   lc.budget = budget->id;
   st = lk_catalog_list_tools(t->cat, add_tool, &lc, &err);
-  if (st == LK_OK) st = lc.st;
-  if (st != LK_OK) goto out;
-  Latchkey__V1__ListToolsResponse resp = LATCHKEY__V1__LIST_TOOLS_RESPONSE__INIT;
+  if (st == LK_OK)
+    st = lc.st;
+  if (st != LK_OK)
+    goto out;
+  Latchkey__V1__ListToolsResponse resp =
+      LATCHKEY__V1__LIST_TOOLS_RESPONSE__INIT;
   resp.n_tools = lc.n;
   resp.tools = lc.infos;
   size_t len = latchkey__v1__list_tools_response__get_packed_size(&resp);
@@ -756,11 +804,14 @@ static void handle_list_tools(lk_toolcalls *t, lk_rpc_call *call) {
   lk_rpc_call_finish(call, buf, len);
   free(buf);
 out:
-  if (st != LK_OK) lk_rpc_call_fail(call, &err);
-  for (size_t i = 0; i < lc.n; i++) free_info(lc.infos[i]);
+  if (st != LK_OK)
+    lk_rpc_call_fail(call, &err);
+  for (size_t i = 0; i < lc.n; i++)
+    free_info(lc.infos[i]);
   free(lc.infos);
   lk_catalog_free_budget(budget);
-  if (rq != NULL) latchkey__v1__list_tools_request__free_unpacked(rq, NULL);
+  if (rq != NULL)
+    latchkey__v1__list_tools_request__free_unpacked(rq, NULL);
 }
 
 void lk_toolcalls_handle(void *ctx, lk_rpc_call *call) {
