@@ -395,6 +395,27 @@ static void audit(const pending *p, const char *outcome, long vendor_status,
          redacted ? "true" : "false", outcome);
 }
 
+/* Connection-level headers and the length of a body we may have changed
+ * by scrubbing describe the vendor hop, not the answer: drop them. */
+static int is_hop_header(const char *name) {
+  static const char *const hop[] = {
+      "connection",
+      "keep-alive",
+      "transfer-encoding",
+      "content-length",
+      "te",
+      "trailer",
+      "upgrade",
+      "proxy-authenticate",
+      "proxy-connection",
+  };
+  for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++) {
+    if (strcmp(name, hop[i]) == 0)
+      return 1;
+  }
+  return 0;
+}
+
 /* Splits the scrubbed header block into lowercase name -> value entries
  * (repeated names joined with ", "). Returns the number of entries. */
 static size_t parse_headers(char *block,
@@ -415,6 +436,8 @@ static size_t parse_headers(char *block,
       value++;
     for (char *c = line; *c; c++)
       *c = (char)tolower((unsigned char)*c);
+    if (is_hop_header(line))
+      continue;
     size_t k;
     for (k = 0; k < n; k++) {
       if (strcmp(entries[k].key, line) == 0)
