@@ -30,7 +30,8 @@ class ConfigTest(harness.StackTestCase):
         args = self.lk.daemon_args()
         self.lk.stop_daemon()
         self.lk.start_daemon(args=[], env=self._flags_as_env(args))
-        cmdline = open("/proc/%d/cmdline" % self.lk.daemon.pid, "rb").read()
+        with open("/proc/%d/cmdline" % self.lk.daemon.pid, "rb") as f:
+            cmdline = f.read()
         self.assertNotIn(b"--data-dir", cmdline)
         # The admin listener, token, data dir, insecure-vendor switch and
         # setup URL template all took effect.

@@ -639,15 +639,13 @@ def vendor_tool(tool_id, base_url, ctype):
 
 def make_secret(tag):
     """A unique printable secret whose raw, base64, base64url, percent and
-    JSON-escaped forms all differ (no base64 padding, so each base64 form is
-    exactly what a scrubber must find)."""
-    while True:
-        s = "lk%s/%s+?=%s" % (tag, os.urandom(6).hex(), os.urandom(3).hex())
-        while len(s) % 3:
-            s += "~"
-        forms = vendor_mod.encodings(s)
-        if forms["b64"] != forms["b64url"] and forms["pct"] != s:
-            return s
+    JSON-escaped forms all differ: it starts with "?>?~~~", whose base64 is
+    "Pz4/fn5+" (both "/" and "+", so base64url differs), and its length is a
+    multiple of 3 so no base64 padding hides where the encoding ends."""
+    s = "?>?~~~lk%s/%s=%s" % (tag, os.urandom(6).hex(), os.urandom(3).hex())
+    while len(s) % 3:
+        s += "x"
+    return s
 
 
 def make_json_secret(tag):

@@ -106,12 +106,27 @@ class InjectTest(harness.StackTestCase):
         self.assertEqual(json.loads(resp.result.body),
                          {"note": "n", "api_key": "[REDACTED]"})
         resp = self.lk.call("main", "echo-multi", "get", {"item": "g"})
+        got = self.lk.nginx.arrivals("/echo/g")[-1]
+        self.assertEqual(got["authorization"], "Bearer " + token)
+        self.assertEqual(urllib.parse.parse_qs(got["args"])["key"], [key])
         body = json.loads(resp.result.body)
         self.assertEqual(body["authorization"], "Bearer [REDACTED]")
         self.assertIn("key=[REDACTED]", body["query"])
         whole = harness.whole_response(resp)
         self.assertNoSecret(whole, token)
         self.assertNoSecret(whole, key)
+
+    def test_operation_keeps_its_method_when_the_type_has_a_body_rule(self):
+        # A GET stays a GET: a body rule must not turn it into a POST.
+        key = harness.make_secret("gm")
+        self.credential("multi-key", {"token": "t" * 20, "api_key": key},
+                        bind_tool="echo-multi")
+        self.lk.call("main", "echo-multi", "get", {"item": "m"})
+        self.lk.call("main", "echo-multi", "post", {"note": "m"})
+        self.assertEqual(self.lk.nginx.arrivals("/echo/m")[-1]["method"],
+                         "GET")
+        self.assertEqual(self.lk.nginx.arrivals("/body/")[-1]["method"],
+                         "POST")
 
     def test_budget_wide_binding_serves_every_tool_of_the_type(self):
         secret = harness.make_secret("bw")
