@@ -297,7 +297,12 @@ class Stack:
                  max_response_bytes=MAX_RESPONSE_BYTES,
                  setup_url_template=SETUP_URL_TEMPLATE, extra_args=(),
                  agent_id=AGENT):
-        base = os.environ.get("TEST_TMPDIR") or tempfile.gettempdir()
+        # Under Bazel the dir is in $TEST_TMPDIR, which Bazel cleans; run
+        # by hand, the stack removes its own dir unless LATCHKEY_E2E_KEEP=1.
+        base = os.environ.get("TEST_TMPDIR")
+        self._own_dir = (base is None
+                         and os.environ.get("LATCHKEY_E2E_KEEP") != "1")
+        base = base or tempfile.gettempdir()
         safe = "".join(c if c.isalnum() else "-" for c in name)[-60:]
         self.dir = tempfile.mkdtemp(prefix=safe + "-", dir=base)
         # Unix socket paths are limited to 107 bytes; Bazel's temp dirs are
@@ -419,6 +424,8 @@ class Stack:
             self.nginx.stop()
             if self._own_sock_dir:
                 shutil.rmtree(self.sock_dir, ignore_errors=True)
+            if self._own_dir:
+                shutil.rmtree(self.dir, ignore_errors=True)
         return problem
 
     # -- admin over gRPC ---------------------------------------------------
