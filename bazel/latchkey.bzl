@@ -50,7 +50,6 @@ def lk_proto_c_library(name, srcs, deps = [], visibility = None):
     # Protos import each other as "latchkey/v1/x.proto", rooted at protos/.
     pkg = native.package_name()
     proto_root = pkg.split("/")[0]
-    depth = len(pkg.split("/")) - 1
     native.genrule(
         name = name + "_gen",
         srcs = srcs,
@@ -63,6 +62,37 @@ def lk_proto_c_library(name, srcs, deps = [], visibility = None):
         srcs = outs_c,
         hdrs = outs_h,
         deps = deps + ["//bazel/third_party:protobuf_c"],
-        includes = ["/".join([".."] * depth)],
+        strip_include_prefix = "/" + proto_root,
         visibility = visibility,
+    )
+
+def lk_fuzz_test(name, srcs, deps = [], corpus = None, copts = [], **kwargs):
+    """A fuzz target (srcs define LLVMFuzzerTestOneInput) built two ways.
+
+    name: a cc_test that replays every file under corpus (a directory of
+    this package) through tests/fuzz/regress_main.c, so the seed corpus
+    runs in `bazel test //...` (gcc, --config=asan) and fails on a crash,
+    a broken invariant, a leak under ASan, or an empty corpus.
+
+    name + "_libfuzzer": the same target linked with libFuzzer, tagged
+    manual; only `./dev fuzz` builds it, with clang and --config=fuzz.
+    """
+    if not corpus:
+        fail("lk_fuzz_test %s: corpus (a directory of seed files) is required" % name)
+    native.cc_test(
+        name = name,
+        srcs = srcs + ["//tests/fuzz:regress_main.c"],
+        copts = LK_COPTS + copts,
+        deps = deps + ["//tests/fuzz:fuzz_target"],
+        data = native.glob([corpus + "/**"]) + ["//bazel:lsan.supp"],
+        args = [native.package_name() + "/" + corpus],
+        **kwargs
+    )
+    native.cc_binary(
+        name = name + "_libfuzzer",
+        srcs = srcs,
+        copts = LK_COPTS + copts,
+        deps = deps + ["//tests/fuzz:fuzz_target"],
+        linkopts = ["-fsanitize=fuzzer"],
+        tags = ["manual"],
     )

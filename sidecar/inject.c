@@ -729,9 +729,14 @@ static int method_allowed(const char *m) {
   return 0;
 }
 
-/* Returns 1 when op or type puts anything into a JSON body. */
+/* Returns 1 when op or type puts anything into a JSON body. GET and
+ * DELETE carry no body: a type shared by a tool's operations applies its
+ * body rules only to the operations that send one (POST, PUT, PATCH). */
 static int wants_body(const Latchkey__V1__Operation *op,
                       const Latchkey__V1__CredentialType *type) {
+  if (strcmp(op->method, "GET") == 0 || strcmp(op->method, "DELETE") == 0) {
+    return 0;
+  }
   for (size_t i = 0; i < op->n_params; i++) {
     if (strcmp(op->params[i]->in, "body") == 0) {
       return 1;

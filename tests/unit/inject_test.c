@@ -230,6 +230,30 @@ static void basic_rule_sets_userpwd(void **state) {
   free_fields(&f);
 }
 
+static void body_rules_skip_operations_without_a_body(void **state) {
+  (void)state;
+  static const char *const names[] = {"token", "api_key"};
+  static const char *const values[] = {"tok_ABC123", "key_0123456789"};
+  static const rule_spec rules[] = {
+      {"header", "Authorization", "Bearer {token}", NULL, NULL},
+      {"body", "api_key", "{api_key}", NULL, NULL}};
+  static const char *const methods[] = {"GET", "DELETE"};
+  for (size_t i = 0; i < 2; i++) {
+    fixture f;
+    set_op(&f, methods[i], "/v1/me", NULL, 0);
+    set_type(&f, names, values, 2, rules, 2);
+    lk_err err;
+    lk_http_request *r = build(&f, 1, "{}", LK_OK, &err);
+    assert_string_equal(r->method, methods[i]);
+    assert_null(r->body);
+    assert_int_equal(r->n_headers, 1);
+    assert_string_equal(lk_secret_str(r->headers[0]),
+                        "Authorization: Bearer tok_ABC123");
+    lk_http_request_destroy(r);
+    free_fields(&f);
+  }
+}
+
 static void body_rule_adds_top_level_field_after_agent_params(void **state) {
   (void)state;
   fixture f;
@@ -858,6 +882,7 @@ int main(void) {
       cmocka_unit_test(query_rule_appends_encoded_parameter),
       cmocka_unit_test(basic_rule_sets_userpwd),
       cmocka_unit_test(body_rule_adds_top_level_field_after_agent_params),
+      cmocka_unit_test(body_rules_skip_operations_without_a_body),
       cmocka_unit_test(all_four_rule_kinds_apply_at_once),
       cmocka_unit_test(doubled_braces_render_as_literal_braces),
       cmocka_unit_test(path_values_stay_inside_their_segment),
