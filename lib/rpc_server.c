@@ -27,7 +27,10 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -310,14 +313,50 @@ lk_status lk_rpc_server_new(int n_workers, lk_rpc_server **out, lk_err *err) {
   return LK_OK;
 }
 
-/* Removes a stale Unix socket file so a restart can bind again. */
-static void remove_stale_socket(const char *addr) {
+/* Prepares a Unix socket path: creates its directory (0750) when missing,
+ * refuses a socket another process is still serving, and removes a stale
+ * one left by a crash so a restart can bind again. */
+static lk_status prepare_unix_socket(const char *addr, lk_err *err) {
   if (strncmp(addr, "unix:", 5) != 0)
-    return;
+    return LK_OK;
   const char *path = addr + 5;
+  struct sockaddr_un sun;
+  if (strlen(path) >= sizeof(sun.sun_path)) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "unix socket path %s is longer than %zu bytes: use a "
+                   "shorter path",
+                   path, sizeof(sun.sun_path) - 1);
+  }
+  char dir[sizeof(sun.sun_path)];
+  snprintf(dir, sizeof(dir), "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (slash != NULL && slash != dir) {
+    *slash = '\0';
+    if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
+      return lk_fail(err, LK_UNAVAILABLE,
+                     "cannot create socket directory %s: %s", dir,
+                     strerror(errno));
+    }
+  }
   struct stat st;
-  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-    unlink(path);
+  if (lstat(path, &st) != 0 || !S_ISSOCK(st.st_mode))
+    return LK_OK;
+  memset(&sun, 0, sizeof(sun));
+  sun.sun_family = AF_UNIX;
+  memcpy(sun.sun_path, path, strlen(path));
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0) {
+    int live = connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0;
+    close(fd);
+    if (live) {
+      return lk_fail(err, LK_UNAVAILABLE,
+                     "cannot listen on %s: another process is serving it; "
+                     "stop it or choose another path",
+                     addr);
+    }
+  }
+  unlink(path);
+  return LK_OK;
 }
 
 lk_status lk_rpc_server_listen(lk_rpc_server *s, const char *addr,
@@ -364,15 +403,22 @@ lk_status lk_rpc_server_listen(lk_rpc_server *s, const char *addr,
     grpc_server_register_completion_queue(l->server, s->workers[i].cq, NULL);
   }
   grpc_server_register_completion_queue(l->server, s->shutdown_cq, NULL);
-  remove_stale_socket(addr);
+  lk_status st = prepare_unix_socket(addr, err);
+  if (st != LK_OK)
+    return st;
   grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
   int port = grpc_server_add_http2_port(l->server, addr, creds);
   grpc_server_credentials_release(creds);
   if (port == 0) {
     return lk_fail(err, LK_UNAVAILABLE,
-                   "cannot listen on %s: the address is invalid, in use, or "
-                   "its directory is missing",
+                   "cannot listen on %s: the address is invalid or in use",
                    addr);
+  }
+  /* Owner and group only: the agent's pod shares the group, nobody else
+   * may call tools through this sidecar. */
+  if (strncmp(addr, "unix:", 5) == 0 && chmod(addr + 5, 0660) != 0) {
+    return lk_fail(err, LK_UNAVAILABLE, "cannot set mode 0660 on %s: %s",
+                   addr + 5, strerror(errno));
   }
   return LK_OK;
 }

@@ -379,10 +379,23 @@ class Stack:
 
     def start_daemon(self, args=None, env=None):
         self.close_channels()
-        self.daemon = Daemon(args if args is not None else self.daemon_args(),
-                             env if env is not None else self.daemon_env(),
-                             self.stderr_path, self._ready)
-        self.daemon.start()
+        # free_port() only says a port was free a moment ago: another test
+        # or the vendor may take it first. With our own args, pick a new
+        # admin port and retry when the bind loses that race.
+        for attempt in range(3):
+            self.daemon = Daemon(
+                args if args is not None else self.daemon_args(),
+                env if env is not None else self.daemon_env(),
+                self.stderr_path, self._ready)
+            try:
+                self.daemon.start()
+                break
+            except RuntimeError as e:
+                if (args is not None or attempt == 2
+                        or "cannot listen on " + self.admin_addr not in str(e)):
+                    raise
+                self.admin_port = free_port()
+                self.admin_addr = "127.0.0.1:%d" % self.admin_port
         self.open_channels()
         return self.daemon
 
