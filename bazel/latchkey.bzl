@@ -79,6 +79,7 @@ def lk_fuzz_test(name, srcs, deps = [], corpus = None, copts = [], **kwargs):
     """
     if not corpus:
         fail("lk_fuzz_test %s: corpus (a directory of seed files) is required" % name)
+    kwargs.setdefault("size", "small")
     native.cc_test(
         name = name,
         srcs = srcs + ["//tests/fuzz:regress_main.c"],

@@ -2080,6 +2080,42 @@ static lk_status h_list_bindings(lk_admin *a, ProtobufCMessage *m,
 
 /* ---- dispatch ---- */
 
+/* Frees (wiping) the unknown fields of m and of every message it holds.
+ * Handlers store parts of the request as they are, and protobuf-c keeps
+ * unknown fields and re-encodes them: one numbered 0 (an overlong tag)
+ * decodes, but re-encodes to bytes protobuf-c refuses, so a stored record
+ * could never be read again. Only fields admin.proto names are stored. */
+static void drop_unknown_fields(ProtobufCMessage *m) {
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  unsigned i;
+  size_t k;
+
+  for (i = 0; i < m->n_unknown_fields; i++) {
+    lk_wipe_free(m->unknown_fields[i].data, m->unknown_fields[i].len);
+  }
+  free(m->unknown_fields);
+  m->unknown_fields = NULL;
+  m->n_unknown_fields = 0;
+  for (i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    char *member = (char *)m + f->offset;
+    if (f->type != PROTOBUF_C_TYPE_MESSAGE ||
+        ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) != 0 &&
+         *(uint32_t *)((char *)m + f->quantifier_offset) != f->id)) {
+      continue;
+    }
+    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t n = *(size_t *)((char *)m + f->quantifier_offset);
+      ProtobufCMessage **items = *(ProtobufCMessage ***)member;
+      for (k = 0; k < n; k++) {
+        drop_unknown_fields(items[k]);
+      }
+    } else if (*(ProtobufCMessage **)member != NULL) {
+      drop_unknown_fields(*(ProtobufCMessage **)member);
+    }
+  }
+}
+
 #define PATH(m) "/latchkey.v1.Admin/" m
 
 static const method methods[] = {
@@ -2231,6 +2267,7 @@ lk_status lk_admin_handle(lk_admin *a, const char *method_path,
                    "declares for %s",
                    md->req_desc->name, md->path);
   }
+  drop_unknown_fields(m);
   if (md->writes) {
     pthread_mutex_lock(&a->mu);
   }
