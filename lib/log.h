@@ -20,7 +20,9 @@ typedef enum {
 int lk_log_set_level_name(const char *name);
 
 /* Writes one line {"ts":..., "level":..., "event":event, "msg":...} when
- * level is at or above the configured minimum. Thread-safe. */
+ * level is at or above the configured minimum. Thread-safe. Over-long text
+ * is cut short; bytes that are not UTF-8 (such as a character the cut split)
+ * are written as U+FFFD, so the line is always valid JSON. */
 void lk_log(lk_log_level level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
