@@ -90,9 +90,12 @@ lk_status lk_flags_parse(const lk_flag *flags, int n_flags, int argc,
     const lk_flag *f = &flags[found];
     const char *value = eq ? eq + 1 : NULL;
     if (value == NULL && f->kind != LK_FLAG_BOOL) {
-      if (i + 1 >= argc) {
-        return lk_fail(err, LK_INVALID_ARGUMENT, "flag --%s needs a value",
-                       f->name);
+      /* "--data-dir --listen x" is a forgotten value, not a path. */
+      if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0) {
+        return lk_fail(err, LK_INVALID_ARGUMENT,
+                       "flag --%s needs a value (use --%s=VALUE for a value "
+                       "that starts with --)",
+                       f->name, f->name);
       }
       value = argv[++i];
     }

@@ -298,6 +298,25 @@ static void missing_value_is_invalid_argument_naming_the_flag(void **state) {
   assert_string_equal(data_dir, "default-dir");
 }
 
+static void next_flag_is_not_taken_as_a_value(void **state) {
+  (void)state;
+  char *argv[] = {"prog", "--data-dir", "--verbose", NULL};
+  int help;
+  lk_err err;
+  assert_int_equal(parse(argv, &help, &err), LK_INVALID_ARGUMENT);
+  assert_msg_contains(&err, "--data-dir needs a value");
+  assert_string_equal(data_dir, "default-dir");
+}
+
+static void value_starting_with_dashes_needs_equals(void **state) {
+  (void)state;
+  char *argv[] = {"prog", "--data-dir=--odd", NULL};
+  int help;
+  lk_err err;
+  assert_int_equal(parse(argv, &help, &err), LK_OK);
+  assert_string_equal(data_dir, "--odd");
+}
+
 static void missing_int_value_is_invalid_argument(void **state) {
   (void)state;
   char *argv[] = {"prog", "--verbose", "--max-body-bytes", NULL};
@@ -504,6 +523,8 @@ int main(void) {
       T(prefix_of_a_flag_name_is_unknown),
       T(flag_name_with_extra_suffix_is_unknown),
       T(missing_value_is_invalid_argument_naming_the_flag),
+      T(next_flag_is_not_taken_as_a_value),
+      T(value_starting_with_dashes_needs_equals),
       T(missing_int_value_is_invalid_argument),
       T(positional_argument_is_invalid_argument),
       T(single_dash_flag_is_invalid_argument),
