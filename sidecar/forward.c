@@ -202,7 +202,12 @@ static lk_status setup_easy(lk_forwarder *f, transfer *t, lk_err *err) {
     curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
   }
-  if (r->body != NULL) {
+  if (strcmp(r->method, "HEAD") == 0) {
+    /* A custom "HEAD" makes curl wait, until the deadline, for the body
+     * that Content-Length announces: NOBODY sends HEAD and reads none. */
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  } else if (r->body != NULL) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, lk_secret_str(r->body));
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
                      (curl_off_t)lk_secret_len(r->body));
