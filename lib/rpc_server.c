@@ -41,21 +41,37 @@
 #define MAX_LISTENERS 8
 #define MAX_REQUEST_BYTES (4 * 1024 * 1024)
 
-typedef enum { TAG_REQUEST, TAG_CLOSE, TAG_SEND, TAG_SHUTDOWN } tag_kind;
+typedef enum {
+  TAG_REQUEST,
+  TAG_CLOSE,
+  TAG_SEND,
+  TAG_SHUTDOWN,
+  TAG_STREAM_CLOSE,
+  TAG_STREAM_RECV,
+  TAG_STREAM_SEND,
+} tag_kind;
 
 typedef struct {
   tag_kind kind;
   void *owner;
 } tag;
 
+/* One registered method: unary (handler) or streaming (stream). */
+typedef struct {
+  char *path;
+  void *registered;
+  lk_rpc_handler handler;
+  const lk_rpc_stream_handler *stream;
+  void *ctx;
+} method_entry;
+
+#define MAX_METHODS 64
+
 typedef struct listener {
   grpc_server *server;
   char *addr;
   size_t n_methods;
-  char **methods;
-  void **registered;
-  lk_rpc_handler handler;
-  void *ctx;
+  method_entry methods[MAX_METHODS];
 } listener;
 
 typedef struct worker worker;
@@ -116,12 +132,13 @@ struct lk_rpc_server {
 };
 
 static void request_next(request_slot *slot) {
+  const method_entry *m = &slot->l->methods[slot->method];
   grpc_metadata_array_init(&slot->md);
   slot->call = NULL;
   slot->payload = NULL;
   grpc_call_error e = grpc_server_request_registered_call(
-      slot->l->server, slot->l->registered[slot->method], &slot->call,
-      &slot->deadline, &slot->md, &slot->payload, slot->w->cq, slot->w->cq,
+      slot->l->server, m->registered, &slot->call, &slot->deadline, &slot->md,
+      m->stream != NULL ? NULL : &slot->payload, slot->w->cq, slot->w->cq,
       &slot->t);
   if (e != GRPC_CALL_OK) {
     lk_log(LK_LOG_ERROR, "rpc_request_failed", "cannot request calls on %s: %s",
@@ -239,7 +256,316 @@ static void accept_call(request_slot *slot) {
     lk_rpc_call_fail(c, &err);
     return;
   }
-  c->l->handler(c->l->ctx, c);
+  const method_entry *m = &c->l->methods[c->method];
+  m->handler(m->ctx, c);
+}
+
+static void stream_on_recv(lk_rpc_stream *st, int success);
+
+/* ---- streaming calls ------------------------------------------------ */
+
+/* Outgoing messages wait here while one SEND_MESSAGE is in flight. */
+typedef struct out_msg {
+  struct out_msg *next;
+  grpc_byte_buffer *bb;
+  size_t len;
+} out_msg;
+
+#define MAX_STREAM_QUEUE_BYTES (64 * 1024 * 1024)
+
+struct lk_rpc_stream {
+  tag close_tag;
+  tag recv_tag;
+  tag send_tag;
+  lk_rpc_server *srv;
+  const method_entry *m;
+  grpc_call *call;
+  grpc_metadata_array md;
+  grpc_byte_buffer *recv_bb;
+  int close_cancelled;
+  pthread_mutex_t mu; /* guards everything below */
+  int refs;           /* close + recv + send in flight + owner */
+  out_msg *head;
+  out_msg *tail;
+  size_t queued_bytes;
+  int send_inflight;
+  int sent_initial_md;
+  int finish_requested;
+  int finish_started;
+  int ended; /* on_end delivered */
+  grpc_status_code finish_code;
+  grpc_slice details;
+  int has_details;
+  grpc_op ops[3];
+  grpc_byte_buffer *inflight_bb;
+};
+
+static void stream_unref_locked_out(lk_rpc_stream *st, int n) {
+  pthread_mutex_lock(&st->mu);
+  st->refs -= n;
+  int last = st->refs == 0;
+  pthread_mutex_unlock(&st->mu);
+  if (!last)
+    return;
+  lk_rpc_server *srv = st->srv;
+  while (st->head != NULL) {
+    out_msg *o = st->head;
+    st->head = o->next;
+    grpc_byte_buffer_destroy(o->bb);
+    free(o);
+  }
+  if (st->inflight_bb != NULL)
+    grpc_byte_buffer_destroy(st->inflight_bb);
+  if (st->recv_bb != NULL)
+    grpc_byte_buffer_destroy(st->recv_bb);
+  if (st->has_details)
+    grpc_slice_unref(st->details);
+  grpc_metadata_array_destroy(&st->md);
+  grpc_call_unref(st->call);
+  pthread_mutex_destroy(&st->mu);
+  free(st);
+  pthread_mutex_lock(&srv->mu);
+  if (--srv->live_calls == 0)
+    pthread_cond_broadcast(&srv->calls_cv);
+  pthread_mutex_unlock(&srv->mu);
+}
+
+/* Starts the next send batch if none is in flight. Called with mu held;
+ * returns 1 when a batch was started (the caller then holds a ref). */
+static int stream_pump_locked(lk_rpc_stream *st) {
+  if (st->send_inflight || st->finish_started)
+    return 0;
+  size_t n = 0;
+  memset(st->ops, 0, sizeof(st->ops));
+  if (!st->sent_initial_md) {
+    st->ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+    st->ops[n].data.send_initial_metadata.count = 0;
+    n++;
+  }
+  if (st->head != NULL) {
+    out_msg *o = st->head;
+    st->head = o->next;
+    if (st->head == NULL)
+      st->tail = NULL;
+    st->queued_bytes -= o->len;
+    st->inflight_bb = o->bb;
+    free(o);
+    st->ops[n].op = GRPC_OP_SEND_MESSAGE;
+    st->ops[n].data.send_message.send_message = st->inflight_bb;
+    n++;
+  } else if (st->finish_requested) {
+    st->ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    st->ops[n].data.send_status_from_server.status = st->finish_code;
+    st->ops[n].data.send_status_from_server.trailing_metadata_count = 0;
+    if (st->has_details) {
+      st->ops[n].data.send_status_from_server.status_details = &st->details;
+    }
+    n++;
+    st->finish_started = 1;
+  } else {
+    return 0;
+  }
+  st->sent_initial_md = 1;
+  st->send_inflight = 1;
+  st->refs++;
+  if (grpc_call_start_batch(st->call, st->ops, n, &st->send_tag, NULL) !=
+      GRPC_CALL_OK) {
+    st->send_inflight = 0;
+    st->refs--;
+    st->finish_started = 1; /* the call is unusable: stop sending */
+    return 0;
+  }
+  return 1;
+}
+
+static void stream_post_recv(lk_rpc_stream *st) {
+  grpc_op op;
+  memset(&op, 0, sizeof(op));
+  op.op = GRPC_OP_RECV_MESSAGE;
+  op.data.recv_message.recv_message = &st->recv_bb;
+  pthread_mutex_lock(&st->mu);
+  st->refs++;
+  pthread_mutex_unlock(&st->mu);
+  if (grpc_call_start_batch(st->call, &op, 1, &st->recv_tag, NULL) !=
+      GRPC_CALL_OK) {
+    stream_on_recv(st, 0);
+  }
+}
+
+static void stream_deliver_end(lk_rpc_stream *st, int cancelled) {
+  pthread_mutex_lock(&st->mu);
+  int first = !st->ended;
+  st->ended = 1;
+  pthread_mutex_unlock(&st->mu);
+  if (first && st->m->stream->on_end != NULL)
+    st->m->stream->on_end(st->m->ctx, st, cancelled);
+}
+
+static void stream_on_recv(lk_rpc_stream *st, int success) {
+  if (!success || st->recv_bb == NULL) {
+    /* Half-close, cancel or broken connection: no more messages. */
+    stream_deliver_end(st, !success);
+    stream_unref_locked_out(st, 1);
+    return;
+  }
+  size_t len = grpc_byte_buffer_length(st->recv_bb);
+  unsigned char *buf = NULL;
+  if (len <= MAX_REQUEST_BYTES)
+    buf = malloc(len ? len : 1);
+  if (buf != NULL) {
+    grpc_byte_buffer_reader reader;
+    size_t pos = 0;
+    if (grpc_byte_buffer_reader_init(&reader, st->recv_bb)) {
+      grpc_slice sl;
+      while (grpc_byte_buffer_reader_next(&reader, &sl)) {
+        size_t n = GRPC_SLICE_LENGTH(sl);
+        if (pos + n <= len)
+          memcpy(buf + pos, GRPC_SLICE_START_PTR(sl), n);
+        pos += n;
+        grpc_slice_unref(sl);
+      }
+      grpc_byte_buffer_reader_destroy(&reader);
+    }
+    st->m->stream->on_message(st->m->ctx, st, buf, pos < len ? pos : len);
+    lk_wipe_free(buf, len);
+  }
+  grpc_byte_buffer_destroy(st->recv_bb);
+  st->recv_bb = NULL;
+  if (buf == NULL) {
+    lk_err err;
+    lk_fail(&err, LK_RESOURCE_EXHAUSTED, "stream message over %d bytes",
+            MAX_REQUEST_BYTES);
+    lk_rpc_stream_finish(st, &err);
+    stream_deliver_end(st, 1);
+    stream_unref_locked_out(st, 1);
+    return;
+  }
+  stream_post_recv(st); /* takes its own ref */
+  stream_unref_locked_out(st, 1);
+}
+
+static void stream_on_sent(lk_rpc_stream *st, int success) {
+  pthread_mutex_lock(&st->mu);
+  st->send_inflight = 0;
+  if (st->inflight_bb != NULL) {
+    grpc_byte_buffer_destroy(st->inflight_bb);
+    st->inflight_bb = NULL;
+  }
+  if (!success)
+    st->finish_started = 1; /* peer gone: drop what is queued */
+  else
+    stream_pump_locked(st);
+  pthread_mutex_unlock(&st->mu);
+  stream_unref_locked_out(st, 1);
+}
+
+static void stream_on_close(lk_rpc_stream *st) {
+  stream_deliver_end(st, st->close_cancelled);
+  stream_unref_locked_out(st, 1);
+}
+
+static void accept_stream(request_slot *slot) {
+  lk_rpc_server *srv = slot->w->srv;
+  lk_rpc_stream *st = calloc(1, sizeof(*st));
+  if (st == NULL) {
+    grpc_call_cancel_with_status(slot->call, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                                 "server out of memory", NULL);
+    grpc_call_unref(slot->call);
+    grpc_metadata_array_destroy(&slot->md);
+    return;
+  }
+  st->close_tag = (tag){TAG_STREAM_CLOSE, st};
+  st->recv_tag = (tag){TAG_STREAM_RECV, st};
+  st->send_tag = (tag){TAG_STREAM_SEND, st};
+  st->srv = srv;
+  st->m = &slot->l->methods[slot->method];
+  st->call = slot->call;
+  st->md = slot->md; /* moved */
+  pthread_mutex_init(&st->mu, NULL);
+  st->refs = 2; /* close batch + owner (released by finish) */
+  pthread_mutex_lock(&srv->mu);
+  srv->live_calls++;
+  pthread_mutex_unlock(&srv->mu);
+
+  grpc_op close_op;
+  memset(&close_op, 0, sizeof(close_op));
+  close_op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+  close_op.data.recv_close_on_server.cancelled = &st->close_cancelled;
+  if (grpc_call_start_batch(st->call, &close_op, 1, &st->close_tag, NULL) !=
+      GRPC_CALL_OK) {
+    pthread_mutex_lock(&st->mu);
+    st->refs--;
+    pthread_mutex_unlock(&st->mu);
+  }
+  if (st->m->stream->on_open != NULL)
+    st->m->stream->on_open(st->m->ctx, st);
+  stream_post_recv(st);
+}
+
+const char *lk_rpc_stream_metadata(const lk_rpc_stream *st, const char *key,
+                                   size_t *len) {
+  for (size_t i = 0; i < st->md.count; i++) {
+    if (grpc_slice_str_cmp(st->md.metadata[i].key, key) == 0) {
+      *len = GRPC_SLICE_LENGTH(st->md.metadata[i].value);
+      return (const char *)GRPC_SLICE_START_PTR(st->md.metadata[i].value);
+    }
+  }
+  *len = 0;
+  return NULL;
+}
+
+lk_status lk_rpc_stream_send(lk_rpc_stream *st, const unsigned char *msg,
+                             size_t len, lk_err *err) {
+  out_msg *o = calloc(1, sizeof(*o));
+  if (o == NULL)
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  grpc_slice sl = grpc_slice_from_copied_buffer((const char *)msg, len);
+  o->bb = grpc_raw_byte_buffer_create(&sl, 1);
+  grpc_slice_unref(sl);
+  o->len = len;
+  pthread_mutex_lock(&st->mu);
+  if (st->finish_requested || st->finish_started || st->ended) {
+    pthread_mutex_unlock(&st->mu);
+    grpc_byte_buffer_destroy(o->bb);
+    free(o);
+    return lk_fail(err, LK_UNAVAILABLE, "the stream has ended");
+  }
+  if (st->queued_bytes + len > MAX_STREAM_QUEUE_BYTES) {
+    pthread_mutex_unlock(&st->mu);
+    grpc_byte_buffer_destroy(o->bb);
+    free(o);
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                   "the peer reads too slowly: %d bytes are queued",
+                   MAX_STREAM_QUEUE_BYTES);
+  }
+  if (st->tail != NULL)
+    st->tail->next = o;
+  else
+    st->head = o;
+  st->tail = o;
+  st->queued_bytes += len;
+  stream_pump_locked(st);
+  pthread_mutex_unlock(&st->mu);
+  return LK_OK;
+}
+
+void lk_rpc_stream_finish(lk_rpc_stream *st, const lk_err *err) {
+  pthread_mutex_lock(&st->mu);
+  if (st->finish_requested) {
+    pthread_mutex_unlock(&st->mu);
+    return;
+  }
+  st->finish_requested = 1;
+  lk_status code = err == NULL ? LK_OK : err->code;
+  st->finish_code = (grpc_status_code)lk_status_grpc_code(code);
+  if (err != NULL && code != LK_OK) {
+    st->details = grpc_slice_from_copied_string(
+        err->msg[0] ? err->msg : lk_status_default_msg(code));
+    st->has_details = 1;
+  }
+  stream_pump_locked(st);
+  pthread_mutex_unlock(&st->mu);
+  stream_unref_locked_out(st, 1); /* the owner's reference */
 }
 
 static void *worker_main(void *arg) {
@@ -265,9 +591,22 @@ static void *worker_main(void *arg) {
         request_slot taken = *slot;
         if (!atomic_load(&w->srv->shutting_down))
           request_next(slot);
-        accept_call(&taken);
+        if (taken.l->methods[taken.method].stream != NULL) {
+          accept_stream(&taken);
+        } else {
+          accept_call(&taken);
+        }
         break;
       }
+      case TAG_STREAM_CLOSE:
+        stream_on_close(t->owner);
+        break;
+      case TAG_STREAM_RECV:
+        stream_on_recv(t->owner, ev.success);
+        break;
+      case TAG_STREAM_SEND:
+        stream_on_sent(t->owner, ev.success);
+        break;
       case TAG_CLOSE: {
         lk_rpc_call *c = t->owner;
         atomic_store(&c->closed, 1);
@@ -359,11 +698,18 @@ static lk_status prepare_unix_socket(const char *addr, lk_err *err) {
   return LK_OK;
 }
 
-lk_status lk_rpc_server_listen(lk_rpc_server *s, const char *addr,
-                               const char *const *methods, size_t n_methods,
-                               lk_rpc_handler handler, void *ctx, lk_err *err) {
+/* Returns the listener for addr, creating and binding it on first use. */
+static lk_status get_listener(lk_rpc_server *s, const char *addr,
+                              listener **out, lk_err *err) {
+  *out = NULL;
   if (s->started) {
     return lk_fail(err, LK_INTERNAL, "listener added after start");
+  }
+  for (size_t i = 0; i < s->n_listeners; i++) {
+    if (strcmp(s->listeners[i].addr, addr) == 0) {
+      *out = &s->listeners[i];
+      return LK_OK;
+    }
   }
   if (s->n_listeners == MAX_LISTENERS) {
     return lk_fail(err, LK_INTERNAL, "too many listeners");
@@ -380,25 +726,14 @@ lk_status lk_rpc_server_listen(lk_rpc_server *s, const char *addr,
   grpc_channel_args cargs = {2, args};
   l->server = grpc_server_create(&cargs, NULL);
   l->addr = strdup(addr);
-  l->methods = calloc(n_methods, sizeof(char *));
-  l->registered = calloc(n_methods, sizeof(void *));
-  if (l->server == NULL || l->addr == NULL || l->methods == NULL ||
-      l->registered == NULL) {
+  if (l->server == NULL || l->addr == NULL) {
+    if (l->server != NULL)
+      grpc_server_destroy(l->server);
+    free(l->addr);
+    memset(l, 0, sizeof(*l));
     return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   }
   s->n_listeners++; /* from here on destroy() owns it */
-  l->n_methods = n_methods;
-  l->handler = handler;
-  l->ctx = ctx;
-  for (size_t i = 0; i < n_methods; i++) {
-    l->methods[i] = strdup(methods[i]);
-    l->registered[i] = grpc_server_register_method(
-        l->server, methods[i], NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
-        0);
-    if (l->methods[i] == NULL || l->registered[i] == NULL) {
-      return lk_fail(err, LK_INTERNAL, "cannot register method %s", methods[i]);
-    }
-  }
   for (int i = 0; i < s->n_workers; i++) {
     grpc_server_register_completion_queue(l->server, s->workers[i].cq, NULL);
   }
@@ -420,7 +755,62 @@ lk_status lk_rpc_server_listen(lk_rpc_server *s, const char *addr,
     return lk_fail(err, LK_UNAVAILABLE, "cannot set mode 0660 on %s: %s",
                    addr + 5, strerror(errno));
   }
+  *out = l;
   return LK_OK;
+}
+
+static lk_status add_method(listener *l, const char *path,
+                            lk_rpc_handler handler,
+                            const lk_rpc_stream_handler *stream, void *ctx,
+                            lk_err *err) {
+  for (size_t i = 0; i < l->n_methods; i++) {
+    if (strcmp(l->methods[i].path, path) == 0) {
+      return lk_fail(err, LK_INTERNAL, "method %s registered twice on %s", path,
+                     l->addr);
+    }
+  }
+  if (l->n_methods == MAX_METHODS) {
+    return lk_fail(err, LK_INTERNAL, "too many methods on %s", l->addr);
+  }
+  method_entry *m = &l->methods[l->n_methods];
+  m->path = strdup(path);
+  if (m->path == NULL)
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  l->n_methods++;
+  m->handler = handler;
+  m->stream = stream;
+  m->ctx = ctx;
+  m->registered = grpc_server_register_method(
+      l->server, path, NULL,
+      stream != NULL ? GRPC_SRM_PAYLOAD_NONE
+                     : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
+      0);
+  if (m->registered == NULL) {
+    return lk_fail(err, LK_INTERNAL, "cannot register method %s", path);
+  }
+  return LK_OK;
+}
+
+lk_status lk_rpc_server_listen(lk_rpc_server *s, const char *addr,
+                               const char *const *methods, size_t n_methods,
+                               lk_rpc_handler handler, void *ctx, lk_err *err) {
+  listener *l = NULL;
+  lk_status st = get_listener(s, addr, &l, err);
+  for (size_t i = 0; st == LK_OK && i < n_methods; i++) {
+    st = add_method(l, methods[i], handler, NULL, ctx, err);
+  }
+  return st;
+}
+
+lk_status lk_rpc_server_listen_stream(lk_rpc_server *s, const char *addr,
+                                      const char *method,
+                                      const lk_rpc_stream_handler *h, void *ctx,
+                                      lk_err *err) {
+  listener *l = NULL;
+  lk_status st = get_listener(s, addr, &l, err);
+  if (st == LK_OK)
+    st = add_method(l, method, NULL, h, ctx, err);
+  return st;
 }
 
 lk_status lk_rpc_server_start(lk_rpc_server *s, lk_err *err) {
@@ -550,9 +940,7 @@ void lk_rpc_server_destroy(lk_rpc_server *s) {
   for (size_t i = 0; i < s->n_listeners; i++) {
     listener *l = &s->listeners[i];
     for (size_t m = 0; m < l->n_methods; m++)
-      free(l->methods[m]);
-    free(l->methods);
-    free(l->registered);
+      free(l->methods[m].path);
     free(l->addr);
   }
   for (int i = 0; i < s->n_workers; i++) {
@@ -567,7 +955,7 @@ void lk_rpc_server_destroy(lk_rpc_server *s) {
 }
 
 const char *lk_rpc_call_method(const lk_rpc_call *c) {
-  return c->l->methods[c->method];
+  return c->l->methods[c->method].path;
 }
 
 const unsigned char *lk_rpc_call_request(const lk_rpc_call *c, size_t *len) {

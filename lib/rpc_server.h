@@ -13,6 +13,10 @@
  * later from any thread (lk_rpc_call_finish/fail); the call's completion
  * comes back to the worker that accepted it, which frees it.
  *
+ * Streaming methods (lk_rpc_server_listen_stream) get the same threads:
+ * their receive and send batches complete on the accepting worker, and a
+ * queue serialises sends from any thread.
+ *
  * Invariants: each call is finished exactly once; request bytes are wiped
  * before free (Admin requests carry secrets); shutdown is idempotent and
  * drains every completion queue to GRPC_QUEUE_SHUTDOWN.
@@ -54,6 +58,45 @@ void lk_rpc_server_shutdown(lk_rpc_server *s, int grace_ms);
 
 /* Shuts down (if needed) and frees the server; NULL is ignored. */
 void lk_rpc_server_destroy(lk_rpc_server *s);
+
+/* A server-streaming or bidirectional call (Sync/Stream). */
+typedef struct lk_rpc_stream lk_rpc_stream;
+
+/* Callbacks of one streaming method. All run on the worker that accepted
+ * the stream, one at a time for a given stream. */
+typedef struct {
+  /* The client opened the stream; metadata is readable. May be NULL. */
+  void (*on_open)(void *ctx, lk_rpc_stream *s);
+  /* One client message; the bytes are valid only during the call. */
+  void (*on_message)(void *ctx, lk_rpc_stream *s, const unsigned char *msg,
+                     size_t len);
+  /* The client half-closed, cancelled or went away; called exactly once,
+   * after the last on_message. The handler must still call
+   * lk_rpc_stream_finish if it has not. */
+  void (*on_end)(void *ctx, lk_rpc_stream *s, int cancelled);
+} lk_rpc_stream_handler;
+
+/* Adds a streaming method to the listener on addr (creating it like
+ * lk_rpc_server_listen); h must outlive the server. */
+lk_status lk_rpc_server_listen_stream(lk_rpc_server *s, const char *addr,
+                                      const char *method,
+                                      const lk_rpc_stream_handler *h, void *ctx,
+                                      lk_err *err) LK_MUST_CHECK;
+
+/* Queues one message to the client (any thread). Messages go out in
+ * order; LK_UNAVAILABLE once the stream has ended or is finishing,
+ * LK_RESOURCE_EXHAUSTED when more than 64 MiB wait for a slow client. */
+lk_status lk_rpc_stream_send(lk_rpc_stream *s, const unsigned char *msg,
+                             size_t len, lk_err *err) LK_MUST_CHECK;
+
+/* Ends the stream with err's status (NULL = OK) after the queued
+ * messages, and gives up the handler's reference: s must not be used
+ * afterwards. Call exactly once; later calls are ignored. */
+void lk_rpc_stream_finish(lk_rpc_stream *s, const lk_err *err);
+
+/* Returns the first value of request metadata key, or NULL. */
+const char *lk_rpc_stream_metadata(const lk_rpc_stream *s, const char *key,
+                                   size_t *len);
 
 /* Returns the full method path of the call ("/latchkey.v1.ToolCalls/Call"). */
 const char *lk_rpc_call_method(const lk_rpc_call *c);
