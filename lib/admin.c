@@ -3,6 +3,11 @@
  * they entrust, masks what they read back, and refuses deletes that would
  * leave a dangling reference.
  *
+ * Validation: what a valid tool or credential type is lives in lib/schema
+ * (the request builder reads the same rules); this file applies it,
+ * normalizes what passed, and adds what needs the catalog: references
+ * that must exist, and changes that bound records forbid.
+ *
  * Shape: lk_admin_handle looks the method up in one table, decodes the
  * request with the table's descriptor, runs the handler (writers under the
  * service mutex, so each read-modify-write sees its own reads), wipes the
@@ -29,14 +34,10 @@
 #include <time.h>
 
 #include "latchkey/v1/admin.pb-c.h"
+#include "lib/schema.h"
 #include "lib/secret.h"
-#include "sidecar/inject.h"
 
-#define MAX_DESCRIPTION 4096
 #define MAX_LABEL 1024
-#define MAX_PATTERN 1024
-#define MAX_PATH 2048
-#define MAX_HOST 253
 /* "••••" is 12 bytes of UTF-8; 4 more characters take at most 16. */
 #define MASK_MAX 32
 #define BULLETS "\xe2\x80\xa2\xe2\x80\xa2\xe2\x80\xa2\xe2\x80\xa2"
@@ -71,24 +72,6 @@ static int nonempty(const char *s) {
 
 static int streq(const char *a, const char *b) {
   return strcmp(a != NULL ? a : "", b != NULL ? b : "") == 0;
-}
-
-static lk_status bad_id(lk_err *err, const char *what) {
-  return lk_fail(err, LK_INVALID_ARGUMENT,
-                 "%s is not a valid id: use 1-128 characters from A-Z a-z "
-                 "0-9 . _ -, starting with a letter or digit",
-                 what);
-}
-
-/* Checks a required id field: present and valid. */
-static lk_status need_id(const char *id, const char *what, lk_err *err) {
-  if (!nonempty(id)) {
-    return lk_fail(err, LK_INVALID_ARGUMENT, "%s is required; set it", what);
-  }
-  if (!lk_catalog_valid_id(id)) {
-    return bad_id(err, what);
-  }
-  return LK_OK;
 }
 
 static lk_status pack(const ProtobufCMessage *m, unsigned char **resp,
@@ -286,480 +269,6 @@ static lk_status collect_bindings(lk_admin *a, const char *budget,
   return finish_collect(st, col);
 }
 
-/* ---- tools ---- */
-
-/* Checks base_url is scheme://host[:port] and strips one trailing '/'
- * in place. Never echoes the URL: user info may hold a password. */
-static lk_status check_base_url(char *url, lk_err *err) {
-  char *rest;
-  size_t len;
-  size_t i;
-  size_t host_end;
-
-  if (!nonempty(url)) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "tool.base_url is required: set it to "
-                   "https://host[:port] of the vendor's API");
-  }
-  if (strncmp(url, "https://", 8) == 0) {
-    rest = url + 8;
-  } else if (strncmp(url, "http://", 7) == 0) {
-    rest = url + 7;
-  } else {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "tool.base_url must start with https:// or http://");
-  }
-  len = strlen(rest);
-  if (len > 0 && rest[len - 1] == '/') {
-    len--;
-  }
-  for (i = 0; i < len; i++) {
-    if (rest[i] == '@') {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "tool.base_url must not contain user info "
-                     "(user:password@); put secrets in a credential type");
-    }
-  }
-  for (i = 0; i < len; i++) {
-    if (rest[i] == '?' || rest[i] == '#') {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "tool.base_url must not contain a query or fragment; "
-                     "use operation params instead");
-    }
-    if (rest[i] == '/') {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "tool.base_url must not contain a path; give only "
-                     "scheme://host[:port] and put the path in each "
-                     "operation's path");
-    }
-  }
-  if (len == 0) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "tool.base_url has no host; use scheme://host[:port]");
-  }
-  if (rest[0] == '[') {
-    for (host_end = 1; host_end < len && rest[host_end] != ']'; host_end++) {
-      char ch = rest[host_end];
-      if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') ||
-            (ch >= 'A' && ch <= 'F') || ch == ':' || ch == '.')) {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "tool.base_url has an invalid IPv6 host; write it "
-                       "as [address]");
-      }
-    }
-    if (host_end >= len || host_end == 1) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "tool.base_url has an invalid IPv6 host; write it as "
-                     "[address]");
-    }
-    host_end++;
-  } else {
-    for (host_end = 0; host_end < len && rest[host_end] != ':'; host_end++) {
-      char ch = rest[host_end];
-      if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
-            (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '.')) {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "tool.base_url host may contain only letters, "
-                       "digits, '-' and '.'");
-      }
-    }
-    if (host_end == 0) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "tool.base_url has no host; use scheme://host[:port]");
-    }
-  }
-  if (host_end > MAX_HOST + 2) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "tool.base_url host is longer than %d characters", MAX_HOST);
-  }
-  if (host_end < len) {
-    unsigned long port = 0;
-    size_t digits = len - host_end - 1;
-    if (rest[host_end] != ':' || digits == 0 || digits > 5) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "tool.base_url port must be a number 1-65535 after "
-                     "':'");
-    }
-    for (i = host_end + 1; i < len; i++) {
-      if (rest[i] < '0' || rest[i] > '9') {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "tool.base_url port must be a number 1-65535 after "
-                       "':'");
-      }
-      port = port * 10 + (unsigned long)(rest[i] - '0');
-    }
-    if (port == 0 || port > 65535) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "tool.base_url port must be a number 1-65535 after "
-                     "':'");
-    }
-  }
-  rest[len] = '\0';
-  return LK_OK;
-}
-
-/* Param names go into paths, query strings and JSON: 1-128 characters
- * from A-Z a-z 0-9 . _ -, starting with a letter, digit or '_'. */
-static int valid_param_name(const char *s) {
-  size_t i;
-  if (!nonempty(s) || s[0] == '.' || s[0] == '-') {
-    return 0;
-  }
-  for (i = 0; s[i] != '\0'; i++) {
-    char ch = s[i];
-    if (i >= LK_CATALOG_ID_MAX ||
-        !((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
-          (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-')) {
-      return 0;
-    }
-  }
-  return 1;
-}
-
-static int one_of(const char *s, const char *const *set) {
-  size_t i;
-  for (i = 0; set[i] != NULL; i++) {
-    if (streq(s, set[i])) {
-      return 1;
-    }
-  }
-  return 0;
-}
-
-static const char *const methods_http[] = {"GET",   "POST",   "PUT",
-                                           "PATCH", "DELETE", NULL};
-static const char *const param_ins[] = {"path", "query", "body", NULL};
-static const char *const param_types[] = {
-    "string", "integer", "number", "boolean", "object", "array", NULL};
-
-/* Returns the param named name (length n) in op, or NULL. */
-static const Latchkey__V1__Param *find_param(const Latchkey__V1__Operation *op,
-                                             const char *name, size_t n) {
-  size_t i;
-  for (i = 0; i < op->n_params; i++) {
-    const char *p = op->params[i]->name;
-    if (p != NULL && strlen(p) == n && memcmp(p, name, n) == 0) {
-      return op->params[i];
-    }
-  }
-  return NULL;
-}
-
-/* Counts the occurrences of "{name}" in path. */
-static size_t count_placeholder(const char *path, const char *name) {
-  size_t n = 0;
-  size_t len = strlen(name);
-  const char *p = path;
-  while ((p = strchr(p, '{')) != NULL) {
-    if (strncmp(p + 1, name, len) == 0 && p[1 + len] == '}') {
-      n++;
-    }
-    p++;
-  }
-  return n;
-}
-
-/* Checks the path template and that its placeholders are exactly the
- * operation's path params, each used once. Params are checked first, so
- * their names are valid and brace-free. */
-static lk_status check_path(const Latchkey__V1__Operation *op, lk_err *err) {
-  const char *path = op->path;
-  size_t len;
-  size_t i;
-  size_t j;
-
-  if (!nonempty(path) || path[0] != '/') {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "operation '%s': path must start with '/'", op->name);
-  }
-  len = strlen(path);
-  if (len > MAX_PATH) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "operation '%s': path is longer than %d bytes", op->name,
-                   MAX_PATH);
-  }
-  for (i = 0; i < len; i++) {
-    unsigned char ch = (unsigned char)path[i];
-    const Latchkey__V1__Param *p;
-    if (ch == '?' || ch == '#') {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s': path must not contain '?' or '#'; "
-                     "declare query params with in=query",
-                     op->name);
-    }
-    if (ch <= 0x20 || ch == 0x7f) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s': path must not contain spaces or "
-                     "control characters; percent-encode them",
-                     op->name);
-    }
-    if (ch == '}') {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s': path has a '}' without '{'; write "
-                     "placeholders as {name}",
-                     op->name);
-    }
-    if (ch != '{') {
-      continue;
-    }
-    for (j = i + 1; j < len && path[j] != '}' && path[j] != '{'; j++) {
-    }
-    if (j >= len || path[j] != '}' || j == i + 1) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s': path has an unclosed or empty "
-                     "placeholder; write placeholders as {name}",
-                     op->name);
-    }
-    p = find_param(op, path + i + 1, j - i - 1);
-    if (p == NULL || !streq(p->in, "path")) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s': path placeholder {%.*s} has no param "
-                     "with in=path; declare one",
-                     op->name, (int)(j - i - 1 > 128 ? 128 : j - i - 1),
-                     path + i + 1);
-    }
-    if (count_placeholder(path, p->name) > 1) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s': path placeholder {%s} appears more "
-                     "than once; use it once",
-                     op->name, p->name);
-    }
-    i = j;
-  }
-  for (i = 0; i < op->n_params; i++) {
-    const Latchkey__V1__Param *p = op->params[i];
-    if (streq(p->in, "path") && count_placeholder(path, p->name) == 0) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s': param '%s' has in=path but the path "
-                     "has no {%s}; add it to the path or change in",
-                     op->name, p->name, p->name);
-    }
-  }
-  return LK_OK;
-}
-
-static lk_status check_operation(const Latchkey__V1__Operation *op,
-                                 lk_err *err) {
-  size_t i;
-  size_t j;
-  int bodyless;
-
-  if (!one_of(op->method, methods_http)) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "operation '%s': method must be GET, POST, PUT, PATCH or "
-                   "DELETE",
-                   op->name);
-  }
-  if (op->description != NULL && strlen(op->description) > MAX_DESCRIPTION) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "operation '%s': description is longer than %d bytes",
-                   op->name, MAX_DESCRIPTION);
-  }
-  if (op->n_params > LK_ADMIN_MAX_PARAMS) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "operation '%s' has more than %d params", op->name,
-                   LK_ADMIN_MAX_PARAMS);
-  }
-  bodyless = streq(op->method, "GET") || streq(op->method, "DELETE");
-  for (i = 0; i < op->n_params; i++) {
-    const Latchkey__V1__Param *p = op->params[i];
-    if (!valid_param_name(p->name)) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s': param %zu has no valid name; use 1-128 "
-                     "characters from A-Z a-z 0-9 . _ -",
-                     op->name, i + 1);
-    }
-    for (j = 0; j < i; j++) {
-      if (streq(op->params[j]->name, p->name)) {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "operation '%s': param '%s' is declared twice; keep "
-                       "one",
-                       op->name, p->name);
-      }
-    }
-    if (!one_of(p->in, param_ins)) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s': param '%s' in must be path, query or "
-                     "body",
-                     op->name, p->name);
-    }
-    if (!one_of(p->type, param_types)) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s': param '%s' type must be string, "
-                     "integer, number, boolean, object or array",
-                     op->name, p->name);
-    }
-    if (streq(p->in, "body") && bodyless) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s': param '%s' is in=body but %s requests "
-                     "have no body; use in=query or another method",
-                     op->name, p->name, op->method);
-    }
-    if (streq(p->in, "path") && !p->required) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s': path param '%s' must be required; set "
-                     "required: true",
-                     op->name, p->name);
-    }
-    if (p->description != NULL && strlen(p->description) > MAX_DESCRIPTION) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s': param '%s' description is longer than "
-                     "%d bytes",
-                     op->name, p->name, MAX_DESCRIPTION);
-    }
-  }
-  return check_path(op, err);
-}
-
-/* Validates a tool in place (base_url normalized). */
-static lk_status check_tool(Latchkey__V1__Tool *t, lk_err *err) {
-  lk_status st = need_id(t->id, "tool.id", err);
-  size_t i;
-  size_t j;
-
-  if (st != LK_OK) {
-    return st;
-  }
-  if (!nonempty(t->description)) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "tool '%s' needs a description: agents choose tools by it",
-                   t->id);
-  }
-  if (strlen(t->description) > MAX_DESCRIPTION) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "tool '%s' description is longer than %d bytes", t->id,
-                   MAX_DESCRIPTION);
-  }
-  st = check_base_url(t->base_url, err);
-  if (st != LK_OK) {
-    return st;
-  }
-  if (t->timeout_ms > LK_ADMIN_MAX_TIMEOUT_MS) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "tool '%s' timeout_ms is over %d; lower it (0 means the "
-                   "30 s default)",
-                   t->id, LK_ADMIN_MAX_TIMEOUT_MS);
-  }
-  if (nonempty(t->credential_type) &&
-      !lk_catalog_valid_id(t->credential_type)) {
-    return bad_id(err, "tool.credential_type");
-  }
-  if (t->n_operations == 0) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "tool '%s' has no operations; declare at least one", t->id);
-  }
-  if (t->n_operations > LK_ADMIN_MAX_OPERATIONS) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "tool '%s' has more than %d operations; split it", t->id,
-                   LK_ADMIN_MAX_OPERATIONS);
-  }
-  for (i = 0; i < t->n_operations; i++) {
-    const Latchkey__V1__Operation *op = t->operations[i];
-    if (!lk_catalog_valid_id(op->name)) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "tool '%s': operation %zu has no valid name; use 1-128 "
-                     "characters from A-Z a-z 0-9 . _ -, starting with a "
-                     "letter or digit",
-                     t->id, i + 1);
-    }
-    for (j = 0; j < i; j++) {
-      if (streq(t->operations[j]->name, op->name)) {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "tool '%s': operation '%s' is declared twice; give "
-                       "operations unique names",
-                       t->id, op->name);
-      }
-    }
-    st = check_operation(op, err);
-    if (st != LK_OK) {
-      return st;
-    }
-  }
-  return LK_OK;
-}
-
-/* ---- credential types ---- */
-
-/* Validates a credential type in place (max_len 0 becomes the default). */
-static lk_status check_type(Latchkey__V1__CredentialType *t, lk_err *err) {
-  lk_status st = need_id(t->id, "credential_type.id", err);
-  size_t i;
-  size_t j;
-
-  if (st != LK_OK) {
-    return st;
-  }
-  if (t->description != NULL && strlen(t->description) > MAX_DESCRIPTION) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "credential type '%s' description is longer than %d bytes",
-                   t->id, MAX_DESCRIPTION);
-  }
-  if (t->n_fields == 0) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "credential type '%s' has no fields; declare at least one",
-                   t->id);
-  }
-  if (t->n_fields > LK_ADMIN_MAX_FIELDS) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "credential type '%s' has more than %d fields", t->id,
-                   LK_ADMIN_MAX_FIELDS);
-  }
-  for (i = 0; i < t->n_fields; i++) {
-    Latchkey__V1__CredentialField *f = t->fields[i];
-    if (!lk_catalog_valid_id(f->name)) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "credential type '%s': field %zu has no valid name; use "
-                     "1-128 characters from A-Z a-z 0-9 . _ -, starting with "
-                     "a letter or digit",
-                     t->id, i + 1);
-    }
-    for (j = 0; j < i; j++) {
-      if (streq(t->fields[j]->name, f->name)) {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "credential type '%s': field '%s' is declared twice; "
-                       "give fields unique names",
-                       t->id, f->name);
-      }
-    }
-    if (f->max_len > LK_ADMIN_MAX_MAX_LEN) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "credential type '%s': field '%s' max_len is over %d; "
-                     "lower it",
-                     t->id, f->name, LK_ADMIN_MAX_MAX_LEN);
-    }
-    if (f->max_len == 0) {
-      f->max_len = LK_ADMIN_DEFAULT_MAX_LEN;
-    }
-    if (f->description != NULL && strlen(f->description) > MAX_DESCRIPTION) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "credential type '%s': field '%s' description is longer "
-                     "than %d bytes",
-                     t->id, f->name, MAX_DESCRIPTION);
-    }
-    if (nonempty(f->pattern)) {
-      regex_t re;
-      int rc;
-      if (strlen(f->pattern) > MAX_PATTERN) {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "credential type '%s': field '%s' pattern is longer "
-                       "than %d bytes",
-                       t->id, f->name, MAX_PATTERN);
-      }
-      rc = regcomp(&re, f->pattern, REG_EXTENDED | REG_NOSUB);
-      if (rc != 0) {
-        char why[128];
-        regerror(rc, &re, why, sizeof(why));
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "credential type '%s': field '%s' pattern does not "
-                       "compile (%s); write a POSIX extended regex",
-                       t->id, f->name, why);
-      }
-      regfree(&re);
-    }
-  }
-  return lk_inject_check_type(t, err);
-}
-
 /* ---- credentials ---- */
 
 static const Latchkey__V1__CredentialField *type_field(
@@ -778,7 +287,7 @@ static lk_status check_value(const Latchkey__V1__CredentialType *t,
                              const Latchkey__V1__CredentialField *f,
                              const char *v, lk_err *err) {
   size_t len = strlen(v);
-  size_t max = f->max_len != 0 ? f->max_len : LK_ADMIN_DEFAULT_MAX_LEN;
+  size_t max = f->max_len != 0 ? f->max_len : LK_SCHEMA_DEFAULT_MAX_LEN;
 
   if (len == 0) {
     return lk_fail(err, LK_INVALID_ARGUMENT,
@@ -1076,7 +585,7 @@ static lk_status h_create_credential(lk_admin *a, ProtobufCMessage *m,
                  "credential type");
     goto done;
   }
-  st = need_id(r->type, "credential type", err);
+  st = lk_schema_check_id(r->type, "credential type", err);
   if (st == LK_OK) {
     st = lk_catalog_get_type(a->cat, r->type, &type, err);
   }
@@ -1101,7 +610,7 @@ static lk_status h_create_credential(lk_admin *a, ProtobufCMessage *m,
   }
   if (nonempty(r->id)) {
     Latchkey__V1__Credential *old = NULL;
-    st = need_id(r->id, "credential id", err);
+    st = lk_schema_check_id(r->id, "credential id", err);
     if (st != LK_OK) {
       goto done;
     }
@@ -1175,7 +684,7 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   size_t nslots = 0;
   size_t nfv;
   size_t i;
-  lk_status st = need_id(r->id, "UpdateCredentialRequest.id", err);
+  lk_status st = lk_schema_check_id(r->id, "UpdateCredentialRequest.id", err);
 
   if (st == LK_OK) {
     st = lk_catalog_get_credential(a->cat, r->id, &old, err);
@@ -1262,7 +771,7 @@ static lk_status h_get_credential(lk_admin *a, ProtobufCMessage *m,
                                   lk_err *err) {
   Latchkey__V1__GetRequest *r = (Latchkey__V1__GetRequest *)m;
   Latchkey__V1__Credential *c = NULL;
-  lk_status st = need_id(r->id, "GetRequest.id", err);
+  lk_status st = lk_schema_check_id(r->id, "GetRequest.id", err);
 
   if (st == LK_OK) {
     st = lk_catalog_get_credential(a->cat, r->id, &c, err);
@@ -1334,7 +843,7 @@ static lk_status h_delete_credential(lk_admin *a, ProtobufCMessage *m,
   Latchkey__V1__Credential *c = NULL;
   lk_store_batch *b = NULL;
   cred_use u;
-  lk_status st = need_id(r->id, "DeleteRequest.id", err);
+  lk_status st = lk_schema_check_id(r->id, "DeleteRequest.id", err);
 
   if (st == LK_OK) {
     st = lk_catalog_get_credential(a->cat, r->id, &c, err);
@@ -1374,7 +883,7 @@ done:
   return st;
 }
 
-/* ---- tools, continued: handlers ---- */
+/* ---- tools ---- */
 
 static lk_status h_register_tool(lk_admin *a, ProtobufCMessage *m,
                                  unsigned char **resp, size_t *resp_len,
@@ -1394,22 +903,13 @@ static lk_status h_register_tool(lk_admin *a, ProtobufCMessage *m,
                  "definition");
     goto done;
   }
-  st = check_tool(t, err);
+  st = lk_schema_check_tool(t, r->credential_type, err);
   if (st != LK_OK) {
     goto done;
   }
+  lk_schema_normalize_tool(t);
   if (r->credential_type != NULL) {
-    st = check_type(r->credential_type, err);
-    if (st != LK_OK) {
-      goto done;
-    }
-    if (!streq(t->credential_type, r->credential_type->id)) {
-      st = lk_fail(err, LK_INVALID_ARGUMENT,
-                   "tool '%s' comes with credential type '%s' inline, so "
-                   "tool.credential_type must be '%s'; set it",
-                   t->id, r->credential_type->id, r->credential_type->id);
-      goto done;
-    }
+    lk_schema_normalize_type(r->credential_type);
   } else if (nonempty(t->credential_type)) {
     st = lk_catalog_get_type(a->cat, t->credential_type, &type, err);
     if (st == LK_NOT_FOUND) {
@@ -1474,7 +974,7 @@ static lk_status h_get_tool(lk_admin *a, ProtobufCMessage *m,
                             lk_err *err) {
   Latchkey__V1__GetRequest *r = (Latchkey__V1__GetRequest *)m;
   Latchkey__V1__Tool *t = NULL;
-  lk_status st = need_id(r->id, "GetRequest.id", err);
+  lk_status st = lk_schema_check_id(r->id, "GetRequest.id", err);
 
   if (st == LK_OK) {
     st = lk_catalog_get_tool(a->cat, r->id, &t, err);
@@ -1523,7 +1023,7 @@ static lk_status h_delete_tool(lk_admin *a, ProtobufCMessage *m,
   lk_store_batch *b = NULL;
   collector col = {NULL, 0, 0, "binding", LK_OK, err};
   size_t i;
-  lk_status st = need_id(r->id, "DeleteRequest.id", err);
+  lk_status st = lk_schema_check_id(r->id, "DeleteRequest.id", err);
 
   if (st == LK_OK) {
     st = lk_catalog_get_tool(a->cat, r->id, &t, err);
@@ -1561,18 +1061,19 @@ done:
   return st;
 }
 
-/* ---- credential types: handlers ---- */
+/* ---- credential types ---- */
 
 static lk_status h_register_type(lk_admin *a, ProtobufCMessage *m,
                                  unsigned char **resp, size_t *resp_len,
                                  lk_err *err) {
   Latchkey__V1__CredentialType *t = (Latchkey__V1__CredentialType *)m;
   lk_store_batch *b = NULL;
-  lk_status st = check_type(t, err);
+  lk_status st = lk_schema_check_type(t, err);
 
   if (st != LK_OK) {
     return st;
   }
+  lk_schema_normalize_type(t);
   b = lk_store_batch_new();
   if (b == NULL) {
     return oom(err);
@@ -1593,7 +1094,7 @@ static lk_status h_get_type(lk_admin *a, ProtobufCMessage *m,
                             lk_err *err) {
   Latchkey__V1__GetRequest *r = (Latchkey__V1__GetRequest *)m;
   Latchkey__V1__CredentialType *t = NULL;
-  lk_status st = need_id(r->id, "GetRequest.id", err);
+  lk_status st = lk_schema_check_id(r->id, "GetRequest.id", err);
 
   if (st == LK_OK) {
     st = lk_catalog_get_type(a->cat, r->id, &t, err);
@@ -1669,7 +1170,7 @@ static lk_status h_delete_type(lk_admin *a, ProtobufCMessage *m,
   Latchkey__V1__CredentialType *t = NULL;
   lk_store_batch *b = NULL;
   type_use u;
-  lk_status st = need_id(r->id, "DeleteRequest.id", err);
+  lk_status st = lk_schema_check_id(r->id, "DeleteRequest.id", err);
 
   memset(&u, 0, sizeof(u));
   u.type_id = r->id;
@@ -1744,7 +1245,7 @@ static lk_status h_create_budget(lk_admin *a, ProtobufCMessage *m,
   Latchkey__V1__Budget *old = NULL;
   size_t i;
   size_t j;
-  lk_status st = need_id(bg->id, "budget.id", err);
+  lk_status st = lk_schema_check_id(bg->id, "budget.id", err);
 
   if (st != LK_OK) {
     return st;
@@ -1796,7 +1297,7 @@ static lk_status h_get_budget(lk_admin *a, ProtobufCMessage *m,
                               lk_err *err) {
   Latchkey__V1__GetRequest *r = (Latchkey__V1__GetRequest *)m;
   Latchkey__V1__Budget *bg = NULL;
-  lk_status st = need_id(r->id, "GetRequest.id", err);
+  lk_status st = lk_schema_check_id(r->id, "GetRequest.id", err);
 
   if (st == LK_OK) {
     st = lk_catalog_get_budget(a->cat, r->id, &bg, err);
@@ -1843,7 +1344,7 @@ static lk_status h_set_budget_paused(lk_admin *a, ProtobufCMessage *m,
   Latchkey__V1__SetBudgetPausedRequest *r =
       (Latchkey__V1__SetBudgetPausedRequest *)m;
   Latchkey__V1__Budget *bg = NULL;
-  lk_status st = need_id(r->id, "SetBudgetPausedRequest.id", err);
+  lk_status st = lk_schema_check_id(r->id, "SetBudgetPausedRequest.id", err);
 
   if (st == LK_OK) {
     st = lk_catalog_get_budget(a->cat, r->id, &bg, err);
@@ -1864,7 +1365,7 @@ static lk_status h_delete_budget(lk_admin *a, ProtobufCMessage *m,
   lk_store_batch *b = NULL;
   collector col = {NULL, 0, 0, "binding", LK_OK, err};
   size_t i;
-  lk_status st = need_id(r->id, "DeleteRequest.id", err);
+  lk_status st = lk_schema_check_id(r->id, "DeleteRequest.id", err);
 
   if (st == LK_OK) {
     st = lk_catalog_get_budget(a->cat, r->id, &bg, err);
@@ -1906,7 +1407,7 @@ static lk_status check_binding_shape(const Latchkey__V1__Binding *bd, int *tool,
                                      lk_err *err) {
   int has_tool = nonempty(bd->tool_id);
   int has_type = nonempty(bd->credential_type);
-  lk_status st = need_id(bd->budget_id, "binding.budget_id", err);
+  lk_status st = lk_schema_check_id(bd->budget_id, "binding.budget_id", err);
 
   if (st != LK_OK) {
     return st;
@@ -1917,9 +1418,9 @@ static lk_status check_binding_shape(const Latchkey__V1__Binding *bd, int *tool,
                    "and credential_type (budget-wide); set one of them");
   }
   *tool = has_tool;
-  return has_tool
-             ? need_id(bd->tool_id, "binding.tool_id", err)
-             : need_id(bd->credential_type, "binding.credential_type", err);
+  return has_tool ? lk_schema_check_id(bd->tool_id, "binding.tool_id", err)
+                  : lk_schema_check_id(bd->credential_type,
+                                       "binding.credential_type", err);
 }
 
 static lk_status h_bind(lk_admin *a, ProtobufCMessage *m, unsigned char **resp,
@@ -1935,7 +1436,7 @@ static lk_status h_bind(lk_admin *a, ProtobufCMessage *m, unsigned char **resp,
   lk_status st = check_binding_shape(bd, &tool, err);
 
   if (st == LK_OK) {
-    st = need_id(bd->credential_id, "binding.credential_id", err);
+    st = lk_schema_check_id(bd->credential_id, "binding.credential_id", err);
   }
   if (st == LK_OK) {
     st = lk_catalog_get_budget(a->cat, bd->budget_id, &bg, err);
@@ -2051,7 +1552,7 @@ static lk_status h_list_bindings(lk_admin *a, ProtobufCMessage *m,
 
   if (nonempty(r->budget_id)) {
     Latchkey__V1__Budget *bg = NULL;
-    st = need_id(r->budget_id, "ListBindingsRequest.budget_id", err);
+    st = lk_schema_check_id(r->budget_id, "ListBindingsRequest.budget_id", err);
     if (st == LK_OK) {
       st = lk_catalog_get_budget(a->cat, r->budget_id, &bg, err);
     }

@@ -3,11 +3,11 @@
  * masking, reference checks, over a catalog.
  *
  * Why: the standalone sidecar and the control plane serve the same Admin
- * API; the rules (what a valid tool is, how a secret is sealed, what a
- * masked credential shows, what may be deleted) live here once, and the
- * servers only move bytes: lk_admin_handle takes a method path and a
- * serialized request and returns a serialized response or an lk_status
- * whose message tells the owner what to do.
+ * API; the rules (how a secret is sealed, what a masked credential shows,
+ * what may be deleted; what a valid tool is comes from lib/schema) live
+ * here once, and the servers only move bytes: lk_admin_handle takes a method
+ * path and a serialized request and returns a serialized response or an
+ * lk_status whose message tells the owner what to do.
  *
  * Invariants:
  * - No response and no error message ever carries a secret field value.
@@ -21,12 +21,10 @@
  *   touches several records (a tool and its inline type, a budget and its
  *   bindings) commits them in one atomic batch.
  *
- * Limits: request at most LK_ADMIN_MAX_REQUEST bytes; a tool has at most
- * LK_ADMIN_MAX_OPERATIONS operations of at most LK_ADMIN_MAX_PARAMS params;
- * a credential type at most LK_ADMIN_MAX_FIELDS fields; a budget at most
- * LK_ADMIN_MAX_AGENTS agents; a listing at most LK_ADMIN_MAX_LIST records;
- * a field's max_len defaults to 4096 and may be at most 65536;
- * timeout_ms at most 300000.
+ * Limits: request at most LK_ADMIN_MAX_REQUEST bytes; a budget at most
+ * LK_ADMIN_MAX_AGENTS agents; a listing at most LK_ADMIN_MAX_LIST records.
+ * Tools and credential types are held to lib/schema.h (its LK_SCHEMA_*
+ * limits) and stored in its canonical form.
  */
 #ifndef LK_ADMIN_H
 #define LK_ADMIN_H
@@ -38,14 +36,8 @@
 #include "lib/status.h"
 
 #define LK_ADMIN_MAX_REQUEST (4u * 1024u * 1024u)
-#define LK_ADMIN_MAX_OPERATIONS 256
-#define LK_ADMIN_MAX_PARAMS 128
-#define LK_ADMIN_MAX_FIELDS 64
 #define LK_ADMIN_MAX_AGENTS 1024
 #define LK_ADMIN_MAX_LIST 250000
-#define LK_ADMIN_DEFAULT_MAX_LEN 4096
-#define LK_ADMIN_MAX_MAX_LEN 65536
-#define LK_ADMIN_MAX_TIMEOUT_MS 300000
 
 typedef struct lk_admin lk_admin;
 

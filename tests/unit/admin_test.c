@@ -23,6 +23,7 @@
 #include "latchkey/v1/admin.pb-c.h"
 #include "lib/admin.h"
 #include "lib/catalog.h"
+#include "lib/schema.h"
 #include "lib/seal.h"
 #include "lib/secret.h"
 #include "lib/store.h"
@@ -327,7 +328,7 @@ static void register_tool_stores_normalized_tool_and_inline_type(void **s) {
   latchkey__v1__tool__free_unpacked(got, NULL);
   assert_int_equal(lk_catalog_get_type(f->cat, "weather-key", &type, &err),
                    LK_OK);
-  assert_int_equal(type->fields[0]->max_len, LK_ADMIN_DEFAULT_MAX_LEN);
+  assert_int_equal(type->fields[0]->max_len, LK_SCHEMA_DEFAULT_MAX_LEN);
   lk_catalog_free_type(type);
   /* upsert: the same again is fine, and the tool can then use the type by
    * reference alone */
@@ -393,7 +394,7 @@ static void register_tool_rejects_each_invalid_field(void **s) {
   BAD(t.tool.base_url = (char *)"https://api.example:", "port");
   BAD(t.tool.base_url = (char *)"https://api example", "host");
   BAD(t.tool.base_url = (char *)"https://[zz]", "IPv6");
-  BAD(t.tool.timeout_ms = LK_ADMIN_MAX_TIMEOUT_MS + 1, "timeout_ms");
+  BAD(t.tool.timeout_ms = LK_SCHEMA_MAX_TIMEOUT_MS + 1, "timeout_ms");
   BAD(t.tool.n_operations = 0, "no operations");
   BAD(t.op.name = (char *)"", "operation 1");
   BAD(t.op.name = (char *)"fore cast", "operation 1");
@@ -532,7 +533,7 @@ static void register_type_rejects_each_invalid_field(void **s) {
   BADT(t.field.name = (char *)"api key", "field 1");
   BADT(t.field.pattern = (char *)"^[a-z", "does not compile");
   BADT(t.field.pattern = (char *)"(", "does not compile");
-  BADT(t.field.max_len = LK_ADMIN_MAX_MAX_LEN + 1, "max_len");
+  BADT(t.field.max_len = LK_SCHEMA_MAX_MAX_LEN + 1, "max_len");
   /* lk_inject_check_type: placeholder that is not a field */
   BADT(t.rule.value = (char *)"Bearer {token}", NULL);
   BADT(t.rule.in = (char *)"cookie", NULL);
@@ -548,10 +549,10 @@ static void register_type_rejects_each_invalid_field(void **s) {
          "declared twice");
 
   tool_init(&t, "weather");
-  t.field.max_len = LK_ADMIN_MAX_MAX_LEN;
+  t.field.max_len = LK_SCHEMA_MAX_MAX_LEN;
   ok(f, "RegisterCredentialType", &t.type.base);
   got = latchkey__v1__credential_type__unpack(NULL, f->resp_len, f->resp);
-  assert_int_equal(got->fields[0]->max_len, LK_ADMIN_MAX_MAX_LEN);
+  assert_int_equal(got->fields[0]->max_len, LK_SCHEMA_MAX_MAX_LEN);
   latchkey__v1__credential_type__free_unpacked(got, NULL);
 }
 
