@@ -19,6 +19,31 @@ static void env_name(const char *flag, char *out, size_t cap) {
   out[n] = '\0';
 }
 
+/* Parses a non-negative duration: decimal digits, then nothing (ms) or one
+ * of the units ms, s, m, h. Returns 0 and the milliseconds, or -1. */
+static int parse_duration_ms(const char *value, int64_t *out) {
+  static const struct {
+    const char *unit;
+    int64_t ms;
+  } units[] = {{"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}};
+  if (value == NULL || !isdigit((unsigned char)value[0]))
+    return -1;
+  char *end = NULL;
+  errno = 0;
+  long long v = strtoll(value, &end, 10);
+  if (errno != 0 || v < 0)
+    return -1;
+  for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+    if (strcmp(end, units[i].unit) != 0)
+      continue;
+    if (v > INT64_MAX / units[i].ms)
+      return -1;
+    *out = (int64_t)v * units[i].ms;
+    return 0;
+  }
+  return -1;
+}
+
 static lk_status set_value(const lk_flag *f, const char *value,
                            const char *source, lk_err *err) {
   switch (f->kind) {
@@ -49,6 +74,17 @@ static lk_status set_value(const lk_flag *f, const char *value,
                        f->name, value);
       }
       *(int64_t *)f->target = v;
+      return LK_OK;
+    }
+    case LK_FLAG_DURATION_MS: {
+      int64_t ms = 0;
+      if (parse_duration_ms(value, &ms) != 0) {
+        return lk_fail(err, LK_INVALID_ARGUMENT,
+                       "%s --%s takes a duration such as 500ms, 30s, 5m or "
+                       "1h (a plain number is milliseconds), got '%s'",
+                       source, f->name, value);
+      }
+      *(int64_t *)f->target = ms;
       return LK_OK;
     }
   }
@@ -132,7 +168,9 @@ void lk_flags_usage(const char *prog, const char *summary, const lk_flag *flags,
     env_name(flags[k].name, env, sizeof(env));
     char left[64];
     snprintf(left, sizeof(left), "--%s%s", flags[k].name,
-             flags[k].kind == LK_FLAG_BOOL ? "" : " VALUE");
+             flags[k].kind == LK_FLAG_BOOL          ? ""
+             : flags[k].kind == LK_FLAG_DURATION_MS ? " DURATION"
+                                                    : " VALUE");
     fprintf(stderr, "  %-30s %s [%s]\n", left, flags[k].help, env);
   }
 }

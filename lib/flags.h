@@ -13,17 +13,25 @@
 
 #include "lib/status.h"
 
-typedef enum { LK_FLAG_STRING, LK_FLAG_BOOL, LK_FLAG_INT } lk_flag_kind;
+/* LK_FLAG_DURATION_MS takes "500ms", "30s", "5m", "1h" or a plain number
+ * of milliseconds, and stores milliseconds. */
+typedef enum {
+  LK_FLAG_STRING,
+  LK_FLAG_BOOL,
+  LK_FLAG_INT,
+  LK_FLAG_DURATION_MS
+} lk_flag_kind;
 
 typedef struct {
   const char *name; /* without leading dashes: "data-dir" */
   lk_flag_kind kind;
-  void *target; /* const char **, int *, or int64_t * */
+  void *target; /* const char **, int *, or int64_t * (INT, DURATION_MS) */
   const char *help;
 } lk_flag;
 
 /* Parses argv and then the environment into the flags' targets. Unknown
- * flags, missing values and malformed numbers are LK_INVALID_ARGUMENT with
+ * flags, missing values and malformed numbers or durations are
+ * LK_INVALID_ARGUMENT with
  * the flag named. "--help" sets *help_requested and returns LK_OK. */
 lk_status lk_flags_parse(const lk_flag *flags, int n_flags, int argc,
                          char **argv, int *help_requested,

@@ -3,7 +3,8 @@
  * "--name=value" both set a flag, bools need no value, malformed input is
  * LK_INVALID_ARGUMENT naming the flag (or the environment variable), and a
  * flag absent from argv falls back to LATCHKEY_<NAME> with dashes turned
- * into underscores; the command line wins over the environment.
+ * into underscores; the command line wins over the environment. Duration
+ * flags take ms/s/m/h units (or plain milliseconds) and store milliseconds.
  *
  * Every test starts with the table's variables unset and the targets at
  * their defaults, so no test depends on the order they run in.
@@ -22,25 +23,26 @@
 #include "lib/flags.h"
 
 #define DEFAULT_BODY_BYTES 1048576
+#define DEFAULT_STALENESS_MS 77
 
 static const char *data_dir;
 static const char *listen_addr;
 static int verbose;
 static int64_t max_body_bytes;
+static int64_t staleness_ms;
 
 static const lk_flag table[] = {
     {"data-dir", LK_FLAG_STRING, &data_dir, "where the store lives"},
     {"listen", LK_FLAG_STRING, &listen_addr, "address to listen on"},
     {"verbose", LK_FLAG_BOOL, &verbose, "log at debug level"},
     {"max-body-bytes", LK_FLAG_INT, &max_body_bytes, "largest request body"},
+    {"max-staleness", LK_FLAG_DURATION_MS, &staleness_ms, "staleness limit"},
 };
 #define N_TABLE ((int)(sizeof(table) / sizeof(table[0])))
 
 static const char *const env_vars[] = {
-    "LATCHKEY_DATA_DIR",
-    "LATCHKEY_LISTEN",
-    "LATCHKEY_VERBOSE",
-    "LATCHKEY_MAX_BODY_BYTES",
+    "LATCHKEY_DATA_DIR",       "LATCHKEY_LISTEN",        "LATCHKEY_VERBOSE",
+    "LATCHKEY_MAX_BODY_BYTES", "LATCHKEY_MAX_STALENESS",
 };
 
 static int reset(void **state) {
@@ -52,6 +54,7 @@ static int reset(void **state) {
   listen_addr = NULL;
   verbose = 0;
   max_body_bytes = DEFAULT_BODY_BYTES;
+  staleness_ms = DEFAULT_STALENESS_MS;
   return 0;
 }
 
@@ -460,6 +463,90 @@ static void bad_environment_bool_names_the_variable(void **state) {
   assert_msg_contains(&err, "'sometimes'");
 }
 
+static void duration_flag_takes_each_unit(void **state) {
+  (void)state;
+  static const struct {
+    char *arg;
+    int64_t ms;
+  } cases[] = {
+      {"--max-staleness=500ms", 500}, {"--max-staleness=30s", 30000},
+      {"--max-staleness=5m", 300000}, {"--max-staleness=2h", 7200000},
+      {"--max-staleness=1500", 1500}, {"--max-staleness=0", 0},
+      {"--max-staleness=0s", 0},      {"--max-staleness=007s", 7000},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    char *argv[] = {"prog", cases[i].arg, NULL};
+    int help;
+    lk_err err;
+    staleness_ms = DEFAULT_STALENESS_MS;
+    assert_int_equal(parse(argv, &help, &err), LK_OK);
+    assert_true(staleness_ms == cases[i].ms);
+  }
+}
+
+static void duration_flag_takes_the_next_argument(void **state) {
+  (void)state;
+  char *argv[] = {"prog", "--max-staleness", "1s", NULL};
+  int help;
+  lk_err err;
+  assert_int_equal(parse(argv, &help, &err), LK_OK);
+  assert_int_equal(staleness_ms, 1000);
+}
+
+static void duration_flag_malformed_is_invalid_argument(void **state) {
+  (void)state;
+  char *const values[] = {
+      "--max-staleness=",     "--max-staleness=s",     "--max-staleness=-1s",
+      "--max-staleness=+5s",  "--max-staleness= 5s",   "--max-staleness=5 s",
+      "--max-staleness=5sec", "--max-staleness=1.5s",  "--max-staleness=5d",
+      "--max-staleness=5S",   "--max-staleness=10ms5", "--max-staleness=0x10",
+  };
+  for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+    char *argv[] = {"prog", values[i], NULL};
+    int help;
+    lk_err err;
+    assert_int_equal(parse(argv, &help, &err), LK_INVALID_ARGUMENT);
+    assert_int_equal(err.code, LK_INVALID_ARGUMENT);
+    assert_msg_contains(&err, "--max-staleness takes a duration");
+    assert_int_equal(staleness_ms, DEFAULT_STALENESS_MS);
+  }
+}
+
+static void duration_flag_overflow_is_invalid_argument(void **state) {
+  (void)state;
+  char *const values[] = {
+      "--max-staleness=9223372036854775807s",
+      "--max-staleness=9223372036854775808",
+      "--max-staleness=2562047788016h",
+  };
+  for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+    char *argv[] = {"prog", values[i], NULL};
+    int help;
+    lk_err err;
+    assert_int_equal(parse(argv, &help, &err), LK_INVALID_ARGUMENT);
+    assert_msg_contains(&err, "--max-staleness");
+  }
+  char *largest[] = {"prog", "--max-staleness=2562047788015h", NULL};
+  int help;
+  lk_err err;
+  assert_int_equal(parse(largest, &help, &err), LK_OK);
+  assert_true(staleness_ms == INT64_C(2562047788015) * 3600000);
+}
+
+static void duration_flag_reads_the_environment(void **state) {
+  (void)state;
+  assert_int_equal(setenv("LATCHKEY_MAX_STALENESS", "45s", 1), 0);
+  char *argv[] = {"prog", NULL};
+  int help;
+  lk_err err;
+  assert_int_equal(parse(argv, &help, &err), LK_OK);
+  assert_int_equal(staleness_ms, 45000);
+  assert_int_equal(setenv("LATCHKEY_MAX_STALENESS", "soon", 1), 0);
+  assert_int_equal(parse(argv, &help, &err), LK_INVALID_ARGUMENT);
+  assert_msg_contains(&err, "LATCHKEY_MAX_STALENESS");
+  assert_msg_contains(&err, "'soon'");
+}
+
 /* lk_flags_usage writes to stderr, so fd 2 points at a temp file while it
  * runs and the test reads back what it printed. */
 static void usage_lists_every_flag_and_its_variable(void **state) {
@@ -497,6 +584,8 @@ static void usage_lists_every_flag_and_its_variable(void **state) {
   assert_non_null(strstr(out, "--max-body-bytes VALUE"));
   assert_non_null(strstr(out, "[LATCHKEY_MAX_BODY_BYTES]"));
   assert_non_null(strstr(out, "largest request body"));
+  assert_non_null(strstr(out, "--max-staleness DURATION"));
+  assert_non_null(strstr(out, "[LATCHKEY_MAX_STALENESS]"));
 }
 
 #define T(name) cmocka_unit_test_setup_teardown(name, reset, reset)
@@ -518,6 +607,11 @@ int main(void) {
       T(int_flag_negative_is_invalid_argument),
       T(int_flag_with_trailing_junk_is_invalid_argument),
       T(int_flag_without_digits_is_invalid_argument),
+      T(duration_flag_takes_each_unit),
+      T(duration_flag_takes_the_next_argument),
+      T(duration_flag_malformed_is_invalid_argument),
+      T(duration_flag_overflow_is_invalid_argument),
+      T(duration_flag_reads_the_environment),
       T(int_flag_overflow_is_invalid_argument),
       T(unknown_flag_is_invalid_argument_naming_it),
       T(prefix_of_a_flag_name_is_unknown),
