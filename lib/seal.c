@@ -4,34 +4,39 @@
  * Why this shape: the node key is the one secret that protects every
  * sealed field on disk, so its file must never be half-written, never be
  * replaced under a running node, and never be accepted when other users
- * could read it. Creation writes a uniquely named temp file (O_EXCL, 0600),
- * fsyncs it and link()s it into place: link fails when the name exists, so
- * two processes starting at once end up sharing the first key instead of
- * one silently replacing the other's. The directory is fsynced so the name
- * survives a crash.
+ * could read it. lib/keyfile writes it through a 0600 temp file that is
+ * fsynced and link()ed into place: link fails when the name exists, so two
+ * processes starting at once end up sharing the first key instead of one
+ * silently replacing the other's.
  *
  * Every buffer that holds key bytes or the file's text is an lk_secret or
  * lk_secret_buf (guarded, wiped on free); the base64 text of the secret
  * key is decoded straight from the guarded file image into guarded memory.
+ *
+ * Sealing to a node's public key needs no key file at all on the sealing
+ * side: the ephemeral secret key, the X25519 shared point and the derived
+ * key live in one guarded scratch region, and each is wiped as soon as the
+ * next step no longer needs it.
  */
 #include "lib/seal.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <sodium.h>
+
+#include "lib/keyfile.h"
 
 #define KEY_FILE_HEADER "latchkey-node-key v1"
 #define KEY_FILE_MAX_BYTES 1024
 #define KEY_BYTES 32
 #define KDF_CONTEXT "lkseal01"
-#define AD_MAX_BYTES (2 * (LK_SEAL_MAX_NAME_BYTES + 1) + 4)
+#define NODE_KDF_CONTEXT "lknode01"
+#define NODE_AD_LABEL "node"
+/* cred_id NUL field NUL "node" NUL node_pk */
+#define NODE_AD_MAX_BYTES \
+  (2 * (LK_SEAL_MAX_NAME_BYTES + 1) + sizeof(NODE_AD_LABEL) + KEY_BYTES)
 
 _Static_assert(KEY_BYTES == crypto_box_SECRETKEYBYTES,
                "X25519 secret key size");
@@ -47,6 +52,8 @@ _Static_assert(LK_SEAL_TAG_BYTES == crypto_aead_xchacha20poly1305_ietf_ABYTES,
                "tag size");
 _Static_assert(sizeof(KDF_CONTEXT) - 1 == crypto_kdf_CONTEXTBYTES,
                "kdf context size");
+_Static_assert(KEY_BYTES == crypto_scalarmult_BYTES, "X25519 point size");
+_Static_assert(KEY_BYTES == LK_SEAL_PUBLIC_KEY_BYTES, "public key size");
 
 struct lk_seal_key {
   uint32_t key_id;
@@ -212,67 +219,6 @@ done:
   return st;
 }
 
-/* Checks the open file's type and mode, reads it into guarded memory and
- * parses it. */
-static lk_status key_load_fd(int fd, const char *path, lk_seal_key **out,
-                             lk_err *err) {
-  lk_status st = LK_OK;
-  struct stat sb;
-  size_t total = 0;
-  lk_secret *image = NULL;
-  if (fstat(fd, &sb) != 0) {
-    st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot stat node key %s: %s",
-                 path, strerror(errno));
-    goto done;
-  }
-  if (!S_ISREG(sb.st_mode)) {
-    st = lk_fail(err, LK_INVALID_ARGUMENT, "node key %s is not a regular file",
-                 path);
-    goto done;
-  }
-  if ((sb.st_mode & 077) != 0) {
-    st =
-        lk_fail(err, LK_FAILED_PRECONDITION,
-                "node key %s is accessible by group or others (mode %03o): run "
-                "chmod 600 %s",
-                path, (unsigned)(sb.st_mode & 0777), path);
-    goto done;
-  }
-  /* One byte more than the limit, to tell "exactly full" from "too big". */
-  image = lk_secret_new(KEY_FILE_MAX_BYTES + 1);
-  if (image == NULL) {
-    st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of guarded memory reading %s",
-                 path);
-    goto done;
-  }
-  while (total <= KEY_FILE_MAX_BYTES) {
-    ssize_t got =
-        read(fd, lk_secret_mut(image) + total, KEY_FILE_MAX_BYTES + 1 - total);
-    if (got < 0 && errno == EINTR) {
-      continue;
-    }
-    if (got < 0) {
-      st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot read node key %s: %s",
-                   path, strerror(errno));
-      goto done;
-    }
-    if (got == 0) {
-      break;
-    }
-    total += (size_t)got;
-  }
-  if (total > KEY_FILE_MAX_BYTES) {
-    st = lk_fail(err, LK_INVALID_ARGUMENT,
-                 "node key file %s is malformed: larger than %d bytes", path,
-                 KEY_FILE_MAX_BYTES);
-    goto done;
-  }
-  st = key_parse(path, lk_secret_str(image), total, out, err);
-done:
-  lk_secret_free(image);
-  return st;
-}
-
 /* ---- key file: creation ----------------------------------------------- */
 
 /* Renders the key file text into guarded memory. */
@@ -315,102 +261,6 @@ done:
   return st;
 }
 
-/* Writes all n bytes at p to fd; returns 0 or -1 with errno set. */
-static int key_write_all(int fd, const unsigned char *p, size_t n) {
-  while (n > 0) {
-    ssize_t put = write(fd, p, n);
-    if (put < 0 && errno == EINTR) {
-      continue;
-    }
-    if (put < 0) {
-      return -1;
-    }
-    p += put;
-    n -= (size_t)put;
-  }
-  return 0;
-}
-
-/* fsyncs the directory holding path so a new name in it survives a crash. */
-static int key_sync_dir(const char *path) {
-  char dir[PATH_MAX];
-  const char *slash = strrchr(path, '/');
-  if (slash == NULL) {
-    snprintf(dir, sizeof(dir), ".");
-  } else if (slash == path) {
-    snprintf(dir, sizeof(dir), "/");
-  } else {
-    snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
-  }
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) {
-    return -1;
-  }
-  int rc = fsync(fd);
-  close(fd);
-  return rc;
-}
-
-/* Writes text to a fresh temp file beside path, fsyncs it and links it to
- * path. Sets *raced when path appeared meanwhile (nothing written there). */
-static lk_status key_install(const char *path, const lk_secret *text,
-                             int *raced, lk_err *err) {
-  lk_status st = LK_OK;
-  char tmp[PATH_MAX];
-  int fd = -1;
-  int tmp_made = 0;
-  int n = snprintf(tmp, sizeof(tmp), "%s.tmp-%ld-%08x", path, (long)getpid(),
-                   (unsigned)randombytes_random());
-  if (n < 0 || (size_t)n >= sizeof(tmp)) {
-    st =
-        lk_fail(err, LK_INVALID_ARGUMENT, "node key path %s is too long", path);
-    goto done;
-  }
-  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot create node key %s: %s",
-                 tmp, strerror(errno));
-    goto done;
-  }
-  tmp_made = 1;
-  if (key_write_all(fd, lk_secret_data(text), lk_secret_len(text)) != 0 ||
-      fsync(fd) != 0) {
-    st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot write node key %s: %s",
-                 tmp, strerror(errno));
-    goto done;
-  }
-  if (close(fd) != 0) {
-    fd = -1;
-    st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot write node key %s: %s",
-                 tmp, strerror(errno));
-    goto done;
-  }
-  fd = -1;
-  if (link(tmp, path) != 0) {
-    if (errno == EEXIST) {
-      *raced = 1;
-    } else {
-      st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot create node key %s: %s",
-                   path, strerror(errno));
-    }
-    goto done;
-  }
-  if (key_sync_dir(path) != 0) {
-    st = lk_fail(err, LK_FAILED_PRECONDITION,
-                 "cannot sync the directory of node key %s: %s", path,
-                 strerror(errno));
-    goto done;
-  }
-done:
-  if (fd >= 0) {
-    close(fd);
-  }
-  if (tmp_made) {
-    unlink(tmp);
-  }
-  return st;
-}
-
 /* Creates a new key pair and its file at path. *raced is set (and *out left
  * NULL) when another process created the file first. */
 static lk_status key_create(const char *path, lk_seal_key **out, int *raced,
@@ -430,7 +280,8 @@ static lk_status key_create(const char *path, lk_seal_key **out, int *raced,
     goto done;
   }
   if ((st = key_render(key_id, pk, sk, &text, err)) != LK_OK ||
-      (st = key_install(path, text, raced, err)) != LK_OK || *raced) {
+      (st = lk_keyfile_write(path, "node key", text, 0, raced, err)) != LK_OK ||
+      *raced) {
     goto done;
   }
   st = key_build(key_id, pk, sk, out, err);
@@ -452,18 +303,20 @@ lk_status lk_seal_key_load_or_create(const char *path, lk_seal_key **out,
   }
   /* Two rounds: a create that loses a race loads the winner's file. */
   for (int round = 0; round < 2; round++) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      lk_status st = key_load_fd(fd, path, out, err);
-      close(fd);
+    lk_secret *image = NULL;
+    lk_status st =
+        lk_keyfile_read(path, "node key", KEY_FILE_MAX_BYTES, &image, err);
+    if (st == LK_OK) {
+      st =
+          key_parse(path, lk_secret_str(image), lk_secret_len(image), out, err);
+      lk_secret_free(image);
       return st;
     }
-    if (errno != ENOENT) {
-      return lk_fail(err, LK_FAILED_PRECONDITION, "cannot open node key %s: %s",
-                     path, strerror(errno));
+    if (st != LK_NOT_FOUND) {
+      return st;
     }
     int raced = 0;
-    lk_status st = key_create(path, out, &raced, err);
+    st = key_create(path, out, &raced, err);
     if (st != LK_OK || !raced) {
       return st;
     }
@@ -475,16 +328,30 @@ lk_status lk_seal_key_load_or_create(const char *path, lk_seal_key **out,
 
 /* ---- sealing ---------------------------------------------------------- */
 
-/* Builds the associated data cred_id NUL field NUL key_id(BE32). */
-static lk_status seal_ad(const char *cred_id, const char *field,
-                         uint32_t key_id, unsigned char ad[AD_MAX_BYTES],
-                         size_t *ad_len, lk_err *err) {
-  size_t cl = strlen(cred_id);
-  size_t fl = strlen(field);
-  if (cl > LK_SEAL_MAX_NAME_BYTES || fl > LK_SEAL_MAX_NAME_BYTES) {
+/* Checks that cred_id and field fit into associated data. */
+static lk_status seal_check_names(const char *cred_id, const char *field,
+                                  size_t *cl, size_t *fl, lk_err *err) {
+  *cl = strlen(cred_id);
+  *fl = strlen(field);
+  if (*cl > LK_SEAL_MAX_NAME_BYTES || *fl > LK_SEAL_MAX_NAME_BYTES) {
     return lk_fail(err, LK_INVALID_ARGUMENT,
                    "credential id and field name must be at most %u bytes",
                    LK_SEAL_MAX_NAME_BYTES);
+  }
+  return LK_OK;
+}
+
+lk_status lk_seal_ad(const char *cred_id, const char *field, uint32_t key_id,
+                     unsigned char ad[LK_SEAL_AD_MAX_BYTES], size_t *ad_len,
+                     lk_err *err) {
+  size_t cl = 0;
+  size_t fl = 0;
+  if (cred_id == NULL || field == NULL || ad == NULL || ad_len == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "seal: NULL argument");
+  }
+  lk_status st = seal_check_names(cred_id, field, &cl, &fl, err);
+  if (st != LK_OK) {
+    return st;
   }
   unsigned char *p = ad;
   memcpy(p, cred_id, cl + 1);
@@ -505,7 +372,7 @@ lk_status lk_seal(const lk_seal_key *k, const char *cred_id, const char *field,
                   size_t *ct_len, lk_err *err) {
   static const unsigned char empty[1];
   lk_status st = LK_OK;
-  unsigned char ad[AD_MAX_BYTES];
+  unsigned char ad[LK_SEAL_AD_MAX_BYTES];
   size_t ad_len = 0;
   unsigned long long out_len = 0;
   unsigned char *buf = NULL;
@@ -523,7 +390,7 @@ lk_status lk_seal(const lk_seal_key *k, const char *cred_id, const char *field,
         cred_id, field, pt_len, LK_SEAL_MAX_PT_BYTES);
     goto done;
   }
-  if ((st = seal_ad(cred_id, field, k->key_id, ad, &ad_len, err)) != LK_OK) {
+  if ((st = lk_seal_ad(cred_id, field, k->key_id, ad, &ad_len, err)) != LK_OK) {
     goto done;
   }
   buf = malloc(pt_len + LK_SEAL_TAG_BYTES);
@@ -564,7 +431,7 @@ lk_status lk_unseal(const lk_seal_key *k, uint32_t key_id, const char *cred_id,
                     size_t nonce_len, const unsigned char *ct, size_t ct_len,
                     lk_secret **out, lk_err *err) {
   lk_status st = LK_OK;
-  unsigned char ad[AD_MAX_BYTES];
+  unsigned char ad[LK_SEAL_AD_MAX_BYTES];
   size_t ad_len = 0;
   lk_secret *pt = NULL;
   if (k == NULL || cred_id == NULL || field == NULL ||
@@ -580,7 +447,7 @@ lk_status lk_unseal(const lk_seal_key *k, uint32_t key_id, const char *cred_id,
                  cred_id, field, ct_len, LK_SEAL_MAX_CT_BYTES);
     goto done;
   }
-  if ((st = seal_ad(cred_id, field, k->key_id, ad, &ad_len, err)) != LK_OK) {
+  if ((st = lk_seal_ad(cred_id, field, k->key_id, ad, &ad_len, err)) != LK_OK) {
     goto done;
   }
   if (key_id != k->key_id || nonce_len != LK_SEAL_NONCE_BYTES ||
@@ -603,6 +470,198 @@ lk_status lk_unseal(const lk_seal_key *k, uint32_t key_id, const char *cred_id,
   *out = pt;
   pt = NULL;
 done:
+  lk_secret_free(pt);
+  return st;
+}
+
+/* ---- sealing to a node's public key ----------------------------------- */
+
+/* Builds the associated data cred_id NUL field NUL "node" NUL node_pk. */
+static lk_status node_ad(const char *cred_id, const char *field,
+                         const unsigned char node_pk[KEY_BYTES],
+                         unsigned char ad[NODE_AD_MAX_BYTES], size_t *ad_len,
+                         lk_err *err) {
+  size_t cl = 0;
+  size_t fl = 0;
+  lk_status st = seal_check_names(cred_id, field, &cl, &fl, err);
+  if (st != LK_OK) {
+    return st;
+  }
+  unsigned char *p = ad;
+  memcpy(p, cred_id, cl + 1);
+  p += cl + 1;
+  memcpy(p, field, fl + 1);
+  p += fl + 1;
+  memcpy(p, NODE_AD_LABEL, sizeof(NODE_AD_LABEL)); /* with its NUL */
+  p += sizeof(NODE_AD_LABEL);
+  memcpy(p, node_pk, KEY_BYTES);
+  *ad_len = (size_t)(p + KEY_BYTES - ad);
+  return LK_OK;
+}
+
+/* Derives one value's key into sym as BLAKE2b-256("lknode01" || X25519(sk,
+ * peer_pk) || eph_pk || node_pk), using q (guarded scratch) for the shared
+ * point and wiping it and the hash state before returning. Returns -1 when
+ * X25519 yields the all-zero point (peer_pk has small order). */
+static int node_derive(const unsigned char *sk, const unsigned char *peer_pk,
+                       const unsigned char *eph_pk,
+                       const unsigned char *node_pk, unsigned char *q,
+                       unsigned char *sym) {
+  crypto_generichash_state h;
+  int rc = -1;
+  if (crypto_scalarmult(q, sk, peer_pk) == 0 &&
+      crypto_generichash_init(&h, NULL, 0, KEY_BYTES) == 0 &&
+      crypto_generichash_update(&h, (const unsigned char *)NODE_KDF_CONTEXT,
+                                sizeof(NODE_KDF_CONTEXT) - 1) == 0 &&
+      crypto_generichash_update(&h, q, KEY_BYTES) == 0 &&
+      crypto_generichash_update(&h, eph_pk, KEY_BYTES) == 0 &&
+      crypto_generichash_update(&h, node_pk, KEY_BYTES) == 0 &&
+      crypto_generichash_final(&h, sym, KEY_BYTES) == 0) {
+    rc = 0;
+  }
+  sodium_memzero(&h, sizeof(h));
+  sodium_memzero(q, KEY_BYTES);
+  return rc;
+}
+
+lk_status lk_seal_for_node(const unsigned char node_pk[32], const char *cred_id,
+                           const char *field, const unsigned char *pt,
+                           size_t pt_len, unsigned char eph_pk[32],
+                           unsigned char nonce[LK_SEAL_NONCE_BYTES],
+                           unsigned char **ct, size_t *ct_len, lk_err *err) {
+  static const unsigned char empty[1];
+  lk_status st = LK_OK;
+  unsigned char ad[NODE_AD_MAX_BYTES];
+  size_t ad_len = 0;
+  unsigned long long out_len = 0;
+  unsigned char *buf = NULL;
+  lk_secret *scratch = NULL; /* ephemeral secret key | shared point | key */
+  if (node_pk == NULL || cred_id == NULL || field == NULL ||
+      (pt == NULL && pt_len > 0) || eph_pk == NULL || nonce == NULL ||
+      ct == NULL || ct_len == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "seal for node: NULL argument");
+  }
+  *ct = NULL;
+  *ct_len = 0;
+  if (pt_len > LK_SEAL_MAX_PT_BYTES) {
+    st = lk_fail(
+        err, LK_INVALID_ARGUMENT,
+        "credential %s field %s: value is %zu bytes, at most %u are allowed",
+        cred_id, field, pt_len, LK_SEAL_MAX_PT_BYTES);
+    goto done;
+  }
+  if ((st = node_ad(cred_id, field, node_pk, ad, &ad_len, err)) != LK_OK) {
+    goto done;
+  }
+  scratch = lk_secret_new(3 * KEY_BYTES);
+  buf = malloc(pt_len + LK_SEAL_TAG_BYTES);
+  if (scratch == NULL || buf == NULL) {
+    st = lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                 "out of memory sealing credential %s for a node", cred_id);
+    goto done;
+  }
+  unsigned char *eph_sk = lk_secret_mut(scratch);
+  unsigned char *q = eph_sk + KEY_BYTES;
+  unsigned char *sym = q + KEY_BYTES;
+  if (crypto_box_keypair(eph_pk, eph_sk) != 0) {
+    st = lk_fail(err, LK_INTERNAL, "cannot generate an ephemeral key pair");
+    goto done;
+  }
+  int derived = node_derive(eph_sk, node_pk, eph_pk, node_pk, q, sym);
+  sodium_memzero(eph_sk, KEY_BYTES); /* last use */
+  if (derived != 0) {
+    st = lk_fail(err, LK_INVALID_ARGUMENT,
+                 "credential %s field %s: the node public key is not a usable "
+                 "X25519 public key",
+                 cred_id, field);
+    goto done;
+  }
+  randombytes_buf(nonce, LK_SEAL_NONCE_BYTES);
+  int rc = crypto_aead_xchacha20poly1305_ietf_encrypt(
+      buf, &out_len, pt != NULL ? pt : empty, pt_len, ad, ad_len, NULL, nonce,
+      sym);
+  sodium_memzero(sym, KEY_BYTES); /* last use */
+  if (rc != 0) {
+    st = lk_fail(err, LK_INTERNAL, "cannot seal credential %s field %s",
+                 cred_id, field);
+    goto done;
+  }
+  *ct = buf;
+  *ct_len = (size_t)out_len;
+  buf = NULL;
+done:
+  lk_secret_free(scratch);
+  free(buf); /* ciphertext only: not secret */
+  return st;
+}
+
+/* The one answer for a value that was not sealed to this node key for this
+ * record, or was altered: it names the record, never the value. */
+static lk_status node_mismatch(const char *cred_id, const char *field,
+                               lk_err *err) {
+  return lk_fail(err, LK_FAILED_PRECONDITION,
+                 "credential %s field %s cannot be unsealed with this node "
+                 "key: it was sealed for another node key or altered; resync "
+                 "this replica from the control plane",
+                 cred_id, field);
+}
+
+lk_status lk_unseal_from_node(const lk_seal_key *node_key, const char *cred_id,
+                              const char *field, const unsigned char *eph_pk,
+                              size_t eph_pk_len, const unsigned char *nonce,
+                              size_t nonce_len, const unsigned char *ct,
+                              size_t ct_len, lk_secret **out, lk_err *err) {
+  lk_status st = LK_OK;
+  unsigned char ad[NODE_AD_MAX_BYTES];
+  size_t ad_len = 0;
+  lk_secret *scratch = NULL; /* shared point | key */
+  lk_secret *pt = NULL;
+  if (node_key == NULL || cred_id == NULL || field == NULL ||
+      (eph_pk == NULL && eph_pk_len > 0) || (nonce == NULL && nonce_len > 0) ||
+      (ct == NULL && ct_len > 0) || out == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "unseal from node: NULL argument");
+  }
+  *out = NULL;
+  if (ct_len > LK_SEAL_MAX_CT_BYTES) {
+    st = lk_fail(err, LK_INVALID_ARGUMENT,
+                 "credential %s field %s: sealed value is %zu bytes, at most "
+                 "%u are allowed",
+                 cred_id, field, ct_len, LK_SEAL_MAX_CT_BYTES);
+    goto done;
+  }
+  if ((st = node_ad(cred_id, field, node_key->pk, ad, &ad_len, err)) != LK_OK) {
+    goto done;
+  }
+  if (eph_pk_len != KEY_BYTES || nonce_len != LK_SEAL_NONCE_BYTES ||
+      ct_len < LK_SEAL_TAG_BYTES) {
+    st = node_mismatch(cred_id, field, err);
+    goto done;
+  }
+  scratch = lk_secret_new(2 * KEY_BYTES);
+  pt = lk_secret_new(ct_len - LK_SEAL_TAG_BYTES);
+  if (scratch == NULL || pt == NULL) {
+    st = lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                 "out of guarded memory unsealing credential %s", cred_id);
+    goto done;
+  }
+  unsigned char *q = lk_secret_mut(scratch);
+  unsigned char *sym = q + KEY_BYTES;
+  if (node_derive(lk_secret_data(node_key->sk), eph_pk, eph_pk, node_key->pk, q,
+                  sym) != 0) {
+    st = node_mismatch(cred_id, field, err);
+    goto done;
+  }
+  int rc = crypto_aead_xchacha20poly1305_ietf_decrypt(
+      lk_secret_mut(pt), NULL, NULL, ct, ct_len, ad, ad_len, nonce, sym);
+  sodium_memzero(sym, KEY_BYTES); /* last use */
+  if (rc != 0) {
+    st = node_mismatch(cred_id, field, err);
+    goto done;
+  }
+  *out = pt;
+  pt = NULL;
+done:
+  lk_secret_free(scratch);
   lk_secret_free(pt);
   return st;
 }

@@ -1,5 +1,6 @@
 /*
- * seal.h - sealing secret field values under the node key (DESIGN.md §6).
+ * seal.h - sealing secret field values under the node key, and to a node
+ * key from the control plane (DESIGN.md §6).
  *
  * Why: a stolen disk or backup must not yield a credential, and a sealed
  * value must not be movable to another record. Each secret field value is
@@ -25,10 +26,32 @@
  * crypto_kdf_derive_from_key(32 bytes, subkey id = key_id, ctx "lkseal01",
  * X25519 secret key).
  *
+ * Sealing to a node (lk_seal_for_node, lk_unseal_from_node). The control
+ * plane never holds a node's secret key, so on the way to a sidecar it
+ * seals each secret value to that node's X25519 public key (node_pk), and
+ * the replica stores only that. Per value:
+ *
+ *     eph_sk, eph_pk = a fresh X25519 key pair (crypto_box_keypair)
+ *     q     = X25519(eph_sk, node_pk)        (crypto_scalarmult; refused
+ *                                             when it is all zeros)
+ *     key   = BLAKE2b-256, unkeyed, of
+ *             "lknode01" || q || eph_pk || node_pk
+ *     ad    = cred_id, NUL, field name, NUL, "node", NUL, node_pk
+ *     ct    = XChaCha20-Poly1305(key, random 24-byte nonce, ad, value)
+ *
+ * and (eph_pk, nonce, ct) is what travels and is stored (SealedValue's
+ * ephemeral_public_key, nonce, ciphertext; key_id is not used). The node
+ * computes q = X25519(node_sk, eph_pk) and the same key. Because eph_pk
+ * and node_pk are hashed into the key and node_pk is in the associated
+ * data, a value sealed for one node, credential or field opens nowhere
+ * else; because every value has its own ephemeral key, two seals of one
+ * value share nothing. The ephemeral secret key, q and the derived key
+ * live in sodium_malloc memory and are wiped right after their last use.
+ *
  * Invariants: key bytes live only in sodium_malloc memory; plaintext comes
- * out of lk_unseal only as an lk_secret; no error message carries a value.
- * An lk_seal_key is immutable after loading and safe to share across
- * threads.
+ * out of lk_unseal and lk_unseal_from_node only as an lk_secret; no error
+ * message carries a value. An lk_seal_key is immutable after loading and
+ * safe to share across threads.
  */
 #ifndef LK_SEAL_H
 #define LK_SEAL_H
@@ -47,6 +70,8 @@
 #define LK_SEAL_MAX_PT_BYTES (LK_SEAL_MAX_CT_BYTES - LK_SEAL_TAG_BYTES)
 /* Longest cred_id and field name bound into the associated data. */
 #define LK_SEAL_MAX_NAME_BYTES 1024u
+/* Longest associated data lk_seal_ad writes. */
+#define LK_SEAL_AD_MAX_BYTES (2 * (LK_SEAL_MAX_NAME_BYTES + 1) + 4)
 
 /* Opaque; key bytes in sodium_malloc memory. */
 typedef struct lk_seal_key lk_seal_key;
@@ -87,5 +112,42 @@ lk_status lk_unseal(const lk_seal_key *k, uint32_t key_id, const char *cred_id,
                     const char *field, const unsigned char *nonce,
                     size_t nonce_len, const unsigned char *ct, size_t ct_len,
                     lk_secret **out, lk_err *err) LK_MUST_CHECK;
+
+/* Writes the associated data every key-id-bound seal uses (lk_seal here,
+ * lk_keyring_seal in lib/keyring), cred_id NUL field NUL key_id as 4 bytes
+ * big-endian, into ad and its length into *ad_len. LK_INVALID_ARGUMENT
+ * when a name exceeds LK_SEAL_MAX_NAME_BYTES. */
+lk_status lk_seal_ad(const char *cred_id, const char *field, uint32_t key_id,
+                     unsigned char ad[LK_SEAL_AD_MAX_BYTES], size_t *ad_len,
+                     lk_err *err) LK_MUST_CHECK;
+
+/* Seals pt_len bytes at pt for (cred_id, field) to the node whose X25519
+ * public key is node_pk, as described above: writes the fresh ephemeral
+ * public key to eph_pk and the random nonce to nonce; *ct is malloc'd
+ * (free()) and *ct_len is pt_len + LK_SEAL_TAG_BYTES. Outputs are set only
+ * on LK_OK. LK_INVALID_ARGUMENT when pt_len exceeds LK_SEAL_MAX_PT_BYTES, a
+ * name exceeds LK_SEAL_MAX_NAME_BYTES, or node_pk is not a usable X25519
+ * public key (small order). */
+lk_status lk_seal_for_node(const unsigned char node_pk[32], const char *cred_id,
+                           const char *field, const unsigned char *pt,
+                           size_t pt_len, unsigned char eph_pk[32],
+                           unsigned char nonce[LK_SEAL_NONCE_BYTES],
+                           unsigned char **ct, size_t *ct_len,
+                           lk_err *err) LK_MUST_CHECK;
+
+/* Opens a value lk_seal_for_node sealed for (cred_id, field) to this node's
+ * public key, using the node's own key file (node_key), straight into
+ * guarded memory (*out, free with lk_secret_free). LK_FAILED_PRECONDITION
+ * ("credential <id> field <f> cannot be unsealed with this node key: ...")
+ * when the value was sealed for another node key, credential or field, or
+ * the ephemeral key, nonce or ciphertext is altered or has the wrong
+ * length; LK_INVALID_ARGUMENT when ct_len exceeds LK_SEAL_MAX_CT_BYTES or
+ * a name exceeds LK_SEAL_MAX_NAME_BYTES. */
+lk_status lk_unseal_from_node(const lk_seal_key *node_key, const char *cred_id,
+                              const char *field, const unsigned char *eph_pk,
+                              size_t eph_pk_len, const unsigned char *nonce,
+                              size_t nonce_len, const unsigned char *ct,
+                              size_t ct_len, lk_secret **out,
+                              lk_err *err) LK_MUST_CHECK;
 
 #endif

@@ -4,7 +4,10 @@
  * with exact codes; sealed values round-trip and every kind of mismatch
  * (ciphertext, nonce, credential id, field, key id, key) is refused with
  * LK_FAILED_PRECONDITION and a message that names the record, never the
- * value. One test reproduces the documented format, KDF and associated
+ * value. Values sealed to a node's public key round-trip through the
+ * node's key file, differ on every seal, and open for no other node,
+ * credential or field, nor when the ephemeral key, nonce or ciphertext is
+ * altered. Two tests reproduce the documented formats, KDFs and associated
  * data with libsodium directly, so other implementations can interoperate.
  */
 #include <dirent.h>
@@ -616,6 +619,347 @@ static void documented_format_interoperates(void **state) {
   sodium_memzero(sym, sizeof(sym));
 }
 
+/* ---- sealing to a node's public key ------------------------------------ */
+
+/* A value sealed to a node key. */
+typedef struct {
+  unsigned char eph_pk[32];
+  unsigned char nonce[LK_SEAL_NONCE_BYTES];
+  unsigned char *ct;
+  size_t ct_len;
+} node_sealed;
+
+static void node_seal_ok(const lk_seal_key *node, const char *cred,
+                         const char *field, const char *pt, node_sealed *out) {
+  lk_err err;
+  unsigned char pk[32];
+  assert_int_equal(lk_seal_key_public(node, pk, &err), LK_OK);
+  lk_status st =
+      lk_seal_for_node(pk, cred, field, (const unsigned char *)pt, strlen(pt),
+                       out->eph_pk, out->nonce, &out->ct, &out->ct_len, &err);
+  if (st != LK_OK) {
+    fail_msg("seal for node: %s: %s", lk_status_name(st), err.msg);
+  }
+  assert_int_equal(out->ct_len, strlen(pt) + LK_SEAL_TAG_BYTES);
+}
+
+/* Asserts that opening with node is refused as a node/record mismatch. */
+static void assert_node_mismatch(const lk_seal_key *node, const char *cred,
+                                 const char *field, const unsigned char *eph_pk,
+                                 size_t eph_pk_len, const unsigned char *nonce,
+                                 size_t nonce_len, const unsigned char *ct,
+                                 size_t ct_len) {
+  lk_err err;
+  lk_secret *out = (lk_secret *)&err; /* must be reset to NULL */
+  assert_int_equal(
+      lk_unseal_from_node(node, cred, field, eph_pk, eph_pk_len, nonce,
+                          nonce_len, ct, ct_len, &out, &err),
+      LK_FAILED_PRECONDITION);
+  assert_null(out);
+  assert_int_equal(err.code, LK_FAILED_PRECONDITION);
+  char want[300];
+  snprintf(want, sizeof(want),
+           "credential %s field %s cannot be unsealed with this node key: it "
+           "was sealed for another node key or altered; resync this replica "
+           "from the control plane",
+           cred, field);
+  assert_string_equal(err.msg, want);
+  assert_null(strstr(err.msg, value));
+}
+
+static void node_seal_round_trips_into_guarded_memory(void **state) {
+  (void)state;
+  lk_err err;
+  lk_seal_key *node = shared_key();
+  node_sealed s;
+  node_seal_ok(node, "cred-1", "api_key", value, &s);
+  assert_null(memmem(s.ct, s.ct_len, value, strlen(value)));
+  lk_secret *pt = NULL;
+  assert_int_equal(
+      lk_unseal_from_node(node, "cred-1", "api_key", s.eph_pk, sizeof(s.eph_pk),
+                          s.nonce, sizeof(s.nonce), s.ct, s.ct_len, &pt, &err),
+      LK_OK);
+  assert_int_equal(lk_secret_len(pt), strlen(value));
+  assert_string_equal(lk_secret_str(pt), value);
+  lk_secret_free(pt);
+  free(s.ct);
+  lk_seal_key_destroy(node);
+}
+
+static void node_seal_of_empty_value_round_trips(void **state) {
+  (void)state;
+  lk_err err;
+  lk_seal_key *node = shared_key();
+  node_sealed s;
+  unsigned char pk[32];
+  assert_int_equal(lk_seal_key_public(node, pk, &err), LK_OK);
+  assert_int_equal(lk_seal_for_node(pk, "cred-1", "note", NULL, 0, s.eph_pk,
+                                    s.nonce, &s.ct, &s.ct_len, &err),
+                   LK_OK);
+  assert_int_equal(s.ct_len, LK_SEAL_TAG_BYTES);
+  lk_secret *pt = NULL;
+  assert_int_equal(
+      lk_unseal_from_node(node, "cred-1", "note", s.eph_pk, sizeof(s.eph_pk),
+                          s.nonce, sizeof(s.nonce), s.ct, s.ct_len, &pt, &err),
+      LK_OK);
+  assert_int_equal(lk_secret_len(pt), 0);
+  lk_secret_free(pt);
+  free(s.ct);
+  lk_seal_key_destroy(node);
+}
+
+static void node_seals_of_one_value_share_nothing(void **state) {
+  (void)state;
+  lk_seal_key *node = shared_key();
+  node_sealed a;
+  node_sealed b;
+  node_seal_ok(node, "cred-1", "api_key", value, &a);
+  node_seal_ok(node, "cred-1", "api_key", value, &b);
+  assert_memory_not_equal(a.eph_pk, b.eph_pk, sizeof(a.eph_pk));
+  assert_memory_not_equal(a.nonce, b.nonce, sizeof(a.nonce));
+  assert_memory_not_equal(a.ct, b.ct, a.ct_len);
+  free(a.ct);
+  free(b.ct);
+  lk_seal_key_destroy(node);
+}
+
+static void node_seal_for_another_node_is_failed_precondition(void **state) {
+  (void)state;
+  char path[4096];
+  lk_err err;
+  lk_seal_key *node = shared_key();
+  lk_seal_key *other = load_ok(fresh_path(path, sizeof(path), "other.key"));
+  node_sealed s;
+  node_seal_ok(node, "cred-1", "api_key", value, &s);
+  assert_node_mismatch(other, "cred-1", "api_key", s.eph_pk, sizeof(s.eph_pk),
+                       s.nonce, sizeof(s.nonce), s.ct, s.ct_len);
+  /* Nor does it open as a value sealed under the node's local key. */
+  lk_secret *pt = NULL;
+  assert_int_equal(
+      lk_unseal(node, lk_seal_key_id(node), "cred-1", "api_key", s.nonce,
+                sizeof(s.nonce), s.ct, s.ct_len, &pt, &err),
+      LK_FAILED_PRECONDITION);
+  assert_null(pt);
+  free(s.ct);
+  lk_seal_key_destroy(other);
+  lk_seal_key_destroy(node);
+}
+
+static void node_seal_with_swapped_cred_id_is_failed_precondition(
+    void **state) {
+  (void)state;
+  lk_seal_key *node = shared_key();
+  node_sealed s;
+  node_seal_ok(node, "cred-1", "api_key", value, &s);
+  assert_node_mismatch(node, "cred-2", "api_key", s.eph_pk, sizeof(s.eph_pk),
+                       s.nonce, sizeof(s.nonce), s.ct, s.ct_len);
+  assert_node_mismatch(node, "cred-1a", "pi_key", s.eph_pk, sizeof(s.eph_pk),
+                       s.nonce, sizeof(s.nonce), s.ct, s.ct_len);
+  free(s.ct);
+  lk_seal_key_destroy(node);
+}
+
+static void node_seal_with_swapped_field_is_failed_precondition(void **state) {
+  (void)state;
+  lk_seal_key *node = shared_key();
+  node_sealed s;
+  node_seal_ok(node, "cred-1", "password", value, &s);
+  assert_node_mismatch(node, "cred-1", "username", s.eph_pk, sizeof(s.eph_pk),
+                       s.nonce, sizeof(s.nonce), s.ct, s.ct_len);
+  free(s.ct);
+  lk_seal_key_destroy(node);
+}
+
+static void node_seal_with_tampered_eph_pk_is_failed_precondition(
+    void **state) {
+  (void)state;
+  static const unsigned char zero_pk[32];
+  lk_seal_key *node = shared_key();
+  node_sealed s;
+  node_seal_ok(node, "cred-1", "api_key", value, &s);
+  s.eph_pk[7] ^= 0x01;
+  assert_node_mismatch(node, "cred-1", "api_key", s.eph_pk, sizeof(s.eph_pk),
+                       s.nonce, sizeof(s.nonce), s.ct, s.ct_len);
+  s.eph_pk[7] ^= 0x01;
+  assert_node_mismatch(node, "cred-1", "api_key", s.eph_pk,
+                       sizeof(s.eph_pk) - 1, s.nonce, sizeof(s.nonce), s.ct,
+                       s.ct_len); /* wrong length */
+  assert_node_mismatch(node, "cred-1", "api_key", NULL, 0, s.nonce,
+                       sizeof(s.nonce), s.ct, s.ct_len); /* missing */
+  assert_node_mismatch(node, "cred-1", "api_key", zero_pk, sizeof(zero_pk),
+                       s.nonce, sizeof(s.nonce), s.ct,
+                       s.ct_len); /* small-order point */
+  free(s.ct);
+  lk_seal_key_destroy(node);
+}
+
+static void node_seal_with_tampered_nonce_is_failed_precondition(void **state) {
+  (void)state;
+  lk_seal_key *node = shared_key();
+  node_sealed s;
+  node_seal_ok(node, "cred-1", "api_key", value, &s);
+  s.nonce[0] ^= 0x80;
+  assert_node_mismatch(node, "cred-1", "api_key", s.eph_pk, sizeof(s.eph_pk),
+                       s.nonce, sizeof(s.nonce), s.ct, s.ct_len);
+  s.nonce[0] ^= 0x80;
+  assert_node_mismatch(node, "cred-1", "api_key", s.eph_pk, sizeof(s.eph_pk),
+                       s.nonce, sizeof(s.nonce) - 1, s.ct, s.ct_len);
+  free(s.ct);
+  lk_seal_key_destroy(node);
+}
+
+static void node_seal_with_tampered_ciphertext_is_failed_precondition(
+    void **state) {
+  (void)state;
+  lk_seal_key *node = shared_key();
+  node_sealed s;
+  node_seal_ok(node, "cred-1", "api_key", value, &s);
+  size_t where[] = {0, s.ct_len / 2, s.ct_len - 1}; /* body and tag */
+  for (size_t i = 0; i < 3; i++) {
+    s.ct[where[i]] ^= 0x01;
+    assert_node_mismatch(node, "cred-1", "api_key", s.eph_pk, sizeof(s.eph_pk),
+                         s.nonce, sizeof(s.nonce), s.ct, s.ct_len);
+    s.ct[where[i]] ^= 0x01;
+  }
+  assert_node_mismatch(node, "cred-1", "api_key", s.eph_pk, sizeof(s.eph_pk),
+                       s.nonce, sizeof(s.nonce), s.ct, s.ct_len - 1);
+  assert_node_mismatch(node, "cred-1", "api_key", s.eph_pk, sizeof(s.eph_pk),
+                       s.nonce, sizeof(s.nonce), s.ct, LK_SEAL_TAG_BYTES - 1);
+  free(s.ct);
+  lk_seal_key_destroy(node);
+}
+
+static void node_seal_refuses_a_small_order_public_key(void **state) {
+  (void)state;
+  static const unsigned char zero_pk[32];
+  lk_err err;
+  unsigned char eph_pk[32];
+  unsigned char nonce[LK_SEAL_NONCE_BYTES];
+  unsigned char *ct = (unsigned char *)&err; /* must be reset to NULL */
+  size_t ct_len = 1;
+  assert_int_equal(lk_seal_for_node(zero_pk, "cred-1", "api_key",
+                                    (const unsigned char *)value, strlen(value),
+                                    eph_pk, nonce, &ct, &ct_len, &err),
+                   LK_INVALID_ARGUMENT);
+  assert_null(ct);
+  assert_int_equal(ct_len, 0);
+  assert_string_equal(err.msg,
+                      "credential cred-1 field api_key: the node public key "
+                      "is not a usable X25519 public key");
+}
+
+static void node_seal_size_limits_are_invalid_argument(void **state) {
+  (void)state;
+  lk_err err;
+  lk_seal_key *node = shared_key();
+  unsigned char pk[32];
+  unsigned char eph_pk[32];
+  unsigned char nonce[LK_SEAL_NONCE_BYTES];
+  unsigned char *ct = NULL;
+  size_t ct_len = 0;
+  unsigned char *big = calloc(1, LK_SEAL_MAX_CT_BYTES + 1);
+  assert_non_null(big);
+  assert_int_equal(lk_seal_key_public(node, pk, &err), LK_OK);
+
+  assert_int_equal(lk_seal_for_node(pk, "c", "f", big, LK_SEAL_MAX_PT_BYTES + 1,
+                                    eph_pk, nonce, &ct, &ct_len, &err),
+                   LK_INVALID_ARGUMENT);
+  assert_null(ct);
+  assert_int_equal(lk_seal_for_node(pk, "c", "f", big, LK_SEAL_MAX_PT_BYTES,
+                                    eph_pk, nonce, &ct, &ct_len, &err),
+                   LK_OK);
+  assert_int_equal(ct_len, LK_SEAL_MAX_CT_BYTES);
+  lk_secret *pt = NULL;
+  assert_int_equal(
+      lk_unseal_from_node(node, "c", "f", eph_pk, sizeof(eph_pk), nonce,
+                          sizeof(nonce), ct, ct_len, &pt, &err),
+      LK_OK);
+  assert_int_equal(lk_secret_len(pt), LK_SEAL_MAX_PT_BYTES);
+  lk_secret_free(pt);
+  free(ct);
+  ct = NULL;
+
+  assert_int_equal(lk_unseal_from_node(node, "c", "f", eph_pk, sizeof(eph_pk),
+                                       nonce, sizeof(nonce), big,
+                                       LK_SEAL_MAX_CT_BYTES + 1, &pt, &err),
+                   LK_INVALID_ARGUMENT);
+  assert_null(pt);
+
+  char long_name[LK_SEAL_MAX_NAME_BYTES + 2];
+  memset(long_name, 'x', sizeof(long_name) - 1);
+  long_name[sizeof(long_name) - 1] = '\0';
+  assert_int_equal(lk_seal_for_node(pk, long_name, "f", big, 1, eph_pk, nonce,
+                                    &ct, &ct_len, &err),
+                   LK_INVALID_ARGUMENT);
+  assert_int_equal(lk_seal_for_node(pk, "c", long_name, big, 1, eph_pk, nonce,
+                                    &ct, &ct_len, &err),
+                   LK_INVALID_ARGUMENT);
+  assert_null(ct);
+  assert_int_equal(
+      lk_unseal_from_node(node, long_name, "f", eph_pk, sizeof(eph_pk), nonce,
+                          sizeof(nonce), big, 17, &pt, &err),
+      LK_INVALID_ARGUMENT);
+  free(big);
+  lk_seal_key_destroy(node);
+}
+
+/* Seals to a node with libsodium directly, following seal.h's documented
+ * construction, and checks that lk_unseal_from_node opens it. */
+static void node_documented_format_interoperates(void **state) {
+  (void)state;
+  lk_err err;
+  lk_seal_key *node = shared_key();
+  unsigned char node_pk[32];
+  unsigned char eph_pk[32];
+  unsigned char eph_sk[32];
+  unsigned char q[32];
+  unsigned char key[32];
+  unsigned char nonce[24];
+  unsigned char ad[64];
+  unsigned char ct[sizeof(value) - 1 + 16];
+  unsigned long long ct_len = 0;
+  crypto_generichash_state h;
+  assert_int_equal(lk_seal_key_public(node, node_pk, &err), LK_OK);
+  assert_int_equal(crypto_box_keypair(eph_pk, eph_sk), 0);
+  assert_int_equal(crypto_scalarmult(q, eph_sk, node_pk), 0);
+  assert_int_equal(crypto_generichash_init(&h, NULL, 0, sizeof(key)), 0);
+  assert_int_equal(
+      crypto_generichash_update(&h, (const unsigned char *)"lknode01", 8), 0);
+  assert_int_equal(crypto_generichash_update(&h, q, sizeof(q)), 0);
+  assert_int_equal(crypto_generichash_update(&h, eph_pk, sizeof(eph_pk)), 0);
+  assert_int_equal(crypto_generichash_update(&h, node_pk, sizeof(node_pk)), 0);
+  assert_int_equal(crypto_generichash_final(&h, key, sizeof(key)), 0);
+  memcpy(ad, "cred-9\0token\0node\0", 18);
+  memcpy(ad + 18, node_pk, 32);
+  randombytes_buf(nonce, sizeof(nonce));
+  assert_int_equal(crypto_aead_xchacha20poly1305_ietf_encrypt(
+                       ct, &ct_len, (const unsigned char *)value,
+                       sizeof(value) - 1, ad, 18 + 32, NULL, nonce, key),
+                   0);
+  lk_secret *pt = NULL;
+  assert_int_equal(
+      lk_unseal_from_node(node, "cred-9", "token", eph_pk, sizeof(eph_pk),
+                          nonce, sizeof(nonce), ct, (size_t)ct_len, &pt, &err),
+      LK_OK);
+  assert_string_equal(lk_secret_str(pt), value);
+  lk_secret_free(pt);
+  lk_seal_key_destroy(node);
+  sodium_memzero(eph_sk, sizeof(eph_sk));
+  sodium_memzero(q, sizeof(q));
+  sodium_memzero(key, sizeof(key));
+}
+
+static void seal_ad_has_the_documented_shape(void **state) {
+  (void)state;
+  lk_err err;
+  unsigned char ad[LK_SEAL_AD_MAX_BYTES];
+  size_t ad_len = 0;
+  assert_int_equal(lk_seal_ad("cred-9", "token", 0x01020304, ad, &ad_len, &err),
+                   LK_OK);
+  assert_int_equal(ad_len, 17);
+  assert_memory_equal(ad, "cred-9\0token\0\x01\x02\x03\x04", 17);
+}
+
 static void destroy_accepts_null(void **state) {
   (void)state;
   lk_seal_key_destroy(NULL);
@@ -641,6 +985,20 @@ int main(void) {
       cmocka_unit_test(different_key_file_is_failed_precondition),
       cmocka_unit_test(size_limits_are_invalid_argument),
       cmocka_unit_test(documented_format_interoperates),
+      cmocka_unit_test(node_seal_round_trips_into_guarded_memory),
+      cmocka_unit_test(node_seal_of_empty_value_round_trips),
+      cmocka_unit_test(node_seals_of_one_value_share_nothing),
+      cmocka_unit_test(node_seal_for_another_node_is_failed_precondition),
+      cmocka_unit_test(node_seal_with_swapped_cred_id_is_failed_precondition),
+      cmocka_unit_test(node_seal_with_swapped_field_is_failed_precondition),
+      cmocka_unit_test(node_seal_with_tampered_eph_pk_is_failed_precondition),
+      cmocka_unit_test(node_seal_with_tampered_nonce_is_failed_precondition),
+      cmocka_unit_test(
+          node_seal_with_tampered_ciphertext_is_failed_precondition),
+      cmocka_unit_test(node_seal_refuses_a_small_order_public_key),
+      cmocka_unit_test(node_seal_size_limits_are_invalid_argument),
+      cmocka_unit_test(node_documented_format_interoperates),
+      cmocka_unit_test(seal_ad_has_the_documented_shape),
       cmocka_unit_test(destroy_accepts_null),
   };
   if (sodium_init() < 0) {

@@ -1,0 +1,255 @@
+/*
+ * keyfile.c - owner-only key files: checked reads, atomic writes (see
+ * keyfile.h).
+ *
+ * Why this shape: a key file must never be accepted when other users could
+ * read it, never be half-written and never appear under its name before
+ * its bytes are durable. Reads go straight into guarded memory, one byte
+ * past the cap so "exactly full" and "too big" differ. Writes use a
+ * uniquely named temp file (O_EXCL, O_NOFOLLOW, 0600); link() gives it the
+ * name without replacing a file another process made first, rename()
+ * replaces it atomically when that is the point. The temp file is always
+ * unlinked on the way out, so a failure leaves the directory as it was.
+ */
+#include "lib/keyfile.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+/* Writes the directory holding path into dir (PATH_MAX bytes). */
+static void keyfile_dir_of(const char *path, char dir[PATH_MAX]) {
+  const char *slash = strrchr(path, '/');
+  if (slash == NULL) {
+    snprintf(dir, PATH_MAX, ".");
+  } else if (slash == path) {
+    snprintf(dir, PATH_MAX, "/");
+  } else {
+    snprintf(dir, PATH_MAX, "%.*s", (int)(slash - path), path);
+  }
+}
+
+/* fsyncs the directory holding path so a new name in it survives a crash. */
+static int keyfile_sync_dir(const char *path) {
+  char dir[PATH_MAX];
+  keyfile_dir_of(path, dir);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    return -1;
+  }
+  int rc = fsync(fd);
+  close(fd);
+  return rc;
+}
+
+/* Writes all n bytes at p to fd; returns 0 or -1 with errno set. */
+static int keyfile_write_all(int fd, const unsigned char *p, size_t n) {
+  while (n > 0) {
+    ssize_t put = write(fd, p, n);
+    if (put < 0 && errno == EINTR) {
+      continue;
+    }
+    if (put < 0) {
+      return -1;
+    }
+    p += put;
+    n -= (size_t)put;
+  }
+  return 0;
+}
+
+/* Checks the open file's type and mode and reads it into guarded memory. */
+static lk_status keyfile_read_fd(int fd, const char *path, const char *what,
+                                 size_t max_bytes, lk_secret **image,
+                                 lk_err *err) {
+  lk_status st = LK_OK;
+  struct stat sb;
+  size_t total = 0;
+  lk_secret *buf = NULL;
+  if (fstat(fd, &sb) != 0) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot stat %s %s: %s", what,
+                 path, strerror(errno));
+    goto done;
+  }
+  if (!S_ISREG(sb.st_mode)) {
+    st = lk_fail(err, LK_INVALID_ARGUMENT, "%s %s is not a regular file", what,
+                 path);
+    goto done;
+  }
+  if ((sb.st_mode & 077) != 0) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION,
+                 "%s %s is accessible by group or others (mode %03o): run "
+                 "chmod 600 %s",
+                 what, path, (unsigned)(sb.st_mode & 0777), path);
+    goto done;
+  }
+  /* One byte more than the limit, to tell "exactly full" from "too big". */
+  buf = lk_secret_new(max_bytes + 1);
+  if (buf == NULL) {
+    st = lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                 "out of guarded memory reading %s %s", what, path);
+    goto done;
+  }
+  while (total <= max_bytes) {
+    ssize_t got = read(fd, lk_secret_mut(buf) + total, max_bytes + 1 - total);
+    if (got < 0 && errno == EINTR) {
+      continue;
+    }
+    if (got < 0) {
+      st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot read %s %s: %s", what,
+                   path, strerror(errno));
+      goto done;
+    }
+    if (got == 0) {
+      break;
+    }
+    total += (size_t)got;
+  }
+  if (total > max_bytes) {
+    st = lk_fail(err, LK_INVALID_ARGUMENT,
+                 "%s file %s is malformed: larger than %zu bytes", what, path,
+                 max_bytes);
+    goto done;
+  }
+  *image = lk_secret_from(lk_secret_data(buf), total);
+  if (*image == NULL) {
+    st = lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                 "out of guarded memory reading %s %s", what, path);
+  }
+done:
+  lk_secret_free(buf);
+  return st;
+}
+
+lk_status lk_keyfile_read(const char *path, const char *what, size_t max_bytes,
+                          lk_secret **image, lk_err *err) {
+  if (path == NULL || what == NULL || image == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "key file read: NULL argument");
+  }
+  *image = NULL;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) {
+    return lk_fail(err, LK_NOT_FOUND, "%s %s does not exist", what, path);
+  }
+  if (fd < 0) {
+    return lk_fail(err, LK_FAILED_PRECONDITION, "cannot open %s %s: %s", what,
+                   path, strerror(errno));
+  }
+  lk_status st = keyfile_read_fd(fd, path, what, max_bytes, image, err);
+  close(fd);
+  return st;
+}
+
+lk_status lk_keyfile_write(const char *path, const char *what,
+                           const lk_secret *text, int replace, int *raced,
+                           lk_err *err) {
+  lk_status st = LK_OK;
+  char tmp[PATH_MAX];
+  int fd = -1;
+  int tmp_made = 0;
+  if (path == NULL || what == NULL || text == NULL || raced == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "key file write: NULL argument");
+  }
+  *raced = 0;
+  int n = snprintf(tmp, sizeof(tmp), "%s.tmp-%ld-%08x", path, (long)getpid(),
+                   (unsigned)randombytes_random());
+  if (n < 0 || (size_t)n >= sizeof(tmp)) {
+    st =
+        lk_fail(err, LK_INVALID_ARGUMENT, "%s path %s is too long", what, path);
+    goto done;
+  }
+  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot create %s %s: %s", what,
+                 tmp, strerror(errno));
+    goto done;
+  }
+  tmp_made = 1;
+  if (keyfile_write_all(fd, lk_secret_data(text), lk_secret_len(text)) != 0 ||
+      fsync(fd) != 0) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot write %s %s: %s", what,
+                 tmp, strerror(errno));
+    goto done;
+  }
+  int rc = close(fd);
+  fd = -1;
+  if (rc != 0) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot write %s %s: %s", what,
+                 tmp, strerror(errno));
+    goto done;
+  }
+  if (replace) {
+    if (rename(tmp, path) != 0) {
+      st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot replace %s %s: %s",
+                   what, path, strerror(errno));
+      goto done;
+    }
+    tmp_made = 0; /* the temp name is gone: it is path now */
+  } else if (link(tmp, path) != 0) {
+    if (errno == EEXIST) {
+      *raced = 1;
+    } else {
+      st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot create %s %s: %s", what,
+                   path, strerror(errno));
+    }
+    goto done;
+  }
+  if (keyfile_sync_dir(path) != 0) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION,
+                 "cannot sync the directory of %s %s: %s", what, path,
+                 strerror(errno));
+    goto done;
+  }
+done:
+  if (fd >= 0) {
+    close(fd);
+  }
+  if (tmp_made) {
+    unlink(tmp);
+  }
+  return st;
+}
+
+lk_status lk_keyfile_lock_dir(const char *path, const char *what, int *lock_fd,
+                              lk_err *err) {
+  char dir[PATH_MAX];
+  if (path == NULL || what == NULL || lock_fd == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "key file lock: NULL argument");
+  }
+  *lock_fd = -1;
+  keyfile_dir_of(path, dir);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    return lk_fail(err, LK_FAILED_PRECONDITION,
+                   "cannot open the directory of %s %s: %s", what, path,
+                   strerror(errno));
+  }
+  int rc;
+  do {
+    rc = flock(fd, LOCK_EX);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    lk_status st = lk_fail(err, LK_FAILED_PRECONDITION,
+                           "cannot lock the directory of %s %s: %s", what, path,
+                           strerror(errno));
+    close(fd);
+    return st;
+  }
+  *lock_fd = fd;
+  return LK_OK;
+}
+
+void lk_keyfile_unlock(int lock_fd) {
+  if (lock_fd < 0) {
+    return;
+  }
+  (void)flock(lock_fd, LOCK_UN);
+  close(lock_fd);
+}

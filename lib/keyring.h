@@ -1,0 +1,125 @@
+/*
+ * keyring.h - the control plane's versioned key ring (`--keyring FILE`,
+ * DESIGN.md §6).
+ *
+ * Why: the control plane seals every secret field it commits to etcd, and
+ * its keys must be rotatable without making older ciphertexts unreadable.
+ * So it holds several XChaCha20-Poly1305 keys, each with a key id: the one
+ * active key seals, every key in the ring unseals, and a sealed value
+ * carries the id of its key. Rotation adds a new active key and leaves the
+ * old ones "retiring" until everything is re-sealed. The key-ring
+ * ciphertext never leaves the control plane: on the way to a sidecar each
+ * value is re-sealed to that node's key (lk_seal_for_node in lib/seal.h).
+ *
+ * Sealing is lk_seal's construction with the key taken from the ring:
+ * XChaCha20-Poly1305 under the 32 key bytes as they are in the file, a
+ * random 24-byte nonce, and associated data (lk_seal_ad)
+ *
+ *     cred_id, NUL, field name, NUL, key_id as 4 bytes big-endian
+ *
+ * so a ciphertext opens only for the credential, field and key it was made
+ * for.
+ *
+ * Key ring file, created 0600 with one active key (id 1) when missing, is
+ * text:
+ *
+ *     latchkey-keyring v1
+ *     key <id> <state> <standard base64 of the 32-byte key>
+ *     ...
+ *
+ * the header line, then 1..LK_KEYRING_MAX_KEYS key lines; id is plain
+ * decimal in 1..4294967295 (no leading zero), distinct across lines; state
+ * is "active" or "retiring", and exactly one key is active. Fields are
+ * separated by one space, every line ends in "\n" (the last newline
+ * optional), and the file is at most LK_KEYRING_MAX_FILE_BYTES. Latchkey
+ * writes keys in ascending id order; a new key's id is the highest id in
+ * the ring plus one.
+ *
+ * Audit hash: lk_keyring_audit_hash is BLAKE2b-256 keyed with the subkey
+ * crypto_kdf_derive_from_key(32 bytes, subkey id 1, ctx "lkaudit1",
+ * active key), as 64 lowercase hex digits, so logs can correlate values
+ * without holding them. The subkey follows the active key: hashes made
+ * before a rotation differ from those made after it.
+ *
+ * Invariants: key bytes live only in sodium_malloc memory; plaintext comes
+ * out of lk_keyring_unseal only as an lk_secret; no error message carries
+ * a value or key. An lk_keyring is immutable after loading and safe to
+ * share across threads; lk_keyring_add_key changes the file, not rings
+ * already loaded from it.
+ */
+#ifndef LK_KEYRING_H
+#define LK_KEYRING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/seal.h"
+#include "lib/secret.h"
+#include "lib/status.h"
+
+/* Most keys a ring holds; lk_keyring_add_key refuses to go past it. */
+#define LK_KEYRING_MAX_KEYS 256
+/* Largest key ring file accepted (the largest ring needs under 18 KiB). */
+#define LK_KEYRING_MAX_FILE_BYTES (32u * 1024u)
+/* Size of lk_keyring_audit_hash's output: 64 hex digits and a NUL. */
+#define LK_KEYRING_AUDIT_HEX_BYTES 65
+
+/* Opaque; key bytes in sodium_malloc memory. */
+typedef struct lk_keyring lk_keyring;
+
+/* Loads the key ring at path, or creates it with one active key (temp file
+ * 0600, fsync, then linked into place without replacing a file another
+ * process made first) when it does not exist. LK_FAILED_PRECONDITION when
+ * the file is group/other accessible ("chmod 600") or cannot be read or
+ * written; LK_INVALID_ARGUMENT naming the path when it is malformed. */
+lk_status lk_keyring_load_or_create(const char *path, lk_keyring **out,
+                                    lk_err *err) LK_MUST_CHECK;
+
+/* Wipes and frees the ring; NULL is a no-op. */
+void lk_keyring_destroy(lk_keyring *kr);
+
+/* Returns the id of the active key, the one lk_keyring_seal uses. */
+uint32_t lk_keyring_active_id(const lk_keyring *kr);
+
+/* Seals pt_len bytes at pt for (cred_id, field) under the active key: sets
+ * *key_id to its id, writes a fresh random nonce to nonce; *ct is malloc'd
+ * (free()) and *ct_len is pt_len + LK_SEAL_TAG_BYTES. LK_INVALID_ARGUMENT
+ * when pt_len exceeds LK_SEAL_MAX_PT_BYTES or a name exceeds
+ * LK_SEAL_MAX_NAME_BYTES. */
+lk_status lk_keyring_seal(const lk_keyring *kr, const char *cred_id,
+                          const char *field, const unsigned char *pt,
+                          size_t pt_len, uint32_t *key_id,
+                          unsigned char nonce[LK_SEAL_NONCE_BYTES],
+                          unsigned char **ct, size_t *ct_len,
+                          lk_err *err) LK_MUST_CHECK;
+
+/* Opens a ciphertext sealed for (cred_id, field) under ring key key_id
+ * (active or retiring) straight into guarded memory (*out, free with
+ * lk_secret_free). LK_FAILED_PRECONDITION naming the key id when the ring
+ * has no key key_id, or when the nonce, ciphertext or names do not match;
+ * LK_INVALID_ARGUMENT when ct_len exceeds LK_SEAL_MAX_CT_BYTES or a name
+ * exceeds LK_SEAL_MAX_NAME_BYTES. */
+lk_status lk_keyring_unseal(const lk_keyring *kr, uint32_t key_id,
+                            const char *cred_id, const char *field,
+                            const unsigned char *nonce, size_t nonce_len,
+                            const unsigned char *ct, size_t ct_len,
+                            lk_secret **out, lk_err *err) LK_MUST_CHECK;
+
+/* Adds a new active key to the key ring file at path and marks the
+ * previously active key retiring, in one atomic replacement of the file
+ * (temp file 0600, fsync, rename); concurrent calls on one directory run
+ * one at a time. Sets *new_id to the new key's id. LK_NOT_FOUND when the
+ * file does not exist; LK_FAILED_PRECONDITION when it is group/other
+ * accessible, cannot be read or written, already holds LK_KEYRING_MAX_KEYS
+ * keys or its highest id is 4294967295; LK_INVALID_ARGUMENT naming the
+ * path when it is malformed. */
+lk_status lk_keyring_add_key(const char *path, uint32_t *new_id,
+                             lk_err *err) LK_MUST_CHECK;
+
+/* Writes the keyed BLAKE2b-256 audit hash of the len bytes at value (see
+ * above) to out_hex as 64 lowercase hex digits and a NUL; value may be
+ * NULL when len is 0. */
+void lk_keyring_audit_hash(const lk_keyring *kr, const void *value, size_t len,
+                           char out_hex[LK_KEYRING_AUDIT_HEX_BYTES]);
+
+#endif
