@@ -18,7 +18,7 @@
 #include "lib/secret.h"
 
 /* "bind/" + id + "/tool/" + id + NUL, with room to spare. */
-#define KEY_MAX (2 * LK_CATALOG_ID_MAX + 32)
+#define KEY_MAX LK_CATALOG_KEY_MAX
 
 #define SCHEMA_KEY "meta/schema"
 
@@ -489,6 +489,38 @@ lk_status lk_catalog_delete_binding(lk_catalog *c, lk_store_batch *b,
     return st;
   }
   lk_store_batch_delete(b, key);
+  return LK_OK;
+}
+
+lk_status lk_catalog_key_of(const ProtobufCMessage *m, char key[KEY_MAX],
+                            lk_err *err) {
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  const kind *k = NULL;
+  const char *id = NULL;
+
+  if (d == &latchkey__v1__binding__descriptor) {
+    return binding_key_of(key, (const Latchkey__V1__Binding *)m, err);
+  }
+  if (d == &latchkey__v1__tool__descriptor) {
+    k = &kind_tool;
+    id = ((const Latchkey__V1__Tool *)m)->id;
+  } else if (d == &latchkey__v1__credential_type__descriptor) {
+    k = &kind_type;
+    id = ((const Latchkey__V1__CredentialType *)m)->id;
+  } else if (d == &latchkey__v1__credential__descriptor) {
+    k = &kind_cred;
+    id = ((const Latchkey__V1__Credential *)m)->id;
+  } else if (d == &latchkey__v1__budget__descriptor) {
+    k = &kind_budget;
+    id = ((const Latchkey__V1__Budget *)m)->id;
+  } else {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "%s is not a catalog record",
+                   d->name);
+  }
+  if (!lk_catalog_valid_id(id)) {
+    return bad_id(err, k->noun);
+  }
+  key_of(key, k, id);
   return LK_OK;
 }
 

@@ -158,6 +158,18 @@ lk_status lk_catalog_delete_binding(lk_catalog *c, lk_store_batch *b,
                                     const Latchkey__V1__Binding *bind,
                                     lk_err *err) LK_MUST_CHECK;
 
+/* Longest key lk_catalog_key_of writes, NUL included. */
+#define LK_CATALOG_KEY_MAX (2 * LK_CATALOG_ID_MAX + 32)
+
+/* Writes the key record m is stored under into key: m is a Tool,
+ * CredentialType, Credential, Budget or Binding (for replication, which
+ * ships records by key). LK_INVALID_ARGUMENT when an id is invalid, a
+ * Binding does not set exactly one of tool_id and credential_type, or m is
+ * another message type. */
+lk_status lk_catalog_key_of(const ProtobufCMessage *m,
+                            char key[LK_CATALOG_KEY_MAX],
+                            lk_err *err) LK_MUST_CHECK;
+
 /* Writes b to the store atomically and durably (b stays the caller's). */
 lk_status lk_catalog_commit(lk_catalog *c, lk_store_batch *b,
                             lk_err *err) LK_MUST_CHECK;
