@@ -14,23 +14,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lib/schema.h"
+
 /* Longest piece of an agent-supplied key quoted back in a message. */
 #define ARGS_KEY_ECHO_MAX 64
-
-static const char *const known_types[] = {"string",  "integer", "number",
-                                          "boolean", "object",  "array"};
-
-static const char *const known_methods[] = {"GET",   "HEAD",   "POST",   "PUT",
-                                            "PATCH", "DELETE", "OPTIONS"};
-
-int lk_args_type_known(const char *name) {
-  for (size_t i = 0; i < sizeof(known_types) / sizeof(known_types[0]); i++) {
-    if (strcmp(name, known_types[i]) == 0) {
-      return 1;
-    }
-  }
-  return 0;
-}
 
 /* The type name a message uses for what the agent sent. */
 static const char *json_kind(const json_t *v) {
@@ -224,7 +211,7 @@ lk_status lk_args_parse(const Latchkey__V1__Operation *op, const char *json,
     if (v == NULL) {
       continue;
     }
-    if (!lk_args_type_known(p->type)) {
+    if (!lk_schema_param_type_known(p->type)) {
       st = lk_fail(err, LK_FAILED_PRECONDITION,
                    "operation '%s' declares parameter '%s' with unsupported "
                    "type '%.32s'; the tool owner must fix and re-register it",
@@ -260,7 +247,7 @@ lk_status lk_args_schema(const Latchkey__V1__Operation *op, char **out_json,
   }
   for (size_t i = 0; i < op->n_params; i++) {
     const Latchkey__V1__Param *p = op->params[i];
-    if (!lk_args_type_known(p->type)) {
+    if (!lk_schema_param_type_known(p->type)) {
       st = lk_fail(err, LK_FAILED_PRECONDITION,
                    "operation '%s' declares parameter '%s' with unsupported "
                    "type '%.32s'; the tool owner must fix and re-register it",
@@ -309,138 +296,4 @@ done:
   json_decref(props);
   json_decref(root);
   return st;
-}
-
-static int method_known(const char *m) {
-  for (size_t i = 0; i < sizeof(known_methods) / sizeof(known_methods[0]);
-       i++) {
-    if (strcmp(m, known_methods[i]) == 0) {
-      return 1;
-    }
-  }
-  return 0;
-}
-
-static int name_valid(const char *s) {
-  size_t n = strlen(s);
-  if (n == 0 || n > LK_ARGS_MAX_NAME) {
-    return 0;
-  }
-  for (size_t i = 0; i < n; i++) {
-    char c = s[i];
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-          (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-')) {
-      return 0;
-    }
-  }
-  return 1;
-}
-
-/* Checks the path template's characters and placeholders against op. */
-static lk_status check_path(const Latchkey__V1__Operation *op, lk_err *err) {
-  const char *path = op->path;
-  if (path[0] != '/') {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "operation '%s' path must start with '/'", op->name);
-  }
-  for (const char *c = path; *c != '\0'; c++) {
-    unsigned char ch = (unsigned char)*c;
-    if (ch <= 0x20 || ch >= 0x7f || ch == '#') {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s' path has a space, control, non-ASCII or "
-                     "'#' character at offset %zu; percent-encode it",
-                     op->name, (size_t)(c - path));
-    }
-    if (ch == '}') {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s' path has an unmatched '}' at offset %zu",
-                     op->name, (size_t)(c - path));
-    }
-    if (ch != '{') {
-      continue;
-    }
-    const char *end = strchr(c + 1, '}');
-    const char *next_open = strchr(c + 1, '{');
-    if (end == NULL || (next_open != NULL && next_open < end)) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s' path has an unmatched '{' at offset %zu",
-                     op->name, (size_t)(c - path));
-    }
-    size_t n = (size_t)(end - c - 1);
-    const Latchkey__V1__Param *p = NULL;
-    for (size_t i = 0; i < op->n_params; i++) {
-      const char *pn = op->params[i]->name;
-      if (strlen(pn) == n && memcmp(pn, c + 1, n) == 0 &&
-          strcmp(op->params[i]->in, "path") == 0) {
-        p = op->params[i];
-      }
-    }
-    if (p == NULL) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s' path placeholder '{%.*s}' names no "
-                     "parameter with \"in\": \"path\"",
-                     op->name, (int)(n > 64 ? 64 : n), c + 1);
-    }
-    c = end;
-  }
-  return LK_OK;
-}
-
-lk_status lk_args_check_operation(const Latchkey__V1__Operation *op,
-                                  lk_err *err) {
-  if (!method_known(op->method)) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "operation '%s' method must be one of GET, HEAD, POST, PUT, "
-                   "PATCH, DELETE, OPTIONS (upper case)",
-                   op->name);
-  }
-  lk_status st = check_path(op, err);
-  if (st != LK_OK) {
-    return st;
-  }
-  for (size_t i = 0; i < op->n_params; i++) {
-    const Latchkey__V1__Param *p = op->params[i];
-    if (!name_valid(p->name)) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s' parameter %zu: name must be 1 to %d of "
-                     "A-Z a-z 0-9 _ . -",
-                     op->name, i, LK_ARGS_MAX_NAME);
-    }
-    for (size_t j = 0; j < i; j++) {
-      if (strcmp(op->params[j]->name, p->name) == 0) {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "operation '%s' declares parameter '%s' twice", op->name,
-                       p->name);
-      }
-    }
-    int is_path = strcmp(p->in, "path") == 0;
-    if (!is_path && strcmp(p->in, "query") != 0 && strcmp(p->in, "body") != 0) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s' parameter '%s': \"in\" must be path, "
-                     "query or body",
-                     op->name, p->name);
-    }
-    if (!lk_args_type_known(p->type)) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operation '%s' parameter '%s': \"type\" must be string, "
-                     "integer, number, boolean, object or array",
-                     op->name, p->name);
-    }
-    if (is_path) {
-      char needle[LK_ARGS_MAX_NAME + 3];
-      snprintf(needle, sizeof(needle), "{%s}", p->name);
-      if (!p->required) {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "operation '%s' path parameter '%s' must be required",
-                       op->name, p->name);
-      }
-      if (strstr(op->path, needle) == NULL) {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "operation '%s' path parameter '%s' does not appear in "
-                       "the path as %s",
-                       op->name, p->name, needle);
-      }
-    }
-  }
-  return LK_OK;
 }

@@ -10,6 +10,10 @@
  * object for LLM function calling, so what the model is told and what the
  * sidecar accepts cannot drift apart.
  *
+ * What makes an operation's params well formed (names, locations, types)
+ * is registration's business: lib/schema.h checks it, and this module
+ * trusts it except for a type it does not know (LK_FAILED_PRECONDITION).
+ *
  * Invariants: error messages name parameters and types, never argument
  * values; input is capped at LK_ARGS_MAX_BYTES before it is parsed.
  */
@@ -26,9 +30,6 @@
 /* Largest arguments_json accepted, in bytes. */
 #define LK_ARGS_MAX_BYTES ((size_t)1024 * 1024)
 
-/* Longest parameter name lk_args_check_operation accepts. */
-#define LK_ARGS_MAX_NAME 64
-
 /* Parses the len bytes at json (an empty or all-whitespace string means {})
  * into *out, a new JSON object the caller json_decref()s, holding only
  * op's declared params with their declared types and every required one;
@@ -42,19 +43,5 @@ lk_status lk_args_parse(const Latchkey__V1__Operation *op, const char *json,
  * "additionalProperties":false} describing op's params. */
 lk_status lk_args_schema(const Latchkey__V1__Operation *op, char **out_json,
                          lk_err *err) LK_MUST_CHECK;
-
-/* Registration-time check that op's method, path template and params are
- * usable by lk_args_parse and lk_inject_build: method GET|HEAD|POST|PUT|
- * PATCH|DELETE|OPTIONS; path starts with '/', printable ASCII without '#'
- * or spaces, every {placeholder} a declared path param; params named
- * [A-Za-z0-9_.-]{1,64}, unique, "in" path|query|body, a known type, and
- * path params required and used by the path. LK_INVALID_ARGUMENT with the
- * reason otherwise. */
-lk_status lk_args_check_operation(const Latchkey__V1__Operation *op,
-                                  lk_err *err) LK_MUST_CHECK;
-
-/* Returns 1 when name is one of the six parameter types
- * (string|integer|number|boolean|object|array), else 0. */
-int lk_args_type_known(const char *name);
 
 #endif

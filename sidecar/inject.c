@@ -27,6 +27,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "lib/schema.h"
+
 typedef enum { ENC_RAW, ENC_PATH, ENC_QUERY, ENC_JSON } enc_mode;
 
 /* Staging chunk in front of a capped guarded buffer. */
@@ -215,45 +217,45 @@ static const lk_field *find_field(const lk_field *fields, size_t n_fields,
 }
 
 /* Appends template tmpl with every {field} replaced by its value, the whole
- * encoded for mode; rule is the rule's index for messages. */
+ * encoded for mode; rule is the rule's index for messages. The template is
+ * read with lk_schema_tpl_next, the scanner registration checked it with. */
 static lk_status render(emitter *e, enc_mode mode, const char *tmpl,
                         const Latchkey__V1__CredentialType *type, size_t rule,
                         const lk_field *fields, size_t n_fields, lk_err *err) {
-  const char *p = tmpl;
+  const char *cur = tmpl;
+  lk_schema_tpl_piece pc;
+  const lk_field *f;
   lk_status st = LK_OK;
-  while (*p != '\0' && st == LK_OK) {
-    if ((p[0] == '{' && p[1] == '{') || (p[0] == '}' && p[1] == '}')) {
-      st = em_put(e, mode, p, 1, err);
-      p += 2;
-    } else if (p[0] == '{') {
-      const char *end = strpbrk(p + 1, "{}");
-      if (end == NULL || *end != '}') {
+  while (st == LK_OK) {
+    switch (lk_schema_tpl_next(&cur, 1, &pc)) {
+      case LK_SCHEMA_TPL_END:
+        return LK_OK;
+      case LK_SCHEMA_TPL_TEXT:
+        st = em_put(e, mode, pc.s, pc.len, err);
+        break;
+      case LK_SCHEMA_TPL_OPEN:
         return lk_fail(err, LK_FAILED_PRECONDITION,
                        "credential type '%s' inject[%zu] has an unmatched "
                        "'{'; the owner must fix and re-register the type",
                        type->id, rule);
-      }
-      size_t len = (size_t)(end - p - 1);
-      const lk_field *f = find_field(fields, n_fields, p + 1, len);
-      if (f == NULL) {
+      case LK_SCHEMA_TPL_CLOSE:
         return lk_fail(err, LK_FAILED_PRECONDITION,
-                       "the credential has no value for field '%.*s' used by "
-                       "credential type '%s' inject[%zu]; update the "
-                       "credential",
-                       (int)(len > 64 ? 64 : len), p + 1, type->id, rule);
-      }
-      st = em_put(e, mode, lk_secret_data(f->value), lk_secret_len(f->value),
-                  err);
-      p = end + 1;
-    } else if (p[0] == '}') {
-      return lk_fail(err, LK_FAILED_PRECONDITION,
-                     "credential type '%s' inject[%zu] has an unmatched '}'; "
-                     "the owner must fix and re-register the type",
-                     type->id, rule);
-    } else {
-      size_t run = strcspn(p, "{}");
-      st = em_put(e, mode, p, run, err);
-      p += run;
+                       "credential type '%s' inject[%zu] has an unmatched '}'; "
+                       "the owner must fix and re-register the type",
+                       type->id, rule);
+      case LK_SCHEMA_TPL_NAME:
+        f = find_field(fields, n_fields, pc.s, pc.len);
+        if (f == NULL) {
+          return lk_fail(err, LK_FAILED_PRECONDITION,
+                         "the credential has no value for field '%.*s' used "
+                         "by credential type '%s' inject[%zu]; update the "
+                         "credential",
+                         (int)(pc.len > 64 ? 64 : pc.len), pc.s, type->id,
+                         rule);
+        }
+        st = em_put(e, mode, lk_secret_data(f->value), lk_secret_len(f->value),
+                    err);
+        break;
     }
   }
   return st;
@@ -412,41 +414,47 @@ static lk_status put_path_value(emitter *e, const Latchkey__V1__Param *p,
 static lk_status put_path(emitter *e, const Latchkey__V1__Tool *tool,
                           const Latchkey__V1__Operation *op, const json_t *args,
                           lk_err *err) {
-  const char *p = op->path;
+  const char *cur = op->path;
+  lk_schema_tpl_piece pc;
+  const Latchkey__V1__Param *param;
   lk_status st = LK_OK;
-  if (p[0] != '/') {
+  if (cur[0] != '/') {
     return lk_fail(err, LK_FAILED_PRECONDITION,
                    "tool '%s' operation '%s' path must start with '/'; the "
                    "owner must fix and re-register the tool",
                    tool->id, op->name);
   }
-  while (*p != '\0' && st == LK_OK) {
-    if (*p == '{') {
-      const char *end = strpbrk(p + 1, "{}");
-      const Latchkey__V1__Param *param =
-          (end != NULL && *end == '}')
-              ? path_param(op, p + 1, (size_t)(end - p - 1))
-              : NULL;
-      if (param == NULL) {
-        return lk_fail(err, LK_FAILED_PRECONDITION,
-                       "tool '%s' operation '%s' path has a placeholder that "
-                       "names no path parameter; the owner must fix and "
-                       "re-register the tool",
-                       tool->id, op->name);
-      }
-      st = put_path_value(e, param, arg_of(args, param->name), err);
-      p = end + 1;
-      continue;
+  while (st == LK_OK) {
+    switch (lk_schema_tpl_next(&cur, 0, &pc)) {
+      case LK_SCHEMA_TPL_END:
+        return LK_OK;
+      case LK_SCHEMA_TPL_NAME:
+      case LK_SCHEMA_TPL_OPEN:
+        param =
+            pc.kind == LK_SCHEMA_TPL_NAME ? path_param(op, pc.s, pc.len) : NULL;
+        if (param == NULL) {
+          return lk_fail(err, LK_FAILED_PRECONDITION,
+                         "tool '%s' operation '%s' path has a placeholder "
+                         "that names no path parameter; the owner must fix "
+                         "and re-register the tool",
+                         tool->id, op->name);
+        }
+        st = put_path_value(e, param, arg_of(args, param->name), err);
+        break;
+      case LK_SCHEMA_TPL_CLOSE:
+      case LK_SCHEMA_TPL_TEXT:
+        for (size_t i = 0; i < pc.len; i++) {
+          if (pc.s[i] == '}' || !printable_url_char((unsigned char)pc.s[i])) {
+            return lk_fail(err, LK_FAILED_PRECONDITION,
+                           "tool '%s' operation '%s' path has a stray '}', "
+                           "space, control or '#' character; the owner must "
+                           "fix and re-register the tool",
+                           tool->id, op->name);
+          }
+        }
+        st = em_put(e, ENC_RAW, pc.s, pc.len, err);
+        break;
     }
-    if (*p == '}' || !printable_url_char((unsigned char)*p)) {
-      return lk_fail(err, LK_FAILED_PRECONDITION,
-                     "tool '%s' operation '%s' path has a stray '}', space, "
-                     "control or '#' character; the owner must fix and "
-                     "re-register the tool",
-                     tool->id, op->name);
-    }
-    st = em_put(e, ENC_RAW, p, 1, err);
-    p++;
   }
   return st;
 }
@@ -511,24 +519,6 @@ done:
   return st;
 }
 
-static int tchar(unsigned char c) {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-         (c >= '0' && c <= '9') || (c != '\0' && strchr("!#$%&'*+-.^_`|~", c));
-}
-
-/* Returns 1 when s is a non-empty RFC 7230 token. */
-static int http_token(const char *s) {
-  if (*s == '\0') {
-    return 0;
-  }
-  for (; *s != '\0'; s++) {
-    if (!tchar((unsigned char)*s)) {
-      return 0;
-    }
-  }
-  return 1;
-}
-
 static int has_crlfnul(const unsigned char *p, size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0') {
@@ -550,7 +540,7 @@ static lk_status build_header(lk_http_request *r,
   if (st != LK_OK) {
     goto done;
   }
-  if (!http_token(rule->name)) {
+  if (!lk_schema_http_token(rule->name)) {
     st = lk_fail(err, LK_FAILED_PRECONDITION,
                  "credential type '%s' inject[%zu] header name is not a valid "
                  "HTTP token; the owner must fix and re-register the type",
@@ -718,23 +708,12 @@ static lk_status build_body(lk_http_request *r,
   return st;
 }
 
-static int method_allowed(const char *m) {
-  static const char *const methods[] = {"GET",   "HEAD",   "POST",   "PUT",
-                                        "PATCH", "DELETE", "OPTIONS"};
-  for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
-    if (strcmp(m, methods[i]) == 0) {
-      return 1;
-    }
-  }
-  return 0;
-}
-
 /* Returns 1 when op or type puts anything into a JSON body. GET and
  * DELETE carry no body: a type shared by a tool's operations applies its
  * body rules only to the operations that send one (POST, PUT, PATCH). */
 static int wants_body(const Latchkey__V1__Operation *op,
                       const Latchkey__V1__CredentialType *type) {
-  if (strcmp(op->method, "GET") == 0 || strcmp(op->method, "DELETE") == 0) {
+  if (!lk_schema_method_sends_body(op->method)) {
     return 0;
   }
   for (size_t i = 0; i < op->n_params; i++) {
@@ -761,7 +740,7 @@ lk_status lk_inject_build(const Latchkey__V1__Tool *tool,
   int custom_content_type = 0;
 
   *out = NULL;
-  if (!method_allowed(op->method)) {
+  if (!lk_schema_method_known(op->method)) {
     st = lk_fail(err, LK_FAILED_PRECONDITION,
                  "tool '%s' operation '%s' has an unsupported method; the "
                  "owner must fix and re-register the tool",
@@ -836,175 +815,4 @@ void lk_http_request_destroy(lk_http_request *r) {
   lk_secret_free(r->userpwd);
   lk_wipe(r, sizeof(*r));
   free(r);
-}
-
-/* Checks one template: balanced braces, declared placeholders, and (for
- * headers) no CR or LF. */
-static lk_status check_template(const Latchkey__V1__CredentialType *type,
-                                size_t rule, const char *member,
-                                const char *tmpl, int header, lk_err *err) {
-  for (const char *p = tmpl; *p != '\0';) {
-    if ((p[0] == '{' && p[1] == '{') || (p[0] == '}' && p[1] == '}')) {
-      p += 2;
-      continue;
-    }
-    if (header && (*p == '\r' || *p == '\n')) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "credential type '%s' inject[%zu].%s contains CR or LF",
-                     type->id, rule, member);
-    }
-    if (*p == '}') {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "credential type '%s' inject[%zu].%s has an unmatched "
-                     "'}'; write '}}' for a literal brace",
-                     type->id, rule, member);
-    }
-    if (*p != '{') {
-      p++;
-      continue;
-    }
-    const char *end = strpbrk(p + 1, "{}");
-    if (end == NULL || *end != '}') {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "credential type '%s' inject[%zu].%s has an unmatched "
-                     "'{'; write '{{' for a literal brace",
-                     type->id, rule, member);
-    }
-    size_t len = (size_t)(end - p - 1);
-    int known = 0;
-    for (size_t i = 0; i < type->n_fields && !known; i++) {
-      const char *fname = type->fields[i]->name;
-      known = strlen(fname) == len && memcmp(fname, p + 1, len) == 0;
-    }
-    if (!known) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "credential type '%s' inject[%zu].%s: placeholder "
-                     "'{%.*s}' names no declared field",
-                     type->id, rule, member, (int)(len > 64 ? 64 : len), p + 1);
-    }
-    p = end + 1;
-  }
-  return LK_OK;
-}
-
-static lk_status check_fields(const Latchkey__V1__CredentialType *type,
-                              lk_err *err) {
-  for (size_t i = 0; i < type->n_fields; i++) {
-    const char *name = type->fields[i]->name;
-    if (name[0] == '\0' || strpbrk(name, "{}") != NULL) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "credential type '%s' fields[%zu]: name must be "
-                     "non-empty and contain no braces",
-                     type->id, i);
-    }
-    for (size_t j = 0; j < i; j++) {
-      if (strcmp(type->fields[j]->name, name) == 0) {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "credential type '%s' declares field '%s' twice",
-                       type->id, name);
-      }
-    }
-  }
-  return LK_OK;
-}
-
-/* Returns 1 when an earlier rule of the same kind injects the same name. */
-static int name_repeated(const Latchkey__V1__CredentialType *type, size_t i) {
-  const Latchkey__V1__InjectRule *r = type->inject[i];
-  int header = rule_is(r, "header");
-  for (size_t j = 0; j < i; j++) {
-    const Latchkey__V1__InjectRule *o = type->inject[j];
-    if (strcmp(o->in, r->in) == 0 && (header ? strcasecmp(o->name, r->name)
-                                             : strcmp(o->name, r->name)) == 0) {
-      return 1;
-    }
-  }
-  return 0;
-}
-
-static lk_status check_rule(const Latchkey__V1__CredentialType *type, size_t i,
-                            lk_err *err) {
-  static const char *const reserved[] = {"Host", "Content-Length",
-                                         "Transfer-Encoding", "Connection"};
-  const Latchkey__V1__InjectRule *r = type->inject[i];
-  if (rule_is(r, "basic")) {
-    if (r->username[0] == '\0') {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "credential type '%s' inject[%zu]: a basic rule needs a "
-                     "\"username\" template",
-                     type->id, i);
-    }
-    lk_status st = check_template(type, i, "username", r->username, 0, err);
-    if (st == LK_OK) {
-      st = check_template(type, i, "password", r->password, 0, err);
-    }
-    return st;
-  }
-  int header = rule_is(r, "header");
-  if (!header && !rule_is(r, "query") && !rule_is(r, "body")) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "credential type '%s' inject[%zu]: \"in\" must be header, "
-                   "query, basic or body",
-                   type->id, i);
-  }
-  if (r->name[0] == '\0') {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "credential type '%s' inject[%zu]: a %s rule needs a "
-                   "\"name\"",
-                   type->id, i, r->in);
-  }
-  if (header && !http_token(r->name)) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "credential type '%s' inject[%zu]: header name is not an "
-                   "HTTP token (letters, digits and !#$%%&'*+-.^_`|~ only)",
-                   type->id, i);
-  }
-  for (size_t k = 0; header && k < sizeof(reserved) / sizeof(reserved[0]);
-       k++) {
-    if (strcasecmp(r->name, reserved[k]) == 0) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "credential type '%s' inject[%zu]: header '%s' is set "
-                     "by the sidecar and cannot be injected",
-                     type->id, i, reserved[k]);
-    }
-  }
-  if (name_repeated(type, i)) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "credential type '%s' inject[%zu]: %s '%s' is injected "
-                   "twice",
-                   type->id, i, r->in, r->name);
-  }
-  if (r->value[0] == '\0') {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "credential type '%s' inject[%zu]: \"value\" template is "
-                   "empty",
-                   type->id, i);
-  }
-  return check_template(type, i, "value", r->value, header, err);
-}
-
-lk_status lk_inject_check_type(const Latchkey__V1__CredentialType *type,
-                               lk_err *err) {
-  lk_status st = check_fields(type, err);
-  size_t n_basic = 0;
-  int auth_header = 0;
-  for (size_t i = 0; i < type->n_inject && st == LK_OK; i++) {
-    const Latchkey__V1__InjectRule *r = type->inject[i];
-    n_basic += rule_is(r, "basic");
-    auth_header |=
-        rule_is(r, "header") && strcasecmp(r->name, "Authorization") == 0;
-    st = check_rule(type, i, err);
-  }
-  if (st == LK_OK && n_basic > 1) {
-    st = lk_fail(err, LK_INVALID_ARGUMENT,
-                 "credential type '%s' has %zu basic rules; at most one",
-                 type->id, n_basic);
-  }
-  if (st == LK_OK && n_basic > 0 && auth_header) {
-    st = lk_fail(err, LK_INVALID_ARGUMENT,
-                 "credential type '%s' has both a basic rule and an "
-                 "Authorization header rule; keep one",
-                 type->id);
-  }
-  return st;
 }

@@ -12,7 +12,9 @@
  *
  * Templates: an inject rule's value, username and password are templates
  * where "{field}" stands for the credential field's value and "{{" / "}}"
- * are literal braces.
+ * are literal braces. Registration checks them with lk_schema_check_type
+ * (lib/schema.h), and both read them with the same scanner,
+ * lk_schema_tpl_next, so what was accepted is what gets rendered.
  */
 #ifndef LK_INJECT_H
 #define LK_INJECT_H
@@ -68,16 +70,5 @@ lk_status lk_inject_build(const Latchkey__V1__Tool *tool,
 
 /* Wipes and frees r and everything it owns; NULL is a no-op. */
 void lk_http_request_destroy(lk_http_request *r);
-
-/* Registration-time check of a credential type: field names non-empty,
- * unique and brace-free; every rule's "in" is header|query|basic|body with
- * the members it needs (header names RFC 7230 tokens other than Host,
- * Content-Length, Transfer-Encoding and Connection; no header or query or
- * body name injected twice; at most one basic rule, and not together with
- * an Authorization header rule); every template's braces balanced and every
- * {placeholder} a declared field; no CR or LF in header templates.
- * LK_INVALID_ARGUMENT with the reason otherwise. */
-lk_status lk_inject_check_type(const Latchkey__V1__CredentialType *type,
-                               lk_err *err) LK_MUST_CHECK;
 
 #endif

@@ -20,7 +20,7 @@
  *        --
  *        ARGUMENTS_JSON
  *
- *    which goes through lk_args_check_operation and lk_args_schema (the
+ *    which goes through lk_schema_check_operation and lk_args_schema (the
  *    schema must be a well-formed JSON-Schema object, and exist whenever
  *    the operation passed the check and its descriptions are UTF-8), and,
  *    when the operation passed, the text after "--" goes through
@@ -32,6 +32,7 @@
 #include <jansson.h>
 
 #include "latchkey/v1/types.pb-c.h"
+#include "lib/schema.h"
 #include "sidecar/args.h"
 #include "tests/fuzz/fuzz_target.h"
 
@@ -263,7 +264,7 @@ static void fuzz_derived_operation(const uint8_t *data, size_t size) {
   }
 
   lk_err_clear(&err);
-  lk_status checked = lk_args_check_operation(&op, &err);
+  lk_status checked = lk_schema_check_operation(&op, &err);
   check(checked == LK_OK || checked == LK_INVALID_ARGUMENT);
 
   lk_err_clear(&err);

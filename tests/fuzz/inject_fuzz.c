@@ -1,6 +1,7 @@
 /*
- * inject_fuzz.c - fuzzes sidecar/inject: credential type checks and vendor
- * request building, where untrusted arguments meet credential plaintext.
+ * inject_fuzz.c - fuzzes sidecar/inject: credential type checks (lib/schema,
+ * whose template scanner the builder shares) and vendor request building,
+ * where untrusted arguments meet credential plaintext.
  *
  * The input is split on the byte 0x1F into pieces:
  *
@@ -15,7 +16,7 @@
  * title/api_key/tags/meta), so arguments that name injected fields
  * ("key" in the query, "api_key" in the body) are reachable.
  *
- * Checked on every input: lk_inject_check_type and lk_inject_build return
+ * Checked on every input: lk_schema_check_type and lk_inject_build return
  * only the statuses they document, and no failure message quotes a field
  * value (a canary, LKSECRET, in a value must not show up unless another
  * piece carries it too). On LK_OK: the URL starts with base_url, then '/',
@@ -31,6 +32,7 @@
 #include <jansson.h>
 
 #include "latchkey/v1/types.pb-c.h"
+#include "lib/schema.h"
 #include "lib/secret.h"
 #include "sidecar/args.h"
 #include "sidecar/inject.h"
@@ -255,7 +257,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
 
   lk_err_clear(&err);
-  lk_status st = lk_inject_check_type(&type, &err);
+  lk_status st = lk_schema_check_type(&type, &err);
   check(st == LK_OK || st == LK_INVALID_ARGUMENT);
   check(canary_elsewhere || strstr(err.msg, CANARY) == NULL);
 

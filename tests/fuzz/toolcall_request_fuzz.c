@@ -23,6 +23,7 @@
 #include "latchkey/v1/toolcalls.pb-c.h"
 #include "latchkey/v1/types.pb-c.h"
 #include "lib/catalog.h"
+#include "lib/schema.h"
 #include "lib/secret.h"
 #include "sidecar/args.h"
 #include "sidecar/inject.h"
@@ -159,7 +160,7 @@ static void init_fixture(void) {
   fx.type.n_inject = N_RULES;
   fx.type.inject = fx.rule_ptrs;
   lk_err err;
-  check(lk_inject_check_type(&fx.type, &err) == LK_OK);
+  check(lk_schema_check_tool(&fx.tool, &fx.type, &err) == LK_OK);
   atexit(release_fixture);
 }
 

@@ -1,9 +1,10 @@
 /*
  * admin_test.c - proves lib/admin's contract through lk_admin_handle with
  * serialized requests, over a real RocksDB catalog and a real node key:
- * every validation rule answers its exact status; credentials come back
- * masked and never in plaintext (checked on the response bytes); what the
- * store holds is sealed, and unseals with the key to the plaintext; mask
+ * lib/schema's rules are applied to tools and types (each rule is proved
+ * in schema_test.c) and what passed is stored canonical; credentials come
+ * back masked and never in plaintext (checked on the response bytes); what
+ * the store holds is sealed, and unseals with the key to the plaintext; mask
  * rules; reference guards on delete; binding type checks; deletes that
  * cascade to bindings; and the dispatcher's own failures.
  */
@@ -357,14 +358,15 @@ static void register_tool_without_credential_type(void **s) {
   ok(f, "RegisterTool", &t.req.base);
 }
 
-/* Each case breaks one rule of a valid tool. */
-static void register_tool_rejects_each_invalid_field(void **s) {
+/* lib/schema decides what a valid tool is (schema_test.c proves each rule);
+ * here: RegisterTool applies it to the tool and its inline type, answers
+ * its status and message, resolves a type by reference, and stores
+ * nothing it refused. */
+static void register_tool_refuses_invalid_definitions(void **s) {
   fx *f = *s;
   tool_fx t;
   Latchkey__V1__RegisterToolRequest empty =
       LATCHKEY__V1__REGISTER_TOOL_REQUEST__INIT;
-  Latchkey__V1__Param dup;
-  Latchkey__V1__Param *dup_params[3];
 
   expect(f, "RegisterTool", &empty.base, LK_INVALID_ARGUMENT, "tool");
 
@@ -375,56 +377,14 @@ static void register_tool_rejects_each_invalid_field(void **s) {
     expect(f, "RegisterTool", &t.req.base, LK_INVALID_ARGUMENT, want); \
   } while (0)
 
-  BAD(t.tool.id = (char *)"", "tool.id");
   BAD(t.tool.id = (char *)"we/ather", "tool.id");
-  BAD(t.tool.description = (char *)"", "description");
-  BAD(t.tool.base_url = (char *)"", "base_url");
-  BAD(t.tool.base_url = (char *)"ftp://api.example", "https://");
-  BAD(t.tool.base_url = (char *)"api.example", "https://");
-  BAD(t.tool.base_url = (char *)"https://api.example/v1", "path");
-  BAD(t.tool.base_url = (char *)"https://api.example//", "path");
   BAD(t.tool.base_url = (char *)"https://user:pw@api.example", "user info");
-  BAD(t.tool.base_url = (char *)"https://api.example?x=1", "query");
-  BAD(t.tool.base_url = (char *)"https://api.example#frag", "fragment");
-  BAD(t.tool.base_url = (char *)"https://", "host");
-  BAD(t.tool.base_url = (char *)"https://:443", "host");
-  BAD(t.tool.base_url = (char *)"https://api.example:0", "port");
-  BAD(t.tool.base_url = (char *)"https://api.example:70000", "port");
-  BAD(t.tool.base_url = (char *)"https://api.example:8a", "port");
-  BAD(t.tool.base_url = (char *)"https://api.example:", "port");
-  BAD(t.tool.base_url = (char *)"https://api example", "host");
-  BAD(t.tool.base_url = (char *)"https://[zz]", "IPv6");
-  BAD(t.tool.timeout_ms = LK_SCHEMA_MAX_TIMEOUT_MS + 1, "timeout_ms");
-  BAD(t.tool.n_operations = 0, "no operations");
-  BAD(t.op.name = (char *)"", "operation 1");
-  BAD(t.op.name = (char *)"fore cast", "operation 1");
-  BAD(t.op2.name = (char *)"forecast", "declared twice");
   BAD(t.op.method = (char *)"FETCH", "method");
-  BAD(t.op.method = (char *)"get", "method");
-  BAD(t.op.path = (char *)"v1/forecast/{city}", "start with '/'");
-  BAD(t.op.path = (char *)"", "start with '/'");
-  BAD(t.op.path = (char *)"/v1/forecast/{city}?x=1", "'?' or '#'");
-  BAD(t.op.path = (char *)"/v1/forecast/{city}#top", "'?' or '#'");
-  BAD(t.op.path = (char *)"/v1/{city}/{zone}", "{zone}");
-  BAD(t.op.path = (char *)"/v1/forecast", "has no {city}");
-  BAD(t.op.path = (char *)"/v1/{city}/{city}", "more than once");
-  BAD(t.op.path = (char *)"/v1/{city", "unclosed");
-  BAD(t.op.path = (char *)"/v1/city}", "'}'");
-  BAD(t.op.path = (char *)"/v1/{days}/{city}", "{days}");
-  BAD(t.op.path = (char *)"/v1/fore cast/{city}", "spaces");
-  BAD(t.city.required = 0, "must be required");
-  BAD(t.days.name = (char *)"city", "declared twice");
-  BAD(t.days.name = (char *)"", "param 2");
-  BAD(t.days.in = (char *)"header", "path, query or body");
   BAD(t.days.type = (char *)"date", "string, integer");
-  BAD(t.op.n_params = 3, "in=body");
-  BAD((t.op.method = (char *)"DELETE", t.op.n_params = 3), "in=body");
-  /* inline type must be the one the tool names */
+  /* the inline type is the one the tool names, and is checked too */
   BAD(t.tool.credential_type = (char *)"other-key", "must be 'weather-key'");
-  BAD(t.tool.credential_type = (char *)"", "must be 'weather-key'");
-  /* inline type is validated like RegisterCredentialType */
   BAD(t.type.n_fields = 0, "no fields");
-  BAD(t.rule.value = (char *)"{nope}", NULL);
+  BAD(t.rule.value = (char *)"{nope}", "names no declared field");
 #undef BAD
 
   /* a referenced type that does not exist */
@@ -433,22 +393,14 @@ static void register_tool_rejects_each_invalid_field(void **s) {
   t.tool.credential_type = (char *)"missing-key";
   expect(f, "RegisterTool", &t.req.base, LK_NOT_FOUND, "missing-key");
 
-  /* duplicate params via a copy */
-  tool_init(&t, "weather");
-  dup = t.days;
-  dup_params[0] = &t.city;
-  dup_params[1] = &t.days;
-  dup_params[2] = &dup;
-  t.op.params = dup_params;
-  t.op.n_params = 3;
-  expect(f, "RegisterTool", &t.req.base, LK_INVALID_ARGUMENT,
-         "'days' is declared twice");
-
   /* none of that stored anything */
   {
     Latchkey__V1__Tool *got = NULL;
+    Latchkey__V1__CredentialType *type = NULL;
     lk_err err;
     assert_int_equal(lk_catalog_get_tool(f->cat, "weather", &got, &err),
+                     LK_NOT_FOUND);
+    assert_int_equal(lk_catalog_get_type(f->cat, "weather-key", &type, &err),
                      LK_NOT_FOUND);
   }
 }
@@ -511,48 +463,37 @@ static void list_tools_returns_all_in_id_order(void **s) {
 
 /* ---- credential types ---- */
 
-static void register_type_rejects_each_invalid_field(void **s) {
+/* RegisterCredentialType applies lib/schema (schema_test.c proves each
+ * rule) and stores the type in canonical form. */
+static void register_type_refuses_invalid_and_stores_canonical(void **s) {
   fx *f = *s;
   tool_fx t;
-  Latchkey__V1__CredentialField second;
-  Latchkey__V1__CredentialField *two[2];
   Latchkey__V1__CredentialType *got;
-
-#define BADT(stmt, want)                                                   \
-  do {                                                                     \
-    tool_init(&t, "weather");                                              \
-    stmt;                                                                  \
-    expect(f, "RegisterCredentialType", &t.type.base, LK_INVALID_ARGUMENT, \
-           want);                                                          \
-  } while (0)
-
-  BADT(t.type.id = (char *)"", "credential_type.id");
-  BADT(t.type.id = (char *)"x/y", "credential_type.id");
-  BADT(t.type.n_fields = 0, "no fields");
-  BADT(t.field.name = (char *)"", "field 1");
-  BADT(t.field.name = (char *)"api key", "field 1");
-  BADT(t.field.pattern = (char *)"^[a-z", "does not compile");
-  BADT(t.field.pattern = (char *)"(", "does not compile");
-  BADT(t.field.max_len = LK_SCHEMA_MAX_MAX_LEN + 1, "max_len");
-  /* lk_inject_check_type: placeholder that is not a field */
-  BADT(t.rule.value = (char *)"Bearer {token}", NULL);
-  BADT(t.rule.in = (char *)"cookie", NULL);
-#undef BADT
+  lk_err err;
 
   tool_init(&t, "weather");
-  second = t.field;
-  two[0] = &t.field;
-  two[1] = &second;
-  t.type.fields = two;
-  t.type.n_fields = 2;
+  t.field.pattern = (char *)"(";
   expect(f, "RegisterCredentialType", &t.type.base, LK_INVALID_ARGUMENT,
-         "declared twice");
+         "does not compile");
+  tool_init(&t, "weather");
+  t.rule.in = (char *)"cookie";
+  expect(f, "RegisterCredentialType", &t.type.base, LK_INVALID_ARGUMENT,
+         "\"in\" must be header, query, basic or body");
+  got = NULL;
+  assert_int_equal(lk_catalog_get_type(f->cat, "weather-key", &got, &err),
+                   LK_NOT_FOUND);
 
   tool_init(&t, "weather");
   t.field.max_len = LK_SCHEMA_MAX_MAX_LEN;
   ok(f, "RegisterCredentialType", &t.type.base);
   got = latchkey__v1__credential_type__unpack(NULL, f->resp_len, f->resp);
   assert_int_equal(got->fields[0]->max_len, LK_SCHEMA_MAX_MAX_LEN);
+  latchkey__v1__credential_type__free_unpacked(got, NULL);
+
+  tool_init(&t, "weather");
+  ok(f, "RegisterCredentialType", &t.type.base);
+  got = latchkey__v1__credential_type__unpack(NULL, f->resp_len, f->resp);
+  assert_int_equal(got->fields[0]->max_len, LK_SCHEMA_DEFAULT_MAX_LEN);
   latchkey__v1__credential_type__free_unpacked(got, NULL);
 }
 
@@ -1148,11 +1089,11 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       T(register_tool_stores_normalized_tool_and_inline_type),
       T(register_tool_without_credential_type),
-      T(register_tool_rejects_each_invalid_field),
+      T(register_tool_refuses_invalid_definitions),
       T(register_tool_refuses_type_change_while_bound),
       T(get_and_delete_missing_tool_are_not_found),
       T(list_tools_returns_all_in_id_order),
-      T(register_type_rejects_each_invalid_field),
+      T(register_type_refuses_invalid_and_stores_canonical),
       T(created_credential_is_masked_sealed_and_unseals),
       T(get_and_list_credentials_never_show_plaintext),
       T(mask_shows_last_four_only_from_twelve_chars),

@@ -404,111 +404,6 @@ static void schema_refuses_unknown_param_type(void **state) {
   assert_msg_has(&err, "parameter 'x' with unsupported type 'date'");
 }
 
-static void check_operation_accepts_a_good_operation(void **state) {
-  (void)state;
-  test_op t;
-  weather(&t);
-  lk_err err;
-  assert_int_equal(lk_args_check_operation(&t.op, &err), LK_OK);
-}
-
-static void check_operation_rejects_each_defect(void **state) {
-  (void)state;
-  static const struct {
-    const char *method, *path;
-    param_spec p0, p1;
-    const char *msg;
-  } cases[] = {
-      {"get",
-       "/a",
-       {"x", "query", "string", 0, NULL},
-       {"y", "query", "string", 0, NULL},
-       "method must be one of"},
-      {"GET",
-       "a/{x}",
-       {"x", "path", "string", 1, NULL},
-       {"y", "query", "string", 0, NULL},
-       "path must start with '/'"},
-      {"GET",
-       "/a b",
-       {"x", "query", "string", 0, NULL},
-       {"y", "query", "string", 0, NULL},
-       "space, control, non-ASCII or '#'"},
-      {"GET",
-       "/a#f",
-       {"x", "query", "string", 0, NULL},
-       {"y", "query", "string", 0, NULL},
-       "space, control, non-ASCII or '#'"},
-      {"GET",
-       "/{z}",
-       {"x", "path", "string", 1, NULL},
-       {"y", "query", "string", 0, NULL},
-       "placeholder '{z}' names no parameter"},
-      {"GET",
-       "/{x",
-       {"x", "path", "string", 1, NULL},
-       {"y", "query", "string", 0, NULL},
-       "unmatched '{'"},
-      {"GET",
-       "/x}",
-       {"x", "query", "string", 1, NULL},
-       {"y", "query", "string", 0, NULL},
-       "unmatched '}'"},
-      {"GET",
-       "/{y}",
-       {"x", "path", "string", 1, NULL},
-       {"y", "query", "string", 0, NULL},
-       "placeholder '{y}' names no parameter with \"in\": \"path\""},
-      {"GET",
-       "/a",
-       {"x", "path", "string", 1, NULL},
-       {"y", "query", "string", 0, NULL},
-       "path parameter 'x' does not appear in the path as {x}"},
-      {"GET",
-       "/{x}",
-       {"x", "path", "string", 0, NULL},
-       {"y", "query", "string", 0, NULL},
-       "path parameter 'x' must be required"},
-      {"GET",
-       "/a",
-       {"x", "header", "string", 0, NULL},
-       {"y", "query", "string", 0, NULL},
-       "\"in\" must be path, query or body"},
-      {"GET",
-       "/a",
-       {"x", "query", "date", 0, NULL},
-       {"y", "query", "string", 0, NULL},
-       "\"type\" must be string"},
-      {"GET",
-       "/a",
-       {"x", "query", "string", 0, NULL},
-       {"x", "body", "string", 0, NULL},
-       "declares parameter 'x' twice"},
-      {"GET",
-       "/a",
-       {"x y", "query", "string", 0, NULL},
-       {"y", "query", "string", 0, NULL},
-       "name must be 1 to 64 of"},
-      {"GET",
-       "/a",
-       {"", "query", "string", 0, NULL},
-       {"y", "query", "string", 0, NULL},
-       "name must be 1 to 64 of"},
-  };
-  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-    test_op t;
-    param_spec specs[2] = {cases[i].p0, cases[i].p1};
-    make_op(&t, "op", cases[i].method, cases[i].path, specs, 2);
-    lk_err err;
-    lk_err_clear(&err);
-    lk_status st = lk_args_check_operation(&t.op, &err);
-    if (st != LK_INVALID_ARGUMENT) {
-      fail_msg("case %zu: got %s", i, lk_status_name(st));
-    }
-    assert_msg_has(&err, cases[i].msg);
-  }
-}
-
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(valid_arguments_parse_into_an_object),
@@ -528,8 +423,6 @@ int main(void) {
       cmocka_unit_test(schema_lists_every_param_and_forbids_others),
       cmocka_unit_test(schema_of_operation_without_params_is_empty_object),
       cmocka_unit_test(schema_refuses_unknown_param_type),
-      cmocka_unit_test(check_operation_accepts_a_good_operation),
-      cmocka_unit_test(check_operation_rejects_each_defect),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

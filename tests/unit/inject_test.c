@@ -2,8 +2,9 @@
  * inject_test.c - proves sidecar/inject: the exact vendor request built for
  * each kind of inject rule alone and together, that agent values stay
  * inside their path segment and cannot override an injected field, that
- * CR/LF/NUL never reach a header, the size caps, and that
- * lk_inject_check_type refuses each malformed credential type.
+ * CR/LF/NUL never reach a header, the size caps, and that the types used
+ * here pass registration (lk_schema_check_type; its refusals are proved in
+ * schema_test.c).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include "lib/schema.h"
 #include "sidecar/inject.h"
 
 #define BASE "https://api.example"
@@ -307,7 +309,7 @@ static void all_four_rule_kinds_apply_at_once(void **state) {
   set_op(&f, "PUT", "/v2/items/{id}", params, 3);
   set_type(&f, names, values, 4, rules, 5);
   lk_err err;
-  assert_int_equal(lk_inject_check_type(&f.type, &err), LK_OK);
+  assert_int_equal(lk_schema_check_type(&f.type, &err), LK_OK);
   lk_http_request *r =
       build(&f, 1, "{\"id\":42,\"q\":\"x\",\"note\":\"hi\"}", LK_OK, &err);
   assert_string_equal(r->method, "PUT");
@@ -335,7 +337,7 @@ static void doubled_braces_render_as_literal_braces(void **state) {
   set_op(&f, "GET", "/", NULL, 0);
   set_type(&f, names, values, 1, rules, 1);
   lk_err err;
-  assert_int_equal(lk_inject_check_type(&f.type, &err), LK_OK);
+  assert_int_equal(lk_schema_check_type(&f.type, &err), LK_OK);
   lk_http_request *r = build(&f, 1, NULL, LK_OK, &err);
   assert_string_equal(lk_secret_str(r->headers[0]), "X-T: {lit} tok }{");
   assert_string_equal(lk_secret_str(r->url), BASE "/");
@@ -736,146 +738,6 @@ static void destroy_accepts_null(void **state) {
   lk_http_request_destroy(NULL);
 }
 
-/* ---- lk_inject_check_type ---- */
-
-static lk_err check_expect(const rule_spec *rules, size_t nr,
-                           const char *const *names, size_t nf,
-                           lk_status code) {
-  fixture f;
-  set_type(&f, names, NULL, nf, rules, nr);
-  lk_err err;
-  lk_err_clear(&err);
-  lk_status st = lk_inject_check_type(&f.type, &err);
-  if (st != code) {
-    fail_msg("got %s (%s), want %s", lk_status_name(st), err.msg,
-             lk_status_name(code));
-  }
-  return err;
-}
-
-static const char *const two_fields[] = {"api_key", "user"};
-
-static void check_type_accepts_every_rule_kind(void **state) {
-  (void)state;
-  static const rule_spec rules[] = {
-      {"header", "Authorization", "Bearer {api_key}", NULL, NULL},
-      {"header", "X-Static", "v1", NULL, NULL},
-      {"query", "key", "{api_key}", NULL, NULL},
-      {"body", "api_key", "{{{api_key}}}", NULL, NULL},
-  };
-  check_expect(rules, 4, two_fields, 2, LK_OK);
-  static const rule_spec basic[] = {
-      {"basic", NULL, NULL, "{user}", "{api_key}"}};
-  check_expect(basic, 1, two_fields, 2, LK_OK);
-}
-
-static void check_type_rejects_unknown_placeholder(void **state) {
-  (void)state;
-  static const rule_spec rules[] = {
-      {"header", "X-Api-Key", "{apikey}", NULL, NULL}};
-  lk_err err = check_expect(rules, 1, two_fields, 2, LK_INVALID_ARGUMENT);
-  assert_msg_eq(&err,
-                "credential type 'test-type' inject[0].value: placeholder "
-                "'{apikey}' names no declared field");
-  static const rule_spec basic[] = {{"basic", NULL, NULL, "{user}", "{pass}"}};
-  err = check_expect(basic, 1, two_fields, 2, LK_INVALID_ARGUMENT);
-  assert_msg_has(&err, "inject[0].password: placeholder '{pass}'");
-  static const rule_spec empty[] = {{"query", "k", "{}", NULL, NULL}};
-  err = check_expect(empty, 1, two_fields, 2, LK_INVALID_ARGUMENT);
-  assert_msg_has(&err, "placeholder '{}' names no declared field");
-}
-
-static void check_type_rejects_unbalanced_braces(void **state) {
-  (void)state;
-  static const rule_spec open[] = {{"query", "k", "{api_key", NULL, NULL}};
-  lk_err err = check_expect(open, 1, two_fields, 2, LK_INVALID_ARGUMENT);
-  assert_msg_has(&err, "unmatched '{'");
-  static const rule_spec nested[] = {{"query", "k", "{a{api_key}", NULL, NULL}};
-  err = check_expect(nested, 1, two_fields, 2, LK_INVALID_ARGUMENT);
-  assert_msg_has(&err, "unmatched '{'");
-  static const rule_spec close[] = {{"body", "k", "x}", NULL, NULL}};
-  err = check_expect(close, 1, two_fields, 2, LK_INVALID_ARGUMENT);
-  assert_msg_has(&err, "unmatched '}'");
-}
-
-static void check_type_rejects_bad_rule_shapes(void **state) {
-  (void)state;
-  static const struct {
-    rule_spec r[2];
-    size_t n;
-    const char *msg;
-  } cases[] = {
-      {{{"cookie", "c", "{api_key}", NULL, NULL}},
-       1,
-       "\"in\" must be header, query, basic or body"},
-      {{{"header", "X Api", "{api_key}", NULL, NULL}},
-       1,
-       "header name is not an HTTP token"},
-      {{{"header", "X-Api:", "{api_key}", NULL, NULL}},
-       1,
-       "header name is not an HTTP token"},
-      {{{"header", "X-A\r\nB", "{api_key}", NULL, NULL}},
-       1,
-       "header name is not an HTTP token"},
-      {{{"header", NULL, "{api_key}", NULL, NULL}},
-       1,
-       "a header rule needs a \"name\""},
-      {{{"query", NULL, "{api_key}", NULL, NULL}},
-       1,
-       "a query rule needs a \"name\""},
-      {{{"header", "Host", "{api_key}", NULL, NULL}},
-       1,
-       "header 'Host' is set by the sidecar"},
-      {{{"header", "content-length", "{api_key}", NULL, NULL}},
-       1,
-       "header 'Content-Length' is set by the sidecar"},
-      {{{"header", "X-K", "a\r\nB: {api_key}", NULL, NULL}},
-       1,
-       "inject[0].value contains CR or LF"},
-      {{{"header", "X-K", NULL, NULL, NULL}}, 1, "\"value\" template is empty"},
-      {{{"header", "X-Api-Key", "{api_key}", NULL, NULL},
-        {"header", "x-api-key", "{user}", NULL, NULL}},
-       2,
-       "inject[1]: header 'x-api-key' is injected twice"},
-      {{{"query", "k", "{api_key}", NULL, NULL},
-        {"query", "k", "{user}", NULL, NULL}},
-       2,
-       "inject[1]: query 'k' is injected twice"},
-      {{{"basic", NULL, NULL, "{user}", "{api_key}"},
-        {"basic", NULL, NULL, "{user}", "{api_key}"}},
-       2,
-       "has 2 basic rules; at most one"},
-      {{{"basic", NULL, NULL, "{user}", "{api_key}"},
-        {"header", "authorization", "x {api_key}", NULL, NULL}},
-       2,
-       "both a basic rule and an Authorization header rule"},
-      {{{"basic", NULL, NULL, NULL, "{api_key}"}},
-       1,
-       "a basic rule needs a \"username\" template"},
-  };
-  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-    lk_err err = check_expect(cases[i].r, cases[i].n, two_fields, 2,
-                              LK_INVALID_ARGUMENT);
-    assert_msg_has(&err, cases[i].msg);
-  }
-}
-
-static void check_type_rejects_bad_fields(void **state) {
-  (void)state;
-  static const rule_spec rules[] = {{"query", "k", "{a}", NULL, NULL}};
-  static const char *const dup[] = {"a", "a"};
-  lk_err err = check_expect(rules, 1, dup, 2, LK_INVALID_ARGUMENT);
-  assert_msg_eq(&err, "credential type 'test-type' declares field 'a' twice");
-  static const char *const braces[] = {"a", "b{c"};
-  err = check_expect(rules, 1, braces, 2, LK_INVALID_ARGUMENT);
-  assert_msg_has(&err,
-                 "fields[1]: name must be non-empty and contain no "
-                 "braces");
-  static const char *const empty[] = {""};
-  err = check_expect(rules, 1, empty, 1, LK_INVALID_ARGUMENT);
-  assert_msg_has(&err, "fields[0]: name must be non-empty");
-}
-
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(header_rule_sets_rendered_header),
@@ -903,11 +765,6 @@ int main(void) {
       cmocka_unit_test(injected_content_type_replaces_the_default),
       cmocka_unit_test(broken_tool_definitions_are_failed_preconditions),
       cmocka_unit_test(destroy_accepts_null),
-      cmocka_unit_test(check_type_accepts_every_rule_kind),
-      cmocka_unit_test(check_type_rejects_unknown_placeholder),
-      cmocka_unit_test(check_type_rejects_unbalanced_braces),
-      cmocka_unit_test(check_type_rejects_bad_rule_shapes),
-      cmocka_unit_test(check_type_rejects_bad_fields),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
