@@ -4,10 +4,11 @@
  * Why descriptor-driven: protobuf-c already describes every message (field
  * names, numbers, types, labels, offsets), so one walk over a descriptor
  * converts any latchkey.v1 message and new proto fields need no new code.
- * Tool-specific knowledge is confined to two places: the tool document's
- * polymorphic "credential_type" and the semantic checks (required keys,
- * enumerated values) that give the owner an exact key path before the
- * server is ever asked.
+ * Tool-specific knowledge is confined to one place: the tool document's
+ * polymorphic "credential_type". What a document means (required keys,
+ * allowed methods, parameter locations and types, inject rule shapes) is
+ * the server's to judge, with lib/schema; a document that converts is
+ * sent, and the server's answer names what to fix.
  *
  * Invariants: a message under construction is always freeable by
  * protobuf_c_message_free_unpacked (repeated counts only cover filled
@@ -827,158 +828,16 @@ lk_status lk_convert_to_json(const ProtobufCMessage *msg, json_t **out,
   return msg_to_json(msg, out, err);
 }
 
-/* ---- semantic checks ---------------------------------------------------- */
-
-static int one_of(const char *s, const char *const *allowed) {
-  size_t i;
-  for (i = 0; allowed[i] != NULL; i++) {
-    if (strcmp(s, allowed[i]) == 0) {
-      return 1;
-    }
-  }
-  return 0;
-}
-
-static const char *const k_methods[] = {"GET",   "POST",   "PUT",
-                                        "PATCH", "DELETE", NULL};
-static const char *const k_param_in[] = {"path", "query", "body", NULL};
-static const char *const k_param_types[] = {
-    "string", "integer", "number", "boolean", "object", "array", NULL};
-static const char *const k_inject_in[] = {"header", "query", "basic", "body",
-                                          NULL};
-
-/* Checks a credential type; prefix is "" or "credential_type.". */
-static lk_status check_type(const Latchkey__V1__CredentialType *t,
-                            const char *prefix, lk_err *err) {
-  size_t i;
-  size_t k;
-
-  if (t->id[0] == '\0') {
-    return lk_fail(err, LK_INVALID_ARGUMENT, "%sid is required", prefix);
-  }
-  for (i = 0; i < t->n_fields; i++) {
-    const Latchkey__V1__CredentialField *fl = t->fields[i];
-    if (fl->name[0] == '\0') {
-      return lk_fail(err, LK_INVALID_ARGUMENT, "%sfields[%zu].name is required",
-                     prefix, i);
-    }
-    for (k = 0; k < i; k++) {
-      if (strcmp(t->fields[k]->name, fl->name) == 0) {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "%sfields[%zu].name repeats the name of fields[%zu]",
-                       prefix, i, k);
-      }
-    }
-  }
-  for (i = 0; i < t->n_inject; i++) {
-    const Latchkey__V1__InjectRule *r = t->inject[i];
-    if (!one_of(r->in, k_inject_in)) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "%sinject[%zu].in must be one of header, query, basic, "
-                     "body",
-                     prefix, i);
-    }
-    if (strcmp(r->in, "basic") == 0) {
-      if (r->username[0] == '\0' || r->password[0] == '\0') {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "%sinject[%zu] (basic) needs username and password",
-                       prefix, i);
-      }
-    } else if (r->name[0] == '\0' || r->value[0] == '\0') {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "%sinject[%zu] (%s) needs name and value", prefix, i,
-                     r->in);
-    }
-  }
-  return LK_OK;
-}
-
-/* Checks a tool's required keys and enumerated values. */
-static lk_status check_tool(const Latchkey__V1__Tool *t, lk_err *err) {
-  size_t i;
-  size_t k;
-
-  if (t->id[0] == '\0') {
-    return lk_fail(err, LK_INVALID_ARGUMENT, "id is required");
-  }
-  if (t->base_url[0] == '\0') {
-    return lk_fail(err, LK_INVALID_ARGUMENT, "base_url is required");
-  }
-  if (strncmp(t->base_url, "https://", 8) != 0 &&
-      strncmp(t->base_url, "http://", 7) != 0) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "base_url must start with https:// (or http:// for a "
-                   "loopback vendor)");
-  }
-  for (i = 0; i < t->n_operations; i++) {
-    const Latchkey__V1__Operation *op = t->operations[i];
-    if (op->name[0] == '\0') {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operations[%zu].name is required", i);
-    }
-    for (k = 0; k < i; k++) {
-      if (strcmp(t->operations[k]->name, op->name) == 0) {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "operations[%zu].name repeats the name of "
-                       "operations[%zu]",
-                       i, k);
-      }
-    }
-    if (!one_of(op->method, k_methods)) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operations[%zu].method must be one of GET, POST, PUT, "
-                     "PATCH, DELETE",
-                     i);
-    }
-    if (op->path[0] != '/') {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "operations[%zu].path must start with /", i);
-    }
-    for (k = 0; k < op->n_params; k++) {
-      const Latchkey__V1__Param *pa = op->params[k];
-      if (pa->name[0] == '\0') {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "operations[%zu].params[%zu].name is required", i, k);
-      }
-      if (!one_of(pa->in, k_param_in)) {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "operations[%zu].params[%zu].in must be one of path, "
-                       "query, body",
-                       i, k);
-      }
-      if (!one_of(pa->type, k_param_types)) {
-        return lk_fail(err, LK_INVALID_ARGUMENT,
-                       "operations[%zu].params[%zu].type must be one of "
-                       "string, integer, number, boolean, object, array",
-                       i, k);
-      }
-    }
-  }
-  return LK_OK;
-}
-
-/* Converts and checks a credential type at path p (prefix for checks). */
+/* Converts a credential type at path p. */
 static lk_status type_from_json(const json_t *json, jpath *p,
                                 Latchkey__V1__CredentialType **out,
                                 lk_err *err) {
   ProtobufCMessage *m = NULL;
-  char prefix[sizeof(p->buf) + 1];
-  lk_status st;
+  lk_status st = msg_from_json(json, &latchkey__v1__credential_type__descriptor,
+                               &m, p, err);
 
-  *out = NULL;
-  snprintf(prefix, sizeof(prefix), "%s%s", p->buf, p->len > 0 ? "." : "");
-  st = msg_from_json(json, &latchkey__v1__credential_type__descriptor, &m, p,
-                     err);
-  if (st != LK_OK) {
-    return st;
-  }
-  st = check_type((Latchkey__V1__CredentialType *)m, prefix, err);
-  if (st != LK_OK) {
-    lk_convert_message_free(m);
-    return st;
-  }
   *out = (Latchkey__V1__CredentialType *)m;
-  return LK_OK;
+  return st;
 }
 
 lk_status lk_convert_credential_type_from_json(
@@ -1052,7 +911,6 @@ lk_status lk_convert_tool_request_from_json(
                  "type) or an object (a credential type defined inline)");
     goto done;
   }
-  st = check_tool(req->tool, err);
 done:
   json_decref(rest);
   if (st != LK_OK) {

@@ -64,13 +64,12 @@ LK_MUST_CHECK lk_status lk_convert_to_json(const ProtobufCMessage *msg,
 /* Builds a RegisterToolRequest from a tool as a user writes it: a Tool
  * whose "credential_type" is either a type id (string) or an inline
  * CredentialType object (then sent alongside, tool.credential_type = its
- * id); also checks required keys and the enumerated values of methods,
- * param locations, param types and inject rules. */
+ * id). Only the shape is checked; the server judges the content. */
 LK_MUST_CHECK lk_status lk_convert_tool_request_from_json(
     const json_t *json, Latchkey__V1__RegisterToolRequest **out, lk_err *err);
 
-/* Builds a CredentialType from its JSON object (`type register`), with the
- * same checks as an inline type. */
+/* Builds a CredentialType from its JSON object (`type register`), by the
+ * same rules as an inline type. */
 LK_MUST_CHECK lk_status lk_convert_credential_type_from_json(
     const json_t *json, Latchkey__V1__CredentialType **out, lk_err *err);
 

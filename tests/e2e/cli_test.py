@@ -173,6 +173,33 @@ class CliTest(harness.StackTestCase):
                                  out.stdout + out.stderr)
                 self.assertTrue(out.stderr.strip())
 
+    def test_server_judges_what_a_definition_means(self):
+        # latchkeyctl checks only a document's shape; the server (lib/schema)
+        # judges its content, and its answer is what the owner reads.
+        def register(name, tool):
+            path = os.path.join(self.lk.dir, name)
+            with open(path, "w") as f:
+                json.dump(tool, f)
+            return self.lk.ctl("tool", "register", path)
+
+        tool = weather_tool(self.lk.nginx.base_url)
+        tool["operations"][0]["method"] = "get"
+        out = register("lower-method.json", tool)
+        self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+        self.assertIn("latchkeyctl: INVALID_ARGUMENT: operation 'forecast': "
+                      "method must be GET, POST, PUT, PATCH or DELETE",
+                      out.stderr)
+
+        tool = weather_tool(self.lk.nginx.base_url)
+        tool["credential_type"]["inject"][0]["in"] = "cookie"
+        out = register("cookie-rule.json", tool)
+        self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+        self.assertIn("INVALID_ARGUMENT: credential type 'weather-key' "
+                      "inject[0]: \"in\" must be header, query, basic or "
+                      "body", out.stderr)
+        self.assertNotIn("weather", self.ok("tool", "list"))
+        self.assertNotIn("weather-key", self.ok("type", "list"))
+
     def test_failed_calls_exit_1_with_a_message(self):
         out = self.lk.ctl("tool", "show", "no-such-tool")
         self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
