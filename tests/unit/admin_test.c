@@ -28,6 +28,7 @@
 #include "lib/seal.h"
 #include "lib/secret.h"
 #include "lib/store.h"
+#include "tests/unit/tool_fixture.h"
 
 #define BULLETS "\xe2\x80\xa2\xe2\x80\xa2\xe2\x80\xa2\xe2\x80\xa2"
 #define API_KEY "AbCdEfGh0123456789-canary-WXYZ"
@@ -132,88 +133,9 @@ static void expect(fx *f, const char *method, const ProtobufCMessage *m,
   }
 }
 
-/* ---- fixtures: a valid tool with its type inline ---- */
-
-typedef struct {
-  Latchkey__V1__Param city;
-  Latchkey__V1__Param days;
-  Latchkey__V1__Param note;
-  Latchkey__V1__Param *params[3];
-  Latchkey__V1__Operation op;
-  Latchkey__V1__Operation *ops[2];
-  Latchkey__V1__Operation op2;
-  Latchkey__V1__Tool tool;
-  Latchkey__V1__CredentialField field;
-  Latchkey__V1__CredentialField *fields[2];
-  Latchkey__V1__InjectRule rule;
-  Latchkey__V1__InjectRule *rules[1];
-  Latchkey__V1__CredentialType type;
-  Latchkey__V1__RegisterToolRequest req;
-} tool_fx;
-
-/* A weather tool (id) needing type weather-key, sent inline. */
-static void tool_init(tool_fx *t, const char *id) {
-  latchkey__v1__param__init(&t->city);
-  t->city.name = (char *)"city";
-  t->city.in = (char *)"path";
-  t->city.type = (char *)"string";
-  t->city.required = 1;
-  latchkey__v1__param__init(&t->days);
-  t->days.name = (char *)"days";
-  t->days.in = (char *)"query";
-  t->days.type = (char *)"integer";
-  latchkey__v1__param__init(&t->note);
-  t->note.name = (char *)"note";
-  t->note.in = (char *)"body";
-  t->note.type = (char *)"string";
-  t->params[0] = &t->city;
-  t->params[1] = &t->days;
-  t->params[2] = &t->note;
-  latchkey__v1__operation__init(&t->op);
-  t->op.name = (char *)"forecast";
-  t->op.method = (char *)"GET";
-  t->op.path = (char *)"/v1/forecast/{city}";
-  t->op.n_params = 2;
-  t->op.params = t->params;
-  latchkey__v1__operation__init(&t->op2);
-  t->op2.name = (char *)"report";
-  t->op2.method = (char *)"POST";
-  t->op2.path = (char *)"/v1/report";
-  t->op2.n_params = 1;
-  t->op2.params = &t->params[2];
-  t->ops[0] = &t->op;
-  t->ops[1] = &t->op2;
-  latchkey__v1__tool__init(&t->tool);
-  t->tool.id = (char *)id;
-  t->tool.description = (char *)"Forecasts by city";
-  t->tool.base_url = (char *)"https://api.weather.example/";
-  t->tool.credential_type = (char *)"weather-key";
-  t->tool.n_operations = 2;
-  t->tool.operations = t->ops;
-  latchkey__v1__credential_field__init(&t->field);
-  t->field.name = (char *)"api_key";
-  t->field.secret = 1;
-  t->field.pattern = (char *)"^[A-Za-z0-9_-]{16,128}$";
-  t->fields[0] = &t->field;
-  latchkey__v1__inject_rule__init(&t->rule);
-  t->rule.in = (char *)"header";
-  t->rule.name = (char *)"X-Api-Key";
-  t->rule.value = (char *)"{api_key}";
-  t->rules[0] = &t->rule;
-  latchkey__v1__credential_type__init(&t->type);
-  t->type.id = (char *)"weather-key";
-  t->type.n_fields = 1;
-  t->type.fields = t->fields;
-  t->type.n_inject = 1;
-  t->type.inject = t->rules;
-  latchkey__v1__register_tool_request__init(&t->req);
-  t->req.tool = &t->tool;
-  t->req.credential_type = &t->type;
-}
-
 static void register_weather(fx *f, const char *id) {
   tool_fx t;
-  tool_init(&t, id);
+  tool_fx_init(&t, id);
   ok(f, "RegisterTool", &t.req.base);
 }
 
@@ -320,7 +242,7 @@ static void register_tool_stores_normalized_tool_and_inline_type(void **s) {
   Latchkey__V1__Tool *got;
   Latchkey__V1__CredentialType *type = NULL;
   lk_err err;
-  tool_init(&t, "weather");
+  tool_fx_init(&t, "weather");
   ok(f, "RegisterTool", &t.req.base);
   got = latchkey__v1__tool__unpack(NULL, f->resp_len, f->resp);
   assert_non_null(got);
@@ -349,7 +271,7 @@ static void register_tool_stores_normalized_tool_and_inline_type(void **s) {
 static void register_tool_without_credential_type(void **s) {
   fx *f = *s;
   tool_fx t;
-  tool_init(&t, "free-tool");
+  tool_fx_init(&t, "free-tool");
   t.tool.credential_type = (char *)"";
   t.req.credential_type = NULL;
   t.tool.base_url = (char *)"http://127.0.0.1:8080";
@@ -372,7 +294,7 @@ static void register_tool_refuses_invalid_definitions(void **s) {
 
 #define BAD(stmt, want)                                                \
   do {                                                                 \
-    tool_init(&t, "weather");                                          \
+    tool_fx_init(&t, "weather");                                       \
     stmt;                                                              \
     expect(f, "RegisterTool", &t.req.base, LK_INVALID_ARGUMENT, want); \
   } while (0)
@@ -388,7 +310,7 @@ static void register_tool_refuses_invalid_definitions(void **s) {
 #undef BAD
 
   /* a referenced type that does not exist */
-  tool_init(&t, "weather");
+  tool_fx_init(&t, "weather");
   t.req.credential_type = NULL;
   t.tool.credential_type = (char *)"missing-key";
   expect(f, "RegisterTool", &t.req.base, LK_NOT_FOUND, "missing-key");
@@ -413,7 +335,7 @@ static void register_tool_refuses_type_change_while_bound(void **s) {
   create_cred_ok(f, "weather-key", "wk1", "api_key", API_KEY, NULL, NULL);
   assert_int_equal(do_bind(f, "team-a", "weather", "", "wk1"), LK_OK);
   register_login_type(f);
-  tool_init(&t, "weather");
+  tool_fx_init(&t, "weather");
   t.req.credential_type = NULL;
   t.tool.credential_type = (char *)"login";
   expect(f, "RegisterTool", &t.req.base, LK_FAILED_PRECONDITION, "unbind");
@@ -471,11 +393,11 @@ static void register_type_refuses_invalid_and_stores_canonical(void **s) {
   Latchkey__V1__CredentialType *got;
   lk_err err;
 
-  tool_init(&t, "weather");
+  tool_fx_init(&t, "weather");
   t.field.pattern = (char *)"(";
   expect(f, "RegisterCredentialType", &t.type.base, LK_INVALID_ARGUMENT,
          "does not compile");
-  tool_init(&t, "weather");
+  tool_fx_init(&t, "weather");
   t.rule.in = (char *)"cookie";
   expect(f, "RegisterCredentialType", &t.type.base, LK_INVALID_ARGUMENT,
          "\"in\" must be header, query, basic or body");
@@ -483,14 +405,14 @@ static void register_type_refuses_invalid_and_stores_canonical(void **s) {
   assert_int_equal(lk_catalog_get_type(f->cat, "weather-key", &got, &err),
                    LK_NOT_FOUND);
 
-  tool_init(&t, "weather");
+  tool_fx_init(&t, "weather");
   t.field.max_len = LK_SCHEMA_MAX_MAX_LEN;
   ok(f, "RegisterCredentialType", &t.type.base);
   got = latchkey__v1__credential_type__unpack(NULL, f->resp_len, f->resp);
   assert_int_equal(got->fields[0]->max_len, LK_SCHEMA_MAX_MAX_LEN);
   latchkey__v1__credential_type__free_unpacked(got, NULL);
 
-  tool_init(&t, "weather");
+  tool_fx_init(&t, "weather");
   ok(f, "RegisterCredentialType", &t.type.base);
   got = latchkey__v1__credential_type__unpack(NULL, f->resp_len, f->resp);
   assert_int_equal(got->fields[0]->max_len, LK_SCHEMA_DEFAULT_MAX_LEN);
@@ -823,7 +745,7 @@ static void bind_checks_references_and_types(void **s) {
   tool_fx t;
   register_weather(f, "weather");
   register_login_type(f);
-  tool_init(&t, "free");
+  tool_fx_init(&t, "free");
   t.tool.credential_type = (char *)"";
   t.req.credential_type = NULL;
   ok(f, "RegisterTool", &t.req.base);

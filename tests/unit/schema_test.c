@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "lib/schema.h"
+#include "tests/unit/tool_fixture.h"
 
 static void assert_msg_eq(const lk_err *err, const char *want) {
   if (strcmp(err->msg, want) != 0) {
@@ -44,88 +45,13 @@ static void assert_refused(lk_status st, const lk_err *err, const char *want,
   }
 }
 
-/* ---- fixture: the weather tool with its type, as admin receives it ---- */
-
-typedef struct {
-  Latchkey__V1__Param city;
-  Latchkey__V1__Param days;
-  Latchkey__V1__Param note;
-  Latchkey__V1__Param *params[3];
-  Latchkey__V1__Operation op;
-  Latchkey__V1__Operation *ops[2];
-  Latchkey__V1__Operation op2;
-  Latchkey__V1__Tool tool;
-  Latchkey__V1__CredentialField field;
-  Latchkey__V1__CredentialField *fields[2];
-  Latchkey__V1__InjectRule rule;
-  Latchkey__V1__InjectRule *rules[1];
-  Latchkey__V1__CredentialType type;
-  char base_url[64];
-} tool_fx;
-
-static void tool_init(tool_fx *t) {
-  latchkey__v1__param__init(&t->city);
-  t->city.name = (char *)"city";
-  t->city.in = (char *)"path";
-  t->city.type = (char *)"string";
-  t->city.required = 1;
-  latchkey__v1__param__init(&t->days);
-  t->days.name = (char *)"days";
-  t->days.in = (char *)"query";
-  t->days.type = (char *)"integer";
-  latchkey__v1__param__init(&t->note);
-  t->note.name = (char *)"note";
-  t->note.in = (char *)"body";
-  t->note.type = (char *)"string";
-  t->params[0] = &t->city;
-  t->params[1] = &t->days;
-  t->params[2] = &t->note;
-  latchkey__v1__operation__init(&t->op);
-  t->op.name = (char *)"forecast";
-  t->op.method = (char *)"GET";
-  t->op.path = (char *)"/v1/forecast/{city}";
-  t->op.n_params = 2;
-  t->op.params = t->params;
-  latchkey__v1__operation__init(&t->op2);
-  t->op2.name = (char *)"report";
-  t->op2.method = (char *)"POST";
-  t->op2.path = (char *)"/v1/report";
-  t->op2.n_params = 1;
-  t->op2.params = &t->params[2];
-  t->ops[0] = &t->op;
-  t->ops[1] = &t->op2;
-  latchkey__v1__tool__init(&t->tool);
-  snprintf(t->base_url, sizeof(t->base_url), "%s",
-           "https://api.weather.example/");
-  t->tool.id = (char *)"weather";
-  t->tool.description = (char *)"Forecasts by city";
-  t->tool.base_url = t->base_url;
-  t->tool.credential_type = (char *)"weather-key";
-  t->tool.n_operations = 2;
-  t->tool.operations = t->ops;
-  latchkey__v1__credential_field__init(&t->field);
-  t->field.name = (char *)"api_key";
-  t->field.secret = 1;
-  t->field.pattern = (char *)"^[A-Za-z0-9_-]{16,128}$";
-  t->fields[0] = &t->field;
-  latchkey__v1__inject_rule__init(&t->rule);
-  t->rule.in = (char *)"header";
-  t->rule.name = (char *)"X-Api-Key";
-  t->rule.value = (char *)"{api_key}";
-  t->rules[0] = &t->rule;
-  latchkey__v1__credential_type__init(&t->type);
-  t->type.id = (char *)"weather-key";
-  t->type.n_fields = 1;
-  t->type.fields = t->fields;
-  t->type.n_inject = 1;
-  t->type.inject = t->rules;
-}
+/* ---- tools (fixture: tool_fixture.h) ---- */
 
 static void valid_tool_with_its_type_passes(void **state) {
   tool_fx t;
   lk_err err;
   (void)state;
-  tool_init(&t);
+  tool_fx_init(&t, "weather");
   lk_err_clear(&err);
   assert_int_equal(lk_schema_check_tool(&t.tool, &t.type, &err), LK_OK);
   assert_int_equal(lk_schema_check_tool(&t.tool, NULL, &err), LK_OK);
@@ -141,7 +67,7 @@ static void other_base_url_forms_pass(void **state) {
   size_t i;
   (void)state;
   for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
-    tool_init(&t);
+    tool_fx_init(&t, "weather");
     t.tool.base_url = (char *)ok[i];
     lk_err_clear(&err);
     if (lk_schema_check_tool(&t.tool, NULL, &err) != LK_OK) {
@@ -160,7 +86,7 @@ static void tool_rejects_each_invalid_field(void **state) {
 
 #define BAD(stmt, want)                                                      \
   do {                                                                       \
-    tool_init(&t);                                                           \
+    tool_fx_init(&t, "weather");                                             \
     stmt;                                                                    \
     lk_err_clear(&err);                                                      \
     assert_refused(lk_schema_check_tool(&t.tool, &t.type, &err), &err, want, \
@@ -221,7 +147,7 @@ static void tool_rejects_each_invalid_field(void **state) {
 #undef BAD
 
   /* duplicate params via a copy */
-  tool_init(&t);
+  tool_fx_init(&t, "weather");
   dup = t.days;
   dup_params[0] = &t.city;
   dup_params[1] = &t.days;
@@ -237,7 +163,7 @@ static void tool_messages_never_echo_base_url(void **state) {
   tool_fx t;
   lk_err err;
   (void)state;
-  tool_init(&t);
+  tool_fx_init(&t, "weather");
   t.tool.base_url = (char *)"https://user:hunter2@api.example";
   lk_err_clear(&err);
   assert_refused(lk_schema_check_tool(&t.tool, NULL, &err), &err, "user info",
@@ -248,7 +174,7 @@ static void tool_messages_never_echo_base_url(void **state) {
 static void normalize_drops_one_slash_and_defaults_max_len(void **state) {
   tool_fx t;
   (void)state;
-  tool_init(&t);
+  tool_fx_init(&t, "weather");
   lk_schema_normalize_tool(&t.tool);
   assert_string_equal(t.tool.base_url, "https://api.weather.example");
   lk_schema_normalize_tool(&t.tool);
@@ -455,7 +381,7 @@ static void type_rejects_each_invalid_field(void **state) {
 
 #define BADT(stmt, want)                                                    \
   do {                                                                      \
-    tool_init(&t);                                                          \
+    tool_fx_init(&t, "weather");                                            \
     stmt;                                                                   \
     lk_err_clear(&err);                                                     \
     assert_refused(lk_schema_check_type(&t.type, &err), &err, want, #stmt); \
@@ -473,7 +399,7 @@ static void type_rejects_each_invalid_field(void **state) {
   BADT(t.rule.in = (char *)"cookie", "\"in\" must be");
 #undef BADT
 
-  tool_init(&t);
+  tool_fx_init(&t, "weather");
   second = t.field;
   two[0] = &t.field;
   two[1] = &second;
@@ -483,7 +409,7 @@ static void type_rejects_each_invalid_field(void **state) {
   assert_refused(lk_schema_check_type(&t.type, &err), &err, "declared twice",
                  "duplicate field");
 
-  tool_init(&t);
+  tool_fx_init(&t, "weather");
   t.field.max_len = LK_SCHEMA_MAX_MAX_LEN;
   assert_int_equal(lk_schema_check_type(&t.type, &err), LK_OK);
 }
