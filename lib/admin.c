@@ -56,14 +56,6 @@ typedef lk_status (*handler_fn)(lk_admin *a, ProtobufCMessage *req,
                                 unsigned char **resp, size_t *resp_len,
                                 lk_err *err);
 
-typedef struct {
-  const char *path;
-  const ProtobufCMessageDescriptor *req_desc;
-  int writes;                        /* runs under the mutex */
-  void (*scrub)(ProtobufCMessage *); /* wipes plaintext before free */
-  handler_fn fn;
-} method;
-
 /* ---- small helpers ---- */
 
 static int nonempty(const char *s) {
@@ -766,54 +758,6 @@ done:
   return st;
 }
 
-static lk_status h_get_credential(lk_admin *a, ProtobufCMessage *m,
-                                  unsigned char **resp, size_t *resp_len,
-                                  lk_err *err) {
-  Latchkey__V1__GetRequest *r = (Latchkey__V1__GetRequest *)m;
-  Latchkey__V1__Credential *c = NULL;
-  lk_status st = lk_schema_check_id(r->id, "GetRequest.id", err);
-
-  if (st == LK_OK) {
-    st = lk_catalog_get_credential(a->cat, r->id, &c, err);
-  }
-  if (st == LK_OK) {
-    mask_credential(c, 1);
-    st = pack(&c->base, resp, resp_len, err);
-  }
-  lk_catalog_free_credential(c);
-  return st;
-}
-
-static lk_status h_list_credentials(lk_admin *a, ProtobufCMessage *m,
-                                    unsigned char **resp, size_t *resp_len,
-                                    lk_err *err) {
-  Latchkey__V1__CredentialList list = LATCHKEY__V1__CREDENTIAL_LIST__INIT;
-  collector col = {NULL, 0, 0, "credential", LK_OK, err};
-  lk_status st;
-  size_t i;
-
-  (void)m;
-  st = finish_collect(
-      lk_catalog_list_credentials(a->cat, collect_cred, &col, err), &col);
-  if (st == LK_OK) {
-    list.credentials = calloc(col.n > 0 ? col.n : 1, sizeof(*list.credentials));
-    if (list.credentials == NULL) {
-      st = oom(err);
-    }
-  }
-  if (st == LK_OK) {
-    for (i = 0; i < col.n; i++) {
-      list.credentials[i] = (Latchkey__V1__Credential *)col.items[i];
-      mask_credential(list.credentials[i], 1);
-    }
-    list.n_credentials = col.n;
-    st = pack(&list.base, resp, resp_len, err);
-  }
-  free(list.credentials);
-  collector_free(&col);
-  return st;
-}
-
 /* Finds the first binding that uses credential id; *found 1 with desc set. */
 typedef struct {
   const char *cred_id;
@@ -969,52 +913,6 @@ done:
   return st;
 }
 
-static lk_status h_get_tool(lk_admin *a, ProtobufCMessage *m,
-                            unsigned char **resp, size_t *resp_len,
-                            lk_err *err) {
-  Latchkey__V1__GetRequest *r = (Latchkey__V1__GetRequest *)m;
-  Latchkey__V1__Tool *t = NULL;
-  lk_status st = lk_schema_check_id(r->id, "GetRequest.id", err);
-
-  if (st == LK_OK) {
-    st = lk_catalog_get_tool(a->cat, r->id, &t, err);
-  }
-  if (st == LK_OK) {
-    st = pack(&t->base, resp, resp_len, err);
-  }
-  lk_catalog_free_tool(t);
-  return st;
-}
-
-static lk_status h_list_tools(lk_admin *a, ProtobufCMessage *m,
-                              unsigned char **resp, size_t *resp_len,
-                              lk_err *err) {
-  Latchkey__V1__ToolList list = LATCHKEY__V1__TOOL_LIST__INIT;
-  collector col = {NULL, 0, 0, "tool", LK_OK, err};
-  lk_status st;
-  size_t i;
-
-  (void)m;
-  st = finish_collect(lk_catalog_list_tools(a->cat, collect_tool, &col, err),
-                      &col);
-  if (st == LK_OK) {
-    list.tools = calloc(col.n > 0 ? col.n : 1, sizeof(*list.tools));
-    if (list.tools == NULL) {
-      st = oom(err);
-    }
-  }
-  if (st == LK_OK) {
-    for (i = 0; i < col.n; i++) {
-      list.tools[i] = col.items[i];
-    }
-    list.n_tools = col.n;
-    st = pack(&list.base, resp, resp_len, err);
-  }
-  free(list.tools);
-  collector_free(&col);
-  return st;
-}
-
 static lk_status h_delete_tool(lk_admin *a, ProtobufCMessage *m,
                                unsigned char **resp, size_t *resp_len,
                                lk_err *err) {
@@ -1086,53 +984,6 @@ static lk_status h_register_type(lk_admin *a, ProtobufCMessage *m,
     st = pack(&t->base, resp, resp_len, err);
   }
   lk_store_batch_destroy(b);
-  return st;
-}
-
-static lk_status h_get_type(lk_admin *a, ProtobufCMessage *m,
-                            unsigned char **resp, size_t *resp_len,
-                            lk_err *err) {
-  Latchkey__V1__GetRequest *r = (Latchkey__V1__GetRequest *)m;
-  Latchkey__V1__CredentialType *t = NULL;
-  lk_status st = lk_schema_check_id(r->id, "GetRequest.id", err);
-
-  if (st == LK_OK) {
-    st = lk_catalog_get_type(a->cat, r->id, &t, err);
-  }
-  if (st == LK_OK) {
-    st = pack(&t->base, resp, resp_len, err);
-  }
-  lk_catalog_free_type(t);
-  return st;
-}
-
-static lk_status h_list_types(lk_admin *a, ProtobufCMessage *m,
-                              unsigned char **resp, size_t *resp_len,
-                              lk_err *err) {
-  Latchkey__V1__CredentialTypeList list =
-      LATCHKEY__V1__CREDENTIAL_TYPE_LIST__INIT;
-  collector col = {NULL, 0, 0, "credential type", LK_OK, err};
-  lk_status st;
-  size_t i;
-
-  (void)m;
-  st = finish_collect(lk_catalog_list_types(a->cat, collect_type, &col, err),
-                      &col);
-  if (st == LK_OK) {
-    list.types = calloc(col.n > 0 ? col.n : 1, sizeof(*list.types));
-    if (list.types == NULL) {
-      st = oom(err);
-    }
-  }
-  if (st == LK_OK) {
-    for (i = 0; i < col.n; i++) {
-      list.types[i] = col.items[i];
-    }
-    list.n_types = col.n;
-    st = pack(&list.base, resp, resp_len, err);
-  }
-  free(list.types);
-  collector_free(&col);
   return st;
 }
 
@@ -1292,52 +1143,6 @@ static lk_status h_create_budget(lk_admin *a, ProtobufCMessage *m,
   return put_budget_answer(a, bg, resp, resp_len, err);
 }
 
-static lk_status h_get_budget(lk_admin *a, ProtobufCMessage *m,
-                              unsigned char **resp, size_t *resp_len,
-                              lk_err *err) {
-  Latchkey__V1__GetRequest *r = (Latchkey__V1__GetRequest *)m;
-  Latchkey__V1__Budget *bg = NULL;
-  lk_status st = lk_schema_check_id(r->id, "GetRequest.id", err);
-
-  if (st == LK_OK) {
-    st = lk_catalog_get_budget(a->cat, r->id, &bg, err);
-  }
-  if (st == LK_OK) {
-    st = pack(&bg->base, resp, resp_len, err);
-  }
-  lk_catalog_free_budget(bg);
-  return st;
-}
-
-static lk_status h_list_budgets(lk_admin *a, ProtobufCMessage *m,
-                                unsigned char **resp, size_t *resp_len,
-                                lk_err *err) {
-  Latchkey__V1__BudgetList list = LATCHKEY__V1__BUDGET_LIST__INIT;
-  collector col = {NULL, 0, 0, "budget", LK_OK, err};
-  lk_status st;
-  size_t i;
-
-  (void)m;
-  st = finish_collect(
-      lk_catalog_list_budgets(a->cat, collect_budget, &col, err), &col);
-  if (st == LK_OK) {
-    list.budgets = calloc(col.n > 0 ? col.n : 1, sizeof(*list.budgets));
-    if (list.budgets == NULL) {
-      st = oom(err);
-    }
-  }
-  if (st == LK_OK) {
-    for (i = 0; i < col.n; i++) {
-      list.budgets[i] = col.items[i];
-    }
-    list.n_budgets = col.n;
-    st = pack(&list.base, resp, resp_len, err);
-  }
-  free(list.budgets);
-  collector_free(&col);
-  return st;
-}
-
 static lk_status h_set_budget_paused(lk_admin *a, ProtobufCMessage *m,
                                      unsigned char **resp, size_t *resp_len,
                                      lk_err *err) {
@@ -1397,6 +1202,139 @@ done:
   lk_store_batch_destroy(b);
   collector_free(&col);
   lk_catalog_free_budget(bg);
+  return st;
+}
+
+/* ---- records read alike: get one by id, list them all ---- */
+
+/* A kind of record that GetX and ListX serve the same way. */
+typedef struct {
+  const char *noun; /* names the kind in the listing cap message */
+  lk_status (*get)(lk_catalog *c, const char *id, ProtobufCMessage **out,
+                   lk_err *err);
+  lk_status (*list)(lk_catalog *c, collector *col, lk_err *err);
+  /* the listing message; its one field is the repeated records */
+  const ProtobufCMessageDescriptor *list_desc;
+  int masked; /* credentials: secret fields answer as masks */
+} record_kind;
+
+static lk_status get_tool(lk_catalog *c, const char *id, ProtobufCMessage **out,
+                          lk_err *err) {
+  Latchkey__V1__Tool *t = NULL;
+  lk_status st = lk_catalog_get_tool(c, id, &t, err);
+  *out = t != NULL ? &t->base : NULL;
+  return st;
+}
+
+static lk_status get_type(lk_catalog *c, const char *id, ProtobufCMessage **out,
+                          lk_err *err) {
+  Latchkey__V1__CredentialType *t = NULL;
+  lk_status st = lk_catalog_get_type(c, id, &t, err);
+  *out = t != NULL ? &t->base : NULL;
+  return st;
+}
+
+static lk_status get_cred(lk_catalog *c, const char *id, ProtobufCMessage **out,
+                          lk_err *err) {
+  Latchkey__V1__Credential *cr = NULL;
+  lk_status st = lk_catalog_get_credential(c, id, &cr, err);
+  *out = cr != NULL ? &cr->base : NULL;
+  return st;
+}
+
+static lk_status get_budget(lk_catalog *c, const char *id,
+                            ProtobufCMessage **out, lk_err *err) {
+  Latchkey__V1__Budget *bg = NULL;
+  lk_status st = lk_catalog_get_budget(c, id, &bg, err);
+  *out = bg != NULL ? &bg->base : NULL;
+  return st;
+}
+
+static lk_status list_tools(lk_catalog *c, collector *col, lk_err *err) {
+  return lk_catalog_list_tools(c, collect_tool, col, err);
+}
+
+static lk_status list_types(lk_catalog *c, collector *col, lk_err *err) {
+  return lk_catalog_list_types(c, collect_type, col, err);
+}
+
+static lk_status list_creds(lk_catalog *c, collector *col, lk_err *err) {
+  return lk_catalog_list_credentials(c, collect_cred, col, err);
+}
+
+static lk_status list_budgets(lk_catalog *c, collector *col, lk_err *err) {
+  return lk_catalog_list_budgets(c, collect_budget, col, err);
+}
+
+static const record_kind kind_tool = {"tool", get_tool, list_tools,
+                                      &latchkey__v1__tool_list__descriptor, 0};
+static const record_kind kind_type = {
+    "credential type", get_type, list_types,
+    &latchkey__v1__credential_type_list__descriptor, 0};
+static const record_kind kind_cred = {
+    "credential", get_cred, list_creds,
+    &latchkey__v1__credential_list__descriptor, 1};
+static const record_kind kind_budget = {"budget", get_budget, list_budgets,
+                                        &latchkey__v1__budget_list__descriptor,
+                                        0};
+
+/* Packs a listing message of type desc whose one repeated field borrows
+ * the collected records (masked first when masked is set). */
+static lk_status pack_listing(const ProtobufCMessageDescriptor *desc,
+                              collector *col, int masked, unsigned char **resp,
+                              size_t *resp_len, lk_err *err) {
+  const ProtobufCFieldDescriptor *f = &desc->fields[0];
+  ProtobufCMessage *list = calloc(1, desc->sizeof_message);
+  lk_status st;
+  size_t i;
+
+  if (list == NULL) {
+    return oom(err);
+  }
+  protobuf_c_message_init(desc, list);
+  for (i = 0; masked && i < col->n; i++) {
+    mask_credential(col->items[i], 1);
+  }
+  *(size_t *)((char *)list + f->quantifier_offset) = col->n;
+  *(void ***)((char *)list + f->offset) = col->items;
+  st = pack(list, resp, resp_len, err);
+  free(list);
+  return st;
+}
+
+/* GetX: the record with GetRequest.id, as the Admin API shows it. */
+static lk_status h_get(lk_admin *a, const record_kind *k, ProtobufCMessage *m,
+                       unsigned char **resp, size_t *resp_len, lk_err *err) {
+  Latchkey__V1__GetRequest *r = (Latchkey__V1__GetRequest *)m;
+  ProtobufCMessage *rec = NULL;
+  lk_status st = lk_schema_check_id(r->id, "GetRequest.id", err);
+
+  if (st == LK_OK) {
+    st = k->get(a->cat, r->id, &rec, err);
+  }
+  if (st == LK_OK) {
+    if (k->masked) {
+      mask_credential((Latchkey__V1__Credential *)rec, 1);
+    }
+    st = pack(rec, resp, resp_len, err);
+  }
+  if (rec != NULL) {
+    protobuf_c_message_free_unpacked(rec, NULL);
+  }
+  return st;
+}
+
+/* ListX: every record of the kind in id order, at most LK_ADMIN_MAX_LIST. */
+static lk_status h_list(lk_admin *a, const record_kind *k, ProtobufCMessage *m,
+                        unsigned char **resp, size_t *resp_len, lk_err *err) {
+  collector col = {NULL, 0, 0, k->noun, LK_OK, err};
+  lk_status st = finish_collect(k->list(a->cat, &col, err), &col);
+
+  (void)m;
+  if (st == LK_OK) {
+    st = pack_listing(k->list_desc, &col, k->masked, resp, resp_len, err);
+  }
+  collector_free(&col);
   return st;
 }
 
@@ -1545,10 +1483,8 @@ static lk_status h_list_bindings(lk_admin *a, ProtobufCMessage *m,
                                  unsigned char **resp, size_t *resp_len,
                                  lk_err *err) {
   Latchkey__V1__ListBindingsRequest *r = (Latchkey__V1__ListBindingsRequest *)m;
-  Latchkey__V1__BindingList list = LATCHKEY__V1__BINDING_LIST__INIT;
   collector col = {NULL, 0, 0, "binding", LK_OK, err};
   lk_status st = LK_OK;
-  size_t i;
 
   if (nonempty(r->budget_id)) {
     Latchkey__V1__Budget *bg = NULL;
@@ -1562,24 +1498,29 @@ static lk_status h_list_bindings(lk_admin *a, ProtobufCMessage *m,
     st = collect_bindings(a, r->budget_id, &col, err);
   }
   if (st == LK_OK) {
-    list.bindings = calloc(col.n > 0 ? col.n : 1, sizeof(*list.bindings));
-    if (list.bindings == NULL) {
-      st = oom(err);
-    }
+    st = pack_listing(&latchkey__v1__binding_list__descriptor, &col, 0, resp,
+                      resp_len, err);
   }
-  if (st == LK_OK) {
-    for (i = 0; i < col.n; i++) {
-      list.bindings[i] = col.items[i];
-    }
-    list.n_bindings = col.n;
-    st = pack(&list.base, resp, resp_len, err);
-  }
-  free(list.bindings);
   collector_free(&col);
   return st;
 }
 
 /* ---- dispatch ---- */
+
+/* A handler of a record kind (h_get, h_list). */
+typedef lk_status (*kind_fn)(lk_admin *a, const record_kind *k,
+                             ProtobufCMessage *req, unsigned char **resp,
+                             size_t *resp_len, lk_err *err);
+
+typedef struct {
+  const char *path;
+  const ProtobufCMessageDescriptor *req_desc;
+  int writes;                        /* runs under the mutex */
+  void (*scrub)(ProtobufCMessage *); /* wipes plaintext before free */
+  handler_fn fn;                     /* the method's own handler, or */
+  kind_fn kfn;                       /* a shared one for kind */
+  const record_kind *kind;
+} method;
 
 /* Frees (wiping) the unknown fields of m and of every message it holds.
  * Handlers store parts of the request as they are, and protobuf-c keeps
@@ -1619,51 +1560,58 @@ static void drop_unknown_fields(ProtobufCMessage *m) {
 
 #define PATH(m) "/latchkey.v1.Admin/" m
 
+/* OWN: a method with its own handler; KIND: h_get or h_list for a kind. */
+#define OWN(m, desc, writes, scrub, fn) \
+  { PATH(m), desc, writes, scrub, fn, NULL, NULL }
+#define KIND(m, desc, fn, kind) \
+  { PATH(m), desc, 0, NULL, NULL, fn, &kind }
+
 static const method methods[] = {
-    {PATH("RegisterTool"), &latchkey__v1__register_tool_request__descriptor, 1,
-     NULL, h_register_tool},
-    {PATH("GetTool"), &latchkey__v1__get_request__descriptor, 0, NULL,
-     h_get_tool},
-    {PATH("ListTools"), &latchkey__v1__list_request__descriptor, 0, NULL,
-     h_list_tools},
-    {PATH("DeleteTool"), &latchkey__v1__delete_request__descriptor, 1, NULL,
-     h_delete_tool},
-    {PATH("RegisterCredentialType"), &latchkey__v1__credential_type__descriptor,
-     1, NULL, h_register_type},
-    {PATH("GetCredentialType"), &latchkey__v1__get_request__descriptor, 0, NULL,
-     h_get_type},
-    {PATH("ListCredentialTypes"), &latchkey__v1__list_request__descriptor, 0,
-     NULL, h_list_types},
-    {PATH("DeleteCredentialType"), &latchkey__v1__delete_request__descriptor, 1,
-     NULL, h_delete_type},
-    {PATH("CreateCredential"),
-     &latchkey__v1__create_credential_request__descriptor, 1, scrub_create,
-     h_create_credential},
-    {PATH("GetCredential"), &latchkey__v1__get_request__descriptor, 0, NULL,
-     h_get_credential},
-    {PATH("ListCredentials"), &latchkey__v1__list_request__descriptor, 0, NULL,
-     h_list_credentials},
-    {PATH("UpdateCredential"),
-     &latchkey__v1__update_credential_request__descriptor, 1, scrub_update,
-     h_update_credential},
-    {PATH("DeleteCredential"), &latchkey__v1__delete_request__descriptor, 1,
-     NULL, h_delete_credential},
-    {PATH("CreateBudget"), &latchkey__v1__budget__descriptor, 1, NULL,
-     h_create_budget},
-    {PATH("GetBudget"), &latchkey__v1__get_request__descriptor, 0, NULL,
-     h_get_budget},
-    {PATH("ListBudgets"), &latchkey__v1__list_request__descriptor, 0, NULL,
-     h_list_budgets},
-    {PATH("SetBudgetPaused"),
-     &latchkey__v1__set_budget_paused_request__descriptor, 1, NULL,
-     h_set_budget_paused},
-    {PATH("DeleteBudget"), &latchkey__v1__delete_request__descriptor, 1, NULL,
-     h_delete_budget},
-    {PATH("Bind"), &latchkey__v1__binding__descriptor, 1, NULL, h_bind},
-    {PATH("Unbind"), &latchkey__v1__binding__descriptor, 1, NULL, h_unbind},
-    {PATH("ListBindings"), &latchkey__v1__list_bindings_request__descriptor, 0,
-     NULL, h_list_bindings},
+    OWN("RegisterTool", &latchkey__v1__register_tool_request__descriptor, 1,
+        NULL, h_register_tool),
+    KIND("GetTool", &latchkey__v1__get_request__descriptor, h_get, kind_tool),
+    KIND("ListTools", &latchkey__v1__list_request__descriptor, h_list,
+         kind_tool),
+    OWN("DeleteTool", &latchkey__v1__delete_request__descriptor, 1, NULL,
+        h_delete_tool),
+    OWN("RegisterCredentialType", &latchkey__v1__credential_type__descriptor, 1,
+        NULL, h_register_type),
+    KIND("GetCredentialType", &latchkey__v1__get_request__descriptor, h_get,
+         kind_type),
+    KIND("ListCredentialTypes", &latchkey__v1__list_request__descriptor, h_list,
+         kind_type),
+    OWN("DeleteCredentialType", &latchkey__v1__delete_request__descriptor, 1,
+        NULL, h_delete_type),
+    OWN("CreateCredential",
+        &latchkey__v1__create_credential_request__descriptor, 1, scrub_create,
+        h_create_credential),
+    KIND("GetCredential", &latchkey__v1__get_request__descriptor, h_get,
+         kind_cred),
+    KIND("ListCredentials", &latchkey__v1__list_request__descriptor, h_list,
+         kind_cred),
+    OWN("UpdateCredential",
+        &latchkey__v1__update_credential_request__descriptor, 1, scrub_update,
+        h_update_credential),
+    OWN("DeleteCredential", &latchkey__v1__delete_request__descriptor, 1, NULL,
+        h_delete_credential),
+    OWN("CreateBudget", &latchkey__v1__budget__descriptor, 1, NULL,
+        h_create_budget),
+    KIND("GetBudget", &latchkey__v1__get_request__descriptor, h_get,
+         kind_budget),
+    KIND("ListBudgets", &latchkey__v1__list_request__descriptor, h_list,
+         kind_budget),
+    OWN("SetBudgetPaused", &latchkey__v1__set_budget_paused_request__descriptor,
+        1, NULL, h_set_budget_paused),
+    OWN("DeleteBudget", &latchkey__v1__delete_request__descriptor, 1, NULL,
+        h_delete_budget),
+    OWN("Bind", &latchkey__v1__binding__descriptor, 1, NULL, h_bind),
+    OWN("Unbind", &latchkey__v1__binding__descriptor, 1, NULL, h_unbind),
+    OWN("ListBindings", &latchkey__v1__list_bindings_request__descriptor, 0,
+        NULL, h_list_bindings),
 };
+
+#undef OWN
+#undef KIND
 
 #define N_METHODS (sizeof(methods) / sizeof(methods[0]))
 
@@ -1772,7 +1720,8 @@ lk_status lk_admin_handle(lk_admin *a, const char *method_path,
   if (md->writes) {
     pthread_mutex_lock(&a->mu);
   }
-  st = md->fn(a, m, resp, resp_len, err);
+  st = md->fn != NULL ? md->fn(a, m, resp, resp_len, err)
+                      : md->kfn(a, md->kind, m, resp, resp_len, err);
   if (md->writes) {
     pthread_mutex_unlock(&a->mu);
   }
