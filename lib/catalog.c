@@ -24,6 +24,8 @@
 
 struct lk_catalog {
   lk_store *store;
+  lk_catalog_commit_fn commit; /* NULL: write to store */
+  void *commit_ctx;
 };
 
 /* What a record kind is called in messages, its key prefix and decoder. */
@@ -525,7 +527,15 @@ lk_status lk_catalog_key_of(const ProtobufCMessage *m, char key[KEY_MAX],
 }
 
 lk_status lk_catalog_commit(lk_catalog *c, lk_store_batch *b, lk_err *err) {
+  if (c->commit != NULL)
+    return c->commit(c->commit_ctx, b, err);
   return lk_store_write(c->store, b, err);
+}
+
+void lk_catalog_set_committer(lk_catalog *c, lk_catalog_commit_fn fn,
+                              void *ctx) {
+  c->commit = fn;
+  c->commit_ctx = ctx;
 }
 
 void lk_catalog_free_tool(Latchkey__V1__Tool *tool) {

@@ -174,6 +174,17 @@ lk_status lk_catalog_key_of(const ProtobufCMessage *m,
 lk_status lk_catalog_commit(lk_catalog *c, lk_store_batch *b,
                             lk_err *err) LK_MUST_CHECK;
 
+/* The catalog-store interface: how a committed batch reaches the source of
+ * truth. Two implementations exist. The default (no committer) writes b to
+ * the catalog's own RocksDB store: the standalone sidecar. The control
+ * plane's (controlplane/etcd_catalog) commits b as one etcd Txn and
+ * returns once the in-memory mirror the catalog reads from has applied
+ * that revision, so reads after a write see it. Set before first use. */
+typedef lk_status (*lk_catalog_commit_fn)(void *ctx, lk_store_batch *b,
+                                          lk_err *err);
+void lk_catalog_set_committer(lk_catalog *c, lk_catalog_commit_fn fn,
+                              void *ctx);
+
 /* Free a record returned by a getter or handed to a list callback; NULL is
  * a no-op. */
 void lk_catalog_free_tool(Latchkey__V1__Tool *tool);

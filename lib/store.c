@@ -39,6 +39,7 @@
 
 struct lk_store {
   rocksdb_t *db;
+  rocksdb_env_t *env; /* in-memory env for lk_store_open_memory, else NULL */
   rocksdb_options_t *opts;
   rocksdb_block_based_table_options_t *table;
   rocksdb_cache_t *cache;
@@ -95,7 +96,9 @@ static lk_status store_make_dir(const char *dir, lk_err *err) {
   return LK_OK;
 }
 
-lk_status lk_store_open(const char *dir, lk_store **out, lk_err *err) {
+/* Opens dir on disk, or (memory set) a RocksDB kept wholly in memory. */
+static lk_status store_open(const char *dir, int memory, lk_store **out,
+                            lk_err *err) {
   lk_status st = LK_OK;
   char *rerr = NULL;
   lk_store *s = NULL;
@@ -103,7 +106,7 @@ lk_status lk_store_open(const char *dir, lk_store **out, lk_err *err) {
     return lk_fail(err, LK_INVALID_ARGUMENT, "store open: NULL argument");
   }
   *out = NULL;
-  if ((st = store_make_dir(dir, err)) != LK_OK) {
+  if (!memory && (st = store_make_dir(dir, err)) != LK_OK) {
     goto done;
   }
   s = calloc(1, sizeof(*s));
@@ -131,7 +134,14 @@ lk_status lk_store_open(const char *dir, lk_store **out, lk_err *err) {
   rocksdb_options_set_max_log_file_size(s->opts, STORE_LOG_FILE_BYTES);
 
   s->sync_write = rocksdb_writeoptions_create();
-  rocksdb_writeoptions_set_sync(s->sync_write, 1);
+  if (memory) {
+    /* Nothing to make durable: the copy is rebuilt from its source. */
+    s->env = rocksdb_create_mem_env();
+    rocksdb_options_set_env(s->opts, s->env);
+    rocksdb_writeoptions_disable_WAL(s->sync_write, 1);
+  } else {
+    rocksdb_writeoptions_set_sync(s->sync_write, 1);
+  }
   s->read = rocksdb_readoptions_create();
 
   s->db = rocksdb_open(s->opts, dir, &rerr);
@@ -144,6 +154,44 @@ lk_status lk_store_open(const char *dir, lk_store **out, lk_err *err) {
 done:
   lk_store_close(s);
   return st;
+}
+
+lk_status lk_store_open(const char *dir, lk_store **out, lk_err *err) {
+  return store_open(dir, 0, out, err);
+}
+
+lk_status lk_store_open_memory(const char *name, lk_store **out, lk_err *err) {
+  return store_open(name, 1, out, err);
+}
+
+typedef struct {
+  lk_store_batch_put_fn put;
+  lk_store_batch_delete_fn del;
+  void *ctx;
+} iterate_ctx;
+
+static void iterate_put(void *state, const char *k, size_t klen, const char *v,
+                        size_t vlen) {
+  iterate_ctx *ic = state;
+  ic->put(ic->ctx, k, klen, (const unsigned char *)v, vlen);
+}
+
+static void iterate_delete(void *state, const char *k, size_t klen) {
+  iterate_ctx *ic = state;
+  ic->del(ic->ctx, k, klen);
+}
+
+void lk_store_batch_iterate(const lk_store_batch *b, lk_store_batch_put_fn put,
+                            lk_store_batch_delete_fn del, void *ctx) {
+  iterate_ctx ic = {put, del, ctx};
+  rocksdb_writebatch_iterate(b->wb, &ic, iterate_put, iterate_delete);
+}
+
+lk_status lk_store_batch_status(const lk_store_batch *b, lk_err *err) {
+  if (b->poison != LK_OK) {
+    return lk_fail(err, b->poison, "the batch is refused: %s", b->poison_why);
+  }
+  return LK_OK;
 }
 
 void lk_store_close(lk_store *s) {
@@ -167,6 +215,9 @@ void lk_store_close(lk_store *s) {
   }
   if (s->cache != NULL) {
     rocksdb_cache_destroy(s->cache);
+  }
+  if (s->env != NULL) {
+    rocksdb_env_destroy(s->env);
   }
   free(s);
 }

@@ -76,6 +76,29 @@ lk_status lk_store_write(lk_store *s, lk_store_batch *b,
 /* Wipes the batch's buffered values and frees it; NULL is a no-op. */
 void lk_store_batch_destroy(lk_store_batch *b);
 
+/* Opens a store kept wholly in memory (no files, no WAL), for a copy that
+ * is rebuilt from its source at start: the control plane's mirror of etcd.
+ * name only labels it. Close with lk_store_close. */
+lk_status lk_store_open_memory(const char *name, lk_store **out,
+                               lk_err *err) LK_MUST_CHECK;
+
+/* Visitors for lk_store_batch_iterate; keys are not NUL-terminated. */
+typedef void (*lk_store_batch_put_fn)(void *ctx, const char *key,
+                                      size_t key_len, const unsigned char *val,
+                                      size_t val_len);
+typedef void (*lk_store_batch_delete_fn)(void *ctx, const char *key,
+                                         size_t key_len);
+
+/* Calls put or del for every operation of b, in order, so a batch built
+ * for the local store can be committed elsewhere (an etcd Txn). */
+void lk_store_batch_iterate(const lk_store_batch *b, lk_store_batch_put_fn put,
+                            lk_store_batch_delete_fn del, void *ctx);
+
+/* LK_OK, or why lk_store_write would refuse b (an invalid or oversized
+ * record was added). */
+lk_status lk_store_batch_status(const lk_store_batch *b,
+                                lk_err *err) LK_MUST_CHECK;
+
 /* Called per key in order; key is NUL-terminated (key_len excludes the
  * NUL); key and val are valid only during the call. Return nonzero to stop. */
 typedef int (*lk_store_scan_fn)(void *ctx, const char *key, size_t key_len,
