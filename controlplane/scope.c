@@ -604,9 +604,14 @@ lk_status lk_scope_compute_in(const lk_scope_view *v, const char *agent_id,
       add(&a, v->tools[v->by_type[j].idx].rec);
     }
   }
+  /* Tools and credential types carry no secret, and an agent needs every
+   * tool its budgets could call to be told what credential is missing. */
   if (n_budgets > 0) {
-    for (size_t i = 0; i < v->n_untyped; i++) {
-      add(&a, v->tools[v->untyped[i]].rec);
+    for (size_t i = 0; i < v->n_tools; i++) {
+      add(&a, v->tools[i].rec);
+    }
+    for (size_t i = 0; i < v->n_types; i++) {
+      add(&a, v->types[i].rec);
     }
   }
   s = calloc(1, sizeof(*s));

@@ -4,17 +4,19 @@
  * RocksDB-backed catalog whose credentials are sealed under a test key
  * ring, and grpc core's C client plays the sidecar. It shows: a missing or
  * wrong node token is UNAUTHENTICATED; a bad hello is INVALID_ARGUMENT; the
- * snapshot holds exactly the agent's scope; a credential's secret arrives
- * sealed to the node key (it opens with lk_unseal_from_node, and neither
- * the plaintext nor the key-ring ciphertext is in the bytes); a catalog
- * change brings one batch with the right puts and deletes at the new
- * revision, and a change outside the scope an empty one; an ACK shows in
- * the status listing (applied revision, lag 0) and in the change-to-ACK
- * statistics; heartbeats arrive; a replica at the current revision
- * resumes without a snapshot and one ahead waits; a NACK brings a
- * snapshot; a large snapshot, or a change too large for one message, comes
- * as a snapshot split into messages of at most 4 MiB. Every wait is
- * bounded.
+ * snapshot holds exactly the agent's scope (its budget, binding and
+ * credential, and every tool and credential type, including a tool it has
+ * no credential for); a credential's secret arrives sealed to the node key
+ * (it opens with lk_unseal_from_node, and neither the plaintext nor the
+ * key-ring ciphertext is in the bytes); a catalog change brings one batch
+ * with the right puts and deletes at the new revision (unbinding deletes
+ * the binding and the credential, the tool stays), and a change outside
+ * the scope an empty one; an ACK shows in the status listing (applied
+ * revision, lag 0) and in the change-to-ACK statistics; heartbeats arrive;
+ * a replica at the current revision resumes without a snapshot and one
+ * ahead waits; a NACK brings a snapshot; a large snapshot, or a change too
+ * large for one message, comes as a snapshot split into messages of at
+ * most 4 MiB. Every wait is bounded.
  */
 #include <fcntl.h>
 #include <ftw.h>
@@ -484,13 +486,74 @@ static const Latchkey__V1__SyncRecord *find_put(const msg *m, size_t n,
   return NULL;
 }
 
-static int has_delete(const msg *m, const char *key) {
-  for (size_t j = 0; j < m->b->n_deletes; j++) {
-    if (strcmp(m->b->deletes[j], key) == 0) {
-      return 1;
+/* agent-a's whole scope: its budget, binding and credential, and every
+ * tool and credential type (search too, which it has no credential for). */
+static const char *const k_scope_a[] = {
+    "bind/b1/tool/weather", "budget/b1",    "cred/w1",   "tool/clock",
+    "tool/search",          "tool/weather", "type/wkey", NULL,
+};
+
+static const char *const k_none[] = {NULL};
+
+static size_t n_keys(const char *const *want) {
+  size_t n = 0;
+  while (want[n] != NULL) {
+    n++;
+  }
+  return n;
+}
+
+/* Asserts that keys[0..n) are exactly want (NULL-terminated, any order),
+ * each once. */
+static void expect_keys(const char *what, char *const *keys, size_t n,
+                        const char *const *want) {
+  for (size_t w = 0; want[w] != NULL; w++) {
+    size_t seen = 0;
+    for (size_t i = 0; i < n; i++) {
+      seen += strcmp(keys[i], want[w]) == 0;
+    }
+    if (seen != 1) {
+      fail_msg("%s holds %s %zu times, not once", what, want[w], seen);
     }
   }
-  return 0;
+  for (size_t i = 0; i < n; i++) {
+    int wanted = 0;
+    for (size_t w = 0; want[w] != NULL; w++) {
+      wanted |= strcmp(keys[i], want[w]) == 0;
+    }
+    if (!wanted) {
+      fail_msg("%s holds %s, which it must not", what, keys[i]);
+    }
+  }
+  assert_int_equal(n, n_keys(want));
+}
+
+/* Asserts that the snapshot got[0..n) puts exactly want and deletes
+ * nothing. */
+static void expect_snapshot(const msg *got, size_t n, const char *const *want) {
+  char *keys[64] = {NULL};
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(got[i].b->n_deletes, 0);
+    for (size_t j = 0; j < got[i].b->n_puts; j++) {
+      assert_true(k < sizeof(keys) / sizeof(keys[0]));
+      keys[k++] = got[i].b->puts[j]->key;
+    }
+  }
+  expect_keys("snapshot", keys, k, want);
+}
+
+/* Asserts that the change batch m puts exactly puts and deletes exactly
+ * deletes. */
+static void expect_change(const msg *m, const char *const *puts,
+                          const char *const *deletes) {
+  char *keys[64] = {NULL};
+  assert_true(m->b->n_puts <= sizeof(keys) / sizeof(keys[0]));
+  for (size_t j = 0; j < m->b->n_puts; j++) {
+    keys[j] = m->b->puts[j]->key;
+  }
+  expect_keys("change puts", keys, m->b->n_puts, puts);
+  expect_keys("change deletes", m->b->deletes, m->b->n_deletes, deletes);
 }
 
 /* Asserts the status listing holds one replica of agent with applied
@@ -600,11 +663,10 @@ static void test_snapshot_holds_exactly_the_agents_scope(void **state) {
     }
   }
   assert_int_equal(puts, lk_scope_count(want));
-  /* bind/b1/tool/weather budget/b1 cred/w1 tool/clock tool/weather
-   * type/wkey */
-  assert_int_equal(puts, 6);
+  /* Nothing of agent-b's budget b2 (budget, binding, credential w2), but
+   * every tool, search included. */
+  expect_snapshot(got, n, k_scope_a);
   assert_null(find_put(got, n, "cred/w2"));
-  assert_null(find_put(got, n, "tool/search"));
   for (size_t i = 0; i < n; i++) {
     assert_null(
         memmem(got[i].raw, got[i].len, OTHER_CANARY, strlen(OTHER_CANARY)));
@@ -672,6 +734,10 @@ static void test_snapshot_secret_is_sealed_to_the_node_key(void **state) {
 }
 
 static void test_change_brings_one_batch_of_puts_and_deletes(void **state) {
+  static const char *const news[] = {"tool/news", NULL};
+  static const char *const unbound[] = {"bind/b1/tool/weather", "cred/w1",
+                                        NULL};
+  static const char *const rotated[] = {"cred/w1", NULL};
   fx *f = *state;
   client c;
   msg got[8], m;
@@ -684,8 +750,9 @@ static void test_change_brings_one_batch_of_puts_and_deletes(void **state) {
   }
   send_ack(&c, 1, 0, NULL);
 
-  /* Unbind weather (its binding, credential, tool and type leave the
-   * scope) and add a tool needing no credential (it enters). */
+  /* Unbind weather: its binding and credential leave the scope, while the
+   * tool and its type stay (the replica must answer missing_credential for
+   * it). A new tool needing no credential enters. */
   bind_tool(f, "b1", "weather", "w1", 1);
   put_tool(f, "news", "");
   lk_sync_server_changed(f->sync, 5);
@@ -693,29 +760,23 @@ static void test_change_brings_one_batch_of_puts_and_deletes(void **state) {
   assert_int_equal(m.b->revision, 5);
   assert_false(m.b->snapshot_begin);
   assert_false(m.b->snapshot_end);
-  assert_int_equal(m.b->n_puts, 1);
-  assert_string_equal(m.b->puts[0]->key, "tool/news");
-  assert_int_equal(m.b->n_deletes, 4);
-  assert_true(has_delete(&m, "bind/b1/tool/weather"));
-  assert_true(has_delete(&m, "cred/w1"));
-  assert_true(has_delete(&m, "tool/weather"));
-  assert_true(has_delete(&m, "type/wkey"));
+  expect_change(&m, news, unbound);
   msg_free(&m);
 
-  /* An updated credential in scope is re-sent; nothing else is. */
+  /* Binding it again brings back the binding and the credential only. */
   bind_tool(f, "b1", "weather", "w1", 0);
   lk_sync_server_changed(f->sync, 6);
   recv_change(&c, &m);
   assert_int_equal(m.b->revision, 6);
-  assert_int_equal(m.b->n_puts, 4);
+  expect_change(&m, unbound, k_none);
   msg_free(&m);
+
+  /* An updated credential in scope is re-sent; nothing else is. */
   put_cred(f, "w1", CANARY "-rotated", "eu");
   lk_sync_server_changed(f->sync, 7);
   recv_change(&c, &m);
   assert_int_equal(m.b->revision, 7);
-  assert_int_equal(m.b->n_puts, 1);
-  assert_string_equal(m.b->puts[0]->key, "cred/w1");
-  assert_int_equal(m.b->n_deletes, 0);
+  expect_change(&m, rotated, k_none);
   msg_free(&m);
   client_done(&c);
 }
@@ -937,7 +998,7 @@ static void test_large_snapshot_is_split_into_4mib_messages(void **state) {
   client_open(f, &c, "Bearer " TOKEN);
   send_hello(f, &c, "agent-a", 0);
   size_t n = recv_snapshot(&c, got, 16);
-  assert_int_equal(check_split(got, n), 6 + 24);
+  assert_int_equal(check_split(got, n), n_keys(k_scope_a) + 24);
   for (size_t i = 0; i < n; i++) {
     msg_free(&got[i]);
   }
@@ -958,7 +1019,7 @@ static void test_change_over_one_message_comes_as_snapshot(void **state) {
   lk_sync_server_changed(f->sync, 2);
   n = recv_snapshot(&c, got, 16);
   assert_int_equal(got[0].b->revision, 2);
-  assert_int_equal(check_split(got, n), 6 + 24);
+  assert_int_equal(check_split(got, n), n_keys(k_scope_a) + 24);
   for (size_t i = 0; i < n; i++) {
     msg_free(&got[i]);
   }
