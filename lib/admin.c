@@ -47,7 +47,7 @@
 
 struct lk_admin {
   lk_catalog *cat;
-  const lk_seal_key *key;
+  lk_admin_sealer sealer;
   pthread_mutex_t mu;
 };
 
@@ -420,13 +420,15 @@ static lk_status fill_slot(lk_admin *a, slot *s, const char *cred_id,
     size_t ct_len = 0;
     lk_status st;
     mask_of(v, len, s->mask);
-    st = lk_seal(a->key, cred_id, f->name, (const unsigned char *)v, len,
-                 s->nonce, &s->ct, &ct_len, err);
+    uint32_t key_id = 0;
+    st = a->sealer.seal(a->sealer.ctx, cred_id, f->name,
+                        (const unsigned char *)v, len, &key_id, s->nonce,
+                        &s->ct, &ct_len, err);
     lk_wipe(v, len);
     if (st != LK_OK) {
       return st;
     }
-    s->sv.key_id = lk_seal_key_id(a->key);
+    s->sv.key_id = key_id;
     s->sv.nonce.data = s->nonce;
     s->sv.nonce.len = sizeof(s->nonce);
     s->sv.ciphertext.data = s->ct;
@@ -1644,14 +1646,37 @@ const char *const *lk_admin_methods(size_t *n) {
   return method_paths;
 }
 
+/* lk_admin_seal_fn over a node key (the standalone sidecar). */
+static lk_status seal_with_node_key(void *ctx, const char *cred_id,
+                                    const char *field, const unsigned char *pt,
+                                    size_t len, uint32_t *key_id,
+                                    unsigned char nonce[LK_SEAL_NONCE_BYTES],
+                                    unsigned char **ct, size_t *ct_len,
+                                    lk_err *err) {
+  const lk_seal_key *key = ctx;
+  *key_id = lk_seal_key_id(key);
+  return lk_seal(key, cred_id, field, pt, len, nonce, ct, ct_len, err);
+}
+
 lk_status lk_admin_new(lk_catalog *cat, const lk_seal_key *key, lk_admin **out,
                        lk_err *err) {
+  lk_admin_sealer sealer = {seal_with_node_key, (void *)key};
+  *out = NULL;
+  if (key == NULL) {
+    return lk_fail(err, LK_INTERNAL, "lk_admin_new needs a key");
+  }
+  return lk_admin_new_with_sealer(cat, sealer, out, err);
+}
+
+lk_status lk_admin_new_with_sealer(lk_catalog *cat, lk_admin_sealer sealer,
+                                   lk_admin **out, lk_err *err) {
   lk_admin *a;
   lk_status st;
 
   *out = NULL;
-  if (cat == NULL || key == NULL) {
-    return lk_fail(err, LK_INTERNAL, "lk_admin_new needs a catalog and a key");
+  if (cat == NULL || sealer.seal == NULL) {
+    return lk_fail(err, LK_INTERNAL,
+                   "lk_admin_new needs a catalog and a sealer");
   }
   st = lk_secret_init();
   if (st != LK_OK) {
@@ -1666,7 +1691,7 @@ lk_status lk_admin_new(lk_catalog *cat, const lk_seal_key *key, lk_admin **out,
     return lk_fail(err, LK_INTERNAL, "could not create the Admin mutex");
   }
   a->cat = cat;
-  a->key = key;
+  a->sealer = sealer;
   *out = a;
   return LK_OK;
 }

@@ -30,6 +30,7 @@
 #define LK_ADMIN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "lib/catalog.h"
 #include "lib/seal.h"
@@ -41,10 +42,30 @@
 
 typedef struct lk_admin lk_admin;
 
-/* Creates an Admin service over cat, sealing with key; both are borrowed
- * and must outlive the service. */
+/* Seals one secret field value for storage into nonce and a malloc'd
+ * *ct, setting *key_id to the key used; associated data binds cred_id,
+ * field and key id. */
+typedef lk_status (*lk_admin_seal_fn)(
+    void *ctx, const char *cred_id, const char *field, const unsigned char *pt,
+    size_t len, uint32_t *key_id, unsigned char nonce[LK_SEAL_NONCE_BYTES],
+    unsigned char **ct, size_t *ct_len, lk_err *err);
+
+/* Who seals: the standalone sidecar's node key, or the control plane's
+ * key ring (controlplane/main.c). */
+typedef struct {
+  lk_admin_seal_fn seal;
+  void *ctx;
+} lk_admin_sealer;
+
+/* Creates an Admin service over cat, sealing with the node key; both are
+ * borrowed and must outlive the service. */
 lk_status lk_admin_new(lk_catalog *cat, const lk_seal_key *key, lk_admin **out,
                        lk_err *err) LK_MUST_CHECK;
+
+/* Creates an Admin service over cat that seals through sealer (its ctx is
+ * borrowed and must outlive the service). */
+lk_status lk_admin_new_with_sealer(lk_catalog *cat, lk_admin_sealer sealer,
+                                   lk_admin **out, lk_err *err) LK_MUST_CHECK;
 
 /* Frees the service; NULL is a no-op. */
 void lk_admin_destroy(lk_admin *a);

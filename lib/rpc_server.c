@@ -129,6 +129,7 @@ struct lk_rpc_server {
   pthread_mutex_t mu;
   pthread_cond_t calls_cv;
   long live_calls;
+  grpc_server_credentials *tls; /* NULL: plaintext listeners */
 };
 
 static void request_next(request_slot *slot) {
@@ -741,9 +742,11 @@ static lk_status get_listener(lk_rpc_server *s, const char *addr,
   lk_status st = prepare_unix_socket(addr, err);
   if (st != LK_OK)
     return st;
-  grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+  grpc_server_credentials *creds =
+      s->tls != NULL ? s->tls : grpc_insecure_server_credentials_create();
   int port = grpc_server_add_http2_port(l->server, addr, creds);
-  grpc_server_credentials_release(creds);
+  if (creds != s->tls)
+    grpc_server_credentials_release(creds);
   if (port == 0) {
     return lk_fail(err, LK_UNAVAILABLE,
                    "cannot listen on %s: the address is invalid or in use",
@@ -789,6 +792,60 @@ static lk_status add_method(listener *l, const char *path,
     return lk_fail(err, LK_INTERNAL, "cannot register method %s", path);
   }
   return LK_OK;
+}
+
+/* Reads a whole PEM file (at most 1 MiB) into guarded memory. */
+static lk_status read_pem(const char *path, lk_secret **out, lk_err *err) {
+  *out = NULL;
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) {
+    return lk_fail(err, LK_FAILED_PRECONDITION, "cannot read %s: %s", path,
+                   strerror(errno));
+  }
+  lk_secret_buf *b = lk_secret_buf_new(1024 * 1024);
+  lk_status st =
+      b == NULL ? lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory") : LK_OK;
+  unsigned char chunk[4096];
+  size_t n;
+  while (st == LK_OK && (n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+    st = lk_secret_buf_append(b, chunk, n, err);
+  }
+  lk_wipe(chunk, sizeof(chunk));
+  fclose(f);
+  if (st != LK_OK) {
+    lk_secret_buf_free(b);
+    return st;
+  }
+  *out = lk_secret_buf_finish(b);
+  if (*out == NULL || lk_secret_len(*out) == 0) {
+    lk_secret_free(*out);
+    *out = NULL;
+    return lk_fail(err, LK_INVALID_ARGUMENT, "%s is empty", path);
+  }
+  return LK_OK;
+}
+
+lk_status lk_rpc_server_use_tls(lk_rpc_server *s, const char *cert_path,
+                                const char *key_path, lk_err *err) {
+  if (s->n_listeners > 0 || s->tls != NULL) {
+    return lk_fail(err, LK_INTERNAL, "TLS must be set before any listener");
+  }
+  lk_secret *cert = NULL, *key = NULL;
+  lk_status st = read_pem(cert_path, &cert, err);
+  if (st == LK_OK)
+    st = read_pem(key_path, &key, err);
+  if (st == LK_OK) {
+    grpc_ssl_pem_key_cert_pair pair = {lk_secret_str(key), lk_secret_str(cert)};
+    s->tls = grpc_ssl_server_credentials_create(NULL, &pair, 1, 0, NULL);
+    if (s->tls == NULL) {
+      st = lk_fail(err, LK_INVALID_ARGUMENT,
+                   "cannot use %s and %s as a TLS certificate and key",
+                   cert_path, key_path);
+    }
+  }
+  lk_secret_free(cert);
+  lk_secret_free(key);
+  return st;
 }
 
 lk_status lk_rpc_server_listen(lk_rpc_server *s, const char *addr,
@@ -948,6 +1005,8 @@ void lk_rpc_server_destroy(lk_rpc_server *s) {
     free(s->workers[i].slots);
   }
   grpc_completion_queue_destroy(s->shutdown_cq);
+  if (s->tls != NULL)
+    grpc_server_credentials_release(s->tls);
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->calls_cv);
   free(s->workers);

@@ -41,6 +41,13 @@ typedef void (*lk_rpc_handler)(void *ctx, lk_rpc_call *call);
 lk_status lk_rpc_server_new(int n_workers, lk_rpc_server **out,
                             lk_err *err) LK_MUST_CHECK;
 
+/* Makes every listener added afterwards speak TLS with the PEM
+ * certificate chain and private key in these files (read once; the key
+ * passes through guarded memory). Before the first listener. */
+lk_status lk_rpc_server_use_tls(lk_rpc_server *s, const char *cert_path,
+                                const char *key_path,
+                                lk_err *err) LK_MUST_CHECK;
+
 /* Adds a listener on addr ("unix:/path" or "host:port") serving the given
  * full method paths ("/pkg.Service/Method") with handler. A stale Unix
  * socket file at the path is removed first. Before lk_rpc_server_start. */
