@@ -1,0 +1,179 @@
+/*
+ * replica.h - replica mode: latchkeyd follows a control plane over
+ * latchkey.v1.Sync/Stream (DESIGN.md §5) and keeps a scoped copy of the
+ * catalog in its own store.
+ *
+ * Why: a fleet of sidecars follows one source of truth, yet each sidecar
+ * must keep serving from what it has when the control plane is away, and
+ * must never serve a half-applied change. So every batch lands in one
+ * synced RocksDB WriteBatch together with its revision, and only then is
+ * it acknowledged; whatever the process dies in the middle of, the store
+ * holds a revision it ACKed (or a later one), never part of a batch.
+ *
+ * Two halves:
+ *
+ * - The applier (lk_replica_applier_*) turns SyncBatch messages into store
+ *   writes: no gRPC, so tests and benchmarks drive it directly.
+ * - The replica (lk_replica_*) runs one thread that keeps a Sync/Stream
+ *   open with grpc core's C client and feeds the applier.
+ *
+ * What the applier accepts (anything else is NACKed and nothing of that
+ * batch is applied):
+ *
+ * - Keys start with tool/, type/, cred/, budget/ or bind/, contain no NUL,
+ *   and are exactly the key the record's ids give in the catalog layout
+ *   (lib/catalog.h, lk_catalog_key_of); values decode as the message the
+ *   prefix names (Tool, CredentialType, Credential, Budget, Binding). A
+ *   credential's secret fields must be sealed to a node key (SealedValue
+ *   with a 32-byte ephemeral_public_key): the key-ring ciphertext of the
+ *   control plane is never stored here. Messages are at most
+ *   LK_REPLICA_MAX_MESSAGE_BYTES; values at most LK_STORE_MAX_VALUE_BYTES.
+ * - An incremental batch (no snapshot flag) needs revision > 0. Revisions
+ *   at or below the applied one are ACKed and not applied (a resent
+ *   batch is harmless). Otherwise its puts, then its deletes (a key in
+ *   both ends up deleted), then "meta/revision" go in one WriteBatch.
+ * - A snapshot runs from a batch with snapshot_begin to one with
+ *   snapshot_end (the same batch, or several); its parts carry puts only.
+ *   The parts are accumulated (at most LK_REPLICA_MAX_SNAPSHOT_BYTES of
+ *   keys and values) and applied at snapshot_end, with the end's revision,
+ *   as one WriteBatch that also deletes every catalog key (the prefixes
+ *   above) the snapshot does not hold. A new snapshot_begin drops a
+ *   snapshot in progress. Only the whole snapshot is ACKed.
+ * - A heartbeat (heartbeat set, nothing else) changes nothing and gets no
+ *   answer; it only proves the control plane is alive.
+ * - After a NACK the applier waits for a snapshot: the control plane
+ *   answers a NACK with one, and a later incremental batch must not be
+ *   applied over the change that was refused. Until a snapshot_begin
+ *   arrives every batch (heartbeats too) is skipped without an answer
+ *   and does not count as contact; the stream thread reconnects (and
+ *   resumes from the applied revision) when no snapshot begins within
+ *   LK_REPLICA_RESYNC_MS.
+ *
+ * The applied revision is stored under "meta/revision" as 8 bytes
+ * big-endian (absent = 0, nothing applied), and the node public key the
+ * replica's secrets are sealed to under "meta/node_public_key" (32 bytes),
+ * both written with every batch. When the node key file changed since,
+ * the applier reports revision 0, so the control plane sends a snapshot
+ * sealed to the new key, which replaces everything.
+ *
+ * Staleness (--max-staleness, 0 = off). The replica's contact clock is the
+ * CLOCK_MONOTONIC time of the last batch it accepted from a control plane
+ * (applied, already applied, a snapshot part, or a heartbeat; a NACKed
+ * or skipped batch is not contact). Before the first such batch in this process
+ * the clock reads the time lk_replica_start ran: a restarted sidecar serves
+ * from the replica already on disk at once, for up to max_staleness_ms,
+ * whether or not a control plane is reachable, and then refuses calls
+ * until one is. The control plane must send heartbeats more often than
+ * the smallest --max-staleness in its fleet.
+ *
+ * Invariants: one WriteBatch per batch (a whole snapshot), synced, with
+ * its revision; buffers that held batch bytes are wiped before free
+ * (credentials carry sealed values); no log line or error message holds a
+ * value, only keys, revisions and counts.
+ */
+#ifndef LK_REPLICA_H
+#define LK_REPLICA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/status.h"
+#include "lib/store.h"
+
+/* Largest Sync message accepted from the control plane. */
+#define LK_REPLICA_MAX_MESSAGE_BYTES (64u * 1024u * 1024u)
+/* Largest snapshot (keys plus values) held in memory until it is applied. */
+#define LK_REPLICA_MAX_SNAPSHOT_BYTES (256u * 1024u * 1024u)
+/* The store key of the applied revision. */
+#define LK_REPLICA_REVISION_KEY "meta/revision"
+/* The store key of the node public key the replica is sealed to. */
+#define LK_REPLICA_NODE_KEY_KEY "meta/node_public_key"
+/* After a NACK, how long to wait for a snapshot before reconnecting. */
+#define LK_REPLICA_RESYNC_MS 15000
+/* Reconnect backoff: first delay, and the cap it doubles up to. */
+#define LK_REPLICA_BACKOFF_INITIAL_MS 100
+#define LK_REPLICA_BACKOFF_MAX_MS 5000
+
+/* ---- the applier --------------------------------------------------------- */
+
+typedef struct lk_replica_applier lk_replica_applier;
+
+/* What to answer a batch with. */
+typedef enum {
+  LK_REPLICA_REPLY_NONE, /* heartbeat or a snapshot part: no answer */
+  LK_REPLICA_REPLY_ACK,  /* applied, or already applied */
+  LK_REPLICA_REPLY_NACK, /* refused; nothing of it applied */
+  LK_REPLICA_REPLY_SKIP  /* dropped unanswered: a snapshot must come first */
+} lk_replica_reply;
+
+/* Creates an applier over store (borrowed; it must outlive the applier),
+ * reading the applied revision from it. node_pk (32 bytes, copied) is the
+ * key the control plane seals to; NULL skips the node key check and
+ * record. LK_FAILED_PRECONDITION when "meta/revision" is not 8 bytes
+ * holding a non-negative revision. */
+lk_status lk_replica_applier_new(lk_store *store, const unsigned char *node_pk,
+                                 lk_replica_applier **out,
+                                 lk_err *err) LK_MUST_CHECK;
+
+/* Frees the applier (and any snapshot in progress); NULL is a no-op. */
+void lk_replica_applier_destroy(lk_replica_applier *a);
+
+/* Returns the applied revision (0 = nothing applied). Thread-safe. */
+int64_t lk_replica_applier_revision(const lk_replica_applier *a);
+
+/* Handles one SyncBatch encoding (len bytes at msg) as the header describes
+ * and sets *reply and *revision (the revision to ACK or NACK). LK_OK for
+ * NONE, ACK and SKIP; on NACK the refusal's status, with the reason in
+ * err: LK_INVALID_ARGUMENT for a malformed batch, key or record,
+ * LK_RESOURCE_EXHAUSTED for a message or snapshot over its cap,
+ * LK_UNAVAILABLE (or the store's status) when the store write fails. */
+lk_status lk_replica_applier_handle(lk_replica_applier *a,
+                                    const unsigned char *msg, size_t len,
+                                    lk_replica_reply *reply, int64_t *revision,
+                                    lk_err *err) LK_MUST_CHECK;
+
+/* Starts over for a new stream: drops a snapshot in progress and stops
+ * waiting for the snapshot an earlier NACK asked for. */
+void lk_replica_applier_reset(lk_replica_applier *a);
+
+/* ---- the replica ----------------------------------------------------------
+ */
+
+typedef struct {
+  const char *control_plane; /* gRPC address: host:port or unix:/path */
+  const char *token_file;    /* node token, sent as "Bearer <token>" */
+  const char *tls_ca;        /* root PEM file; NULL = plaintext channel */
+  const char *agent_id;      /* this sidecar's agent */
+  unsigned char node_public_key[32]; /* X25519, lk_seal_key_public */
+  int64_t max_staleness_ms;          /* 0 = off */
+} lk_replica_config;
+
+typedef struct lk_replica lk_replica;
+
+/* Reads the token (and CA) files and the applied revision, starts the
+ * contact clock, and starts the stream thread, which connects, applies and
+ * reconnects (jittered backoff from LK_REPLICA_BACKOFF_INITIAL_MS doubling
+ * to LK_REPLICA_BACKOFF_MAX_MS) until lk_replica_stop. store is borrowed
+ * and must outlive the replica; cfg strings are copied. Returns at once:
+ * it never waits for a control plane. LK_INVALID_ARGUMENT or
+ * LK_FAILED_PRECONDITION naming the flag or file that is wrong. */
+lk_status lk_replica_start(const lk_replica_config *cfg, lk_store *store,
+                           lk_replica **out, lk_err *err) LK_MUST_CHECK;
+
+/* Closes the stream and joins the thread; idempotent. The replica stays
+ * readable (revision, staleness) until lk_replica_destroy. */
+void lk_replica_stop(lk_replica *r);
+
+/* Stops (when needed) and frees the replica; NULL is a no-op. */
+void lk_replica_destroy(lk_replica *r);
+
+/* Returns the applied revision. Thread-safe. */
+int64_t lk_replica_revision(const lk_replica *r);
+
+/* Returns 1 and sets err to LK_FAILED_PRECONDITION ("no contact with the
+ * control plane for N ms (limit --max-staleness M ms): calls are refused
+ * until it is back") when max_staleness_ms is on and the contact clock is
+ * older than that; else 0. Thread-safe. */
+int lk_replica_too_stale(const lk_replica *r, lk_err *err);
+
+#endif
