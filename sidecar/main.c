@@ -6,8 +6,17 @@
  * so a call never sees a half-open sidecar; "ready" is logged only when
  * every listener accepts. Signals are blocked in every thread and taken by
  * sigwait here, so SIGTERM drains in-flight calls instead of killing them.
+ *
+ * Two modes. Standalone (no --control-plane): the sidecar is its own
+ * control plane and may serve Admin on --admin-listen. Replica
+ * (--control-plane): the catalog comes from the control plane over
+ * Sync/Stream (sidecar/replica); Admin is refused, ToolCalls serve from
+ * the replica on disk at once, before the first contact, and with
+ * --max-staleness refuse calls once contact is too old. Shutdown drains
+ * calls, then stops the replica thread, then closes the store.
  */
 #include <grpc/grpc.h>
+#include <grpc/support/log.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +34,7 @@
 #include "lib/store.h"
 #include "lib/token.h"
 #include "sidecar/forward.h"
+#include "sidecar/replica.h"
 #include "sidecar/toolcalls.h"
 
 #define DEFAULT_MAX_RESPONSE_BYTES (1024 * 1024)
@@ -38,6 +48,9 @@ typedef struct {
   const char *admin_listen;
   const char *admin_token_file;
   const char *control_plane;
+  const char *control_plane_token_file;
+  const char *tls_ca;
+  int64_t max_staleness_ms;
   int allow_insecure_vendors;
   const char *setup_url_template;
   int64_t max_response_bytes;
@@ -85,6 +98,25 @@ static void admin_handle(void *ctx, lk_rpc_call *call) {
   free(resp);
 }
 
+/* grpc's own log lines become JSON lines like every other (DESIGN §7). */
+static void grpc_log_to_json(gpr_log_func_args *args) {
+  lk_log_level level = LK_LOG_DEBUG;
+  if (args->severity == GPR_LOG_SEVERITY_ERROR)
+    level = LK_LOG_ERROR;
+  else if (args->severity == GPR_LOG_SEVERITY_INFO)
+    level = LK_LOG_INFO;
+  lk_log(level, "grpc", "%s:%d %s", args->file, args->line, args->message);
+}
+
+/* lk_toolcalls_config.stale for replica mode. */
+static int replica_stale(void *ctx, lk_err *err) {
+  return lk_replica_too_stale(ctx, err);
+}
+
+static int is_set(const char *s) {
+  return s != NULL && s[0] != '\0';
+}
+
 static int run(const options *o) {
   lk_err err;
   lk_err_clear(&err);
@@ -94,6 +126,7 @@ static int run(const options *o) {
   lk_seal_key *key = NULL;
   lk_forwarder *fwd = NULL;
   lk_toolcalls *tc = NULL;
+  lk_replica *replica = NULL;
   lk_rpc_server *srv = NULL;
   admin_ctx admin = {NULL, NULL};
   sigset_t sigs;
@@ -110,6 +143,7 @@ static int run(const options *o) {
   sigaddset(&sigs, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &sigs, NULL);
   signal(SIGPIPE, SIG_IGN);
+  gpr_set_log_function(grpc_log_to_json);
   grpc_init();
 
   if (lk_store_open(o->data_dir, &store, &err) != LK_OK)
@@ -121,9 +155,29 @@ static int run(const options *o) {
   lk_forward_opts fo = {(size_t)o->max_response_bytes, 64};
   if (lk_forwarder_new(&fo, &fwd, &err) != LK_OK)
     goto fail;
-  lk_toolcalls_config tcfg = {o->agent_id, o->setup_url_template,
-                              o->allow_insecure_vendors,
-                              (size_t)o->max_response_bytes};
+  if (is_set(o->control_plane)) {
+    lk_replica_config rcfg = {
+        .control_plane = o->control_plane,
+        .token_file = o->control_plane_token_file,
+        .tls_ca = o->tls_ca,
+        .agent_id = o->agent_id,
+        .max_staleness_ms = o->max_staleness_ms,
+    };
+    if (lk_seal_key_public(key, rcfg.node_public_key, &err) != LK_OK)
+      goto fail;
+    if (lk_replica_start(&rcfg, store, &replica, &err) != LK_OK)
+      goto fail;
+  }
+  lk_toolcalls_config tcfg = {
+      .agent_id = o->agent_id,
+      .setup_url_template = o->setup_url_template,
+      .allow_insecure_vendors = o->allow_insecure_vendors,
+      .max_response_bytes = (size_t)o->max_response_bytes,
+  };
+  if (replica != NULL) {
+    tcfg.stale = replica_stale;
+    tcfg.stale_ctx = replica;
+  }
   if (lk_toolcalls_new(&tcfg, cat, key, fwd, &tc, &err) != LK_OK)
     goto fail;
   if (lk_rpc_server_new((int)o->workers, &srv, &err) != LK_OK)
@@ -135,7 +189,7 @@ static int run(const options *o) {
                            &err) != LK_OK) {
     goto fail;
   }
-  if (o->admin_listen != NULL && o->admin_listen[0] != '\0') {
+  if (replica == NULL && is_set(o->admin_listen)) {
     if (lk_token_load(o->admin_token_file, &admin.token, &err) != LK_OK) {
       goto fail;
     }
@@ -149,10 +203,18 @@ static int run(const options *o) {
   }
   if (lk_rpc_server_start(srv, &err) != LK_OK)
     goto fail;
-  lk_log(LK_LOG_INFO, "ready",
-         "latchkeyd serving ToolCalls on %s%s%s for agent %s (standalone)",
-         o->listen, admin.admin ? ", Admin on " : "",
-         admin.admin ? o->admin_listen : "", o->agent_id);
+  if (replica != NULL) {
+    lk_log(LK_LOG_INFO, "ready",
+           "latchkeyd serving ToolCalls on %s for agent %s (replica of %s at "
+           "revision %lld)",
+           o->listen, o->agent_id, o->control_plane,
+           (long long)lk_replica_revision(replica));
+  } else {
+    lk_log(LK_LOG_INFO, "ready",
+           "latchkeyd serving ToolCalls on %s%s%s for agent %s (standalone)",
+           o->listen, admin.admin ? ", Admin on " : "",
+           admin.admin ? o->admin_listen : "", o->agent_id);
+  }
 
   int sig = 0;
   sigwait(&sigs, &sig);
@@ -166,9 +228,12 @@ fail:
 cleanup:
   /* Drain calls first: in-flight tool calls still need the forwarder. */
   lk_rpc_server_shutdown(srv, 10000);
+  /* No batch may land while the store flushes and closes. */
+  lk_replica_stop(replica);
   lk_forwarder_destroy(fwd);
   lk_rpc_server_destroy(srv);
   lk_toolcalls_destroy(tc);
+  lk_replica_destroy(replica);
   lk_admin_destroy(admin.admin);
   lk_token_destroy(admin.token);
   lk_seal_key_destroy(key);
@@ -209,7 +274,13 @@ int main(int argc, char **argv) {
       {"admin-token-file", LK_FLAG_STRING, &o.admin_token_file,
        "file holding the Admin bearer token"},
       {"control-plane", LK_FLAG_STRING, &o.control_plane,
-       "control plane address (replica mode; not in this release)"},
+       "control plane address: follow it as a replica (no Admin here)"},
+      {"control-plane-token-file", LK_FLAG_STRING, &o.control_plane_token_file,
+       "file holding the node token the control plane expects (replica)"},
+      {"tls-ca", LK_FLAG_STRING, &o.tls_ca,
+       "root certificates (PEM) to verify the control plane; TLS when set"},
+      {"max-staleness", LK_FLAG_DURATION_MS, &o.max_staleness_ms,
+       "refuse calls after this long without contact (replica; 0 = off)"},
       {"allow-insecure-vendors", LK_FLAG_BOOL, &o.allow_insecure_vendors,
        "allow http:// vendors on loopback"},
       {"setup-url-template", LK_FLAG_STRING, &o.setup_url_template,
@@ -237,10 +308,21 @@ int main(int argc, char **argv) {
   const char *usage_error = NULL;
   if (o.agent_id == NULL || o.agent_id[0] == '\0') {
     usage_error = "--agent-id is required";
-  } else if (o.control_plane != NULL && o.control_plane[0] != '\0') {
+  } else if (is_set(o.control_plane) && is_set(o.admin_listen)) {
     usage_error =
-        "--control-plane (replica mode) is not available yet: run "
-        "standalone with --admin-listen";
+        "--admin-listen is refused in replica mode (--control-plane): "
+        "Admin is the control plane's job; send Admin calls to it "
+        "(latchkeyctl --server CONTROL_PLANE)";
+  } else if (is_set(o.control_plane) && !is_set(o.control_plane_token_file)) {
+    usage_error =
+        "--control-plane needs --control-plane-token-file (the node token "
+        "the control plane's --node-token-file holds)";
+  } else if (!is_set(o.control_plane) &&
+             (is_set(o.control_plane_token_file) || is_set(o.tls_ca) ||
+              o.max_staleness_ms != 0)) {
+    usage_error =
+        "--control-plane-token-file, --tls-ca and --max-staleness apply to "
+        "replica mode only: add --control-plane ADDR";
   } else if (o.admin_listen != NULL && o.admin_listen[0] != '\0' &&
              (o.admin_token_file == NULL || o.admin_token_file[0] == '\0')) {
     usage_error = "--admin-listen needs --admin-token-file";

@@ -230,9 +230,16 @@ static lk_status unseal_fields(lk_toolcalls *t,
                        "update the credential",
                        cred->id, f->name);
       }
-      lk_status st = lk_unseal(t->key, s->key_id, cred->id, f->name,
-                               s->nonce.data, s->nonce.len, s->ciphertext.data,
-                               s->ciphertext.len, &value, err);
+      /* Replicated values are sealed to this node's public key. */
+      lk_status st =
+          s->ephemeral_public_key.len > 0
+              ? lk_unseal_from_node(
+                    t->key, cred->id, f->name, s->ephemeral_public_key.data,
+                    s->ephemeral_public_key.len, s->nonce.data, s->nonce.len,
+                    s->ciphertext.data, s->ciphertext.len, &value, err)
+              : lk_unseal(t->key, s->key_id, cred->id, f->name, s->nonce.data,
+                          s->nonce.len, s->ciphertext.data, s->ciphertext.len,
+                          &value, err);
       if (st != LK_OK)
         return st;
     } else {
@@ -579,6 +586,10 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
                  "request is not a valid latchkey.v1.ToolCallRequest");
     goto fail;
   }
+  if (t->cfg.stale != NULL && t->cfg.stale(t->cfg.stale_ctx, &err)) {
+    st = err.code;
+    goto fail;
+  }
   st = authorize(t, rq->budget_id, &budget, &err);
   if (st != LK_OK)
     goto fail;
@@ -802,6 +813,10 @@ static void handle_list_tools(lk_toolcalls *t, lk_rpc_call *call) {
   if (rq == NULL) {
     st = lk_fail(&err, LK_INVALID_ARGUMENT,
                  "request is not a valid latchkey.v1.ListToolsRequest");
+    goto out;
+  }
+  if (t->cfg.stale != NULL && t->cfg.stale(t->cfg.stale_ctx, &err)) {
+    st = err.code;
     goto out;
   }
   st = authorize(t, rq->budget_id, &budget, &err);

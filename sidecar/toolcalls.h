@@ -24,6 +24,10 @@ typedef struct {
   const char *setup_url_template; /* {tool} {budget} {type}; NULL = none */
   int allow_insecure_vendors;     /* http:// to loopback vendors */
   size_t max_response_bytes;
+  /* Replica mode: returns 1 (err set, FAILED_PRECONDITION) when the replica
+   * is too stale to serve; every call is then refused. NULL = never. */
+  int (*stale)(void *ctx, lk_err *err);
+  void *stale_ctx;
 } lk_toolcalls_config;
 
 typedef struct lk_toolcalls lk_toolcalls;
