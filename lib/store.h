@@ -78,7 +78,8 @@ void lk_store_batch_destroy(lk_store_batch *b);
 
 /* Opens a store kept wholly in memory (no files, no WAL), for a copy that
  * is rebuilt from its source at start: the control plane's mirror of etcd.
- * name only labels it. Close with lk_store_close. */
+ * name only labels it and must be an absolute path ("/mirror"). Close
+ * with lk_store_close. */
 lk_status lk_store_open_memory(const char *name, lk_store **out,
                                lk_err *err) LK_MUST_CHECK;
 

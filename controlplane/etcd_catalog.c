@@ -1,0 +1,340 @@
+/*
+ * etcd_catalog.c - mirror of etcd in an in-memory RocksDB.
+ *
+ * Threads: the etcd watch thread applies changes (events accumulate in a
+ * pending batch, written at each batch end) and calls on_change; a
+ * supervisor thread rebuilds the mirror when the watch reports that etcd
+ * compacted past it; Admin handlers commit from gRPC workers and wait on
+ * a condition variable for the mirror to reach their Txn's revision.
+ */
+#include "controlplane/etcd_catalog.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lib/log.h"
+#include "lib/secret.h"
+#include "lib/store.h"
+
+#define COMMIT_VISIBLE_TIMEOUT_S 10
+#define MAX_KEY 4096
+
+struct lk_etcd_catalog {
+  lk_etcd *etcd;
+  lk_store *mirror;
+  lk_catalog *cat;
+  lk_etcd_catalog_change_fn on_change;
+  void *ctx;
+  lk_etcd_watch *watch;
+  lk_store_batch *pending; /* watch thread only */
+  size_t pending_ops;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int64_t revision; /* applied (guarded by mu) */
+  int need_reload;  /* guarded by mu */
+  int stopping;     /* guarded by mu */
+  pthread_t supervisor;
+  int supervisor_started;
+};
+
+/* ---- loading --------------------------------------------------------- */
+
+typedef struct {
+  lk_store_batch *b;
+  size_t n;
+} load_ctx;
+
+static int on_range_kv(void *ctx, const char *key, const unsigned char *val,
+                       size_t len, int64_t mod_revision) {
+  load_ctx *lc = ctx;
+  (void)mod_revision;
+  lk_store_batch_put(lc->b, key, val, len);
+  lc->n++;
+  return 0;
+}
+
+static int collect_old(void *ctx, const char *key, size_t key_len,
+                       const unsigned char *val, size_t val_len) {
+  lk_store_batch *b = ctx;
+  (void)key_len;
+  (void)val;
+  (void)val_len;
+  if (strncmp(key, "meta/", 5) != 0)
+    lk_store_batch_delete(b, key);
+  return 0;
+}
+
+/* Replaces the mirror's records with etcd's current ones, in one batch. */
+static lk_status reload(lk_etcd_catalog *c, lk_err *err) {
+  lk_store_batch *b = lk_store_batch_new();
+  if (b == NULL)
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  lk_status st = lk_store_scan(c->mirror, "", collect_old, b, err);
+  load_ctx lc = {b, 0};
+  int64_t rev = 0;
+  if (st == LK_OK)
+    st = lk_etcd_range(c->etcd, "", 0, on_range_kv, &lc, &rev, err);
+  if (st == LK_OK)
+    st = lk_store_write(c->mirror, b, err);
+  lk_store_batch_destroy(b);
+  if (st != LK_OK)
+    return st;
+  pthread_mutex_lock(&c->mu);
+  c->revision = rev;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+  lk_log(LK_LOG_INFO, "catalog_loaded",
+         "loaded %zu records from etcd at revision %lld", lc.n, (long long)rev);
+  return LK_OK;
+}
+
+/* ---- following ------------------------------------------------------- */
+
+static void on_event(void *ctx, int is_delete, const char *key,
+                     const unsigned char *val, size_t len,
+                     int64_t mod_revision) {
+  lk_etcd_catalog *c = ctx;
+  (void)mod_revision;
+  if (c->pending == NULL) {
+    c->pending = lk_store_batch_new();
+    if (c->pending == NULL)
+      return;
+  }
+  if (is_delete)
+    lk_store_batch_delete(c->pending, key);
+  else
+    lk_store_batch_put(c->pending, key, val, len);
+  c->pending_ops++;
+}
+
+static void on_batch_end(void *ctx, int64_t revision) {
+  lk_etcd_catalog *c = ctx;
+  int changed = c->pending_ops > 0;
+  if (c->pending != NULL) {
+    lk_err err;
+    if (lk_store_write(c->mirror, c->pending, &err) != LK_OK) {
+      /* The mirror is now behind etcd: rebuild it rather than serve it. */
+      lk_log(LK_LOG_ERROR, "catalog_apply_failed", "revision %lld: %s",
+             (long long)revision, err.msg);
+      pthread_mutex_lock(&c->mu);
+      c->need_reload = 1;
+      pthread_cond_broadcast(&c->cv);
+      pthread_mutex_unlock(&c->mu);
+      changed = 0;
+    }
+    lk_store_batch_destroy(c->pending);
+    c->pending = NULL;
+    c->pending_ops = 0;
+  }
+  pthread_mutex_lock(&c->mu);
+  if (revision > c->revision)
+    c->revision = revision;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+  if (changed && c->on_change != NULL)
+    c->on_change(c->ctx, revision);
+}
+
+static void on_watch_error(void *ctx, lk_status code, int64_t compact_revision,
+                           const char *msg) {
+  lk_etcd_catalog *c = ctx;
+  if (code == LK_UNAVAILABLE) {
+    lk_log(LK_LOG_WARN, "etcd_watch_reconnecting", "%s", msg);
+    return;
+  }
+  lk_log(LK_LOG_WARN, "etcd_watch_stopped",
+         "%s (compact revision %lld): reloading the catalog", msg,
+         (long long)compact_revision);
+  pthread_mutex_lock(&c->mu);
+  c->need_reload = 1;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+}
+
+static lk_status start_watch(lk_etcd_catalog *c, lk_err *err) {
+  int64_t from = lk_etcd_catalog_revision(c) + 1;
+  return lk_etcd_watch_start(c->etcd, "", from, on_event, on_batch_end,
+                             on_watch_error, c, &c->watch, err);
+}
+
+/* Rebuilds the mirror whenever the watch cannot continue. */
+static void *supervisor_main(void *arg) {
+  lk_etcd_catalog *c = arg;
+  pthread_mutex_lock(&c->mu);
+  for (;;) {
+    while (!c->need_reload && !c->stopping)
+      pthread_cond_wait(&c->cv, &c->mu);
+    if (c->stopping)
+      break;
+    c->need_reload = 0;
+    pthread_mutex_unlock(&c->mu);
+    lk_etcd_watch_destroy(c->watch);
+    c->watch = NULL;
+    lk_store_batch_destroy(c->pending);
+    c->pending = NULL;
+    c->pending_ops = 0;
+    lk_err err;
+    lk_status st = reload(c, &err);
+    if (st == LK_OK)
+      st = start_watch(c, &err);
+    if (st != LK_OK) {
+      lk_log(LK_LOG_ERROR, "catalog_reload_failed", "%s: retrying in 1 s",
+             err.msg);
+      struct timespec ts = {1, 0};
+      nanosleep(&ts, NULL);
+      pthread_mutex_lock(&c->mu);
+      c->need_reload = 1;
+      continue;
+    }
+    if (c->on_change != NULL)
+      c->on_change(c->ctx, lk_etcd_catalog_revision(c));
+    pthread_mutex_lock(&c->mu);
+  }
+  pthread_mutex_unlock(&c->mu);
+  return NULL;
+}
+
+/* ---- committing ------------------------------------------------------ */
+
+typedef struct {
+  lk_etcd_txn *txn;
+  int bad;
+} txn_ctx;
+
+static int copy_key(const char *key, size_t len, char out[MAX_KEY]) {
+  if (len >= MAX_KEY)
+    return -1;
+  memcpy(out, key, len);
+  out[len] = '\0';
+  return 0;
+}
+
+static void txn_put(void *ctx, const char *key, size_t key_len,
+                    const unsigned char *val, size_t val_len) {
+  txn_ctx *tc = ctx;
+  char k[MAX_KEY];
+  if (copy_key(key, key_len, k) != 0) {
+    tc->bad = 1;
+    return;
+  }
+  lk_etcd_txn_put(tc->txn, k, val, val_len);
+}
+
+static void txn_delete(void *ctx, const char *key, size_t key_len) {
+  txn_ctx *tc = ctx;
+  char k[MAX_KEY];
+  if (copy_key(key, key_len, k) != 0) {
+    tc->bad = 1;
+    return;
+  }
+  lk_etcd_txn_delete(tc->txn, k);
+}
+
+/* lk_catalog_commit_fn: the batch as one etcd Txn, visible on return. */
+static lk_status commit_to_etcd(void *ctx, lk_store_batch *b, lk_err *err) {
+  lk_etcd_catalog *c = ctx;
+  lk_status st = lk_store_batch_status(b, err);
+  if (st != LK_OK)
+    return st;
+  txn_ctx tc = {lk_etcd_txn_new(), 0};
+  if (tc.txn == NULL)
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  lk_store_batch_iterate(b, txn_put, txn_delete, &tc);
+  int64_t rev = 0;
+  if (tc.bad) {
+    st = lk_fail(err, LK_INVALID_ARGUMENT, "a key in the batch is too long");
+  } else {
+    st = lk_etcd_txn_commit(c->etcd, tc.txn, &rev, err);
+  }
+  lk_etcd_txn_destroy(tc.txn);
+  if (st != LK_OK)
+    return st;
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += COMMIT_VISIBLE_TIMEOUT_S;
+  pthread_mutex_lock(&c->mu);
+  while (c->revision < rev && !c->stopping) {
+    if (pthread_cond_timedwait(&c->cv, &c->mu, &until) == ETIMEDOUT)
+      break;
+  }
+  int visible = c->revision >= rev;
+  pthread_mutex_unlock(&c->mu);
+  if (!visible) {
+    return lk_fail(err, LK_UNAVAILABLE,
+                   "the change was committed to etcd at revision %lld but "
+                   "this control plane has not seen it yet: list again "
+                   "shortly",
+                   (long long)rev);
+  }
+  return LK_OK;
+}
+
+/* ---- lifecycle ------------------------------------------------------- */
+
+lk_status lk_etcd_catalog_open(lk_etcd *etcd,
+                               lk_etcd_catalog_change_fn on_change, void *ctx,
+                               lk_etcd_catalog **out, lk_err *err) {
+  *out = NULL;
+  lk_etcd_catalog *c = calloc(1, sizeof(*c));
+  if (c == NULL)
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  c->etcd = etcd;
+  c->on_change = on_change;
+  c->ctx = ctx;
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cv, NULL);
+  lk_status st = lk_store_open_memory("/latchkey-etcd-mirror", &c->mirror, err);
+  if (st == LK_OK)
+    st = lk_catalog_open(c->mirror, &c->cat, err);
+  if (st == LK_OK) {
+    lk_catalog_set_committer(c->cat, commit_to_etcd, c);
+    st = reload(c, err);
+  }
+  if (st == LK_OK)
+    st = start_watch(c, err);
+  if (st == LK_OK) {
+    if (pthread_create(&c->supervisor, NULL, supervisor_main, c) != 0) {
+      st = lk_fail(err, LK_INTERNAL, "cannot start the catalog supervisor");
+    } else {
+      c->supervisor_started = 1;
+    }
+  }
+  if (st != LK_OK) {
+    lk_etcd_catalog_destroy(c);
+    return st;
+  }
+  *out = c;
+  return LK_OK;
+}
+
+lk_catalog *lk_etcd_catalog_catalog(const lk_etcd_catalog *c) {
+  return c->cat;
+}
+
+int64_t lk_etcd_catalog_revision(lk_etcd_catalog *c) {
+  pthread_mutex_lock(&c->mu);
+  int64_t r = c->revision;
+  pthread_mutex_unlock(&c->mu);
+  return r;
+}
+
+void lk_etcd_catalog_destroy(lk_etcd_catalog *c) {
+  if (c == NULL)
+    return;
+  pthread_mutex_lock(&c->mu);
+  c->stopping = 1;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+  if (c->supervisor_started)
+    pthread_join(c->supervisor, NULL);
+  lk_etcd_watch_destroy(c->watch);
+  lk_store_batch_destroy(c->pending);
+  lk_catalog_destroy(c->cat);
+  lk_store_close(c->mirror);
+  pthread_cond_destroy(&c->cv);
+  pthread_mutex_destroy(&c->mu);
+  free(c);
+}

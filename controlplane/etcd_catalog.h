@@ -1,0 +1,51 @@
+/*
+ * etcd_catalog.h - the catalog over etcd: the control plane's catalog
+ * store.
+ *
+ * Why: the control plane keeps no state of its own, so several replicas
+ * can run side by side; etcd is the source of truth. Reads must still be
+ * fast (every Admin listing and every replica's scope reads the whole
+ * catalog), so this module keeps an in-memory mirror (a RocksDB with no
+ * files) that an etcd Range fills at start and an etcd Watch keeps
+ * current, and hands out an lk_catalog that reads the mirror and commits
+ * through an etcd Txn (lk_catalog_set_committer). A commit returns only
+ * once the mirror has applied the Txn's revision, so a write is visible to
+ * the next read on this control plane.
+ *
+ * Invariants: the mirror only ever holds a consistent etcd revision
+ * (each WatchResponse is applied as one WriteBatch); when etcd compacts
+ * past the watch, the mirror is rebuilt from a fresh Range; on_change is
+ * called on one thread, in revision order, after the mirror applied it.
+ */
+#ifndef LK_ETCD_CATALOG_H
+#define LK_ETCD_CATALOG_H
+
+#include <stdint.h>
+
+#include "lib/catalog.h"
+#include "lib/etcd.h"
+#include "lib/status.h"
+
+typedef struct lk_etcd_catalog lk_etcd_catalog;
+
+/* Called after the mirror applied changes up to revision. */
+typedef void (*lk_etcd_catalog_change_fn)(void *ctx, int64_t revision);
+
+/* Loads the catalog from etcd (borrowed; it must outlive the catalog) and
+ * starts following it. on_change may be NULL. LK_UNAVAILABLE when etcd
+ * cannot be read. */
+lk_status lk_etcd_catalog_open(lk_etcd *etcd,
+                               lk_etcd_catalog_change_fn on_change, void *ctx,
+                               lk_etcd_catalog **out,
+                               lk_err *err) LK_MUST_CHECK;
+
+/* Returns the catalog reading the mirror and committing to etcd. */
+lk_catalog *lk_etcd_catalog_catalog(const lk_etcd_catalog *c);
+
+/* Returns the etcd revision the mirror has applied. */
+int64_t lk_etcd_catalog_revision(lk_etcd_catalog *c);
+
+/* Stops following etcd and frees everything; NULL is ignored. */
+void lk_etcd_catalog_destroy(lk_etcd_catalog *c);
+
+#endif

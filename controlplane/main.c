@@ -1,0 +1,371 @@
+/*
+ * main.c - latchkey-cp: the stateless control plane.
+ *
+ * It serves latchkey.v1.Admin (admin token), latchkey.v1.Sync (node
+ * token) and latchkey.v1.Replication (admin token) on --listen, over a
+ * catalog whose source of truth is etcd (controlplane/etcd_catalog): Admin
+ * writes are sealed under the key ring and committed as etcd Txns; every
+ * change etcd reports, whichever control plane made it, is fanned out to
+ * this control plane's subscribed sidecars. Nothing is kept on local disk
+ * but the key ring, so replicas of latchkey-cp can run side by side.
+ *
+ * Startup order: core dumps off and libsodium up, then the key ring and
+ * tokens, then etcd (the catalog must load before any listener), then the
+ * listeners; "ready" is logged last. SIGTERM drains in-flight calls.
+ */
+#include <grpc/grpc.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "controlplane/etcd_catalog.h"
+#include "controlplane/sync_server.h"
+#include "latchkey/v1/sync.pb-c.h"
+#include "lib/admin.h"
+#include "lib/etcd.h"
+#include "lib/flags.h"
+#include "lib/keyring.h"
+#include "lib/log.h"
+#include "lib/rpc_server.h"
+#include "lib/secret.h"
+#include "lib/token.h"
+
+#define STATUS_METHOD "/latchkey.v1.Replication/Status"
+
+typedef struct {
+  const char *listen;
+  const char *etcd;
+  const char *etcd_prefix;
+  const char *keyring;
+  const char *admin_token_file;
+  const char *node_token_file;
+  const char *tls_cert;
+  const char *tls_key;
+  int64_t workers;
+  const char *log_level;
+} options;
+
+typedef struct {
+  lk_admin *admin;
+  lk_token *admin_token;
+  lk_sync_server *_Atomic sync;
+  lk_etcd_catalog *ecat;
+  atomic_int stop_heartbeat;
+} cp;
+
+/* lk_admin_seal_fn over the key ring. */
+static lk_status seal_with_keyring(void *ctx, const char *cred_id,
+                                   const char *field, const unsigned char *pt,
+                                   size_t len, uint32_t *key_id,
+                                   unsigned char nonce[LK_SEAL_NONCE_BYTES],
+                                   unsigned char **ct, size_t *ct_len,
+                                   lk_err *err) {
+  return lk_keyring_seal(ctx, cred_id, field, pt, len, key_id, nonce, ct,
+                         ct_len, err);
+}
+
+static void on_catalog_change(void *ctx, int64_t revision) {
+  cp *c = ctx;
+  lk_sync_server *s = atomic_load(&c->sync);
+  if (s != NULL)
+    lk_sync_server_changed(s, revision);
+}
+
+static int check_admin(cp *c, lk_rpc_call *call) {
+  size_t len = 0;
+  const char *md = lk_rpc_call_metadata(call, "authorization", &len);
+  if (lk_token_check_bearer(c->admin_token, md, len))
+    return 1;
+  lk_err err;
+  lk_fail(&err, LK_UNAUTHENTICATED,
+          "missing or wrong admin token: send metadata 'authorization: "
+          "Bearer <token>' with the token from --admin-token-file "
+          "(latchkeyctl --token-file)");
+  lk_log(LK_LOG_WARN, "admin_unauthenticated", "%s refused",
+         lk_rpc_call_method(call));
+  lk_rpc_call_fail(call, &err);
+  return 0;
+}
+
+static void admin_handle(void *ctx, lk_rpc_call *call) {
+  cp *c = ctx;
+  if (!check_admin(c, call))
+    return;
+  lk_err err;
+  lk_err_clear(&err);
+  size_t req_len = 0;
+  const unsigned char *req = lk_rpc_call_request(call, &req_len);
+  unsigned char *resp = NULL;
+  size_t resp_len = 0;
+  lk_status st = lk_admin_handle(c->admin, lk_rpc_call_method(call), req,
+                                 req_len, &resp, &resp_len, &err);
+  lk_log(LK_LOG_INFO, "audit.admin", "method=%s outcome=%s",
+         lk_rpc_call_method(call), st == LK_OK ? "ok" : lk_status_name(st));
+  if (st != LK_OK) {
+    lk_rpc_call_fail(call, &err);
+    return;
+  }
+  lk_rpc_call_finish(call, resp, resp_len);
+  free(resp);
+}
+
+typedef struct {
+  Latchkey__V1__ReplicaStatus *items;
+  Latchkey__V1__ReplicaStatus **ptrs;
+  size_t n, cap;
+  int oom;
+} status_acc;
+
+static void add_replica(void *ctx, const lk_sync_replica *r) {
+  status_acc *a = ctx;
+  if (a->n == a->cap) {
+    size_t cap = a->cap ? a->cap * 2 : 16;
+    Latchkey__V1__ReplicaStatus *items =
+        realloc(a->items, cap * sizeof(*items));
+    if (items == NULL) {
+      a->oom = 1;
+      return;
+    }
+    a->items = items;
+    a->cap = cap;
+  }
+  Latchkey__V1__ReplicaStatus *s = &a->items[a->n++];
+  latchkey__v1__replica_status__init(s);
+  s->agent_id = strdup(r->agent_id);
+  if (s->agent_id == NULL)
+    a->oom = 1;
+  s->peer_id = r->peer_id;
+  s->applied_revision = r->applied_revision;
+  s->lag_revisions = r->lag_revisions;
+  s->ms_since_ack = r->ms_since_ack;
+}
+
+static void status_handle(void *ctx, lk_rpc_call *call) {
+  cp *c = ctx;
+  if (!check_admin(c, call))
+    return;
+  lk_err err;
+  lk_err_clear(&err);
+  status_acc acc = {NULL, NULL, 0, 0, 0};
+  lk_sync_server *s = atomic_load(&c->sync);
+  lk_status st = lk_sync_server_replicas(s, add_replica, &acc, &err);
+  if (st == LK_OK && acc.oom)
+    st = lk_fail(&err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  if (st == LK_OK) {
+    acc.ptrs = calloc(acc.n ? acc.n : 1, sizeof(*acc.ptrs));
+    if (acc.ptrs == NULL)
+      st = lk_fail(&err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  if (st == LK_OK) {
+    for (size_t i = 0; i < acc.n; i++)
+      acc.ptrs[i] = &acc.items[i];
+    lk_sync_ack_latency lat;
+    lk_sync_server_ack_latency(s, &lat);
+    Latchkey__V1__ReplicationStatus out =
+        LATCHKEY__V1__REPLICATION_STATUS__INIT;
+    out.revision = lk_sync_server_revision(s);
+    out.n_replicas = acc.n;
+    out.replicas = acc.ptrs;
+    out.last_write_to_all_acked_us = lat.last_us;
+    out.writes_measured = lat.count;
+    size_t len = latchkey__v1__replication_status__get_packed_size(&out);
+    unsigned char *buf = malloc(len ? len : 1);
+    if (buf == NULL) {
+      st = lk_fail(&err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    } else {
+      latchkey__v1__replication_status__pack(&out, buf);
+      lk_rpc_call_finish(call, buf, len);
+      free(buf);
+    }
+  }
+  if (st != LK_OK)
+    lk_rpc_call_fail(call, &err);
+  for (size_t i = 0; i < acc.n; i++)
+    free(acc.items[i].agent_id);
+  free(acc.items);
+  free(acc.ptrs);
+}
+
+static void *heartbeat_main(void *arg) {
+  cp *c = arg;
+  while (!atomic_load(&c->stop_heartbeat)) {
+    struct timespec ts = {0, LK_SYNC_HEARTBEAT_MS * 1000000L};
+    nanosleep(&ts, NULL);
+    lk_sync_server *s = atomic_load(&c->sync);
+    if (s != NULL)
+      lk_sync_server_heartbeat(s);
+  }
+  return NULL;
+}
+
+static int run(const options *o) {
+  lk_err err;
+  lk_err_clear(&err);
+  int rc = 1;
+  cp c;
+  memset(&c, 0, sizeof(c));
+  lk_keyring *kr = NULL;
+  lk_token *node_token = NULL;
+  lk_etcd *etcd = NULL;
+  lk_sync_server *sync = NULL;
+  lk_rpc_server *srv = NULL;
+  pthread_t hb;
+  int hb_started = 0;
+  sigset_t sigs;
+
+  if (lk_secret_disable_core_dumps(&err) != LK_OK ||
+      lk_secret_init() != LK_OK) {
+    lk_log(LK_LOG_ERROR, "startup_failed", "%s", err.msg);
+    return 1;
+  }
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  signal(SIGPIPE, SIG_IGN);
+  grpc_init();
+
+  if (lk_keyring_load_or_create(o->keyring, &kr, &err) != LK_OK)
+    goto fail;
+  if (lk_token_load(o->admin_token_file, &c.admin_token, &err) != LK_OK)
+    goto fail;
+  if (lk_token_load(o->node_token_file, &node_token, &err) != LK_OK)
+    goto fail;
+  if (lk_etcd_open(o->etcd, o->etcd_prefix, &etcd, &err) != LK_OK)
+    goto fail;
+  if (lk_etcd_catalog_open(etcd, on_catalog_change, &c, &c.ecat, &err) !=
+      LK_OK) {
+    goto fail;
+  }
+  lk_catalog *cat = lk_etcd_catalog_catalog(c.ecat);
+  lk_admin_sealer sealer = {seal_with_keyring, kr};
+  if (lk_admin_new_with_sealer(cat, sealer, &c.admin, &err) != LK_OK)
+    goto fail;
+  if (lk_sync_server_new(cat, kr, node_token, &sync, &err) != LK_OK)
+    goto fail;
+  atomic_store(&c.sync, sync);
+  lk_sync_server_changed(sync, lk_etcd_catalog_revision(c.ecat));
+
+  if (lk_rpc_server_new((int)o->workers, &srv, &err) != LK_OK)
+    goto fail;
+  if (o->tls_cert != NULL && o->tls_cert[0] != '\0' &&
+      lk_rpc_server_use_tls(srv, o->tls_cert, o->tls_key, &err) != LK_OK) {
+    goto fail;
+  }
+  size_t n = 0;
+  const char *const *m = lk_admin_methods(&n);
+  const char *status_methods[] = {STATUS_METHOD};
+  if (lk_rpc_server_listen(srv, o->listen, m, n, admin_handle, &c, &err) !=
+          LK_OK ||
+      lk_rpc_server_listen(srv, o->listen, status_methods, 1, status_handle, &c,
+                           &err) != LK_OK ||
+      lk_rpc_server_listen_stream(srv, o->listen, LK_SYNC_METHOD,
+                                  lk_sync_server_handler(), sync,
+                                  &err) != LK_OK ||
+      lk_rpc_server_start(srv, &err) != LK_OK) {
+    goto fail;
+  }
+  if (pthread_create(&hb, NULL, heartbeat_main, &c) == 0)
+    hb_started = 1;
+  lk_log(LK_LOG_INFO, "ready",
+         "latchkey-cp serving Admin, Sync and Replication on %s%s, etcd %s "
+         "prefix %s at revision %lld",
+         o->listen, (o->tls_cert && o->tls_cert[0]) ? " (TLS)" : "", o->etcd,
+         o->etcd_prefix, (long long)lk_etcd_catalog_revision(c.ecat));
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  lk_log(LK_LOG_INFO, "stopping", "signal %d: draining in-flight calls", sig);
+  rc = 0;
+  goto cleanup;
+
+fail:
+  lk_log(LK_LOG_ERROR, "startup_failed", "%s: %s", lk_status_name(err.code),
+         err.msg);
+cleanup:
+  atomic_store(&c.stop_heartbeat, 1);
+  if (hb_started)
+    pthread_join(hb, NULL);
+  lk_rpc_server_shutdown(srv, 10000);
+  lk_rpc_server_destroy(srv);
+  atomic_store(&c.sync, NULL);
+  lk_etcd_catalog_destroy(c.ecat);
+  lk_sync_server_destroy(sync);
+  lk_admin_destroy(c.admin);
+  lk_etcd_close(etcd);
+  lk_token_destroy(node_token);
+  lk_token_destroy(c.admin_token);
+  lk_keyring_destroy(kr);
+  grpc_shutdown();
+  if (rc == 0)
+    lk_log(LK_LOG_INFO, "stopped", "latchkey-cp stopped cleanly");
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  options o = {
+      .listen = "127.0.0.1:7700",
+      .etcd = "127.0.0.1:2379",
+      .etcd_prefix = "/latchkey/",
+      .keyring = "/etc/latchkey/keyring",
+      .workers = 4,
+      .log_level = "info",
+  };
+  const lk_flag flags[] = {
+      {"listen", LK_FLAG_STRING, &o.listen,
+       "Admin, Sync and Replication address: host:port or unix:/path"},
+      {"etcd", LK_FLAG_STRING, &o.etcd,
+       "etcd endpoints, comma-separated host:port"},
+      {"etcd-prefix", LK_FLAG_STRING, &o.etcd_prefix,
+       "key prefix of the catalog in etcd"},
+      {"keyring", LK_FLAG_STRING, &o.keyring,
+       "key ring file, created 0600 on first start"},
+      {"admin-token-file", LK_FLAG_STRING, &o.admin_token_file,
+       "file holding the Admin bearer token (required)"},
+      {"node-token-file", LK_FLAG_STRING, &o.node_token_file,
+       "file holding the token sidecars present (required)"},
+      {"tls-cert", LK_FLAG_STRING, &o.tls_cert,
+       "PEM certificate chain: serve TLS"},
+      {"tls-key", LK_FLAG_STRING, &o.tls_key, "PEM private key for --tls-cert"},
+      {"workers", LK_FLAG_INT, &o.workers, "gRPC worker threads (default 4)"},
+      {"log-level", LK_FLAG_STRING, &o.log_level, "debug|info|warn|error"},
+  };
+  int n_flags = (int)(sizeof(flags) / sizeof(flags[0]));
+  int help = 0;
+  lk_err err;
+  lk_err_clear(&err);
+  if (lk_flags_parse(flags, n_flags, argc, argv, &help, &err) != LK_OK) {
+    fprintf(stderr, "latchkey-cp: %s\n", err.msg);
+    return 2;
+  }
+  if (help) {
+    lk_flags_usage("latchkey-cp",
+                   "Latchkey control plane: Admin over etcd and scoped "
+                   "replication to sidecars.",
+                   flags, n_flags);
+    return 0;
+  }
+  const char *usage_error = NULL;
+  if (o.admin_token_file == NULL || o.admin_token_file[0] == '\0') {
+    usage_error = "--admin-token-file is required";
+  } else if (o.node_token_file == NULL || o.node_token_file[0] == '\0') {
+    usage_error = "--node-token-file is required";
+  } else if ((o.tls_cert != NULL && o.tls_cert[0] != '\0') !=
+             (o.tls_key != NULL && o.tls_key[0] != '\0')) {
+    usage_error = "--tls-cert and --tls-key go together";
+  } else if (o.workers < 1 || o.workers > 64) {
+    usage_error = "--workers must be between 1 and 64";
+  } else if (lk_log_set_level_name(o.log_level) != 0) {
+    usage_error = "--log-level must be debug, info, warn or error";
+  }
+  if (usage_error != NULL) {
+    fprintf(stderr, "latchkey-cp: %s (see --help)\n", usage_error);
+    return 2;
+  }
+  return run(&o);
+}
