@@ -36,6 +36,7 @@
 #include "clients/cli/convert.h"
 #include "clients/cli/rpc.h"
 #include "latchkey/v1/admin.pb-c.h"
+#include "latchkey/v1/sync.pb-c.h"
 #include "latchkey/v1/toolcalls.pb-c.h"
 #include "latchkey/v1/types.pb-c.h"
 #include "lib/secret.h"
@@ -129,7 +130,7 @@ static const char short_usage[] =
     "usage: latchkeyctl [--server ADDR] [--token-file PATH] [--tls-ca PATH] "
     "[--json] COMMAND ...\n"
     "commands: tool, type, credential, budget, bind, unbind, bindings, tools, "
-    "call\n"
+    "call, status\n"
     "run 'latchkeyctl --help' for details\n";
 
 static const char long_usage[] =
@@ -158,6 +159,8 @@ static const char long_usage[] =
     "  bind BUDGET (--tool TOOL | --type TYPE) --credential CRED\n"
     "  unbind BUDGET (--tool TOOL | --type TYPE)\n"
     "  bindings [--budget BUDGET]\n"
+    "  status                        control plane: replicas, applied "
+    "revision, lag\n"
     "\n"
     "Agent commands (to --sidecar, with the agent token if one is set):\n"
     "  tools --budget BUDGET\n"
@@ -1431,6 +1434,57 @@ done:
   return rc;
 }
 
+/* status: the control plane's replicas and how far behind each is. */
+static int cmd_status(cli *c, const args *a) {
+  Latchkey__V1__ReplicationStatusRequest req =
+      LATCHKEY__V1__REPLICATION_STATUS_REQUEST__INIT;
+  ProtobufCMessage *resp = NULL;
+  static const char *const header[] = {"AGENT", "PEER", "APPLIED", "LAG",
+                                       "MS_SINCE_ACK"};
+  table t = {5, 0, 0, NULL};
+  int ok;
+  int rc;
+
+  (void)a;
+  rc = admin_call(c, "/latchkey.v1.Replication/Status", &req.base,
+                  &latchkey__v1__replication_status__descriptor, &resp);
+  if (rc != 0) {
+    goto done;
+  }
+  if (c->json) {
+    rc = print_json(resp);
+    goto done;
+  }
+  const Latchkey__V1__ReplicationStatus *st =
+      (const Latchkey__V1__ReplicationStatus *)resp;
+  printf("revision %lld, %zu replica%s", (long long)st->revision,
+         st->n_replicas, st->n_replicas == 1 ? "" : "s");
+  if (st->last_write_to_all_acked_us >= 0) {
+    printf(", last write applied by all replicas in %.3f ms",
+           (double)st->last_write_to_all_acked_us / 1000.0);
+  }
+  printf("\n");
+  ok = table_add(&t, header) == 0;
+  for (size_t i = 0; ok && i < st->n_replicas; i++) {
+    const Latchkey__V1__ReplicaStatus *r = st->replicas[i];
+    char peer[24], applied[24], lag[24], since[24];
+    snprintf(peer, sizeof(peer), "%llu", (unsigned long long)r->peer_id);
+    snprintf(applied, sizeof(applied), "%lld", (long long)r->applied_revision);
+    snprintf(lag, sizeof(lag), "%lld", (long long)r->lag_revisions);
+    if (r->ms_since_ack < 0) {
+      snprintf(since, sizeof(since), "never");
+    } else {
+      snprintf(since, sizeof(since), "%lld", (long long)r->ms_since_ack);
+    }
+    const char *row[5] = {r->agent_id, peer, applied, lag, since};
+    ok = table_add(&t, row) == 0;
+  }
+  rc = finish_table(&t, ok);
+done:
+  lk_convert_message_free(resp);
+  return rc;
+}
+
 static int cmd_budget_show(cli *c, const args *a) {
   Latchkey__V1__GetRequest req = LATCHKEY__V1__GET_REQUEST__INIT;
   ProtobufCMessage *resp = NULL;
@@ -1861,6 +1915,7 @@ static const command commands[] = {
     {"bindings", NULL, 0, 0, bindings_opts, cmd_bindings},
     {"tools", NULL, 0, 0, tools_opts, cmd_tools},
     {"call", NULL, 0, 0, call_opts, cmd_call},
+    {"status", NULL, 0, 0, no_opts, cmd_status},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
