@@ -55,6 +55,7 @@
 #define KEEPALIVE_TIME_MS 20000
 #define KEEPALIVE_TIMEOUT_MS 10000
 #define CONNECT_TIMEOUT_MS 5000
+#define STREAM_WINDOW_BYTES (1024 * 1024)
 
 /* ---- wiping allocator for protobuf-c -------------------------------------
  */
@@ -929,7 +930,7 @@ static void begin_resync(stream *s) {
 /* Creates the channel and call and starts the first batches. */
 static int open_stream(stream *s) {
   lk_replica *r = s->r;
-  grpc_arg args[9];
+  grpc_arg args[11];
   memset(args, 0, sizeof(args));
   static const struct {
     const char *key;
@@ -944,6 +945,10 @@ static int open_stream(stream *s) {
       {GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, LK_REPLICA_BACKOFF_INITIAL_MS},
       {GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, LK_REPLICA_BACKOFF_MAX_MS},
       {GRPC_ARG_ENABLE_RETRIES, 0},
+      /* A fixed receive window instead of BDP-grown ones: what grpc holds
+       * for a control plane that outpaces the applier stays bounded. */
+      {GRPC_ARG_HTTP2_BDP_PROBE, 0},
+      {GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, STREAM_WINDOW_BYTES},
   };
   size_t n_args = sizeof(ints) / sizeof(ints[0]);
   for (size_t i = 0; i < n_args; i++) {
