@@ -220,21 +220,24 @@ class Nginx:
 
 
 class Daemon:
-    """One latchkeyd process; its stderr goes to a file that persists across
-    restarts (appended), so every line it ever wrote can be checked."""
+    """One latchkeyd process (or another daemon of ours that logs a JSON
+    "ready" line: binary names it); its stderr goes to a file that persists
+    across restarts (appended), so every line it ever wrote can be checked."""
 
-    def __init__(self, args, env, stderr_path, ready_check):
+    def __init__(self, args, env, stderr_path, ready_check, binary=None):
         self.args = args
         self.env = env
         self.stderr_path = stderr_path
         self.ready_check = ready_check
+        self.binary = binary or latchkeyd_path()
+        self.name = os.path.basename(self.binary)
         self.proc = None
         self.exit_codes = []
 
     def start(self):
         self._err = open(self.stderr_path, "ab")
         self._start_offset = self._err.tell()
-        self.proc = subprocess.Popen([latchkeyd_path()] + self.args,
+        self.proc = subprocess.Popen([self.binary] + self.args,
                                      env=self.env, stdin=subprocess.DEVNULL,
                                      stdout=self._err, stderr=self._err)
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -250,8 +253,8 @@ class Daemon:
             code = self.proc.poll()
             self.stop(check=False)
             raise RuntimeError(
-                "latchkeyd did not become ready (exit %s); args %s; stderr:\n%s"
-                % (code, self.args, self.new_log()[-4000:]))
+                "%s did not become ready (exit %s); args %s; stderr:\n%s"
+                % (self.name, code, self.args, self.new_log()[-4000:]))
         return self
 
     def new_log(self):
@@ -267,15 +270,16 @@ class Daemon:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, check=True):
-        """SIGTERM and wait; returns the exit code (None if never started)."""
+    def stop(self, check=True, timeout=STOP_TIMEOUT_S):
+        """SIGTERM and wait (SIGKILL after timeout seconds); returns the exit
+        code (None if never started)."""
         if self.proc is None:
             return None
         code = self.proc.poll()
         if code is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                code = self.proc.wait(STOP_TIMEOUT_S)
+                code = self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -285,20 +289,45 @@ class Daemon:
         self.exit_codes.append(code)
         if check and code != 0:
             raise AssertionError(
-                "latchkeyd exited with %s after SIGTERM; stderr tail:\n%s"
-                % (code, self.new_log()[-4000:]))
+                "%s exited with %s after SIGTERM; stderr tail:\n%s"
+                % (self.name, code, self.new_log()[-4000:]))
+        return code
+
+    def kill(self):
+        """SIGKILL and wait: the process dies as in a crash."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code = self.proc.wait()
+        self.proc = None
+        self._err.close()
+        self.exit_codes.append(code)
         return code
 
 
-class Stack:
-    """nginx + recording vendor + standalone latchkeyd, in one temp dir."""
+def daemon_env():
+    """The environment for our daemons: this one, with LSAN_OPTIONS'
+    suppressions pointing at the runfiles' copy of bazel/lsan.supp."""
+    env = dict(os.environ)
+    lsan = env.get("LSAN_OPTIONS", "")
+    if "suppressions=" in lsan:
+        try:
+            supp = runfile("bazel/lsan.supp")
+            env["LSAN_OPTIONS"] = ":".join(
+                "suppressions=" + supp if p.startswith("suppressions=")
+                else p for p in lsan.split(":"))
+        except FileNotFoundError:
+            pass
+    return env
 
-    def __init__(self, name, allow_insecure_vendors=True,
-                 max_response_bytes=MAX_RESPONSE_BYTES,
-                 setup_url_template=SETUP_URL_TEMPLATE, extra_args=(),
-                 agent_id=AGENT):
-        # Under Bazel the dir is in $TEST_TMPDIR, which Bazel cleans; run
-        # by hand, the stack removes its own dir unless LATCHKEY_E2E_KEEP=1.
+
+class TestDirs:
+    """A fresh temp dir for one test, and a dir short enough for Unix
+    sockets in it. Under Bazel the dir is in $TEST_TMPDIR, which Bazel
+    cleans; run by hand, remove() deletes it unless LATCHKEY_E2E_KEEP=1."""
+
+    def __init__(self, name):
         base = os.environ.get("TEST_TMPDIR")
         self._own_dir = (base is None
                          and os.environ.get("LATCHKEY_E2E_KEEP") != "1")
@@ -313,6 +342,88 @@ class Stack:
         else:
             self.sock_dir = tempfile.mkdtemp(prefix="lk-e2e-", dir="/tmp")
             self._own_sock_dir = True
+
+    def remove(self):
+        if self._own_sock_dir:
+            shutil.rmtree(self.sock_dir, ignore_errors=True)
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class AdminClient:
+    """Admin calls over gRPC with a bearer token; needs self.admin_stub and
+    self.token."""
+
+    def auth(self, token=None):
+        return (("authorization", "Bearer " + (token or self.token)),)
+
+    def admin(self, method, request, token=None, metadata=None, timeout=10):
+        """Calls Admin/<method> with the admin token (or the given metadata)."""
+        md = self.auth(token) if metadata is None else metadata
+        return getattr(self.admin_stub, method)(request, metadata=md,
+                                                timeout=timeout)
+
+    def register_type(self, type_dict):
+        return self.admin("RegisterCredentialType", credential_type(type_dict))
+
+    def register_tool(self, tool):
+        return self.admin("RegisterTool", tool_request(tool))
+
+    def create_credential(self, ctype, fields, label="e2e", cred_id=""):
+        return self.admin("CreateCredential", admin_pb2.CreateCredentialRequest(
+            type=ctype, label=label, fields=fields, id=cred_id))
+
+    def create_budget(self, budget_id, agents=None, paused=False):
+        return self.admin("CreateBudget", types_pb2.Budget(
+            id=budget_id, agents=agents if agents is not None else [AGENT],
+            paused=paused))
+
+    def set_paused(self, budget_id, paused):
+        return self.admin("SetBudgetPaused", admin_pb2.SetBudgetPausedRequest(
+            id=budget_id, paused=paused))
+
+    def bind(self, budget_id, credential_id, tool=None, ctype=None):
+        return self.admin("Bind", types_pb2.Binding(
+            budget_id=budget_id, tool_id=tool or "",
+            credential_type=ctype or "", credential_id=credential_id))
+
+    def unbind(self, budget_id, tool=None, ctype=None):
+        return self.admin("Unbind", types_pb2.Binding(
+            budget_id=budget_id, tool_id=tool or "",
+            credential_type=ctype or ""))
+
+
+class AgentClient:
+    """ToolCalls over gRPC; needs self.toolcalls."""
+
+    def call(self, budget, tool, op, args=None, timeout=15, request_id=""):
+        """ToolCalls/Call; args is a dict (sent as JSON) or a raw string."""
+        if args is None:
+            args_json = "{}"
+        elif isinstance(args, str):
+            args_json = args
+        else:
+            args_json = json.dumps(args)
+        return self.toolcalls.Call(toolcalls_pb2.ToolCallRequest(
+            budget_id=budget, tool_id=tool, operation=op,
+            arguments_json=args_json, request_id=request_id),
+            timeout=timeout)
+
+    def list_tools(self, budget, timeout=10):
+        return self.toolcalls.ListTools(
+            toolcalls_pb2.ListToolsRequest(budget_id=budget), timeout=timeout)
+
+
+class Stack(AdminClient, AgentClient):
+    """nginx + recording vendor + standalone latchkeyd, in one temp dir."""
+
+    def __init__(self, name, allow_insecure_vendors=True,
+                 max_response_bytes=MAX_RESPONSE_BYTES,
+                 setup_url_template=SETUP_URL_TEMPLATE, extra_args=(),
+                 agent_id=AGENT):
+        self.dirs = TestDirs(name)
+        self.dir = self.dirs.dir
+        self.sock_dir = self.dirs.sock_dir
         self.data_dir = os.path.join(self.dir, "data")
         self.node_key = os.path.join(self.dir, "node.key")
         self.token = "admin-" + os.urandom(16).hex()
@@ -350,17 +461,7 @@ class Stack:
         return args + self.extra_args
 
     def daemon_env(self):
-        env = dict(os.environ)
-        lsan = env.get("LSAN_OPTIONS", "")
-        if "suppressions=" in lsan:
-            try:
-                supp = runfile("bazel/lsan.supp")
-                env["LSAN_OPTIONS"] = ":".join(
-                    "suppressions=" + supp if p.startswith("suppressions=")
-                    else p for p in lsan.split(":"))
-            except FileNotFoundError:
-                pass
-        return env
+        return daemon_env()
 
     def _ready(self, timeout):
         return (wait_unix(self.agent_sock, timeout)
@@ -435,70 +536,8 @@ class Stack:
             self.close_channels()
             self.vendor.stop()
             self.nginx.stop()
-            if self._own_sock_dir:
-                shutil.rmtree(self.sock_dir, ignore_errors=True)
-            if self._own_dir:
-                shutil.rmtree(self.dir, ignore_errors=True)
+            self.dirs.remove()
         return problem
-
-    # -- admin over gRPC ---------------------------------------------------
-
-    def auth(self, token=None):
-        return (("authorization", "Bearer " + (token or self.token)),)
-
-    def admin(self, method, request, token=None, metadata=None, timeout=10):
-        """Calls Admin/<method> with the admin token (or the given metadata)."""
-        md = self.auth(token) if metadata is None else metadata
-        return getattr(self.admin_stub, method)(request, metadata=md,
-                                                timeout=timeout)
-
-    def register_type(self, type_dict):
-        return self.admin("RegisterCredentialType", credential_type(type_dict))
-
-    def register_tool(self, tool):
-        return self.admin("RegisterTool", tool_request(tool))
-
-    def create_credential(self, ctype, fields, label="e2e", cred_id=""):
-        return self.admin("CreateCredential", admin_pb2.CreateCredentialRequest(
-            type=ctype, label=label, fields=fields, id=cred_id))
-
-    def create_budget(self, budget_id, agents=None, paused=False):
-        return self.admin("CreateBudget", types_pb2.Budget(
-            id=budget_id, agents=agents if agents is not None else [AGENT],
-            paused=paused))
-
-    def set_paused(self, budget_id, paused):
-        return self.admin("SetBudgetPaused", admin_pb2.SetBudgetPausedRequest(
-            id=budget_id, paused=paused))
-
-    def bind(self, budget_id, credential_id, tool=None, ctype=None):
-        return self.admin("Bind", types_pb2.Binding(
-            budget_id=budget_id, tool_id=tool or "",
-            credential_type=ctype or "", credential_id=credential_id))
-
-    def unbind(self, budget_id, tool=None, ctype=None):
-        return self.admin("Unbind", types_pb2.Binding(
-            budget_id=budget_id, tool_id=tool or "",
-            credential_type=ctype or ""))
-
-    # -- agent over gRPC ---------------------------------------------------
-
-    def call(self, budget, tool, op, args=None, timeout=15, request_id=""):
-        """ToolCalls/Call; args is a dict (sent as JSON) or a raw string."""
-        if args is None:
-            args_json = "{}"
-        elif isinstance(args, str):
-            args_json = args
-        else:
-            args_json = json.dumps(args)
-        return self.toolcalls.Call(toolcalls_pb2.ToolCallRequest(
-            budget_id=budget, tool_id=tool, operation=op,
-            arguments_json=args_json, request_id=request_id),
-            timeout=timeout)
-
-    def list_tools(self, budget, timeout=10):
-        return self.toolcalls.ListTools(
-            toolcalls_pb2.ListToolsRequest(budget_id=budget), timeout=timeout)
 
     # -- latchkeyctl -------------------------------------------------------
 
@@ -686,7 +725,31 @@ def whole_response(resp):
     return resp.SerializeToString() + str(resp).encode()
 
 
-class StackTestCase(unittest.TestCase):
+class E2EAssertions:
+    """Assertions every e2e test case shares (mixed into a TestCase)."""
+
+    def assertCode(self, code, fn, *args, **kwargs):
+        """Asserts fn(...) fails with exactly this gRPC status code; returns
+        the error so callers can check its message."""
+        with self.assertRaises(grpc.RpcError) as ctx:
+            fn(*args, **kwargs)
+        self.assertEqual(ctx.exception.code(), code,
+                         "expected %s, got %s: %s"
+                         % (code, ctx.exception.code(),
+                            ctx.exception.details()))
+        return ctx.exception
+
+    def assertNoSecret(self, data, secret, what="answer"):
+        """Asserts no form of the secret appears in bytes or text."""
+        if isinstance(data, str):
+            data = data.encode()
+        for kind, form in secret_forms(secret).items():
+            self.assertNotIn(form.encode(), data,
+                             "%s form of the secret leaked into the %s"
+                             % (kind, what))
+
+
+class StackTestCase(E2EAssertions, unittest.TestCase):
     """A test with its own running stack in self.lk, and the usual catalog:
     all credential types, an nginx echo tool per type, a budget "main" for
     this agent."""
@@ -732,26 +795,6 @@ class StackTestCase(unittest.TestCase):
         if bind_tool or bind_type:
             self.lk.bind(budget, cred.id, tool=bind_tool, ctype=bind_type)
         return cred
-
-    def assertCode(self, code, fn, *args, **kwargs):
-        """Asserts fn(...) fails with exactly this gRPC status code; returns
-        the error so callers can check its message."""
-        with self.assertRaises(grpc.RpcError) as ctx:
-            fn(*args, **kwargs)
-        self.assertEqual(ctx.exception.code(), code,
-                         "expected %s, got %s: %s"
-                         % (code, ctx.exception.code(),
-                            ctx.exception.details()))
-        return ctx.exception
-
-    def assertNoSecret(self, data, secret, what="answer"):
-        """Asserts no form of the secret appears in bytes or text."""
-        if isinstance(data, str):
-            data = data.encode()
-        for kind, form in secret_forms(secret).items():
-            self.assertNotIn(form.encode(), data,
-                             "%s form of the secret leaked into the %s"
-                             % (kind, what))
 
 
 def main():
