@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "controlplane/etcd_catalog.h"
 #include "controlplane/sync_server.h"
@@ -54,7 +53,6 @@ typedef struct {
   lk_token *admin_token;
   lk_sync_server *_Atomic sync;
   lk_etcd_catalog *ecat;
-  atomic_int stop_heartbeat;
 } cp;
 
 /* lk_admin_seal_fn over the key ring. */
@@ -190,18 +188,6 @@ static void status_handle(void *ctx, lk_rpc_call *call) {
   free(acc.ptrs);
 }
 
-static void *heartbeat_main(void *arg) {
-  cp *c = arg;
-  while (!atomic_load(&c->stop_heartbeat)) {
-    struct timespec ts = {0, LK_SYNC_HEARTBEAT_MS * 1000000L};
-    nanosleep(&ts, NULL);
-    lk_sync_server *s = atomic_load(&c->sync);
-    if (s != NULL)
-      lk_sync_server_heartbeat(s);
-  }
-  return NULL;
-}
-
 static int run(const options *o) {
   lk_err err;
   lk_err_clear(&err);
@@ -213,8 +199,6 @@ static int run(const options *o) {
   lk_etcd *etcd = NULL;
   lk_sync_server *sync = NULL;
   lk_rpc_server *srv = NULL;
-  pthread_t hb;
-  int hb_started = 0;
   sigset_t sigs;
 
   if (lk_secret_disable_core_dumps(&err) != LK_OK ||
@@ -270,8 +254,6 @@ static int run(const options *o) {
       lk_rpc_server_start(srv, &err) != LK_OK) {
     goto fail;
   }
-  if (pthread_create(&hb, NULL, heartbeat_main, &c) == 0)
-    hb_started = 1;
   lk_log(LK_LOG_INFO, "ready",
          "latchkey-cp serving Admin, Sync and Replication on %s%s, etcd %s "
          "prefix %s at revision %lld",
@@ -288,9 +270,6 @@ fail:
   lk_log(LK_LOG_ERROR, "startup_failed", "%s: %s", lk_status_name(err.code),
          err.msg);
 cleanup:
-  atomic_store(&c.stop_heartbeat, 1);
-  if (hb_started)
-    pthread_join(hb, NULL);
   lk_rpc_server_shutdown(srv, 10000);
   lk_rpc_server_destroy(srv);
   atomic_store(&c.sync, NULL);
