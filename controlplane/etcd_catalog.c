@@ -33,9 +33,10 @@ struct lk_etcd_catalog {
   size_t pending_ops;
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  int64_t revision; /* applied (guarded by mu) */
-  int need_reload;  /* guarded by mu */
-  int stopping;     /* guarded by mu */
+  int64_t revision;       /* applied (guarded by mu) */
+  int64_t event_revision; /* of the last applied change (guarded by mu) */
+  int need_reload;        /* guarded by mu */
+  int stopping;           /* guarded by mu */
   pthread_t supervisor;
   int supervisor_started;
 };
@@ -84,6 +85,7 @@ static lk_status reload(lk_etcd_catalog *c, lk_err *err) {
     return st;
   pthread_mutex_lock(&c->mu);
   c->revision = rev;
+  c->event_revision = rev;
   pthread_cond_broadcast(&c->cv);
   pthread_mutex_unlock(&c->mu);
   lk_log(LK_LOG_INFO, "catalog_loaded",
@@ -132,6 +134,10 @@ static void on_batch_end(void *ctx, int64_t revision) {
   pthread_mutex_lock(&c->mu);
   if (revision > c->revision)
     c->revision = revision;
+  /* etcd < 3.4.25 may report progress at a revision before delivering its
+   * events: only applied events make a commit visible. */
+  if (changed && revision > c->event_revision)
+    c->event_revision = revision;
   pthread_cond_broadcast(&c->cv);
   pthread_mutex_unlock(&c->mu);
   if (changed && c->on_change != NULL)
@@ -256,11 +262,11 @@ static lk_status commit_to_etcd(void *ctx, lk_store_batch *b, lk_err *err) {
   clock_gettime(CLOCK_REALTIME, &until);
   until.tv_sec += COMMIT_VISIBLE_TIMEOUT_S;
   pthread_mutex_lock(&c->mu);
-  while (c->revision < rev && !c->stopping) {
+  while (c->event_revision < rev && !c->stopping) {
     if (pthread_cond_timedwait(&c->cv, &c->mu, &until) == ETIMEDOUT)
       break;
   }
-  int visible = c->revision >= rev;
+  int visible = c->event_revision >= rev;
   pthread_mutex_unlock(&c->mu);
   if (!visible) {
     return lk_fail(err, LK_UNAVAILABLE,
