@@ -280,7 +280,8 @@ class ControlPlane(harness.AdminClient):
     def status(self):
         """`latchkeyctl --json status` parsed: {"revision": int,
         "replicas": [{"agent_id", "peer_id", "applied_revision",
-        "lag_revisions", "ms_since_ack"} as ints and str]}."""
+        "lag_revisions", "ms_since_ack"} as ints and str],
+        "last_write_to_all_acked_us": int, "writes_measured": int}."""
         out = self.ctl("--json", "status")
         if out.returncode != 0:
             raise AssertionError("latchkeyctl status failed (%d): %s"
@@ -296,7 +297,10 @@ class ControlPlane(harness.AdminClient):
                 "ms_since_ack": int(r.get("ms_since_ack", 0)),
             })
         return {"revision": int(doc.get("revision", 0)),
-                "replicas": replicas}
+                "replicas": replicas,
+                "last_write_to_all_acked_us":
+                    int(doc.get("last_write_to_all_acked_us", -1)),
+                "writes_measured": int(doc.get("writes_measured", 0))}
 
     def log(self):
         with open(self.stderr_path, errors="replace") as f:

@@ -262,6 +262,22 @@ class ClusterTestCase(harness.E2EAssertions, unittest.TestCase):
         _, secret2 = self.bind_canary(self.cp2, tool=TOOL_2, tag="b")
         self.wait_injected(a, secret2, tool=TOOL_2)
 
+    def test_replica_resumes_when_its_control_plane_restarts(self):
+        a = self.c.sidecar("sa", AGENT_A, self.cp1)
+        _, secret = self.bind_canary()
+        self.wait_injected(a, secret)
+        self.c.wait_settled(self.cp1, [AGENT_A])
+        snapshots = len(a.events("sync_snapshot_applied"))
+        # SIGTERM: the control plane exits cleanly, streams or not.
+        self.assertEqual(self.cp1.stop(), 0)
+        self.assertInjected(*self.call_once(a), secret)
+        self.cp1.start(same_port=True)
+        self.c.wait_settled(self.cp1, [AGENT_A])
+        self.assertEqual(len(a.events("sync_snapshot_applied")), snapshots,
+                         "the replica took a snapshot instead of resuming")
+        _, secret2 = self.bind_canary(tool=TOOL_2, tag="b")
+        self.wait_injected(a, secret2, tool=TOOL_2)
+
     def test_sidecar_restarted_while_the_control_plane_is_down_serves(self):
         a = self.c.sidecar("sa", AGENT_A, self.cp1)
         _, secret = self.bind_canary()
@@ -346,6 +362,9 @@ class ClusterTestCase(harness.E2EAssertions, unittest.TestCase):
             self.assertEqual(r["lag_revisions"], 0)
             self.assertGreaterEqual(r["ms_since_ack"], 0)
         self.assertEqual(len({r["peer_id"] for r in st["replicas"]}), 2)
+        # The write-to-all-ACKed time is measured (the bind, at least).
+        self.assertGreaterEqual(st["writes_measured"], 1)
+        self.assertGreaterEqual(st["last_write_to_all_acked_us"], 0)
         self.assertEqual(self.cp2.status()["replicas"], [])
         b.stop()
         wait_until(lambda: [r["agent_id"] for r in
