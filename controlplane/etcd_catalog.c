@@ -11,6 +11,8 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -90,6 +92,55 @@ static lk_status reload(lk_etcd_catalog *c, lk_err *err) {
   pthread_mutex_unlock(&c->mu);
   lk_log(LK_LOG_INFO, "catalog_loaded",
          "loaded %zu records from etcd at revision %lld", lc.n, (long long)rev);
+  return LK_OK;
+}
+
+/* A catalog refusing every commit: a past revision is read-only. */
+static lk_status refuse_commit(void *ctx, lk_store_batch *b, lk_err *err) {
+  (void)ctx;
+  (void)b;
+  return lk_fail(err, LK_FAILED_PRECONDITION,
+                 "a catalog at a past etcd revision is read-only");
+}
+
+lk_status lk_etcd_catalog_at(lk_etcd_catalog *c, int64_t revision,
+                             lk_catalog **out, lk_store **store_out,
+                             lk_err *err) {
+  static atomic_ulong seq;
+  char name[64];
+  lk_store *st_mem = NULL;
+  lk_catalog *cat = NULL;
+  lk_store_batch *b = NULL;
+  lk_status st = LK_OK;
+
+  *out = NULL;
+  *store_out = NULL;
+  if (revision <= 0)
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "a past catalog needs a revision > 0, not %lld",
+                   (long long)revision);
+  snprintf(name, sizeof(name), "/lk-history-%lu",
+           (unsigned long)atomic_fetch_add(&seq, 1));
+  b = lk_store_batch_new();
+  if (b == NULL)
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  load_ctx lc = {b, 0};
+  st = lk_etcd_range(c->etcd, "", revision, on_range_kv, &lc, NULL, err);
+  if (st == LK_OK)
+    st = lk_store_open_memory(name, &st_mem, err);
+  if (st == LK_OK)
+    st = lk_store_write(st_mem, b, err);
+  if (st == LK_OK)
+    st = lk_catalog_open(st_mem, &cat, err);
+  if (st == LK_OK)
+    lk_catalog_set_committer(cat, refuse_commit, NULL);
+  lk_store_batch_destroy(b);
+  if (st != LK_OK) {
+    lk_store_close(st_mem);
+    return st;
+  }
+  *out = cat;
+  *store_out = st_mem;
   return LK_OK;
 }
 

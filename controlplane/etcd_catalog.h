@@ -25,6 +25,7 @@
 #include "lib/catalog.h"
 #include "lib/etcd.h"
 #include "lib/status.h"
+#include "lib/store.h"
 
 typedef struct lk_etcd_catalog lk_etcd_catalog;
 
@@ -44,6 +45,16 @@ lk_catalog *lk_etcd_catalog_catalog(const lk_etcd_catalog *c);
 
 /* Returns the etcd revision the mirror has applied. */
 int64_t lk_etcd_catalog_revision(lk_etcd_catalog *c);
+
+/* Loads the catalog as it was at etcd revision `revision` (> 0) into a
+ * fresh in-memory store (*store_out) and a read-only catalog over it
+ * (*out), for resuming a replica from that revision. The caller destroys
+ * *out, then closes *store_out. LK_FAILED_PRECONDITION when etcd has
+ * compacted that revision away; LK_INVALID_ARGUMENT when it is not yet
+ * written (or not > 0); LK_UNAVAILABLE when etcd cannot be read. */
+lk_status lk_etcd_catalog_at(lk_etcd_catalog *c, int64_t revision,
+                             lk_catalog **out, lk_store **store_out,
+                             lk_err *err) LK_MUST_CHECK;
 
 /* Stops following etcd and frees everything; NULL is ignored. */
 void lk_etcd_catalog_destroy(lk_etcd_catalog *c);

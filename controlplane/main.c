@@ -73,6 +73,43 @@ static void on_catalog_change(void *ctx, int64_t revision) {
     lk_sync_server_changed(s, revision);
 }
 
+/* A past catalog lent to the Sync server for a resume. */
+typedef struct {
+  lk_catalog *cat;
+  lk_store *store;
+} past_catalog;
+
+/* lk_sync_history_fn: the catalog at revision, read from etcd's history. */
+static lk_status load_past_catalog(void *ctx, int64_t revision,
+                                   lk_catalog **cat_out, void **handle_out,
+                                   lk_err *err) {
+  cp *c = ctx;
+  past_catalog *p = calloc(1, sizeof(*p));
+  *cat_out = NULL;
+  *handle_out = NULL;
+  if (p == NULL)
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  lk_status st = lk_etcd_catalog_at(c->ecat, revision, &p->cat, &p->store, err);
+  if (st != LK_OK) {
+    free(p);
+    return st;
+  }
+  *cat_out = p->cat;
+  *handle_out = p;
+  return LK_OK;
+}
+
+/* lk_sync_history_free_fn for load_past_catalog. */
+static void free_past_catalog(void *ctx, void *handle) {
+  past_catalog *p = handle;
+  (void)ctx;
+  if (p == NULL)
+    return;
+  lk_catalog_destroy(p->cat);
+  lk_store_close(p->store);
+  free(p);
+}
+
 static int check_admin(cp *c, lk_rpc_call *call) {
   size_t len = 0;
   const char *md = lk_rpc_call_metadata(call, "authorization", &len);
@@ -232,6 +269,7 @@ static int run(const options *o) {
     goto fail;
   if (lk_sync_server_new(cat, kr, node_token, &sync, &err) != LK_OK)
     goto fail;
+  lk_sync_server_set_history(sync, load_past_catalog, free_past_catalog, &c);
   atomic_store(&c.sync, sync);
   lk_sync_server_changed(sync, lk_etcd_catalog_revision(c.ecat));
 

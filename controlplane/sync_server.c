@@ -3,7 +3,9 @@
  * re-sealing (protocol in sync_server.h).
  *
  * State: the server holds the current view (one read of the catalog,
- * shared by reference count) and its revision, and a table of subscribers
+ * shared by reference count) and its revision, the last view loaded from
+ * the history source for a resume (and its revision), and a table of
+ * subscribers
  * keyed by stream. Each subscriber remembers what it was sent as a sorted
  * map key -> BLAKE2b of the stored record, so a change costs one merge of
  * that map against the subscriber's new scope; only records whose hash
@@ -100,6 +102,11 @@ struct lk_sync_server {
   uint64_t next_peer;
   view_ref *view;
   int64_t revision;
+  lk_sync_history_fn hist_load;
+  lk_sync_history_free_fn hist_free;
+  void *hist_ctx;
+  view_ref *hist;   /* the last view loaded from history, or NULL */
+  int64_t hist_rev; /* its revision */
   pending pend[MAX_PENDING];
   size_t pend_head, n_pend;
   lk_sync_ack_latency lat;
@@ -553,6 +560,30 @@ static lk_status sent_add(sent_entry *map, size_t *n, const char *key,
   return LK_OK;
 }
 
+/* Builds a sent map (*out, *n_out) holding every record of scope sc. */
+static lk_status sent_from_scope(const lk_scope *sc, sent_entry **out,
+                                 size_t *n_out, lk_err *err) {
+  size_t n = lk_scope_count(sc), n_new = 0;
+  sent_entry *fresh = calloc(n > 0 ? n : 1, sizeof(*fresh));
+  *out = NULL;
+  *n_out = 0;
+  if (fresh == NULL) {
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                   "out of memory tracking what a replica holds");
+  }
+  for (size_t i = 0; i < n; i++) {
+    lk_scope_record r;
+    lk_scope_at(sc, i, &r);
+    if (sent_add(fresh, &n_new, r.key, r.hash, err) != LK_OK) {
+      sent_free(fresh, n_new);
+      return LK_RESOURCE_EXHAUSTED;
+    }
+  }
+  *out = fresh;
+  *n_out = n_new;
+  return LK_OK;
+}
+
 /* Sends u the whole scope sc at rev, in messages of at most
  * LK_SYNC_MAX_MESSAGE_BYTES, and makes it u's sent map. */
 static lk_status send_snapshot(lk_sync_server *s, sub *u, const lk_scope *sc,
@@ -745,22 +776,13 @@ done:
  * replica already holds it) and tells it so with a heartbeat. */
 static lk_status resume(lk_sync_server *s, sub *u, const lk_scope *sc,
                         int64_t rev, lk_err *err) {
-  size_t n = lk_scope_count(sc);
-  sent_entry *fresh = calloc(n > 0 ? n : 1, sizeof(*fresh));
-  if (fresh == NULL) {
-    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory resuming");
+  sent_entry *fresh = NULL;
+  size_t n = 0;
+  lk_status st = sent_from_scope(sc, &fresh, &n, err);
+  if (st != LK_OK) {
+    return st;
   }
-  for (size_t i = 0; i < n; i++) {
-    lk_scope_record r;
-    lk_scope_at(sc, i, &r);
-    fresh[i].key = strdup(r.key);
-    if (fresh[i].key == NULL) {
-      sent_free(fresh, i);
-      return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory resuming");
-    }
-    memcpy(fresh[i].hash, r.hash, LK_SCOPE_HASH_BYTES);
-  }
-  lk_status st = batch_send(u, NULL, rev, 0, 0, 1, err);
+  st = batch_send(u, NULL, rev, 0, 0, 1, err);
   if (st != LK_OK) {
     sent_free(fresh, n);
     return st;
@@ -775,6 +797,91 @@ static lk_status resume(lk_sync_server *s, sub *u, const lk_scope *sc,
          "agent %s peer %llu: resumed at revision %lld without a snapshot",
          u->agent, (unsigned long long)u->peer, (long long)rev);
   return LK_OK;
+}
+
+/* Returns the view of the catalog at rev (referenced), from the cache or
+ * the history source, or NULL (logged) when there is none to be had. */
+static view_ref *history_get(lk_sync_server *s, const sub *u, int64_t rev) {
+  lk_err err;
+  lk_catalog *cat = NULL;
+  void *handle = NULL;
+  lk_scope_view *sv = NULL;
+  view_ref *v = NULL;
+
+  pthread_mutex_lock(&s->mu);
+  lk_sync_history_fn load = s->hist_load;
+  lk_sync_history_free_fn release = s->hist_free;
+  void *ctx = s->hist_ctx;
+  if (s->hist != NULL && s->hist_rev == rev) {
+    v = s->hist;
+    v->refs++;
+  }
+  pthread_mutex_unlock(&s->mu);
+  if (v != NULL || load == NULL) {
+    return v;
+  }
+  lk_status st = load(ctx, rev, &cat, &handle, &err);
+  if (st == LK_OK) {
+    st = lk_scope_view_load(cat, &sv, &err);
+    if (release != NULL) {
+      release(ctx, handle);
+    }
+  }
+  if (st == LK_OK) {
+    v = calloc(1, sizeof(*v));
+    if (v == NULL) {
+      lk_scope_view_destroy(sv);
+      st = lk_fail(&err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    }
+  }
+  if (st != LK_OK) {
+    lk_log(LK_LOG_INFO, "sync_history_unavailable",
+           "agent %s peer %llu: no catalog at its revision %lld (%s); "
+           "sending a snapshot",
+           u->agent, (unsigned long long)u->peer, (long long)rev, err.msg);
+    return NULL;
+  }
+  v->v = sv;
+  v->refs = 2; /* the cache's and the caller's */
+  pthread_mutex_lock(&s->mu);
+  view_ref *old = s->hist;
+  s->hist = v;
+  s->hist_rev = rev;
+  pthread_mutex_unlock(&s->mu);
+  view_put(s, old);
+  return v;
+}
+
+/* Makes u's sent map the agent's scope in the catalog at u's have_rev,
+ * which the replica says it holds. Returns 0 (logged, u unchanged) when
+ * that catalog or scope cannot be had: the caller sends a snapshot. */
+static int seed_from_history(lk_sync_server *s, sub *u) {
+  lk_err err;
+  lk_scope *old = NULL;
+  sent_entry *fresh = NULL;
+  size_t n = 0;
+  view_ref *h = history_get(s, u, u->have_rev);
+  if (h == NULL) {
+    return 0;
+  }
+  lk_status st = lk_scope_compute_in(h->v, u->agent, &old, &err);
+  if (st == LK_OK) {
+    st = sent_from_scope(old, &fresh, &n, &err);
+  }
+  lk_scope_destroy(old);
+  view_put(s, h);
+  if (st != LK_OK) {
+    lk_log(LK_LOG_WARN, "sync_history_unavailable",
+           "agent %s peer %llu: no scope at its revision %lld (%s); sending "
+           "a snapshot",
+           u->agent, (unsigned long long)u->peer, (long long)u->have_rev,
+           err.msg);
+    return 0;
+  }
+  sent_free(u->sent, u->n_sent);
+  u->sent = fresh;
+  u->n_sent = n;
+  return 1;
 }
 
 /* Ends u's stream with err (subscriber mu held). */
@@ -807,6 +914,16 @@ static void sub_sync(lk_sync_server *s, sub *u, view_ref *v, int64_t rev) {
   if (st == LK_OK) {
     if (!synced && u->have_rev == rev) {
       st = resume(s, u, sc, rev, &err);
+    } else if (!synced && u->have_rev > 0 && seed_from_history(s, u)) {
+      st = send_diff(s, u, sc, rev, &err);
+      if (st == LK_OK) {
+        u->need_snapshot = 0;
+        lk_log(LK_LOG_INFO, "sync_resume",
+               "agent %s peer %llu: resumed from revision %lld to %lld with "
+               "one batch",
+               u->agent, (unsigned long long)u->peer, (long long)u->have_rev,
+               (long long)rev);
+      }
     } else if (!synced || u->need_snapshot) {
       st = send_snapshot(s, u, sc, rev, &err);
     } else {
@@ -1099,6 +1216,15 @@ done:
   pthread_mutex_unlock(&s->change_mu);
 }
 
+void lk_sync_server_set_history(lk_sync_server *s, lk_sync_history_fn load,
+                                lk_sync_history_free_fn release, void *ctx) {
+  pthread_mutex_lock(&s->mu);
+  s->hist_load = load;
+  s->hist_free = load != NULL ? release : NULL;
+  s->hist_ctx = load != NULL ? ctx : NULL;
+  pthread_mutex_unlock(&s->mu);
+}
+
 void lk_sync_server_heartbeat(lk_sync_server *s) {
   size_t n = 0;
   sub **all = sub_collect(s, &n);
@@ -1271,6 +1397,10 @@ void lk_sync_server_destroy(lk_sync_server *s) {
   if (s->view != NULL) {
     lk_scope_view_destroy(s->view->v);
     free(s->view);
+  }
+  if (s->hist != NULL) {
+    lk_scope_view_destroy(s->hist->v);
+    free(s->hist);
   }
   pthread_cond_destroy(&s->timer_cv);
   pthread_mutex_destroy(&s->timer_mu);

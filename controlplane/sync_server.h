@@ -17,11 +17,23 @@
  *   - Resume rule: when this server's current revision equals the hello's
  *     have_revision (> 0), the replica already holds exactly the scope of
  *     the catalog at that revision, which is what this server's view is;
- *     it sends no records, only a heartbeat at that revision. Otherwise it
- *     sends a full scoped snapshot at its current revision (batches from
- *     snapshot_begin to snapshot_end, each message at most
- *     LK_SYNC_MAX_MESSAGE_BYTES), which is always correct because the
- *     replica applies it as a replacement. A replica ahead of this server
+ *     it sends no records, only a heartbeat at that revision. When the
+ *     hello's have_revision R is below the current revision (0 < R < cur)
+ *     and a history source is set (lk_sync_server_set_history), the server
+ *     loads the catalog as of R, computes the agent's scope at R with the
+ *     same scope code, takes it as what the replica holds (its records'
+ *     hashes seed the sent map exactly as a sent batch would) and sends
+ *     ONE ordinary batch at the current revision with the puts and deletes
+ *     between R and now (no snapshot_begin; a difference over one message
+ *     is a snapshot as for any change): another control-plane replica
+ *     takes over a stream without a snapshot. Otherwise (no history source,
+ *     have_revision 0, or the load fails: R compacted away in etcd,
+ *     unknown, unreachable) it sends a full scoped snapshot at its current
+ *     revision (batches from snapshot_begin to snapshot_end, each message
+ *     at most LK_SYNC_MAX_MESSAGE_BYTES), which is always correct because
+ *     the replica applies it as a replacement. The last loaded history
+ *     view is kept (one revision), so a fleet reconnecting at once from
+ *     the same revision costs one load. A replica ahead of this server
  *     (have_revision > current) waits, receiving nothing, until this server
  *     reaches that revision, so it is never moved backwards; a replica
  *     connecting before the first lk_sync_server_changed also waits. A
@@ -122,6 +134,24 @@ lk_status lk_sync_server_new(lk_catalog *cat, const lk_keyring *kr,
 /* Stops the heartbeat thread and frees the server; NULL is a no-op. The rpc
  * server serving its handler must be shut down first. */
 void lk_sync_server_destroy(lk_sync_server *s);
+
+/* Loads the catalog as of etcd revision `revision` into *cat_out, with
+ * *handle_out what the release function needs to free it. Returns
+ * LK_FAILED_PRECONDITION when the revision was compacted away, any other
+ * error when it cannot be loaded; the server then sends a snapshot. */
+typedef lk_status (*lk_sync_history_fn)(void *ctx, int64_t revision,
+                                        lk_catalog **cat_out, void **handle_out,
+                                        lk_err *err);
+/* Frees what a successful lk_sync_history_fn returned (by its handle). */
+typedef void (*lk_sync_history_free_fn)(void *ctx, void *handle);
+
+/* Gives the server a source of past catalogs for resuming a replica
+ * behind the current revision with one batch instead of a snapshot (see
+ * the resume rule above); load NULL removes it. Call before streams are
+ * served; ctx must outlive the server. Loads run on an rpc worker while
+ * that replica's stream is held, so a change's fan-out waits for them. */
+void lk_sync_server_set_history(lk_sync_server *s, lk_sync_history_fn load,
+                                lk_sync_history_free_fn release, void *ctx);
 
 /* Returns the stream callbacks to register (ctx = the lk_sync_server). */
 const lk_rpc_stream_handler *lk_sync_server_handler(void);

@@ -14,7 +14,10 @@
  * the scope an empty one; an ACK shows in the status listing (applied
  * revision, lag 0) and in the change-to-ACK statistics; heartbeats arrive;
  * a replica at the current revision resumes without a snapshot and one
- * ahead waits; a NACK brings a snapshot; a large snapshot, or a change too
+ * ahead waits; a replica behind resumes, through the history source (a
+ * copy of the catalog at its revision), with one ordinary batch of exactly
+ * what changed since, and gets a snapshot when that history is compacted
+ * away; a NACK brings a snapshot; a large snapshot, or a change too
  * large for one message, comes as a snapshot split into messages of at
  * most 4 MiB. Every wait is bounded.
  */
@@ -69,6 +72,13 @@ typedef struct {
   lk_sync_server *sync;
   lk_rpc_server *srv;
   grpc_channel *ch;
+  /* History source: a copy of the catalog taken at hist_rev. */
+  lk_store *hist_store;
+  lk_catalog *hist_cat;
+  int64_t hist_rev;
+  int hist_compacted; /* loads fail as if etcd compacted past them */
+  _Atomic int hist_loads;
+  _Atomic int hist_frees;
 } fx;
 
 /* One client stream (the sidecar's side). */
@@ -268,6 +278,8 @@ static int teardown(void **state) {
   lk_keyring_destroy(f->kr);
   lk_catalog_destroy(f->cat);
   lk_store_close(f->store);
+  lk_catalog_destroy(f->hist_cat);
+  lk_store_close(f->hist_store);
   nftw(f->dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
   snprintf(path, sizeof(path), "%s/s", f->sock_dir);
   unlink(path);
@@ -892,6 +904,139 @@ static void test_replica_at_current_revision_resumes_without_snapshot(
   client_done(&c);
 }
 
+static int copy_record(void *ctx, const char *key, size_t key_len,
+                       const unsigned char *val, size_t val_len) {
+  (void)key_len;
+  lk_store_batch_put(ctx, key, val, val_len);
+  return 0;
+}
+
+/* Keeps a copy of the catalog as it is now, as the history at rev. */
+static void keep_history(fx *f, int64_t rev) {
+  char name[64];
+  lk_err err;
+  lk_store_batch *b = lk_store_batch_new();
+  assert_non_null(b);
+  assert_int_equal(lk_store_scan(f->store, "", copy_record, b, &err), LK_OK);
+  snprintf(name, sizeof(name), "/sync-test-history-%d-%d", (int)getpid(),
+           counter);
+  assert_int_equal(lk_store_open_memory(name, &f->hist_store, &err), LK_OK);
+  assert_int_equal(lk_store_write(f->hist_store, b, &err), LK_OK);
+  lk_store_batch_destroy(b);
+  assert_int_equal(lk_catalog_open(f->hist_store, &f->hist_cat, &err), LK_OK);
+  f->hist_rev = rev;
+}
+
+/* lk_sync_history_fn over the copy kept by keep_history. */
+static lk_status load_history(void *ctx, int64_t revision, lk_catalog **cat,
+                              void **handle, lk_err *err) {
+  fx *f = ctx;
+  f->hist_loads++;
+  if (f->hist_compacted) {
+    return lk_fail(err, LK_FAILED_PRECONDITION,
+                   "revision %lld compacted (compact revision %lld)",
+                   (long long)revision, (long long)revision + 1);
+  }
+  if (f->hist_cat == NULL || revision != f->hist_rev) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "no copy at revision %lld",
+                   (long long)revision);
+  }
+  *cat = f->hist_cat;
+  *handle = f;
+  return LK_OK;
+}
+
+static void free_history(void *ctx, void *handle) {
+  fx *f = ctx;
+  assert_ptr_equal(handle, f);
+  f->hist_frees++;
+}
+
+static void test_replica_behind_resumes_with_one_batch(void **state) {
+  static const char *const news[] = {"tool/news", NULL};
+  static const char *const unbound[] = {"bind/b1/tool/weather", "cred/w1",
+                                        NULL};
+  fx *f = *state;
+  client c, c2;
+  msg m;
+  lk_sync_server_set_history(f->sync, load_history, free_history, f);
+  lk_sync_server_changed(f->sync, 3);
+  keep_history(f, 3);
+
+  /* Between 3 and 7: weather unbound (binding and credential leave), a
+   * tool needing no credential arrives, another agent's credential
+   * rotates (not in the scope). */
+  bind_tool(f, "b1", "weather", "w1", 1);
+  put_tool(f, "news", "");
+  put_cred(f, "w2", OTHER_CANARY "-rotated", "us");
+  lk_sync_server_changed(f->sync, 7);
+
+  client_open(f, &c, "Bearer " TOKEN);
+  send_hello(f, &c, "agent-a", 3);
+  recv_change(&c, &m);
+  assert_int_equal(m.b->revision, 7);
+  assert_false(m.b->snapshot_begin);
+  assert_false(m.b->snapshot_end);
+  expect_change(&m, news, unbound);
+  msg_free(&m);
+  assert_int_equal(f->hist_loads, 1);
+  assert_int_equal(f->hist_frees, 1);
+  send_ack(&c, 7, 0, NULL);
+  wait_applied(f, 7);
+
+  /* The seeded map is what the replica holds: the next change is a plain
+   * difference against it. */
+  bind_tool(f, "b1", "weather", "w1", 0);
+  lk_sync_server_changed(f->sync, 8);
+  recv_change(&c, &m);
+  assert_int_equal(m.b->revision, 8);
+  assert_false(m.b->snapshot_begin);
+  expect_change(&m, unbound, k_none);
+  msg_free(&m);
+  client_done(&c);
+
+  /* Another replica resuming from the same revision reuses the loaded
+   * history: only the new tool differs from 3 to 8. */
+  client_open(f, &c2, "Bearer " TOKEN);
+  send_hello(f, &c2, "agent-a", 3);
+  recv_change(&c2, &m);
+  assert_int_equal(m.b->revision, 8);
+  assert_false(m.b->snapshot_begin);
+  expect_change(&m, news, k_none);
+  msg_free(&m);
+  assert_int_equal(f->hist_loads, 1);
+  client_done(&c2);
+}
+
+static void test_compacted_history_gives_a_snapshot(void **state) {
+  static const char *const scope[] = {
+      "budget/b1",    "tool/clock", "tool/news", "tool/search",
+      "tool/weather", "type/wkey",  NULL,
+  };
+  fx *f = *state;
+  client c;
+  msg got[8];
+  lk_sync_server_set_history(f->sync, load_history, free_history, f);
+  lk_sync_server_changed(f->sync, 3);
+  keep_history(f, 3);
+  f->hist_compacted = 1;
+  bind_tool(f, "b1", "weather", "w1", 1);
+  put_tool(f, "news", "");
+  lk_sync_server_changed(f->sync, 5);
+
+  client_open(f, &c, "Bearer " TOKEN);
+  send_hello(f, &c, "agent-a", 3);
+  size_t n = recv_snapshot(&c, got, 8);
+  assert_int_equal(got[0].b->revision, 5);
+  expect_snapshot(got, n, scope);
+  for (size_t i = 0; i < n; i++) {
+    msg_free(&got[i]);
+  }
+  assert_int_equal(f->hist_loads, 1);
+  assert_int_equal(f->hist_frees, 0);
+  client_done(&c);
+}
+
 static void test_replica_ahead_waits_for_its_revision(void **state) {
   fx *f = *state;
   client c;
@@ -1042,6 +1187,8 @@ int main(void) {
       T(test_replica_at_current_revision_resumes_without_snapshot),
       T(test_replica_ahead_waits_for_its_revision),
       T(test_stale_replica_gets_a_snapshot),
+      T(test_replica_behind_resumes_with_one_batch),
+      T(test_compacted_history_gives_a_snapshot),
       T(test_nack_brings_a_snapshot),
       T(test_large_snapshot_is_split_into_4mib_messages),
       T(test_change_over_one_message_comes_as_snapshot),
