@@ -1,7 +1,7 @@
 """Replica mode (latchkeyd --control-plane): the sidecar follows a control
 plane over latchkey.v1.Sync/Stream.
 
-The control plane here is a test double written in this file: a real
+The control plane here is a test double (fake_cp.py): a real
 grpcio Sync server that speaks the contract of protos/latchkey/v1/sync.proto
 and seals secrets to the sidecar's node key with the real lib/seal code
 (tests/e2e/seal_for_node). It proves the sidecar's side: hello with agent
@@ -15,141 +15,20 @@ on disk. The real control plane has its own e2e tests.
 import base64
 import json
 import os
-import queue
 import subprocess
 import tempfile
-import threading
 import time
 import unittest
-from concurrent import futures
 
 import grpc
 from google.protobuf import json_format
 
 import harness
+from fake_cp import FakeControlPlane, record, write_node_token
 from latchkey.v1 import sync_pb2
-from latchkey.v1 import sync_pb2_grpc
 from latchkey.v1 import types_pb2
 
-NODE_TOKEN = "node-" + os.urandom(16).hex()
 CRED_ID = "cred-replica"
-WAIT_S = 15.0
-
-
-class FakeControlPlane(sync_pb2_grpc.SyncServicer):
-    """A Sync server the test drives: it records every hello and ACK, and
-    sends whatever batches the test queues on the newest stream. On a hello
-    whose have_revision equals its own revision it answers with a
-    heartbeat, as a control plane that has nothing new would."""
-
-    def __init__(self, port, heartbeat_s=None, tls=None):
-        self.port = port
-        self.tls = tls  # (key PEM, certificate PEM) to serve TLS
-        self.heartbeat_s = heartbeat_s
-        self.revision = 0
-        self.hellos = []
-        self.acks = []
-        self.cond = threading.Condition()
-        self.out = None
-        self.server = None
-
-    # -- the servicer ------------------------------------------------------
-
-    def Stream(self, request_iterator, context):
-        md = dict(context.invocation_metadata())
-        if md.get("authorization") != "Bearer " + NODE_TOKEN:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad node token")
-        try:
-            hello = next(request_iterator)
-        except StopIteration:
-            return
-        out = queue.Queue()
-        with self.cond:
-            self.hellos.append(hello)
-            self.out = out
-            self.cond.notify_all()
-        threading.Thread(target=self._read_acks, args=(request_iterator,),
-                         daemon=True).start()
-        if self.revision and hello.have_revision == self.revision:
-            out.put(sync_pb2.SyncBatch(revision=self.revision, heartbeat=True))
-        next_beat = time.monotonic()
-        while context.is_active():
-            if self.heartbeat_s and time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + self.heartbeat_s
-                yield sync_pb2.SyncBatch(revision=self.revision,
-                                         heartbeat=True)
-            try:
-                batch = out.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if batch is None:
-                return
-            yield batch
-
-    def _read_acks(self, request_iterator):
-        try:
-            for req in request_iterator:
-                with self.cond:
-                    self.acks.append(req.ack)
-                    self.cond.notify_all()
-        except grpc.RpcError:
-            pass
-
-    # -- test controls -----------------------------------------------------
-
-    def start(self):
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        sync_pb2_grpc.add_SyncServicer_to_server(self, self.server)
-        addr = "127.0.0.1:%d" % self.port
-        if self.tls:
-            creds = grpc.ssl_server_credentials([self.tls])
-            bound = self.server.add_secure_port(addr, creds)
-        else:
-            bound = self.server.add_insecure_port(addr)
-        if bound != self.port:
-            raise RuntimeError("fake control plane could not bind its port")
-        self.server.start()
-        return self
-
-    def stop(self):
-        with self.cond:
-            if self.out is not None:
-                self.out.put(None)
-            self.out = None
-        if self.server is not None:
-            self.server.stop(0).wait()
-            self.server = None
-
-    def wait_hello(self, count, timeout=WAIT_S):
-        with self.cond:
-            if not self.cond.wait_for(lambda: len(self.hellos) >= count,
-                                      timeout):
-                raise AssertionError("no hello #%d within %ss" % (count,
-                                                                  timeout))
-            return self.hellos[count - 1]
-
-    def send(self, batch):
-        with self.cond:
-            if not self.cond.wait_for(lambda: self.out is not None, WAIT_S):
-                raise AssertionError("no stream to send on")
-            if not batch.heartbeat and batch.revision > self.revision:
-                self.revision = batch.revision
-            self.out.put(batch)
-
-    def wait_ack(self, revision, timeout=WAIT_S):
-        """The first ACK or NACK of revision."""
-        def found():
-            return [a for a in self.acks if a.revision == revision]
-        with self.cond:
-            if not self.cond.wait_for(found, timeout):
-                raise AssertionError("no answer to revision %d within %ss; "
-                                     "answers so far: %s"
-                                     % (revision, timeout, self.acks))
-            return found()[0]
-
-    def answered(self, revision):
-        with self.cond:
-            return [a for a in self.acks if a.revision == revision]
 
 
 class ReplicaStack(harness.Stack):
@@ -159,10 +38,7 @@ class ReplicaStack(harness.Stack):
         super().__init__(name, extra_args=extra_args)
         self.cp_addr = "127.0.0.1:%d" % cp_port
         self.node_token_file = os.path.join(self.dir, "node.token")
-        fd = os.open(self.node_token_file,
-                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(NODE_TOKEN + "\n")
+        write_node_token(self.node_token_file)
 
     def daemon_args(self):
         return ["--listen", self.agent_addr,
@@ -218,10 +94,6 @@ def seal_for_node(node_pk, cred_id, field, value):
         ephemeral_public_key=base64.b64decode(doc["ephemeral_public_key"]),
         nonce=base64.b64decode(doc["nonce"]),
         ciphertext=base64.b64decode(doc["ciphertext"]))
-
-
-def record(key, message):
-    return sync_pb2.SyncRecord(key=key, value=message.SerializeToString())
 
 
 class ReplicaTestCase(unittest.TestCase):
