@@ -129,7 +129,8 @@ struct lk_rpc_server {
   pthread_mutex_t mu;
   pthread_cond_t calls_cv;
   long live_calls;
-  grpc_server_credentials *tls; /* NULL: plaintext listeners */
+  struct lk_rpc_stream *streams; /* live streaming calls (mu) */
+  grpc_server_credentials *tls;  /* NULL: plaintext listeners */
 };
 
 static void request_next(request_slot *slot) {
@@ -299,6 +300,7 @@ struct lk_rpc_stream {
   int has_details;
   grpc_op ops[3];
   grpc_byte_buffer *inflight_bb;
+  struct lk_rpc_stream *prev, *next; /* the server's live streams (srv->mu) */
 };
 
 static void stream_unref_locked_out(lk_rpc_stream *st, int n) {
@@ -322,13 +324,19 @@ static void stream_unref_locked_out(lk_rpc_stream *st, int n) {
   if (st->has_details)
     grpc_slice_unref(st->details);
   grpc_metadata_array_destroy(&st->md);
-  grpc_call_unref(st->call);
-  pthread_mutex_destroy(&st->mu);
-  free(st);
   pthread_mutex_lock(&srv->mu);
+  if (st->prev != NULL)
+    st->prev->next = st->next;
+  else
+    srv->streams = st->next;
+  if (st->next != NULL)
+    st->next->prev = st->prev;
   if (--srv->live_calls == 0)
     pthread_cond_broadcast(&srv->calls_cv);
   pthread_mutex_unlock(&srv->mu);
+  grpc_call_unref(st->call);
+  pthread_mutex_destroy(&st->mu);
+  free(st);
 }
 
 /* Starts the next send batch if none is in flight. Called with mu held;
@@ -486,6 +494,10 @@ static void accept_stream(request_slot *slot) {
   st->refs = 2; /* close batch + owner (released by finish) */
   pthread_mutex_lock(&srv->mu);
   srv->live_calls++;
+  st->next = srv->streams;
+  if (srv->streams != NULL)
+    srv->streams->prev = st;
+  srv->streams = st;
   pthread_mutex_unlock(&srv->mu);
 
   grpc_op close_op;
@@ -920,6 +932,16 @@ void lk_rpc_server_shutdown(lk_rpc_server *s, int grace_ms) {
       grpc_server_shutdown_and_notify(s->listeners[i].server, s->shutdown_cq,
                                       &t);
     }
+    /* Streams never end by themselves: the grace period is for unary
+     * calls. End them now so their handlers can finish. */
+    pthread_mutex_lock(&s->mu);
+    for (lk_rpc_stream *st = s->streams; st != NULL; st = st->next) {
+      grpc_call_cancel_with_status(st->call, GRPC_STATUS_UNAVAILABLE,
+                                   "the server is shutting down: reconnect "
+                                   "to another replica",
+                                   NULL);
+    }
+    pthread_mutex_unlock(&s->mu);
     gpr_timespec deadline =
         gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
                      gpr_time_from_millis(grace_ms, GPR_TIMESPAN));
