@@ -198,10 +198,8 @@ static void on_batch_end(void *ctx, int64_t revision) {
 static void on_watch_error(void *ctx, lk_status code, int64_t compact_revision,
                            const char *msg) {
   lk_etcd_catalog *c = ctx;
-  if (code == LK_UNAVAILABLE) {
-    lk_log(LK_LOG_WARN, "etcd_watch_reconnecting", "%s", msg);
-    return;
-  }
+  if (code == LK_UNAVAILABLE)
+    return; /* lib/etcd logs its reconnects and resumes by itself */
   lk_log(LK_LOG_WARN, "etcd_watch_stopped",
          "%s (compact revision %lld): reloading the catalog", msg,
          (long long)compact_revision);
@@ -259,6 +257,7 @@ static void *supervisor_main(void *arg) {
 typedef struct {
   lk_etcd_txn *txn;
   int bad;
+  int puts; /* the batch puts at least one key */
 } txn_ctx;
 
 static int copy_key(const char *key, size_t len, char out[MAX_KEY]) {
@@ -277,6 +276,7 @@ static void txn_put(void *ctx, const char *key, size_t key_len,
     tc->bad = 1;
     return;
   }
+  tc->puts = 1;
   lk_etcd_txn_put(tc->txn, k, val, val_len);
 }
 
@@ -290,13 +290,39 @@ static void txn_delete(void *ctx, const char *key, size_t key_len) {
   lk_etcd_txn_delete(tc->txn, k);
 }
 
+typedef struct {
+  lk_store *mirror;
+  int present; /* a deleted key is still in the mirror */
+} shown_ctx;
+
+static void shown_put(void *ctx, const char *key, size_t key_len,
+                      const unsigned char *val, size_t val_len) {
+  (void)ctx;
+  (void)key;
+  (void)key_len;
+  (void)val;
+  (void)val_len;
+}
+
+static void shown_delete(void *ctx, const char *key, size_t key_len) {
+  shown_ctx *sc = ctx;
+  char k[MAX_KEY];
+  unsigned char *v = NULL;
+  size_t n = 0;
+  lk_err err;
+  if (copy_key(key, key_len, k) != 0 ||
+      lk_store_get(sc->mirror, k, &v, &n, &err) != LK_NOT_FOUND)
+    sc->present = 1;
+  lk_store_value_free(v, n);
+}
+
 /* lk_catalog_commit_fn: the batch as one etcd Txn, visible on return. */
 static lk_status commit_to_etcd(void *ctx, lk_store_batch *b, lk_err *err) {
   lk_etcd_catalog *c = ctx;
   lk_status st = lk_store_batch_status(b, err);
   if (st != LK_OK)
     return st;
-  txn_ctx tc = {lk_etcd_txn_new(), 0};
+  txn_ctx tc = {lk_etcd_txn_new(), 0, 0};
   if (tc.txn == NULL)
     return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   lk_store_batch_iterate(b, txn_put, txn_delete, &tc);
@@ -309,6 +335,16 @@ static lk_status commit_to_etcd(void *ctx, lk_store_batch *b, lk_err *err) {
   lk_etcd_txn_destroy(tc.txn);
   if (st != LK_OK)
     return st;
+  /* A Txn that changes nothing (only deletes of absent keys, or no ops)
+   * gets etcd's current revision, which may belong to a key outside the
+   * prefix: no event of ours ever reaches it. Such a batch is already
+   * visible once none of its deleted keys is in the mirror. */
+  if (!tc.puts) {
+    shown_ctx sc = {c->mirror, 0};
+    lk_store_batch_iterate(b, shown_put, shown_delete, &sc);
+    if (!sc.present)
+      return LK_OK;
+  }
   struct timespec until;
   clock_gettime(CLOCK_REALTIME, &until);
   until.tv_sec += COMMIT_VISIBLE_TIMEOUT_S;
