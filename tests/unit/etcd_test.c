@@ -1,7 +1,8 @@
 /*
  * etcd_test.c - proves lib/etcd's contract against a real etcd (Debian's
  * etcd-server, /usr/bin/etcd): each group starts a single-node etcd on
- * free loopback ports with a private data dir, and stops it at the end.
+ * free loopback ports with a private data dir (tests/unit/etcd_fixture),
+ * and stops it at the end.
  *
  * Group "live": txn put then get; absent keys; prefix isolation (also
  * between "/p/" and "/p-x/"); a 1200-key range paged at one revision even
@@ -21,12 +22,9 @@
  * Every wait is bounded; time bounds are functional (seconds), not tight.
  */
 #include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,8 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <time.h>
@@ -46,176 +42,23 @@
 #include "lib/clock.h"
 #include "lib/etcd.h"
 #include "lib/status.h"
-
-extern char **environ;
+#include "tests/unit/etcd_fixture.h"
 
 /* How long any single wait may take before the test fails. */
 #define WAIT_MS 30000
 
 /* ---- etcd process ------------------------------------------------------ */
 
-typedef struct {
-  char dir[512]; /* temp root: data/ and etcd.log inside */
-  int client_port;
-  int peer_port;
-  pid_t pid;
-  char ep[64]; /* "127.0.0.1:<client_port>" */
-} etcd_proc;
-
-static etcd_proc g_etcd;
-
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0)
-    return -1;
-  struct sockaddr_in sin;
-  memset(&sin, 0, sizeof(sin));
-  sin.sin_family = AF_INET;
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t sl = sizeof(sin);
-  int port = -1;
-  if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0 &&
-      getsockname(fd, (struct sockaddr *)&sin, &sl) == 0)
-    port = ntohs(sin.sin_port);
-  close(fd);
-  return port;
-}
-
-static int remove_entry(const char *path, const struct stat *sb, int flag,
-                        struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  return remove(path);
-}
-
-/* Sends sig and waits (bounded) for the process to exit. */
-static void etcd_signal_wait(etcd_proc *p, int sig) {
-  if (p->pid <= 0)
-    return;
-  kill(p->pid, sig);
-  int64_t start = lk_now_ms();
-  for (;;) {
-    pid_t r = waitpid(p->pid, NULL, WNOHANG);
-    if (r == p->pid || (r < 0 && errno != EINTR))
-      break;
-    if (lk_now_ms() - start > 15000) {
-      kill(p->pid, SIGKILL);
-      waitpid(p->pid, NULL, 0);
-      break;
-    }
-    usleep(20 * 1000);
-  }
-  p->pid = 0;
-}
-
-static void print_log(const etcd_proc *p) {
-  char path[600];
-  snprintf(path, sizeof(path), "%s/etcd.log", p->dir);
-  FILE *fp = fopen(path, "r");
-  if (fp == NULL)
-    return;
-  char line[1024];
-  fprintf(stderr, "---- %s (tail) ----\n", path);
-  long size = 0;
-  if (fseek(fp, 0, SEEK_END) == 0 && (size = ftell(fp)) > 8192)
-    fseek(fp, size - 8192, SEEK_SET);
-  else
-    fseek(fp, 0, SEEK_SET);
-  while (fgets(line, sizeof(line), fp) != NULL)
-    fputs(line, stderr);
-  fclose(fp);
-}
-
-/* Spawns etcd on p's ports and data dir; 0 once it answers a Range. */
-static int etcd_spawn(etcd_proc *p) {
-  char data[600], log[600], client[96], peer[96], cluster[128];
-  snprintf(data, sizeof(data), "%s/data", p->dir);
-  snprintf(log, sizeof(log), "%s/etcd.log", p->dir);
-  snprintf(client, sizeof(client), "http://127.0.0.1:%d", p->client_port);
-  snprintf(peer, sizeof(peer), "http://127.0.0.1:%d", p->peer_port);
-  snprintf(cluster, sizeof(cluster), "t=%s", peer);
-  snprintf(p->ep, sizeof(p->ep), "127.0.0.1:%d", p->client_port);
-  const char *bin =
-      access("/usr/bin/etcd", X_OK) == 0 ? "/usr/bin/etcd" : "etcd";
-  char *argv[] = {
-      (char *)bin, "--name", "t", "--data-dir", data, "--listen-client-urls",
-      client, "--advertise-client-urls", client, "--listen-peer-urls", peer,
-      "--initial-advertise-peer-urls", peer, "--initial-cluster", cluster,
-      /* So the progress test need not wait 10 minutes. */
-      "--experimental-watch-progress-notify-interval", "1s", NULL};
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_APPEND,
-                                   0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  int rc = posix_spawnp(&p->pid, bin, &fa, NULL, argv, environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) {
-    p->pid = 0;
-    return -1;
-  }
-  lk_etcd *e = NULL;
-  lk_err err;
-  if (lk_etcd_open(p->ep, "/ready/", &e, &err) != LK_OK) {
-    etcd_signal_wait(p, SIGKILL);
-    return -1;
-  }
-  int64_t start = lk_now_ms();
-  int ok = 0;
-  while (lk_now_ms() - start < WAIT_MS) {
-    unsigned char *v = NULL;
-    size_t n = 0;
-    if (lk_etcd_get(e, "probe", &v, &n, NULL, &err) == LK_NOT_FOUND) {
-      ok = 1;
-      break;
-    }
-    lk_etcd_value_free(v, n);
-    if (waitpid(p->pid, NULL, WNOHANG) == p->pid) {
-      p->pid = 0; /* exited: most likely a port was taken meanwhile */
-      break;
-    }
-    usleep(50 * 1000);
-  }
-  lk_etcd_close(e);
-  if (!ok) {
-    etcd_signal_wait(p, SIGKILL);
-    return -1;
-  }
-  return 0;
-}
+static etcd_fx g_etcd;
 
 static int etcd_group_setup(void **state) {
   (void)state;
-  const char *tmp = getenv("TEST_TMPDIR");
-  memset(&g_etcd, 0, sizeof(g_etcd));
-  snprintf(g_etcd.dir, sizeof(g_etcd.dir), "%s/etcd-XXXXXX",
-           tmp != NULL ? tmp : "/tmp");
-  if (mkdtemp(g_etcd.dir) == NULL) {
-    fprintf(stderr, "mkdtemp %s: %s\n", g_etcd.dir, strerror(errno));
-    return -1;
-  }
-  for (int attempt = 0; attempt < 5; attempt++) {
-    g_etcd.client_port = free_port();
-    g_etcd.peer_port = free_port();
-    if (g_etcd.client_port > 0 && g_etcd.peer_port > 0 &&
-        g_etcd.client_port != g_etcd.peer_port && etcd_spawn(&g_etcd) == 0)
-      return 0;
-    char data[600];
-    snprintf(data, sizeof(data), "%s/data", g_etcd.dir);
-    nftw(data, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-  }
-  fprintf(stderr, "etcd did not start\n");
-  print_log(&g_etcd);
-  return -1;
+  return etcd_fx_start(&g_etcd);
 }
 
 static int etcd_group_teardown(void **state) {
   (void)state;
-  etcd_signal_wait(&g_etcd, SIGTERM);
-  if (getenv("LK_ETCD_TEST_KEEP") == NULL) /* keep etcd.log for debugging */
-    nftw(g_etcd.dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+  etcd_fx_stop(&g_etcd);
   return 0;
 }
 
@@ -867,7 +710,7 @@ static void compacted_revision_is_failed_precondition_everywhere(void **state) {
 
 static void refused_first_endpoint_fails_over_to_the_next(void **state) {
   (void)state;
-  int dead = free_port();
+  int dead = etcd_fx_free_port();
   char eps[160];
   snprintf(eps, sizeof(eps), "127.0.0.1:%d, http://%s/", dead, g_etcd.ep);
   lk_etcd *e = NULL;
@@ -958,7 +801,7 @@ static void etcd_down_is_unavailable_and_watch_resumes_after_restart(
   lk_etcd_watch *wt = start_watch(e, "", r1, &w);
   wait_until(&w, UNTIL_EVENTS, 1);
 
-  etcd_signal_wait(&g_etcd, SIGKILL);
+  etcd_fx_kill(&g_etcd, SIGKILL);
   wait_until(&w, UNTIL_UNAVAILABLE, 1);
 
   /* Every call fails with LK_UNAVAILABLE within the deadline. */
@@ -987,8 +830,8 @@ static void etcd_down_is_unavailable_and_watch_resumes_after_restart(
   assert_null(wt0);
 
   /* Same ports, same data: the watch reconnects and resumes after a. */
-  if (etcd_spawn(&g_etcd) != 0) {
-    print_log(&g_etcd);
+  if (etcd_fx_spawn(&g_etcd) != 0) {
+    etcd_fx_print_log(&g_etcd);
     fail_msg("etcd did not restart on %s", g_etcd.ep);
   }
   int64_t r2 = put(e, "b", "2");
