@@ -524,6 +524,93 @@ static void commit_that_changes_nothing_returns_at_once(void **state) {
   lk_etcd_close(e);
 }
 
+/* ---- a past revision (lk_etcd_catalog_at) ------------------------------ */
+
+/* The budget's paused flag in cat, or -1 when absent. */
+static int past_paused(lk_catalog *cat, const char *id) {
+  Latchkey__V1__Budget *b = NULL;
+  lk_err err;
+  lk_status st = lk_catalog_get_budget(cat, id, &b, &err);
+  if (st == LK_NOT_FOUND)
+    return -1;
+  if (st != LK_OK)
+    fail_msg("get budget %s: %s: %s", id, lk_status_name(st), err.msg);
+  int paused = b->paused ? 1 : 0;
+  lk_catalog_free_budget(b);
+  return paused;
+}
+
+/* Opens the catalog at rev and checks budgets h1..h3 are as want. */
+static void expect_past(lk_etcd_catalog *c, int64_t rev, const int want[3]) {
+  lk_catalog *past = NULL;
+  lk_store *store = NULL;
+  lk_err err;
+  lk_status st = lk_etcd_catalog_at(c, rev, &past, &store, &err);
+  if (st != LK_OK)
+    fail_msg("catalog at %lld: %s: %s", (long long)rev, lk_status_name(st),
+             err.msg);
+  assert_int_equal(past_paused(past, "h1"), want[0]);
+  assert_int_equal(past_paused(past, "h2"), want[1]);
+  assert_int_equal(past_paused(past, "h3"), want[2]);
+
+  /* A past catalog is read-only. */
+  Latchkey__V1__Budget b = LATCHKEY__V1__BUDGET__INIT;
+  b.id = "h9";
+  lk_store_batch *batch = lk_store_batch_new();
+  assert_non_null(batch);
+  assert_int_equal(lk_catalog_put_budget(past, batch, &b, &err), LK_OK);
+  assert_int_equal(lk_catalog_commit(past, batch, &err),
+                   LK_FAILED_PRECONDITION);
+  lk_store_batch_destroy(batch);
+  lk_catalog_destroy(past);
+  lk_store_close(store);
+}
+
+static void catalog_at_a_past_revision_until_compacted(void **state) {
+  static const int then[3] = {0, 0, -1};
+  static const int now_want[3] = {1, -1, 0};
+  (void)state;
+  lk_etcd *e = open_client("/t-at/");
+  lk_etcd_catalog *c = open_catalog(e, NULL);
+  put_budget(c, "h1", 0);
+  put_budget(c, "h2", 0);
+  int64_t r1 = 0;
+  etcd_keys(e, &r1);
+  put_budget(c, "h1", 1);
+  delete_budget(c, "h2");
+  put_budget(c, "h3", 0);
+  int64_t now = 0;
+  etcd_keys(e, &now);
+  assert_true(now > r1);
+
+  expect_past(c, r1, then);
+  expect_past(c, now, now_want);
+
+  lk_catalog *past = NULL;
+  lk_store *store = NULL;
+  lk_err err;
+  assert_int_equal(lk_etcd_catalog_at(c, now + 100000, &past, &store, &err),
+                   LK_INVALID_ARGUMENT);
+  assert_null(past);
+  assert_null(store);
+  assert_int_equal(lk_etcd_catalog_at(c, 0, &past, &store, &err),
+                   LK_INVALID_ARGUMENT);
+
+  /* Once etcd compacts past r1, r1 is gone: the caller sends a snapshot. */
+  lk_status st = lk_etcd_compact(e, now, &err);
+  if (st != LK_OK)
+    fail_msg("compact %lld: %s: %s", (long long)now, lk_status_name(st),
+             err.msg);
+  assert_int_equal(lk_etcd_catalog_at(c, r1, &past, &store, &err),
+                   LK_FAILED_PRECONDITION);
+  assert_null(past);
+  assert_null(store);
+  expect_past(c, now, now_want); /* the compact revision itself stays */
+
+  lk_etcd_catalog_destroy(c);
+  lk_etcd_close(e);
+}
+
 static void destroy_of_null_is_a_no_op(void **state) {
   (void)state;
   lk_etcd_catalog_destroy(NULL);
@@ -538,6 +625,7 @@ int main(void) {
       cmocka_unit_test(
           compaction_past_a_follower_leaves_it_working_and_converging),
       cmocka_unit_test(commit_that_changes_nothing_returns_at_once),
+      cmocka_unit_test(catalog_at_a_past_revision_until_compacted),
       cmocka_unit_test(destroy_of_null_is_a_no_op),
   };
   return cmocka_run_group_tests_name("etcd_catalog", live, etcd_group_setup,
