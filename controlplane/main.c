@@ -353,20 +353,12 @@ int main(int argc, char **argv) {
       {"log-level", LK_FLAG_STRING, &o.log_level, "debug|info|warn|error"},
   };
   int n_flags = (int)(sizeof(flags) / sizeof(flags[0]));
-  int help = 0;
-  lk_err err;
-  lk_err_clear(&err);
-  if (lk_flags_parse(flags, n_flags, argc, argv, &help, &err) != LK_OK) {
-    fprintf(stderr, "latchkey-cp: %s\n", err.msg);
-    return 2;
-  }
-  if (help) {
-    lk_flags_usage("latchkey-cp",
-                   "Latchkey control plane: Admin over etcd and scoped "
-                   "replication to sidecars.",
-                   flags, n_flags);
-    return 0;
-  }
+  int rc = lk_flags_main("latchkey-cp",
+                         "Latchkey control plane: Admin over etcd and scoped "
+                         "replication to sidecars.",
+                         flags, n_flags, argc, argv);
+  if (rc >= 0)
+    return rc;
   const char *usage_error = NULL;
   if (o.admin_token_file == NULL || o.admin_token_file[0] == '\0') {
     usage_error = "--admin-token-file is required";

@@ -174,3 +174,19 @@ void lk_flags_usage(const char *prog, const char *summary, const lk_flag *flags,
     fprintf(stderr, "  %-30s %s [%s]\n", left, flags[k].help, env);
   }
 }
+
+int lk_flags_main(const char *prog, const char *summary, const lk_flag *flags,
+                  int n_flags, int argc, char **argv) {
+  int help = 0;
+  lk_err err;
+  lk_err_clear(&err);
+  if (lk_flags_parse(flags, n_flags, argc, argv, &help, &err) != LK_OK) {
+    fprintf(stderr, "%s: %s\n", prog, err.msg);
+    return 2;
+  }
+  if (help) {
+    lk_flags_usage(prog, summary, flags, n_flags);
+    return 0;
+  }
+  return -1;
+}

@@ -37,6 +37,12 @@ lk_status lk_flags_parse(const lk_flag *flags, int n_flags, int argc,
                          char **argv, int *help_requested,
                          lk_err *err) LK_MUST_CHECK;
 
+/* The daemons' command-line prologue: parses argv and the environment;
+ * on a bad flag prints "PROG: reason" and returns 2, on --help prints the
+ * usage and returns 0; returns -1 when the program should go on. */
+int lk_flags_main(const char *prog, const char *summary, const lk_flag *flags,
+                  int n_flags, int argc, char **argv);
+
 /* Prints a usage text listing every flag and its environment variable. */
 void lk_flags_usage(const char *prog, const char *summary, const lk_flag *flags,
                     int n_flags);

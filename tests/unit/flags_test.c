@@ -9,6 +9,7 @@
  * Every test starts with the table's variables unset and the targets at
  * their defaults, so no test depends on the order they run in.
  */
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -588,11 +589,36 @@ static void usage_lists_every_flag_and_its_variable(void **state) {
   assert_non_null(strstr(out, "[LATCHKEY_MAX_STALENESS]"));
 }
 
+/* lk_flags_main: 2 after a bad flag, 0 after --help, -1 to go on. */
+static void main_prologue_returns_exit_code_or_goes_on(void **state) {
+  (void)state;
+  fflush(stderr);
+  int saved = dup(STDERR_FILENO);
+  int devnull = open("/dev/null", O_WRONLY);
+  assert_true(saved >= 0 && devnull >= 0);
+  assert_true(dup2(devnull, STDERR_FILENO) >= 0);
+  char *bad[] = {"prog", "--nope", NULL};
+  char *help[] = {"prog", "--help", NULL};
+  char *good[] = {"prog", "--data-dir", "/d", NULL};
+  int rc_bad = lk_flags_main("prog", "s", table, N_TABLE, 2, bad);
+  int rc_help = lk_flags_main("prog", "s", table, N_TABLE, 2, help);
+  int rc_good = lk_flags_main("prog", "s", table, N_TABLE, 3, good);
+  fflush(stderr);
+  assert_true(dup2(saved, STDERR_FILENO) >= 0);
+  close(saved);
+  close(devnull);
+  assert_int_equal(rc_bad, 2);
+  assert_int_equal(rc_help, 0);
+  assert_int_equal(rc_good, -1);
+  assert_string_equal(data_dir, "/d");
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, reset, reset)
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       T(no_arguments_keeps_defaults),
+      T(main_prologue_returns_exit_code_or_goes_on),
       T(string_flag_takes_the_next_argument),
       T(string_flag_takes_the_value_after_equals),
       T(value_after_equals_may_itself_contain_equals),
