@@ -47,6 +47,7 @@ typedef struct {
   const char *node_key;
   const char *admin_listen;
   const char *admin_token_file;
+  const char *agent_token_file;
   const char *control_plane;
   const char *control_plane_token_file;
   const char *tls_ca;
@@ -129,6 +130,7 @@ static int run(const options *o) {
   lk_replica *replica = NULL;
   lk_rpc_server *srv = NULL;
   admin_ctx admin = {NULL, NULL};
+  lk_token *agent_token = NULL;
   sigset_t sigs;
 
   if (lk_secret_disable_core_dumps(&err) != LK_OK ||
@@ -177,6 +179,11 @@ static int run(const options *o) {
   if (replica != NULL) {
     tcfg.stale = replica_stale;
     tcfg.stale_ctx = replica;
+  }
+  if (o->agent_token_file != NULL && o->agent_token_file[0] != '\0') {
+    if (lk_token_load(o->agent_token_file, &agent_token, &err) != LK_OK)
+      goto fail;
+    tcfg.agent_token = agent_token;
   }
   if (lk_toolcalls_new(&tcfg, cat, key, fwd, &tc, &err) != LK_OK)
     goto fail;
@@ -236,6 +243,7 @@ cleanup:
   lk_replica_destroy(replica);
   lk_admin_destroy(admin.admin);
   lk_token_destroy(admin.token);
+  lk_token_destroy(agent_token);
   lk_seal_key_destroy(key);
   lk_catalog_destroy(cat);
   if (store != NULL) {
@@ -271,6 +279,8 @@ int main(int argc, char **argv) {
        "node key file, created 0600 on first start"},
       {"admin-listen", LK_FLAG_STRING, &o.admin_listen,
        "Admin address (standalone mode)"},
+      {"agent-token-file", LK_FLAG_STRING, &o.agent_token_file,
+       "file holding a token every ToolCalls caller must present"},
       {"admin-token-file", LK_FLAG_STRING, &o.admin_token_file,
        "file holding the Admin bearer token"},
       {"control-plane", LK_FLAG_STRING, &o.control_plane,

@@ -855,6 +855,20 @@ out:
 void lk_toolcalls_handle(void *ctx, lk_rpc_call *call) {
   lk_toolcalls *t = ctx;
   const char *m = lk_rpc_call_method(call);
+  if (t->cfg.agent_token != NULL) {
+    size_t len = 0;
+    const char *md = lk_rpc_call_metadata(call, "authorization", &len);
+    if (!lk_token_check_bearer(t->cfg.agent_token, md, len)) {
+      lk_err err;
+      lk_fail(&err, LK_UNAUTHENTICATED,
+              "missing or wrong agent token: send metadata 'authorization: "
+              "Bearer <token>' with the token from this sidecar's "
+              "--agent-token-file");
+      lk_log(LK_LOG_WARN, "agent_unauthenticated", "%s refused", m);
+      lk_rpc_call_fail(call, &err);
+      return;
+    }
+  }
   if (strcmp(m, methods[0]) == 0) {
     handle_call(t, call);
   } else {

@@ -17,6 +17,7 @@
 #include "lib/rpc_server.h"
 #include "lib/seal.h"
 #include "lib/status.h"
+#include "lib/token.h"
 #include "sidecar/forward.h"
 
 typedef struct {
@@ -28,6 +29,9 @@ typedef struct {
    * is too stale to serve; every call is then refused. NULL = never. */
   int (*stale)(void *ctx, lk_err *err);
   void *stale_ctx;
+  /* When set, every call must carry "authorization: Bearer <token>" with
+   * this token (--agent-token-file); else UNAUTHENTICATED. */
+  const lk_token *agent_token;
 } lk_toolcalls_config;
 
 typedef struct lk_toolcalls lk_toolcalls;
