@@ -8,13 +8,24 @@
  * quickly. Everything curl allocates goes through wiping allocators
  * (lk_forward_global_init), because curl keeps private copies of the URL,
  * headers and received bytes, any of which may hold a secret.
+ *
+ * Destinations are checked in curl's open-socket callback, which runs for
+ * every new connection with the very address about to be connected to:
+ * checking the name or a separate lookup would let DNS rebinding answer
+ * differently the second time. A refusal marks the transfer so its
+ * failure reads as a refused destination, not as an unreachable vendor.
  */
 #include "sidecar/forward.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "lib/clock.h"
@@ -87,6 +98,111 @@ lk_status lk_forward_global_init(lk_err *err) {
   return LK_OK;
 }
 
+/* ---- destinations --------------------------------------------------- */
+
+typedef enum {
+  ADDR_PUBLIC,  /* may be connected to */
+  ADDR_PRIVATE, /* loopback or private: only with allow_private */
+  ADDR_NEVER,   /* link-local, metadata, multicast, unspecified, reserved */
+} addr_class;
+
+static int in4(uint32_t a, uint32_t net, int bits) {
+  uint32_t mask = bits == 0 ? 0 : 0xffffffffu << (32 - bits);
+  return (a & mask) == net;
+}
+
+/* a is in host byte order. */
+static addr_class classify4(uint32_t a) {
+  if (in4(a, 0x7f000000u, 8) || in4(a, 0x0a000000u, 8) ||
+      in4(a, 0xac100000u, 12) || in4(a, 0xc0a80000u, 16) ||
+      in4(a, 0x64400000u, 10)) {
+    return ADDR_PRIVATE;
+  }
+  /* 0/8 (connecting to 0.0.0.0 reaches this host), 169.254/16 (with the
+   * metadata service at .169.254), 224/4 multicast, 240/4 and broadcast. */
+  if (in4(a, 0x00000000u, 8) || in4(a, 0xa9fe0000u, 16) ||
+      in4(a, 0xe0000000u, 3)) {
+    return ADDR_NEVER;
+  }
+  return ADDR_PUBLIC;
+}
+
+static uint32_t load4(const unsigned char *b) {
+  return ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) |
+         ((uint32_t)b[2] << 8) | (uint32_t)b[3];
+}
+
+static addr_class classify6(const unsigned char *b) {
+  static const unsigned char zero[16];
+  static const unsigned char mapped[12] = {0, 0, 0, 0, 0,    0,
+                                           0, 0, 0, 0, 0xff, 0xff};
+  static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b};
+  if (memcmp(b, zero, 15) == 0)
+    return b[15] == 1 ? ADDR_PRIVATE : ADDR_NEVER; /* ::1, :: */
+  /* IPv4-mapped, NAT64 and the deprecated IPv4-compatible forms reach the
+   * embedded IPv4 address. */
+  if (memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0 ||
+      memcmp(b, zero, 12) == 0) {
+    return classify4(load4(b + 12));
+  }
+  if ((b[0] & 0xfe) == 0xfc)
+    return ADDR_PRIVATE; /* fc00::/7, includes fd00:ec2::254 (metadata) */
+  if (b[0] == 0xff)
+    return ADDR_NEVER; /* multicast */
+  if (b[0] == 0xfe && (b[1] & 0x80) == 0x80)
+    return ADDR_NEVER; /* fe80::/10 link-local, fec0::/10 site-local */
+  return ADDR_PUBLIC;
+}
+
+static addr_class classify(const struct sockaddr *sa, socklen_t len) {
+  if (sa->sa_family == AF_INET &&
+      len >= (socklen_t)sizeof(struct sockaddr_in)) {
+    const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+    return classify4(ntohl(s4->sin_addr.s_addr));
+  }
+  if (sa->sa_family == AF_INET6 &&
+      len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+    return classify6(s6->sin6_addr.s6_addr);
+  }
+  return ADDR_NEVER;
+}
+
+int lk_forward_url_host_is_private(const char *url) {
+  const char *h = strstr(url, "://");
+  if (h == NULL)
+    return 0;
+  h += 3;
+  size_t n = strcspn(h, "/?#");
+  if (memchr(h, '@', n) != NULL)
+    return 0; /* userinfo: not a plain literal host */
+  char host[64];
+  const char *end;
+  if (h[0] == '[') {
+    end = memchr(h, ']', n);
+    if (end == NULL)
+      return 0;
+    h++;
+  } else {
+    end = memchr(h, ':', n);
+    if (end == NULL)
+      end = h + n;
+  }
+  size_t hn = (size_t)(end - h);
+  if (hn == 0 || hn >= sizeof(host))
+    return 0;
+  memcpy(host, h, hn);
+  host[hn] = '\0';
+  if (strcasecmp(host, "localhost") == 0)
+    return 1;
+  unsigned char b[16];
+  if (inet_pton(AF_INET, host, b) == 1)
+    return classify4(load4(b)) == ADDR_PRIVATE;
+  if (inet_pton(AF_INET6, host, b) == 1)
+    return classify6(b) == ADDR_PRIVATE;
+  return 0;
+}
+
 /* ---- transfers ------------------------------------------------------ */
 
 typedef struct transfer {
@@ -103,6 +219,9 @@ typedef struct transfer {
   lk_secret_buf *head;
   int body_too_large;
   int head_too_large;
+  int allow_private;
+  addr_class refused; /* ADDR_PUBLIC, or why a connect was refused */
+  char refused_addr[INET6_ADDRSTRLEN];
 } transfer;
 
 struct lk_forwarder {
@@ -141,6 +260,31 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *userp) {
     return 0;
   }
   return n;
+}
+
+/* Runs before every new connection: the address is the one curl will
+ * connect to, after its own resolution. */
+static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose,
+                                    struct curl_sockaddr *a) {
+  transfer *t = clientp;
+  if (purpose != CURLSOCKTYPE_IPCXN)
+    return CURL_SOCKET_BAD;
+  addr_class c = classify(&a->addr, a->addrlen);
+  if (c == ADDR_NEVER || (c == ADDR_PRIVATE && !t->allow_private)) {
+    t->refused = c;
+    const void *ip = NULL;
+    if (a->family == AF_INET)
+      ip = &((const struct sockaddr_in *)&a->addr)->sin_addr;
+    else if (a->family == AF_INET6)
+      ip = &((const struct sockaddr_in6 *)&a->addr)->sin6_addr;
+    if (ip == NULL || inet_ntop(a->family, ip, t->refused_addr,
+                                sizeof(t->refused_addr)) == NULL) {
+      snprintf(t->refused_addr, sizeof(t->refused_addr), "family %d",
+               a->family);
+    }
+    return CURL_SOCKET_BAD;
+  }
+  return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
 }
 
 static void transfer_free(transfer *t) {
@@ -222,6 +366,9 @@ static lk_status setup_easy(lk_forwarder *f, transfer *t, lk_err *err) {
   }
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(e, CURLOPT_PROXY, ""); /* not even from the environment */
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, t);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "");
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
@@ -290,6 +437,21 @@ static void finish_transfer(lk_forwarder *f, transfer *t, CURLcode rc) {
   if (rc == CURLE_ABORTED_BY_CALLBACK) {
     complete_error(t, LK_DEADLINE_EXCEEDED, "the caller cancelled the call%s",
                    "");
+    return;
+  }
+  if (t->refused == ADDR_NEVER) {
+    complete_error(t, LK_FAILED_PRECONDITION,
+                   "the vendor's host resolves to a link-local, metadata, "
+                   "multicast or unspecified address (%s), which is never "
+                   "allowed",
+                   t->refused_addr);
+    return;
+  }
+  if (t->refused == ADDR_PRIVATE) {
+    complete_error(t, LK_FAILED_PRECONDITION,
+                   "the vendor's host resolves to a private address (%s); "
+                   "only loopback vendors may, with --allow-insecure-vendors",
+                   t->refused_addr);
     return;
   }
   complete_error(t, LK_UNAVAILABLE,
@@ -415,8 +577,9 @@ lk_status lk_forwarder_new(const lk_forward_opts *opts, lk_forwarder **out,
 }
 
 void lk_forwarder_submit(lk_forwarder *f, const lk_http_request *req,
-                         int64_t deadline_ms, lk_forward_cancelled cancelled,
-                         lk_forward_done done, void *ctx) {
+                         int allow_private, int64_t deadline_ms,
+                         lk_forward_cancelled cancelled, lk_forward_done done,
+                         void *ctx) {
   transfer *t = calloc(1, sizeof(*t));
   if (t == NULL) {
     lk_forward_result res;
@@ -426,6 +589,7 @@ void lk_forwarder_submit(lk_forwarder *f, const lk_http_request *req,
     return;
   }
   t->req = req;
+  t->allow_private = allow_private;
   t->deadline_ms = deadline_ms;
   t->cancelled = cancelled;
   t->done = done;

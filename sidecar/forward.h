@@ -8,9 +8,15 @@
  * callback. The gRPC deadline of the call bounds the transfer.
  *
  * Invariants: redirects are never followed; only http and https are
- * spoken; responses over max_response_bytes are cut off and reported as
- * LK_RESOURCE_EXHAUSTED; the raw body and headers (which may echo the
- * secret) live only in guarded memory and are wiped after the callback.
+ * spoken; no proxy is used; every new connection is checked against the
+ * address curl actually connects to (so a DNS answer that changes between
+ * lookups cannot slip past), and private, loopback, link-local,
+ * unique-local, multicast, unspecified and metadata addresses are refused
+ * with LK_FAILED_PRECONDITION unless the request allows private ones
+ * (link-local, metadata, multicast and unspecified never are); responses over
+ * max_response_bytes are cut off and reported as LK_RESOURCE_EXHAUSTED; the raw
+ * body and headers (which may echo the secret) live only in guarded memory and
+ * are wiped after the callback.
  */
 #ifndef LK_FORWARD_H
 #define LK_FORWARD_H
@@ -55,11 +61,18 @@ lk_status lk_forward_global_init(lk_err *err) LK_MUST_CHECK;
 lk_status lk_forwarder_new(const lk_forward_opts *opts, lk_forwarder **out,
                            lk_err *err) LK_MUST_CHECK;
 
+/* Returns nonzero when url's host is literally "localhost", a loopback
+ * address or a private one (10/8, 172.16/12, 192.168/16, 100.64/10,
+ * fc00::/7): the only vendors that may be sent with allow_private. */
+int lk_forward_url_host_is_private(const char *url);
+
 /* Queues req (borrowed until done runs) to be sent before deadline_ms
- * (CLOCK_MONOTONIC ms). done is always called exactly once. */
+ * (CLOCK_MONOTONIC ms), refusing loopback and private destinations unless
+ * allow_private is nonzero. done is always called exactly once. */
 void lk_forwarder_submit(lk_forwarder *f, const lk_http_request *req,
-                         int64_t deadline_ms, lk_forward_cancelled cancelled,
-                         lk_forward_done done, void *ctx);
+                         int allow_private, int64_t deadline_ms,
+                         lk_forward_cancelled cancelled, lk_forward_done done,
+                         void *ctx);
 
 /* Stops the thread, failing every queued or running transfer with
  * LK_UNAVAILABLE through its callback, and frees f; NULL is ignored. */

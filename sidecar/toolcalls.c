@@ -677,8 +677,12 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
   int64_t call_deadline = lk_rpc_call_deadline_ms(call);
   if (call_deadline < deadline)
     deadline = call_deadline;
-  lk_forwarder_submit(t->fwd, p->req, deadline, pending_cancelled,
-                      on_vendor_done, p);
+  /* Private destinations only for a vendor named by such a literal
+   * address (or "localhost"), and only when the operator allowed it. */
+  int allow_private = t->cfg.allow_insecure_vendors &&
+                      lk_forward_url_host_is_private(tool->base_url);
+  lk_forwarder_submit(t->fwd, p->req, allow_private, deadline,
+                      pending_cancelled, on_vendor_done, p);
   goto done;
 
 fail:

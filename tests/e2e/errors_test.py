@@ -1,6 +1,8 @@
 """Every failure of ToolCalls answers with its exact gRPC status code
 (DESIGN.md §4), says what to do, and leaves the daemon serving."""
 
+import ipaddress
+import socket
 import time
 
 import grpc
@@ -119,6 +121,42 @@ class ErrorsTest(harness.StackTestCase):
         self.assertTrue(err.details())
         self.assertStillServing()
 
+    def test_loopback_literal_vendor_is_allowed_with_allow_insecure(self):
+        # https to "localhost" passes the destination check when the
+        # operator allowed insecure vendors; the closed port then makes
+        # it an ordinary UNAVAILABLE.
+        port = harness.free_port()
+        self.lk.register_tool(harness.echo_tool(
+            "local-tls", "https://localhost:%d" % port, None))
+        err = self.assertCode(Code.UNAVAILABLE, self.lk.call, "main",
+                              "local-tls", "get", {"item": "x"})
+        self.assertNotIn("private", err.details())
+
+    def test_name_resolving_to_private_address_fails_precondition(self):
+        # A host name (not a literal) whose answer is private, as a DNS
+        # rebinding attack would give, is refused even with
+        # --allow-insecure-vendors: the check is on the connected address.
+        name = socket.gethostname()
+        try:
+            addrs = {ai[4][0] for ai in socket.getaddrinfo(
+                name, 443, type=socket.SOCK_STREAM)}
+        except socket.gaierror:
+            self.skipTest("host name %r does not resolve" % name)
+        if name.lower() == "localhost" or not all(
+                ipaddress.ip_address(a.split("%")[0]).is_private
+                for a in addrs):
+            self.skipTest("host name %r is not a private-only name" % name)
+        self.lk.register_tool(harness.echo_tool(
+            "rebound", "https://%s:%d" % (name, self.lk.nginx.port), None))
+        err = self.assertCode(Code.FAILED_PRECONDITION, self.lk.call, "main",
+                              "rebound", "get", {"item": "x?secret=1"})
+        self.assertIn("rebound", err.details())
+        self.assertIn("private address", err.details())
+        self.assertNotIn("secret", err.details())
+        self.assertEqual(self.lk.nginx.arrivals("/", expect=0, timeout=0.3),
+                         [])
+        self.assertStillServing()
+
     def test_vendor_slower_than_client_deadline_is_deadline_exceeded(self):
         start = time.monotonic()
         self.assertCode(Code.DEADLINE_EXCEEDED, self.lk.call, "main",
@@ -154,7 +192,8 @@ class ErrorsTest(harness.StackTestCase):
 
 
 class InsecureVendorTest(harness.StackTestCase):
-    """Without --allow-insecure-vendors, http:// vendors are refused."""
+    """Without --allow-insecure-vendors, http:// vendors and loopback
+    destinations are refused."""
 
     stack_options = {"allow_insecure_vendors": False}
     with_catalog = False
@@ -172,6 +211,26 @@ class InsecureVendorTest(harness.StackTestCase):
         err = self.assertCode(Code.FAILED_PRECONDITION, self.lk.call, "main",
                               "plain", "get", {"item": "x"})
         self.assertIn("insecure", err.details().lower())
+        self.assertEqual(self.lk.nginx.arrivals("/", expect=0, timeout=0.3),
+                         [])
+
+    def test_https_loopback_vendor_without_allow_insecure_fails_precondition(
+            self):
+        # https does not make a loopback vendor acceptable: the connect is
+        # refused before anything is sent, and the answer says why rather
+        # than reading as an unreachable vendor (UNAVAILABLE).
+        self.lk.create_budget("main")
+        for tool_id, host in (("tls-name", "localhost"),
+                              ("tls-literal", "127.0.0.1")):
+            with self.subTest(host=host):
+                self.lk.register_tool(harness.echo_tool(
+                    tool_id, "https://%s:%d" % (host, self.lk.nginx.port),
+                    None))
+                err = self.assertCode(Code.FAILED_PRECONDITION, self.lk.call,
+                                      "main", tool_id, "get", {"item": "x"})
+                self.assertIn(tool_id, err.details())
+                self.assertIn("private address", err.details())
+                self.assertIn("--allow-insecure-vendors", err.details())
         self.assertEqual(self.lk.nginx.arrivals("/", expect=0, timeout=0.3),
                          [])
 

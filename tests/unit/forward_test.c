@@ -8,6 +8,10 @@
  * an unreachable vendor, a non-HTTP scheme and caller cancellation each
  * end in their exact status; slow transfers overlap; sequential requests
  * share one keep-alive connection; destroy fails everything in flight.
+ * Destinations: a loopback vendor is refused with LK_FAILED_PRECONDITION
+ * (not LK_UNAVAILABLE) unless the request allows private addresses, also
+ * when it comes by name ("localhost") or over a new keep-alive slot, and
+ * never reaches the server; literal private hosts are recognised.
  *
  * Every wait is bounded, and time bounds are functional (whole seconds
  * against what a serial or hung forwarder would take), never tight.
@@ -424,8 +428,8 @@ static void run_one(lk_forwarder *f, const char *method, const char *path,
   request q;
   url_for(url, sizeof(url), path);
   request_init(&q, method, url, body, headers, userpwd);
-  lk_forwarder_submit(f, &q.r, lk_now_ms() + timeout_ms, on_cancelled, on_done,
-                      o);
+  lk_forwarder_submit(f, &q.r, 1, lk_now_ms() + timeout_ms, on_cancelled,
+                      on_done, o);
   wait_done(o, 1);
   request_clear(&q);
 }
@@ -591,7 +595,7 @@ static void test_nothing_listening_is_unavailable(void **state) {
   request q;
   request_init(&q, "GET", url, NULL, NULL, NULL);
   outcome o = {0};
-  lk_forwarder_submit(x->f, &q.r, lk_now_ms() + 20000, NULL, on_done, &o);
+  lk_forwarder_submit(x->f, &q.r, 1, lk_now_ms() + 20000, NULL, on_done, &o);
   wait_done(&o, 1);
   close(fd);
   request_clear(&q);
@@ -606,7 +610,7 @@ static void test_only_http_is_spoken(void **state) {
   request q;
   request_init(&q, "GET", "file:///etc/hostname", NULL, NULL, NULL);
   outcome o = {0};
-  lk_forwarder_submit(x->f, &q.r, lk_now_ms() + 20000, NULL, on_done, &o);
+  lk_forwarder_submit(x->f, &q.r, 1, lk_now_ms() + 20000, NULL, on_done, &o);
   wait_done(&o, 1);
   request_clear(&q);
   assert_int_equal(o.status, LK_UNAVAILABLE);
@@ -639,7 +643,7 @@ static void test_slow_transfers_overlap(void **state) {
   int64_t start = lk_now_ms();
   for (int i = 0; i < N; i++) {
     request_init(&q[i], "GET", url, NULL, NULL, NULL);
-    lk_forwarder_submit(x->f, &q[i].r, start + 50000, NULL, on_done, &o[i]);
+    lk_forwarder_submit(x->f, &q[i].r, 1, start + 50000, NULL, on_done, &o[i]);
   }
   wait_done(o, N);
   int64_t took = lk_now_ms() - start;
@@ -690,8 +694,8 @@ static void test_destroy_fails_in_flight(void **state) {
   url_for(url, sizeof(url), "/hang");
   for (int i = 0; i < RUNNING; i++) {
     request_init(&q[i], "GET", url, NULL, NULL, NULL);
-    lk_forwarder_submit(f, &q[i].r, lk_now_ms() + 50000, on_cancelled, on_done,
-                        &o[i]);
+    lk_forwarder_submit(f, &q[i].r, 1, lk_now_ms() + 50000, on_cancelled,
+                        on_done, &o[i]);
   }
   /* The loop polls cancellation only for transfers it is running. */
   int64_t start = lk_now_ms();
@@ -702,7 +706,8 @@ static void test_destroy_fails_in_flight(void **state) {
   }
   for (int i = RUNNING; i < RUNNING + QUEUED; i++) {
     request_init(&q[i], "GET", url, NULL, NULL, NULL);
-    lk_forwarder_submit(f, &q[i].r, lk_now_ms() + 50000, NULL, on_done, &o[i]);
+    lk_forwarder_submit(f, &q[i].r, 1, lk_now_ms() + 50000, NULL, on_done,
+                        &o[i]);
   }
   lk_forwarder_destroy(f);
   /* Every callback ran, exactly once, before destroy returned. */
@@ -714,6 +719,108 @@ static void test_destroy_fails_in_flight(void **state) {
     request_clear(&q[i]);
   }
   lk_forwarder_destroy(NULL);
+}
+
+/* Sends GET path with the given allow_private and waits. */
+static void run_dest(lk_forwarder *f, const char *url, int allow_private,
+                     outcome *o) {
+  request q;
+  request_init(&q, "GET", url, NULL, NULL, NULL);
+  lk_forwarder_submit(f, &q.r, allow_private, lk_now_ms() + 20000, NULL,
+                      on_done, o);
+  wait_done(o, 1);
+  request_clear(&q);
+}
+
+/* Lines in nginx's access log so far. */
+static size_t access_lines(void) {
+  char path[600];
+  snprintf(path, sizeof(path), "%s/access.log", g_nginx.dir);
+  FILE *fp = fopen(path, "r");
+  if (fp == NULL)
+    return 0;
+  size_t n = 0;
+  int c;
+  while ((c = fgetc(fp)) != EOF)
+    n += c == '\n';
+  fclose(fp);
+  return n;
+}
+
+static void test_loopback_refused_unless_allowed(void **state) {
+  fx *x = *state;
+  char url[256];
+  url_for(url, sizeof(url), "/headers");
+  size_t before = access_lines();
+  outcome o = {0};
+  run_dest(x->f, url, 0, &o);
+  assert_int_equal(o.status, LK_FAILED_PRECONDITION);
+  assert_int_equal(o.err.code, LK_FAILED_PRECONDITION);
+  assert_non_null(strstr(o.err.msg, "private address (127.0.0.1)"));
+  assert_non_null(strstr(o.err.msg, "--allow-insecure-vendors"));
+  assert_null(o.body);
+  outcome_clear(&o);
+
+  /* By name: the check is on the resolved address, not the host string. */
+  snprintf(url, sizeof(url), "http://localhost:%d/headers", g_nginx.port);
+  run_dest(x->f, url, 0, &o);
+  assert_int_equal(o.status, LK_FAILED_PRECONDITION);
+  assert_non_null(strstr(o.err.msg, "private address"));
+  outcome_clear(&o);
+
+  /* Allowed, the same vendor answers; a refused request afterwards is
+   * still refused even though an allowed connection now exists. */
+  url_for(url, sizeof(url), "/headers");
+  run_dest(x->f, url, 1, &o);
+  assert_int_equal(o.status, LK_OK);
+  assert_int_equal(o.http_status, 200);
+  outcome_clear(&o);
+  snprintf(url, sizeof(url), "http://127.0.0.2:%d/headers", g_nginx.port);
+  run_dest(x->f, url, 0, &o);
+  assert_int_equal(o.status, LK_FAILED_PRECONDITION);
+  outcome_clear(&o);
+
+  /* Only the allowed request reached nginx (its log line is written when
+   * the response is sent, so it is there by now). */
+  assert_int_equal(access_lines(), before + 1);
+}
+
+static void test_never_allowed_addresses(void **state) {
+  fx *x = *state;
+  const char *urls[] = {"http://0.0.0.0:9/x", "http://[::]:9/x",
+                        "http://[::ffff:0.0.0.0]:9/x"};
+  for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++) {
+    outcome o = {0};
+    run_dest(x->f, urls[i], 1, &o);
+    assert_int_equal(o.status, LK_FAILED_PRECONDITION);
+    assert_non_null(strstr(o.err.msg, "never allowed"));
+    outcome_clear(&o);
+  }
+}
+
+static void test_literal_private_hosts(void **state) {
+  (void)state;
+  const char *yes[] = {
+      "http://127.0.0.1:8080/x", "https://localhost",
+      "https://LOCALHOST:1/",    "http://[::1]:80/",
+      "https://10.1.2.3/v1",     "https://172.31.0.1",
+      "https://192.168.0.1?x",   "https://100.64.0.1#f",
+      "https://[fd12::1]/",      "https://[::ffff:127.0.0.1]/"};
+  const char *no[] = {
+      "https://api.example.com", "https://8.8.8.8/",
+      "https://172.32.0.1/",     "https://169.254.169.254/",
+      "https://[fe80::1]/",      "https://[ff02::1]/",
+      "https://0.0.0.0/",        "https://localhost.example.com/",
+      "https://user@127.0.0.1/", "https://127.1/",
+      "https://[2001:db8::1]/",  "no-scheme"};
+  for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+    if (!lk_forward_url_host_is_private(yes[i]))
+      fail_msg("%s should count as a literal private host", yes[i]);
+  }
+  for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++) {
+    if (lk_forward_url_host_is_private(no[i]))
+      fail_msg("%s should not count as a literal private host", no[i]);
+  }
 }
 
 int main(void) {
@@ -746,6 +853,11 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_keepalive_reuses_connection, setup,
                                       teardown),
       cmocka_unit_test(test_destroy_fails_in_flight),
+      cmocka_unit_test_setup_teardown(test_loopback_refused_unless_allowed,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_never_allowed_addresses, setup,
+                                      teardown),
+      cmocka_unit_test(test_literal_private_hosts),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
