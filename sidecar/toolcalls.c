@@ -12,10 +12,12 @@
  */
 #include "sidecar/toolcalls.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "latchkey/v1/toolcalls.pb-c.h"
 #include "lib/clock.h"
@@ -167,20 +169,28 @@ static lk_status resolve(lk_toolcalls *t, const char *budget,
   return LK_OK;
 }
 
+/* Returns 1 when url's host is literally loopback: "localhost", a
+ * dotted-quad 127.0.0.0/8 address or [::1]. A name that merely starts
+ * with "127." is not (it could resolve anywhere). */
 static int is_loopback_host(const char *url) {
   const char *h = strstr(url, "://");
   if (h == NULL)
     return 0;
   h += 3;
-  if (strncmp(h, "127.", 4) == 0)
-    return 1;
   if (strncmp(h, "[::1]", 5) == 0)
+    return h[5] == '\0' || h[5] == ':' || h[5] == '/';
+  size_t n = strcspn(h, ":/");
+  char host[64];
+  if (n == 0 || n >= sizeof(host))
+    return 0;
+  memcpy(host, h, n);
+  host[n] = '\0';
+  if (strcasecmp(host, "localhost") == 0)
     return 1;
-  if (strncmp(h, "localhost", 9) == 0 &&
-      (h[9] == '\0' || h[9] == ':' || h[9] == '/')) {
-    return 1;
-  }
-  return 0;
+  struct in_addr a;
+  if (inet_pton(AF_INET, host, &a) != 1)
+    return 0;
+  return (ntohl(a.s_addr) >> 24) == 127;
 }
 
 /* http:// only to loopback vendors and only when the operator allowed it. */

@@ -132,6 +132,19 @@ class ErrorsTest(harness.StackTestCase):
                               "local-tls", "get", {"item": "x"})
         self.assertNotIn("private", err.details())
 
+    def test_http_to_a_name_that_only_looks_loopback_fails_precondition(self):
+        # "127.example.invalid" starts like a loopback address but is a
+        # name: plain http to it is refused before any lookup, even with
+        # --allow-insecure-vendors.
+        self.lk.register_tool(harness.echo_tool(
+            "fake-loop", "http://127.example.invalid:%d" % self.lk.nginx.port,
+            None))
+        err = self.assertCode(Code.FAILED_PRECONDITION, self.lk.call, "main",
+                              "fake-loop", "get", {"item": "x"})
+        self.assertIn("fake-loop", err.details())
+        self.assertIn("non-loopback", err.details())
+        self.assertStillServing()
+
     def test_name_resolving_to_private_address_fails_precondition(self):
         # A host name (not a literal) whose answer is private, as a DNS
         # rebinding attack would give, is refused even with
