@@ -4,7 +4,8 @@
 Each seed is a small, meaningful input: a valid request, an edge case a
 parser must refuse with the right status, or an input that once broke
 something. Text seeds (args, inject, scrub) are spelled out here so their
-intent stays readable; binary seeds (toolcall_request, admin_request) are
+intent stays readable; binary seeds (toolcall_request, admin_request,
+sync_batch) are
 protobuf messages encoded with the Python stubs Bazel generates:
 
     bazel build //protos/latchkey/v1:latchkey_proto_py
@@ -581,6 +582,132 @@ for method, name, msg in REGRESS:
 
 # One raw input per method index past the end (the target takes it modulo).
 put("admin_request", "99_index_wraps", bytes([len(RPCS) + RPCS.index("ListBudgets")]))
+
+# ---- sync_batch: SyncBatch messages for the replica applier, each chunk a
+# 2-byte big-endian length and the encoding (length 0 = reset the applier).
+# Each seed starts from an empty replica. Node-sealed values only need the
+# shape the applier checks (a 32-byte ephemeral_public_key): the replica
+# cannot open them without the node's private key, so fixed bytes stand in
+# for a real lk_seal_for_node output.
+
+from latchkey.v1 import sync_pb2  # noqa: E402
+
+
+def chunks(*msgs):
+    out = b""
+    for m in msgs:
+        data = m if isinstance(m, bytes) else m.SerializeToString()
+        assert len(data) < 0x10000
+        out += len(data).to_bytes(2, "big") + data
+    return out
+
+
+def rec(key, msg):
+    value = msg if isinstance(msg, bytes) else msg.SerializeToString()
+    return sync_pb2.SyncRecord(key=key, value=value)
+
+
+def batch(rev, puts=(), deletes=(), begin=False, end=False, heartbeat=False):
+    return sync_pb2.SyncBatch(revision=rev, puts=list(puts), deletes=list(deletes),
+                              snapshot_begin=begin, snapshot_end=end,
+                              heartbeat=heartbeat)
+
+
+def node_sealed(seed, pk_len=32):
+    return types_pb2.SealedValue(key_id=0, nonce=bytes([seed]) * 24,
+                                 ciphertext=bytes(range(seed, seed + 40)),
+                                 ephemeral_public_key=bytes([seed ^ 0x5a]) * pk_len)
+
+
+def sync_cred(cid="cred_gh1", ctype="gh-token", sealed=None, plain_value=""):
+    if sealed is None and not plain_value:
+        sealed = node_sealed(7)
+    f = types_pb2.FieldValue(name="token", sealed=sealed) if sealed is not None \
+        else types_pb2.FieldValue(name="token", value=plain_value)
+    return types_pb2.Credential(id=cid, type=ctype, label="ci", fields=[f],
+                                created_at=1700000000000, updated_at=1700000000000,
+                                version=1)
+
+
+BUDGET = types_pb2.Budget(id="research", agents=["agent-1"])
+BIND_TOOL = binding("research", cred_id="cred_gh1", tool="github")
+BIND_TYPE = binding("research", cred_id="cred_gh1", ctype="gh-token")
+FULL = [rec("tool/github", tool_msg()), rec("type/gh-token", GH_TYPE),
+        rec("cred/cred_gh1", sync_cred()), rec("budget/research", BUDGET),
+        rec("bind/research/tool/github", BIND_TOOL),
+        rec("bind/research/type/gh-token", BIND_TYPE)]
+
+SYNC = {
+    "01_snapshot_one_batch": chunks(batch(10, FULL, begin=True, end=True)),
+    "02_snapshot_parts": chunks(batch(0, FULL[:2], begin=True), batch(0, FULL[2:4]),
+                                batch(12, FULL[4:], end=True)),
+    "03_snapshot_then_incremental": chunks(
+        batch(10, FULL, begin=True, end=True),
+        batch(11, [rec("budget/ops", types_pb2.Budget(id="ops", paused=True))]),
+        batch(12, deletes=["bind/research/tool/github"]),
+        batch(12, deletes=["budget/research"]),  # resent revision: ACK, no-op
+        batch(13, [rec("budget/x", types_pb2.Budget(id="x"))], deletes=["budget/x"])),
+    "04_incremental_only": chunks(batch(1, [rec("tool/github", tool_msg())]),
+                                  batch(2, [rec("type/gh-token", GH_TYPE)])),
+    "05_heartbeats": chunks(batch(0, heartbeat=True), batch(5, FULL[:1]),
+                            batch(0, heartbeat=True)),
+    "06_incremental_revision_zero": chunks(batch(0, FULL[:1])),
+    "07_bad_key_prefix": chunks(batch(3, [rec("meta/revision", b"\x00" * 8)])),
+    "08_bad_key_mismatch": chunks(batch(3, [rec("tool/other", tool_msg())])),
+    "09_bad_key_nul": chunks(batch(3, [sync_pb2.SyncRecord(
+        key="tool/git\x00hub", value=tool_msg().SerializeToString())])),
+    "10_delete_outside_catalog": chunks(batch(3, deletes=["meta/node_public_key"])),
+    "11_bad_record_bytes": chunks(batch(3, [rec("tool/github", b"\xff\xff\xff")])),
+    "12_record_wrong_message": chunks(batch(3, [rec("budget/research", tool_msg())])),
+    "13_cred_plain_secret": chunks(batch(3, [rec("cred/cred_gh1",
+                                                 sync_cred(plain_value="ghp_x"))])),
+    "14_cred_sealed_short_pk": chunks(batch(3, [rec("cred/cred_gh1",
+                                                    sync_cred(sealed=node_sealed(9, 31)))])),
+    "15_cred_keyring_sealed": chunks(batch(3, [rec("cred/cred_gh1", sync_cred(
+        sealed=types_pb2.SealedValue(key_id=3, nonce=b"n" * 24, ciphertext=b"c" * 40)))])),
+    "16_nack_then_skip_then_snapshot": chunks(
+        batch(2, [rec("tool/github", tool_msg())]),
+        batch(3, [rec("tool/bad", b"\x08")]),
+        batch(4, [rec("budget/research", BUDGET)]),
+        batch(0, heartbeat=True),
+        batch(20, FULL, begin=True, end=True)),
+    "17_nack_then_reset": chunks(batch(3, [rec("tool/bad", b"\x08")]), b"",
+                                 batch(4, [rec("budget/research", BUDGET)])),
+    "18_snapshot_replaces": chunks(batch(10, FULL, begin=True, end=True),
+                                   batch(30, FULL[3:4], begin=True, end=True)),
+    "19_snapshot_restarted": chunks(batch(0, FULL[:3], begin=True),
+                                    batch(0, FULL[3:], begin=True),
+                                    batch(15, end=True)),
+    "20_snapshot_part_with_delete": chunks(batch(0, FULL[:2], begin=True),
+                                           batch(0, deletes=["tool/github"]),
+                                           batch(15, end=True)),
+    "21_snapshot_bad_part": chunks(batch(0, FULL[:2], begin=True),
+                                   batch(0, [rec("bind/research/x", BIND_TOOL)]),
+                                   batch(15, end=True)),
+    "22_end_without_begin": chunks(batch(15, FULL[:1], end=True)),
+    "23_reset_mid_snapshot": chunks(batch(0, FULL[:2], begin=True), b"",
+                                    batch(15, FULL[2:], end=True)),
+    "24_snapshot_revision_backwards": chunks(batch(10, FULL, begin=True, end=True),
+                                             batch(5, FULL[:1], begin=True, end=True),
+                                             batch(9, FULL[1:2])),
+    "25_heartbeat_with_puts": chunks(batch(4, FULL[:1], heartbeat=True)),
+    "26_negative_revision": chunks(batch(-1, FULL[:1])),
+    "27_put_and_delete_same_key": chunks(batch(8, FULL[:1], deletes=["tool/github"])),
+    "28_not_a_batch": chunks(b"\xff\xff\xff\xff", b"\x0a\x7f"),
+    "29_empty_key_and_prefix_only": chunks(batch(3, [rec("", b"")]),
+                                           batch(4, deletes=["tool/"])),
+    "30_binding_both_targets": chunks(batch(3, [rec("bind/research/tool/github",
+                                                    binding("research", "c", "github",
+                                                            "gh-token"))])),
+    "31_unknown_fields": chunks(batch(6, FULL[:1]).SerializeToString() + b"\xf8\x06\x01"),
+    "32_many_batches": chunks(*[batch(i + 1, [rec("budget/b%d" % i,
+                                                  types_pb2.Budget(id="b%d" % i))],
+                                      deletes=["budget/b%d" % (i - 1)] if i else [])
+                                for i in range(12)]),
+}
+for name, data in SYNC.items():
+    put("sync_batch", name, data)
+
 
 for target in sorted(written):
     print("make_seeds: %-18s %3d seeds" % (target, written[target]))
