@@ -5,8 +5,8 @@ Each seed is a small, meaningful input: a valid request, an edge case a
 parser must refuse with the right status, or an input that once broke
 something. Text seeds (args, inject, scrub) are spelled out here so their
 intent stays readable; binary seeds (toolcall_request, admin_request,
-sync_batch) are
-protobuf messages encoded with the Python stubs Bazel generates:
+sync_batch) are protobuf messages encoded with the Python stubs Bazel
+generates; cli_json seeds are JSON documents:
 
     bazel build //protos/latchkey/v1:latchkey_proto_py
     /usr/bin/python3 tests/fuzz/make_seeds.py
@@ -707,6 +707,83 @@ SYNC = {
 }
 for name, data in SYNC.items():
     put("sync_batch", name, data)
+
+
+# ---- cli_json: JSON documents as owners write them for latchkeyctl. The
+# README's weather tool is read from README.md (its first ```json block),
+# the rest follow the tools of tests/e2e (cli_test.py, harness.py), then
+# documents each converter must refuse.
+
+import json  # noqa: E402
+
+with open(os.path.join(ROOT, "README.md")) as f:
+    README_WEATHER = re.search(r"```json\n(.*?)```", f.read(), re.S).group(1)
+WEATHER = json.loads(README_WEATHER)
+ECHO = {"id": "echo", "description": "nginx echo with gh-token",
+        "base_url": "http://127.0.0.1:8080", "credential_type": "gh-token",
+        "operations": [
+            {"name": "post", "method": "POST", "path": "/echo/{item}",
+             "description": "Echo a JSON body",
+             "params": [{"name": "item", "in": "path", "type": "string", "required": True},
+                        {"name": "text", "in": "body", "type": "string",
+                         "description": "Free text"},
+                        {"name": "count", "in": "body", "type": "integer"},
+                        {"name": "flag", "in": "body", "type": "boolean"}]},
+            {"name": "quiet", "method": "GET", "path": "/quiet/x", "params": []}],
+        "timeout_ms": 5000}
+BASIC_TYPE = {"id": "basic-auth", "description": "user and password",
+              "fields": [{"name": "user", "secret": False},
+                         {"name": "password", "secret": True, "max_len": 128}],
+              "inject": [{"in": "basic", "username": "{user}", "password": "{password}"}]}
+CLI_JSON = {
+    "01_readme_weather.json": README_WEATHER,
+    "02_echo_tool_type_id.json": json.dumps(ECHO),
+    "03_credential_type.json": json.dumps(WEATHER["credential_type"]),
+    "04_basic_auth_type.json": json.dumps(BASIC_TYPE),
+    "05_budget.json": '{"id":"research","agents":["agent-1","agent-2"],"paused":false}',
+    "06_binding_tool.json": '{"budget_id":"research","tool_id":"weather",'
+                            '"credential_id":"cred_0123"}',
+    "07_binding_type.json": '{"budget_id":"research","credential_type":"weather-key",'
+                            '"credential_id":"cred_0123"}',
+    "08_credential_sealed_base64.json": json.dumps(
+        {"id": "cred_1", "type": "weather-key", "label": "team key",
+         "fields": [{"name": "api_key", "sealed": {
+             "key_id": 1, "nonce_base64": base64.b64encode(b"\xff" * 24).decode(),
+             "ciphertext_base64": base64.b64encode(bytes(range(200, 240))).decode()}}],
+         "created_at": 1700000000000, "version": 3}),
+    "09_nulls_mean_unset.json": '{"id":"weather","description":null,"operations":null,'
+                                '"credential_type":null,"agents":null}',
+    "10_unknown_key.json": '{"id":"weather","base_url":"https://x","colour":"red"}',
+    "11_wrong_types.json": '{"id":7,"operations":{"name":"x"},"paused":"yes",'
+                           '"agents":"a","fields":[1]}',
+    "12_duplicate_key.json": '{"id":"a","id":"b"}',
+    "13_int_out_of_range.json": '{"timeout_ms":99999999999999999999,'
+                                '"created_at":-9223372036854775809,"version":-1}',
+    "14_nested_error_path.json": '{"id":"t","operations":[{"name":"a","params":'
+                                 '[{"name":"p"},{"name":"q","required":"no"}]}]}',
+    "15_inline_type_wrong.json": '{"id":"t","credential_type":["weather-key"]}',
+    "16_inline_type_bad_rule.json": '{"id":"t","credential_type":{"id":"k",'
+                                    '"inject":[{"in":"header","name":5}]}}',
+    "17_not_an_object.json": '[{"id":"weather"}]',
+    "18_scalar.json": '"weather"',
+    "19_truncated.json": README_WEATHER[:len(README_WEATHER) // 2],
+    "20_trailing_garbage.json": '{"id":"a"} {"id":"b"}',
+    "21_empty.json": "",
+    "22_bad_utf8.json": b'{"id":"\xff\xfe","description":"\xc3"}',
+    "23_nul_in_string.json": '{"id":"a\\u0000b","label":"x"}',
+    "24_deep_nesting.json": '{"operations":' + "[" * 200 + "]" * 200 + "}",
+    "25_both_bytes_spellings.json": '{"fields":[{"name":"k","sealed":{"nonce":"abc",'
+                                    '"nonce_base64":"YWJj"}}]}',
+    "26_bad_base64.json": '{"fields":[{"name":"k","sealed":{"ciphertext_base64":"@@@"}}]}',
+    "27_float_for_int.json": '{"timeout_ms":1.5,"version":1e3}',
+    "28_binding_both_targets.json": '{"budget_id":"b","tool_id":"t",'
+                                    '"credential_type":"k","credential_id":"c"}',
+    "29_big_unicode.json": json.dumps({"id": "w\u00e9ather-\u2603",
+                                       "description": "\U0001f600" * 50,
+                                       "agents": ["\u0627"] * 20}, ensure_ascii=False),
+}
+for name, text in CLI_JSON.items():
+    put("cli_json", name, text)
 
 
 for target in sorted(written):
