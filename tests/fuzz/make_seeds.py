@@ -4,9 +4,9 @@
 Each seed is a small, meaningful input: a valid request, an edge case a
 parser must refuse with the right status, or an input that once broke
 something. Text seeds (args, inject, scrub) are spelled out here so their
-intent stays readable; binary seeds (toolcall_request, admin_request,
-sync_batch) are protobuf messages encoded with the Python stubs Bazel
-generates; cli_json seeds are JSON documents:
+intent stays readable, and so are the JSON documents of cli_json; binary
+seeds (toolcall_request, admin_request, sync_batch) are protobuf messages
+encoded with the Python stubs Bazel generates:
 
     bazel build //protos/latchkey/v1:latchkey_proto_py
     /usr/bin/python3 tests/fuzz/make_seeds.py
