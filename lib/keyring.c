@@ -19,6 +19,11 @@
  * Every byte of key material or file text is in an lk_secret or
  * lk_secret_buf (guarded, wiped on free); base64 key text is decoded from
  * the guarded file image straight into the guarded key region.
+ *
+ * The audit key (the "audit" line) is a key of its own, not derived from a
+ * sealing key, so audit hashes survive rotation. A ring file older than
+ * the audit line is upgraded the way a rotation writes: under the
+ * directory lock, re-read, and replaced with rename().
  */
 #include "lib/keyring.h"
 
@@ -28,32 +33,33 @@
 
 #include <sodium.h>
 
+#include "lib/audit.h"
 #include "lib/keyfile.h"
+#include "lib/log.h"
 
 #define RING_HEADER "latchkey-keyring v1"
 #define RING_WHAT "key ring"
 #define KEY_BYTES 32
-#define AUDIT_CONTEXT "lkaudit1"
-#define AUDIT_SUBKEY_ID 1
+#define AUDIT_WORD "audit"
 #define STATE_ACTIVE "active"
 #define STATE_RETIRING "retiring"
 /* "key 4294967295 retiring " + base64 of 32 bytes + "\n" */
 #define RING_LINE_MAX_BYTES 70
+/* "audit " + base64 of 32 bytes + "\n" */
+#define AUDIT_LINE_BYTES 51
 
 _Static_assert(KEY_BYTES == crypto_aead_xchacha20poly1305_ietf_KEYBYTES,
                "aead key size");
-_Static_assert(KEY_BYTES == crypto_kdf_KEYBYTES, "kdf master key size");
-_Static_assert(KEY_BYTES == crypto_generichash_KEYBYTES, "audit key size");
-_Static_assert(sizeof(AUDIT_CONTEXT) - 1 == crypto_kdf_CONTEXTBYTES,
-               "kdf context size");
-_Static_assert(LK_KEYRING_AUDIT_HEX_BYTES == 2 * KEY_BYTES + 1,
+_Static_assert(KEY_BYTES == LK_AUDIT_KEY_BYTES, "audit key size");
+_Static_assert(LK_KEYRING_AUDIT_HEX_BYTES == LK_AUDIT_HEX_BYTES,
                "audit hex size");
 _Static_assert(LK_SEAL_NONCE_BYTES ==
                    crypto_aead_xchacha20poly1305_ietf_NPUBBYTES,
                "nonce size");
 _Static_assert(LK_SEAL_TAG_BYTES == crypto_aead_xchacha20poly1305_ietf_ABYTES,
                "tag size");
-_Static_assert(sizeof(RING_HEADER) + LK_KEYRING_MAX_KEYS * RING_LINE_MAX_BYTES <
+_Static_assert(sizeof(RING_HEADER) + AUDIT_LINE_BYTES +
+                       LK_KEYRING_MAX_KEYS * RING_LINE_MAX_BYTES <
                    LK_KEYRING_MAX_FILE_BYTES,
                "a full ring fits in a key ring file");
 
@@ -62,7 +68,8 @@ struct lk_keyring {
   size_t active;                     /* index of the one active key */
   uint32_t ids[LK_KEYRING_MAX_KEYS]; /* not secret */
   lk_secret *keys;  /* LK_KEYRING_MAX_KEYS * KEY_BYTES; key i at i * 32 */
-  lk_secret *audit; /* audit subkey of the active key */
+  lk_secret *audit; /* KEY_BYTES: the audit key */
+  int has_audit;    /* the file had (or now has) an audit line */
 };
 
 /* Returns an empty ring with room for LK_KEYRING_MAX_KEYS keys. */
@@ -74,7 +81,8 @@ static lk_status ring_new(lk_keyring **out, lk_err *err) {
     goto done;
   }
   kr->keys = lk_secret_new((size_t)LK_KEYRING_MAX_KEYS * KEY_BYTES);
-  if (kr->keys == NULL) {
+  kr->audit = lk_secret_new(KEY_BYTES);
+  if (kr->keys == NULL || kr->audit == NULL) {
     st = lk_fail(err, LK_RESOURCE_EXHAUSTED,
                  "out of guarded memory for the key ring");
     goto done;
@@ -115,20 +123,10 @@ static long ring_find(const lk_keyring *kr, uint32_t id) {
   return -1;
 }
 
-/* Derives the audit subkey from the active key; call once the ring is
- * complete. */
-static lk_status ring_finish(lk_keyring *kr, lk_err *err) {
-  kr->audit = lk_secret_new(KEY_BYTES);
-  if (kr->audit == NULL) {
-    return lk_fail(err, LK_RESOURCE_EXHAUSTED,
-                   "out of guarded memory for the key ring");
-  }
-  if (crypto_kdf_derive_from_key(lk_secret_mut(kr->audit), KEY_BYTES,
-                                 AUDIT_SUBKEY_ID, AUDIT_CONTEXT,
-                                 ring_key(kr, kr->active)) != 0) {
-    return lk_fail(err, LK_INTERNAL, "cannot derive the audit key");
-  }
-  return LK_OK;
+/* Gives kr a fresh random audit key. */
+static void ring_new_audit(lk_keyring *kr) {
+  randombytes_buf(lk_secret_mut(kr->audit), KEY_BYTES);
+  kr->has_audit = 1;
 }
 
 uint32_t lk_keyring_active_id(const lk_keyring *kr) {
@@ -214,6 +212,35 @@ static const char *ring_parse_line(lk_keyring *kr, const char *line,
   return NULL;
 }
 
+/* Parses the audit line [line, end) (newline excluded) into kr; returns
+ * the problem, or NULL when the line is good. */
+static const char *ring_parse_audit(lk_keyring *kr, const char *line,
+                                    const char *end) {
+  size_t bin_len = 0;
+  const char *b64_end = NULL;
+  const char *pos = line + sizeof(AUDIT_WORD); /* past "audit " */
+  if ((size_t)(end - line) < sizeof(AUDIT_WORD) ||
+      sodium_base642bin(lk_secret_mut(kr->audit), KEY_BYTES, pos,
+                        (size_t)(end - pos), NULL, &bin_len, &b64_end,
+                        sodium_base64_VARIANT_ORIGINAL) != 0 ||
+      bin_len != KEY_BYTES || b64_end != end) {
+    sodium_memzero(lk_secret_mut(kr->audit), KEY_BYTES);
+    return "audit key is not standard base64 of 32 bytes (\"" AUDIT_WORD
+           " <base64 of 32 bytes>\")";
+  }
+  kr->has_audit = 1;
+  return NULL;
+}
+
+/* Returns 1 when [line, end) is an audit line ("audit" then a space, or
+ * "audit" alone, which is a malformed one). */
+static int ring_is_audit_line(const char *line, const char *end) {
+  size_t n = (size_t)(end - line);
+  size_t w = sizeof(AUDIT_WORD) - 1;
+  return n >= w && memcmp(line, AUDIT_WORD, w) == 0 &&
+         (n == w || line[w] == ' ');
+}
+
 /* Parses the file image text[0..n) into kr (empty); LK_INVALID_ARGUMENT
  * naming path, the line and the first problem found. */
 static lk_status ring_parse(const char *path, const char *text, size_t n,
@@ -240,6 +267,16 @@ static lk_status ring_parse(const char *path, const char *text, size_t n,
     }
     nl = memchr(pos, '\n', (size_t)(end - pos));
     line_end = nl != NULL ? nl : end;
+    if (ring_is_audit_line(pos, line_end)) {
+      problem = line_no != 2 || kr->has_audit
+                    ? "the audit line must come once, right after the header"
+                    : ring_parse_audit(kr, pos, line_end);
+      if (problem != NULL) {
+        goto done;
+      }
+      pos = nl != NULL ? nl + 1 : end;
+      continue;
+    }
     problem = ring_parse_line(kr, pos, line_end, &is_active);
     if (problem != NULL) {
       goto done;
@@ -272,8 +309,9 @@ done:
                  path, problem);
 }
 
-/* Reads and parses the key ring file at path into a new ring (audit key
- * not yet derived). LK_NOT_FOUND when the file does not exist. */
+/* Reads and parses the key ring file at path into a new ring (has_audit
+ * tells whether it had an audit line). LK_NOT_FOUND when the file does not
+ * exist. */
 static lk_status ring_read(const char *path, lk_keyring **out, lk_err *err) {
   lk_status st = LK_OK;
   lk_secret *image = NULL;
@@ -312,6 +350,16 @@ static lk_status ring_render(const lk_keyring *kr, lk_secret **text,
   }
   if ((st = lk_secret_buf_append_str(b, RING_HEADER "\n", err)) != LK_OK) {
     goto done;
+  }
+  if (kr->has_audit) {
+    sodium_bin2base64((char *)lk_secret_mut(b64), b64_size,
+                      lk_secret_data(kr->audit), KEY_BYTES,
+                      sodium_base64_VARIANT_ORIGINAL);
+    if ((st = lk_secret_buf_append_str(b, AUDIT_WORD " ", err)) != LK_OK ||
+        (st = lk_secret_buf_append_str(b, lk_secret_str(b64), err)) != LK_OK ||
+        (st = lk_secret_buf_append_str(b, "\n", err)) != LK_OK) {
+      goto done;
+    }
   }
   for (size_t written = 0; written < kr->n; written++) {
     size_t next = kr->n;
@@ -352,9 +400,9 @@ static void ring_append_active(lk_keyring *kr, uint32_t id) {
   kr->n++;
 }
 
-/* Creates a ring with one active key (id 1) and its file at path. *raced
- * is set (and *out left NULL) when another process created the file
- * first. */
+/* Creates a ring with an audit key and one active key (id 1) and its file
+ * at path. *raced is set (and *out left NULL) when another process created
+ * the file first. */
 static lk_status ring_create(const char *path, lk_keyring **out, int *raced,
                              lk_err *err) {
   lk_status st = LK_OK;
@@ -363,10 +411,11 @@ static lk_status ring_create(const char *path, lk_keyring **out, int *raced,
   if ((st = ring_new(&kr, err)) != LK_OK) {
     goto done;
   }
+  ring_new_audit(kr);
   ring_append_active(kr, 1);
   if ((st = ring_render(kr, &text, err)) != LK_OK ||
       (st = lk_keyfile_write(path, RING_WHAT, text, 0, raced, err)) != LK_OK ||
-      *raced || (st = ring_finish(kr, err)) != LK_OK) {
+      *raced) {
     goto done;
   }
   *out = kr;
@@ -374,6 +423,46 @@ static lk_status ring_create(const char *path, lk_keyring **out, int *raced,
 done:
   lk_secret_free(text);
   lk_keyring_destroy(kr);
+  return st;
+}
+
+/* Adds an audit line to the key ring file at path when it has none, under
+ * the directory lock (re-read there, so a concurrent upgrade or rotation
+ * is kept), replacing the file atomically. */
+static lk_status ring_upgrade(const char *path, lk_err *err) {
+  lk_status st = LK_OK;
+  int lock_fd = -1;
+  lk_keyring *kr = NULL;
+  lk_secret *text = NULL;
+  int raced = 0;
+  if ((st = lk_keyfile_lock_dir(path, RING_WHAT, &lock_fd, err)) != LK_OK ||
+      (st = ring_read(path, &kr, err)) != LK_OK || kr->has_audit) {
+    goto done;
+  }
+  ring_new_audit(kr);
+  if ((st = ring_render(kr, &text, err)) != LK_OK) {
+    goto done;
+  }
+  st = lk_keyfile_write(path, RING_WHAT, text, 1, &raced, err);
+  if (st == LK_FAILED_PRECONDITION) {
+    char why[sizeof(err->msg)];
+    snprintf(why, sizeof(why), "%s", err->msg);
+    st = lk_fail(err, LK_FAILED_PRECONDITION,
+                 "key ring %s has no audit line and cannot be given one (%s): "
+                 "let latchkey-cp write its directory for one start, or add "
+                 "the line \"" AUDIT_WORD
+                 " <standard base64 of 32 random bytes>\" right after the "
+                 "header yourself",
+                 path, why);
+  }
+  if (st == LK_OK) {
+    lk_log(LK_LOG_INFO, "keyring_audit_key_added",
+           "key ring %s had no audit line: added a new audit key", path);
+  }
+done:
+  lk_secret_free(text);
+  lk_keyring_destroy(kr);
+  lk_keyfile_unlock(lock_fd);
   return st;
 }
 
@@ -386,18 +475,22 @@ lk_status lk_keyring_load_or_create(const char *path, lk_keyring **out,
   if (lk_secret_init() != LK_OK) {
     return lk_fail(err, LK_INTERNAL, "libsodium failed to initialize");
   }
-  /* Two rounds: a create that loses a race loads the winner's file. */
-  for (int round = 0; round < 2; round++) {
+  /* Three rounds: a create that loses a race loads the winner's file; a
+   * file without an audit line is upgraded and read again. */
+  for (int round = 0; round < 3; round++) {
     lk_keyring *kr = NULL;
     lk_status st = ring_read(path, &kr, err);
-    if (st == LK_OK) {
-      st = ring_finish(kr, err);
-      if (st == LK_OK) {
-        *out = kr;
-        kr = NULL;
-      }
+    if (st == LK_OK && !kr->has_audit) {
       lk_keyring_destroy(kr);
-      return st;
+      st = ring_upgrade(path, err);
+      if (st != LK_OK) {
+        return st;
+      }
+      continue;
+    }
+    if (st == LK_OK) {
+      *out = kr;
+      return LK_OK;
     }
     if (st != LK_NOT_FOUND) {
       return st;
@@ -440,6 +533,9 @@ lk_status lk_keyring_add_key(const char *path, uint32_t *new_id, lk_err *err) {
                  "remove the retiring keys first",
                  path, kr->n, (unsigned)top);
     goto done;
+  }
+  if (!kr->has_audit) {
+    ring_new_audit(kr);
   }
   ring_append_active(kr, top + 1);
   if ((st = ring_render(kr, &text, err)) != LK_OK ||
@@ -577,11 +673,15 @@ done:
 
 void lk_keyring_audit_hash(const lk_keyring *kr, const void *value, size_t len,
                            char out_hex[LK_KEYRING_AUDIT_HEX_BYTES]) {
-  static const unsigned char empty[1];
-  unsigned char h[KEY_BYTES];
-  crypto_generichash(h, sizeof(h),
-                     value != NULL ? (const unsigned char *)value : empty, len,
-                     lk_secret_data(kr->audit), KEY_BYTES);
-  sodium_bin2hex(out_hex, LK_KEYRING_AUDIT_HEX_BYTES, h, sizeof(h));
-  sodium_memzero(h, sizeof(h));
+  lk_audit_hash(lk_secret_data(kr->audit), value, len, out_hex);
+}
+
+lk_status lk_keyring_audit_key(const lk_keyring *kr, lk_secret **out,
+                               lk_err *err) {
+  *out = lk_secret_from(lk_secret_data(kr->audit), KEY_BYTES);
+  if (*out == NULL) {
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                   "out of guarded memory copying the audit key");
+  }
+  return LK_OK;
 }

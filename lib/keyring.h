@@ -20,26 +20,33 @@
  * so a ciphertext opens only for the credential, field and key it was made
  * for.
  *
- * Key ring file, created 0600 with one active key (id 1) when missing, is
- * text:
+ * Key ring file, created 0600 with an audit key and one active key (id 1)
+ * when missing, is text:
  *
  *     latchkey-keyring v1
+ *     audit <standard base64 of the 32-byte audit key>
  *     key <id> <state> <standard base64 of the 32-byte key>
  *     ...
  *
- * the header line, then 1..LK_KEYRING_MAX_KEYS key lines; id is plain
- * decimal in 1..4294967295 (no leading zero), distinct across lines; state
- * is "active" or "retiring", and exactly one key is active. Fields are
- * separated by one space, every line ends in "\n" (the last newline
- * optional), and the file is at most LK_KEYRING_MAX_FILE_BYTES. Latchkey
- * writes keys in ascending id order; a new key's id is the highest id in
- * the ring plus one.
+ * the header line, the audit line, then 1..LK_KEYRING_MAX_KEYS key lines;
+ * id is plain decimal in 1..4294967295 (no leading zero), distinct across
+ * lines; state is "active" or "retiring", and exactly one key is active.
+ * Fields are separated by one space, every line ends in "\n" (the last
+ * newline optional), and the file is at most LK_KEYRING_MAX_FILE_BYTES.
+ * Latchkey writes keys in ascending id order; a new key's id is the
+ * highest id in the ring plus one. A file without the audit line (written
+ * before audit keys existed) is still read: loading it, or adding a key to
+ * it, first adds a fresh audit line, under the same lock and atomic
+ * replacement as lk_keyring_add_key. The audit line anywhere but right
+ * after the header, twice, or not holding 32 bytes makes the file
+ * malformed.
  *
- * Audit hash: lk_keyring_audit_hash is BLAKE2b-256 keyed with the subkey
- * crypto_kdf_derive_from_key(32 bytes, subkey id 1, ctx "lkaudit1",
- * active key), as 64 lowercase hex digits, so logs can correlate values
- * without holding them. The subkey follows the active key: hashes made
- * before a rotation differ from those made after it.
+ * Audit hash: lk_keyring_audit_hash is lib/audit's lk_audit_hash keyed with
+ * the audit key: BLAKE2b-256 (crypto_generichash) keyed with those 32
+ * bytes, as 64 lowercase hex digits, so logs can correlate values without
+ * holding them. The audit key is not a sealing key and never rotates with
+ * them, so a hash stays comparable across lk_keyring_add_key; the control
+ * plane sends it to each replica sealed to the replica's node key.
  *
  * Invariants: key bytes live only in sodium_malloc memory; plaintext comes
  * out of lk_keyring_unseal only as an lk_secret; no error message carries
@@ -61,17 +68,21 @@
 #define LK_KEYRING_MAX_KEYS 256
 /* Largest key ring file accepted (the largest ring needs under 18 KiB). */
 #define LK_KEYRING_MAX_FILE_BYTES (32u * 1024u)
-/* Size of lk_keyring_audit_hash's output: 64 hex digits and a NUL. */
+/* Size of lk_keyring_audit_hash's output: 64 hex digits and a NUL
+ * (LK_AUDIT_HEX_BYTES). */
 #define LK_KEYRING_AUDIT_HEX_BYTES 65
 
 /* Opaque; key bytes in sodium_malloc memory. */
 typedef struct lk_keyring lk_keyring;
 
-/* Loads the key ring at path, or creates it with one active key (temp file
- * 0600, fsync, then linked into place without replacing a file another
- * process made first) when it does not exist. LK_FAILED_PRECONDITION when
- * the file is group/other accessible ("chmod 600") or cannot be read or
- * written; LK_INVALID_ARGUMENT naming the path when it is malformed. */
+/* Loads the key ring at path, or creates it with an audit key and one
+ * active key (temp file 0600, fsync, then linked into place without
+ * replacing a file another process made first) when it does not exist; a
+ * file without an audit line gets one first (see above).
+ * LK_FAILED_PRECONDITION when the file is group/other accessible ("chmod
+ * 600") or cannot be read or written (also when it needs an audit line and
+ * its directory is read-only: the message says how to add one);
+ * LK_INVALID_ARGUMENT naming the path when it is malformed. */
 lk_status lk_keyring_load_or_create(const char *path, lk_keyring **out,
                                     lk_err *err) LK_MUST_CHECK;
 
@@ -106,7 +117,8 @@ lk_status lk_keyring_unseal(const lk_keyring *kr, uint32_t key_id,
                             lk_secret **out, lk_err *err) LK_MUST_CHECK;
 
 /* Adds a new active key to the key ring file at path and marks the
- * previously active key retiring, in one atomic replacement of the file
+ * previously active key retiring (adding an audit line when the file has
+ * none; the audit key is kept), in one atomic replacement of the file
  * (temp file 0600, fsync, rename); concurrent calls on one directory run
  * one at a time. Sets *new_id to the new key's id. LK_NOT_FOUND when the
  * file does not exist; LK_FAILED_PRECONDITION when it is group/other
@@ -121,5 +133,11 @@ lk_status lk_keyring_add_key(const char *path, uint32_t *new_id,
  * NULL when len is 0. */
 void lk_keyring_audit_hash(const lk_keyring *kr, const void *value, size_t len,
                            char out_hex[LK_KEYRING_AUDIT_HEX_BYTES]);
+
+/* Copies the ring's 32-byte audit key into new guarded memory (*out, free
+ * with lk_secret_free), for sealing it to a replica's node key.
+ * LK_RESOURCE_EXHAUSTED when guarded memory runs out. */
+lk_status lk_keyring_audit_key(const lk_keyring *kr, lk_secret **out,
+                               lk_err *err) LK_MUST_CHECK;
 
 #endif

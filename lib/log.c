@@ -1,14 +1,19 @@
 /*
- * log.c - JSON-lines logger. Each line is formatted into a stack buffer and
+ * log.c - JSON-lines logger. Each line is formatted into one buffer (on the
+ * stack; on the heap for a line with fields that do not fit there) and
  * written with one write(2), so concurrent lines never interleave.
  */
 #include "lib/log.h"
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+/* The longest line lk_log writes: timestamp, level, event and msg. */
+#define HEAD_BYTES 2600
 
 static lk_log_level min_level = LK_LOG_INFO;
 
@@ -86,33 +91,100 @@ static size_t json_escape(char *out, size_t pos, size_t cap, const char *s) {
   return pos;
 }
 
-void lk_log(lk_log_level level, const char *event, const char *fmt, ...) {
-  if (level < min_level)
-    return;
+/* Writes {"ts":...,"level":...,"event":...,"msg":"... into line (cap
+ * bytes, at least HEAD_BYTES) and returns its length; the object is left
+ * open after msg's closing quote. */
+static size_t format_head(char *line, size_t cap, lk_log_level level,
+                          const char *event, const char *fmt, va_list ap) {
   char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
-  va_end(ap);
 
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   struct tm tm;
   gmtime_r(&ts.tv_sec, &tm);
 
-  char line[2600];
   size_t pos = (size_t)snprintf(
-      line, sizeof(line),
+      line, cap,
       "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"level\":\"%s\","
       "\"event\":\"",
       tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
       tm.tm_sec, ts.tv_nsec / 1000000, level_names[level]);
-  pos = json_escape(line, pos, sizeof(line) - 16, event);
-  pos += (size_t)snprintf(line + pos, sizeof(line) - pos, "\",\"msg\":\"");
-  pos = json_escape(line, pos, sizeof(line) - 4, msg);
+  pos = json_escape(line, pos, HEAD_BYTES - 16, event);
+  pos += (size_t)snprintf(line + pos, cap - pos, "\",\"msg\":\"");
+  pos = json_escape(line, pos, HEAD_BYTES - 4, msg);
   line[pos++] = '"';
+  return pos;
+}
+
+void lk_log(lk_log_level level, const char *event, const char *fmt, ...) {
+  if (level < min_level)
+    return;
+  char line[HEAD_BYTES];
+  va_list ap;
+  va_start(ap, fmt);
+  size_t pos = format_head(line, sizeof(line), level, event, fmt, ap);
+  va_end(ap);
   line[pos++] = '}';
   line[pos++] = '\n';
   ssize_t w = write(STDERR_FILENO, line, pos);
   (void)w;
+}
+
+/* Returns 1 when key is one of the members every line has. */
+static int reserved_key(const char *key) {
+  return strcmp(key, "ts") == 0 || strcmp(key, "level") == 0 ||
+         strcmp(key, "event") == 0 || strcmp(key, "msg") == 0;
+}
+
+void lk_log_fields(lk_log_level level, const char *event, const json_t *fields,
+                   const char *fmt, ...) {
+  if (level < min_level)
+    return;
+  /* Render the members without the reserved ones, compact and ASCII. */
+  char *text = NULL;
+  json_t *copy = json_is_object(fields) ? json_object() : NULL;
+  if (copy != NULL) {
+    const char *key;
+    json_t *value;
+    json_object_foreach((json_t *)fields, key, value) {
+      if (!reserved_key(key))
+        json_object_set(copy, key, value);
+    }
+    text = json_dumps(copy, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(copy);
+  }
+  size_t text_len = text != NULL ? strlen(text) : 0;
+  int drop = text_len > LK_LOG_MAX_FIELDS_BYTES;
+  /* "{}" renders no member; otherwise the inner text goes after msg. */
+  size_t inner = !drop && text_len > 2 ? text_len - 2 : 0;
+  size_t cap = HEAD_BYTES + inner + 32;
+  char stack_line[HEAD_BYTES + 32];
+  char *line = cap <= sizeof(stack_line) ? stack_line : malloc(cap);
+  if (line == NULL) {
+    line = stack_line;
+    cap = sizeof(stack_line);
+    inner = 0;
+    drop = 1;
+  }
+  va_list ap;
+  va_start(ap, fmt);
+  size_t pos = format_head(line, cap, level, event, fmt, ap);
+  va_end(ap);
+  if (inner > 0) {
+    line[pos++] = ',';
+    memcpy(line + pos, text + 1, inner);
+    pos += inner;
+  } else if (drop) {
+    static const char dropped[] = ",\"fields_dropped\":true";
+    memcpy(line + pos, dropped, sizeof(dropped) - 1);
+    pos += sizeof(dropped) - 1;
+  }
+  line[pos++] = '}';
+  line[pos++] = '\n';
+  ssize_t w = write(STDERR_FILENO, line, pos);
+  (void)w;
+  if (line != stack_line)
+    free(line);
+  free(text);
 }

@@ -33,6 +33,9 @@
 #define KEY_BYTES 32
 #define KDF_CONTEXT "lkseal01"
 #define NODE_KDF_CONTEXT "lknode01"
+#define AUDIT_KDF_CONTEXT "lkauditn"
+#define AUDIT_SUBKEY_ID 1
+#define AUDIT_KEY_BYTES 32
 #define NODE_AD_LABEL "node"
 /* cred_id NUL field NUL "node" NUL node_pk */
 #define NODE_AD_MAX_BYTES \
@@ -52,6 +55,8 @@ _Static_assert(LK_SEAL_TAG_BYTES == crypto_aead_xchacha20poly1305_ietf_ABYTES,
                "tag size");
 _Static_assert(sizeof(KDF_CONTEXT) - 1 == crypto_kdf_CONTEXTBYTES,
                "kdf context size");
+_Static_assert(sizeof(AUDIT_KDF_CONTEXT) - 1 == crypto_kdf_CONTEXTBYTES,
+               "audit kdf context size");
 _Static_assert(KEY_BYTES == crypto_scalarmult_BYTES, "X25519 point size");
 _Static_assert(KEY_BYTES == LK_SEAL_PUBLIC_KEY_BYTES, "public key size");
 
@@ -115,6 +120,33 @@ lk_status lk_seal_key_public(const lk_seal_key *k, unsigned char pk[32],
   }
   memcpy(pk, k->pk, KEY_BYTES);
   return LK_OK;
+}
+
+lk_status lk_seal_key_audit_key(const lk_seal_key *k, lk_secret **out,
+                                lk_err *err) {
+  lk_status st = LK_OK;
+  lk_secret *key = NULL;
+  if (k == NULL || out == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "node audit key: NULL argument");
+  }
+  *out = NULL;
+  key = lk_secret_new(AUDIT_KEY_BYTES);
+  if (key == NULL) {
+    st = lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                 "out of guarded memory for the audit key");
+    goto done;
+  }
+  if (crypto_kdf_derive_from_key(lk_secret_mut(key), AUDIT_KEY_BYTES,
+                                 AUDIT_SUBKEY_ID, AUDIT_KDF_CONTEXT,
+                                 lk_secret_data(k->sk)) != 0) {
+    st = lk_fail(err, LK_INTERNAL, "cannot derive the audit key");
+    goto done;
+  }
+  *out = key;
+  key = NULL;
+done:
+  lk_secret_free(key);
+  return st;
 }
 
 /* ---- key file: parsing ------------------------------------------------ */

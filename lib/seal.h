@@ -48,6 +48,13 @@
  * value share nothing. The ephemeral secret key, q and the derived key
  * live in sodium_malloc memory and are wiped right after their last use.
  *
+ * Audit key of a standalone sidecar (lk_seal_key_audit_key): a sidecar
+ * without a control plane has no key ring to take the audit key from
+ * (lib/audit.h), so it derives one from its node key:
+ * crypto_kdf_derive_from_key(32 bytes, subkey id 1, ctx "lkauditn", X25519
+ * secret key). Its audit hashes are stable for as long as the node key
+ * file is, and differ from any other node's or control plane's.
+ *
  * Invariants: key bytes live only in sodium_malloc memory; plaintext comes
  * out of lk_unseal and lk_unseal_from_node only as an lk_secret; no error
  * message carries a value. An lk_seal_key is immutable after loading and
@@ -93,6 +100,12 @@ uint32_t lk_seal_key_id(const lk_seal_key *k);
 /* Copies the node's X25519 public key into pk. */
 lk_status lk_seal_key_public(const lk_seal_key *k, unsigned char pk[32],
                              lk_err *err) LK_MUST_CHECK;
+
+/* Derives the standalone sidecar's 32-byte audit key from k (see above)
+ * into new guarded memory (*out, free with lk_secret_free).
+ * LK_RESOURCE_EXHAUSTED when guarded memory runs out. */
+lk_status lk_seal_key_audit_key(const lk_seal_key *k, lk_secret **out,
+                                lk_err *err) LK_MUST_CHECK;
 
 /* Seals pt_len bytes at pt for (cred_id, field) under k with a fresh random
  * nonce written to nonce; *ct is malloc'd (free()) and *ct_len is

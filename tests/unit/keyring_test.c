@@ -5,9 +5,12 @@
  * ring round-trip and every mismatch (ciphertext, nonce, credential id,
  * field, key id) is refused with LK_FAILED_PRECONDITION naming the key id;
  * adding a key makes it the active one while older ciphertexts still open,
- * also when several rotations race. Tests reproduce the documented file
- * format, associated data and audit hash with libsodium directly, so other
- * implementations can interoperate.
+ * also when several rotations race. The audit line: created with the ring,
+ * added (once, atomically, also under racing loads) to a ring file written
+ * before it existed, kept across rotations so audit hashes stay the same,
+ * and refused with a clear error when malformed. Tests reproduce the
+ * documented file format, associated data and audit hash with libsodium
+ * directly, so other implementations can interoperate.
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -79,6 +82,28 @@ static void add_line(char *text, size_t cap, uint32_t id, const char *state,
                    state, b64);
   assert_true(w > 0 && (size_t)w < cap - used);
   sodium_memzero(b64, sizeof(b64));
+}
+
+/* Appends "audit <base64 of key>\n" to text (cap bytes). */
+static void add_audit_line(char *text, size_t cap,
+                           const unsigned char key[32]) {
+  char b64[64];
+  size_t used = strlen(text);
+  sodium_bin2base64(b64, sizeof(b64), key, 32, sodium_base64_VARIANT_ORIGINAL);
+  int w = snprintf(text + used, cap - used, "audit %s\n", b64);
+  assert_true(w > 0 && (size_t)w < cap - used);
+  sodium_memzero(b64, sizeof(b64));
+}
+
+/* The documented audit hash of value under audit key key, in hex. */
+static void documented_hash(const unsigned char key[32], const char *value,
+                            char out[65]) {
+  unsigned char h[32];
+  assert_int_equal(
+      crypto_generichash(h, sizeof(h), (const unsigned char *)value,
+                         strlen(value), key, 32),
+      0);
+  sodium_bin2hex(out, 65, h, sizeof(h));
 }
 
 /* Counts the entries of dir other than "." and "..". */
@@ -205,9 +230,12 @@ static void first_load_creates_0600_file_with_one_active_key(void **state) {
   assert_true(S_ISREG(sb.st_mode));
   assert_int_equal(sb.st_mode & 0777, 0600);
   char *text = read_text(path);
-  static const char head[] = "latchkey-keyring v1\nkey 1 active ";
+  static const char head[] = "latchkey-keyring v1\naudit ";
+  static const char key1[] = "\nkey 1 active ";
   assert_memory_equal(text, head, sizeof(head) - 1);
-  assert_int_equal(strlen(text), sizeof(head) - 1 + 44 + 1);
+  assert_memory_equal(text + sizeof(head) - 1 + 44, key1, sizeof(key1) - 1);
+  assert_int_equal(strlen(text),
+                   sizeof(head) - 1 + 44 + sizeof(key1) - 1 + 44 + 1);
   assert_int_equal(text[strlen(text) - 1], '\n');
   sodium_memzero(text, strlen(text));
   free(text);
@@ -596,7 +624,8 @@ static void add_key_makes_a_new_active_key_and_old_ones_still_unseal(
   assert_int_equal(sb.st_mode & 0777, 0600);
   assert_int_equal(count_entries(dir), 1);
   char *text = read_text(path);
-  assert_memory_equal(text, "latchkey-keyring v1\nkey 1 retiring ", 35);
+  assert_memory_equal(text, "latchkey-keyring v1\naudit ", 26);
+  assert_memory_equal(text + 26 + 44, "\nkey 1 retiring ", 16);
   assert_non_null(strstr(text, "\nkey 2 active "));
   sodium_memzero(text, strlen(text));
   free(text);
@@ -653,6 +682,7 @@ static void add_key_to_a_full_ring_is_failed_precondition(void **state) {
     char *text = calloc(1, cap);
     assert_non_null(text);
     snprintf(text, cap, "latchkey-keyring v1\n");
+    add_audit_line(text, cap, key);
     if (which == 0) { /* as many keys as allowed */
       for (uint32_t i = 1; i <= LK_KEYRING_MAX_KEYS; i++) {
         add_line(text, cap, i, i == 1 ? "active" : "retiring", key);
@@ -714,7 +744,7 @@ static void concurrent_add_keys_lose_no_key(void **state) {
   for (char *p = text; *p != '\0'; p++) {
     lines += *p == '\n';
   }
-  assert_int_equal(lines, 6);
+  assert_int_equal(lines, 7); /* header, audit, five keys */
   sodium_memzero(text, strlen(text));
   free(text);
   assert_int_equal(count_entries(dir), 1);
@@ -783,48 +813,232 @@ static void audit_hash_is_the_documented_keyed_blake2b(void **state) {
   (void)state;
   char path[4096];
   char text[1024] = "latchkey-keyring v1\n";
+  unsigned char audit[32];
   unsigned char k1[32];
   unsigned char k2[32];
-  unsigned char sub[32];
-  unsigned char h[32];
   char want[65];
   char got[LK_KEYRING_AUDIT_HEX_BYTES];
   char other[LK_KEYRING_AUDIT_HEX_BYTES];
+  randombytes_buf(audit, sizeof(audit));
   randombytes_buf(k1, sizeof(k1));
   randombytes_buf(k2, sizeof(k2));
+  add_audit_line(text, sizeof(text), audit);
   add_line(text, sizeof(text), 1, "retiring", k1);
   add_line(text, sizeof(text), 2, "active", k2);
   write_text(fresh_path(path, sizeof(path), "audit.ring"), text, 0600);
   lk_keyring *kr = load_ok(path);
 
-  assert_int_equal(
-      crypto_kdf_derive_from_key(sub, sizeof(sub), 1, "lkaudit1", k2), 0);
-  assert_int_equal(
-      crypto_generichash(h, sizeof(h), (const unsigned char *)canary,
-                         sizeof(canary) - 1, sub, sizeof(sub)),
-      0);
-  sodium_bin2hex(want, sizeof(want), h, sizeof(h));
+  documented_hash(audit, canary, want);
   lk_keyring_audit_hash(kr, canary, sizeof(canary) - 1, got);
   assert_int_equal(strlen(got), 64);
   assert_string_equal(got, want);
   assert_null(strstr(got, canary));
+  /* The file was not rewritten: it already had its audit line. */
+  char *after = read_text(path);
+  assert_string_equal(after, text);
+  free(after);
 
   lk_keyring_audit_hash(kr, "sk-live-other", 13, other);
   assert_string_not_equal(other, got);
   lk_keyring_audit_hash(kr, NULL, 0, other); /* empty value is fine */
   assert_int_equal(strlen(other), 64);
 
-  /* The subkey follows the active key. */
-  assert_int_equal(add_ok(path), 3);
-  lk_keyring *kr3 = load_ok(path);
-  lk_keyring_audit_hash(kr3, canary, sizeof(canary) - 1, other);
-  assert_string_not_equal(other, got);
-  lk_keyring_destroy(kr3);
+  /* The copy handed to the sync server is the audit key itself. */
+  lk_err err;
+  lk_secret *copy = NULL;
+  assert_int_equal(lk_keyring_audit_key(kr, &copy, &err), LK_OK);
+  assert_int_equal(lk_secret_len(copy), 32);
+  assert_memory_equal(lk_secret_data(copy), audit, 32);
+  lk_secret_free(copy);
   lk_keyring_destroy(kr);
   sodium_memzero(text, sizeof(text));
+  sodium_memzero(audit, sizeof(audit));
   sodium_memzero(k1, sizeof(k1));
   sodium_memzero(k2, sizeof(k2));
-  sodium_memzero(sub, sizeof(sub));
+}
+
+static void audit_hash_is_stable_across_add_key(void **state) {
+  (void)state;
+  char path[4096];
+  char before[LK_KEYRING_AUDIT_HEX_BYTES];
+  char after[LK_KEYRING_AUDIT_HEX_BYTES];
+  fresh_path(path, sizeof(path), "stable.ring");
+  lk_keyring *kr1 = load_ok(path);
+  lk_keyring_audit_hash(kr1, canary, sizeof(canary) - 1, before);
+  lk_keyring_destroy(kr1);
+  for (uint32_t want = 2; want <= 4; want++) {
+    assert_int_equal(add_ok(path), want);
+    lk_keyring *kr = load_ok(path);
+    assert_int_equal(lk_keyring_active_id(kr), want);
+    lk_keyring_audit_hash(kr, canary, sizeof(canary) - 1, after);
+    assert_string_equal(after, before);
+    lk_keyring_destroy(kr);
+  }
+  char *text = read_text(path);
+  int audits = 0;
+  for (char *p = strstr(text, "\naudit "); p != NULL;
+       p = strstr(p + 1, "\naudit ")) {
+    audits++;
+  }
+  assert_int_equal(audits, 1);
+  sodium_memzero(text, strlen(text));
+  free(text);
+}
+
+static void old_ring_without_audit_line_is_upgraded_in_place(void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  char old[1024] = "latchkey-keyring v1\n";
+  unsigned char k3[32];
+  unsigned char k4[32];
+  char hex1[LK_KEYRING_AUDIT_HEX_BYTES];
+  char hex2[LK_KEYRING_AUDIT_HEX_BYTES];
+  randombytes_buf(k3, sizeof(k3));
+  randombytes_buf(k4, sizeof(k4));
+  add_line(old, sizeof(old), 3, "retiring", k3);
+  add_line(old, sizeof(old), 4, "active", k4);
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  write_text(path, old, 0600);
+
+  lk_keyring *kr = load_ok(path);
+  assert_int_equal(lk_keyring_active_id(kr), 4);
+  lk_keyring_audit_hash(kr, canary, sizeof(canary) - 1, hex1);
+  lk_keyring_destroy(kr);
+
+  /* Header, then the new audit line, then the same key lines. */
+  char *text = read_text(path);
+  assert_memory_equal(text, "latchkey-keyring v1\naudit ", 26);
+  assert_int_equal(text[26 + 44], '\n');
+  assert_string_equal(text + 26 + 44 + 1,
+                      old + strlen("latchkey-keyring v1\n"));
+  unsigned char audit[32];
+  size_t bin_len = 0;
+  assert_int_equal(
+      sodium_base642bin(audit, sizeof(audit), text + 26, 44, NULL, &bin_len,
+                        NULL, sodium_base64_VARIANT_ORIGINAL),
+      0);
+  assert_int_equal(bin_len, 32);
+  char want[65];
+  documented_hash(audit, canary, want);
+  assert_string_equal(hex1, want);
+  struct stat sb;
+  assert_int_equal(stat(path, &sb), 0);
+  assert_int_equal(sb.st_mode & 0777, 0600);
+  assert_int_equal(count_entries(dir), 1); /* no temp file left */
+
+  /* Later loads keep that audit key and leave the file alone. */
+  kr = load_ok(path);
+  lk_keyring_audit_hash(kr, canary, sizeof(canary) - 1, hex2);
+  assert_string_equal(hex2, hex1);
+  lk_keyring_destroy(kr);
+  char *again = read_text(path);
+  assert_string_equal(again, text);
+  free(again);
+  sodium_memzero(text, strlen(text));
+  free(text);
+
+  /* A rotation of an old file adds the audit line too. */
+  char path2[4096];
+  write_text(fresh_path(path2, sizeof(path2), "old-rotate.ring"), old, 0600);
+  assert_int_equal(add_ok(path2), 5);
+  text = read_text(path2);
+  assert_memory_equal(text, "latchkey-keyring v1\naudit ", 26);
+  assert_non_null(strstr(text, "\nkey 4 retiring "));
+  assert_non_null(strstr(text, "\nkey 5 active "));
+  sodium_memzero(text, strlen(text));
+  free(text);
+  sodium_memzero(old, sizeof(old));
+  sodium_memzero(audit, sizeof(audit));
+  sodium_memzero(k3, sizeof(k3));
+  sodium_memzero(k4, sizeof(k4));
+}
+
+static void concurrent_loads_of_an_old_ring_share_one_audit_key(void **state) {
+  (void)state;
+  unsigned char k1[32];
+  randombytes_buf(k1, sizeof(k1));
+  for (int round = 0; round < 10; round++) {
+    char path[4096];
+    char old[512] = "latchkey-keyring v1\n";
+    pthread_t t[4];
+    race_arg a[4];
+    add_line(old, sizeof(old), 1, "active", k1);
+    write_text(fresh_path(path, sizeof(path), "old-race.ring"), old, 0600);
+    for (int i = 0; i < 4; i++) {
+      memset(&a[i], 0, sizeof(a[i]));
+      a[i].path = path;
+      a[i].st = LK_INTERNAL;
+      assert_int_equal(pthread_create(&t[i], NULL, load_thread, &a[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+      assert_int_equal(pthread_join(t[i], NULL), 0);
+      assert_int_equal(a[i].st, LK_OK);
+      assert_string_equal(a[i].hex, a[0].hex);
+    }
+    sodium_memzero(old, sizeof(old));
+  }
+  sodium_memzero(k1, sizeof(k1));
+}
+
+static void malformed_audit_line_is_refused_naming_it(void **state) {
+  (void)state;
+  enum { N = 10, CAP = 600 };
+  unsigned char k1[32];
+  unsigned char au[32];
+  char b64[64];
+  char au64[64];
+  char short64[64];
+  randombytes_buf(k1, sizeof(k1));
+  randombytes_buf(au, sizeof(au));
+  sodium_bin2base64(b64, sizeof(b64), k1, 32, sodium_base64_VARIANT_ORIGINAL);
+  sodium_bin2base64(au64, sizeof(au64), au, 32, sodium_base64_VARIANT_ORIGINAL);
+  sodium_bin2base64(short64, sizeof(short64), au, 31,
+                    sodium_base64_VARIANT_ORIGINAL);
+  static char cases[N][CAP];
+  int n = 0;
+  const char *h = "latchkey-keyring v1\n";
+  snprintf(cases[n++], CAP, "%saudit\nkey 1 active %s\n", h, b64);
+  snprintf(cases[n++], CAP, "%saudit \nkey 1 active %s\n", h, b64);
+  snprintf(cases[n++], CAP, "%saudit %s\nkey 1 active %s\n", h, short64, b64);
+  snprintf(cases[n++], CAP, "%saudit %s!\nkey 1 active %s\n", h, au64, b64);
+  snprintf(cases[n++], CAP, "%saudit  %s\nkey 1 active %s\n", h, au64, b64);
+  snprintf(cases[n++], CAP, "%saudit %s \nkey 1 active %s\n", h, au64, b64);
+  snprintf(cases[n++], CAP, "%skey 1 active %s\naudit %s\n", h, b64, au64);
+  snprintf(cases[n++], CAP, "%saudit %s\naudit %s\nkey 1 active %s\n", h, au64,
+           au64, b64);
+  snprintf(cases[n++], CAP, "%saudit %s\n", h, au64); /* no keys */
+  assert_true(n <= N);
+  for (int i = 0; i < n; i++) {
+    char path[4096];
+    lk_err err;
+    lk_keyring *kr = (lk_keyring *)&err;
+    uint32_t id = 0;
+    fresh_path(path, sizeof(path), "bad-audit.ring");
+    write_text(path, cases[i], 0600);
+    lk_status st = lk_keyring_load_or_create(path, &kr, &err);
+    if (st != LK_INVALID_ARGUMENT) {
+      fail_msg("case %d: got %s (%s)", i, lk_status_name(st), err.msg);
+    }
+    assert_null(kr);
+    assert_non_null(strstr(err.msg, path));
+    assert_non_null(strstr(err.msg, "malformed"));
+    if (i < n - 1 && strstr(err.msg, "audit") == NULL) {
+      fail_msg("case %d: the message does not name the audit line: %s", i,
+               err.msg);
+    }
+    assert_null(strstr(err.msg, au64));
+    assert_null(strstr(err.msg, b64));
+    assert_int_equal(lk_keyring_add_key(path, &id, &err), LK_INVALID_ARGUMENT);
+    char *after = read_text(path);
+    assert_string_equal(after, cases[i]);
+    free(after);
+  }
+  sodium_memzero(k1, sizeof(k1));
+  sodium_memzero(au, sizeof(au));
+  sodium_memzero(b64, sizeof(b64));
+  sodium_memzero(au64, sizeof(au64));
+  sodium_memzero(cases, sizeof(cases));
 }
 
 static void destroy_accepts_null(void **state) {
@@ -854,6 +1068,10 @@ int main(void) {
       cmocka_unit_test(concurrent_add_keys_lose_no_key),
       cmocka_unit_test(documented_format_interoperates),
       cmocka_unit_test(audit_hash_is_the_documented_keyed_blake2b),
+      cmocka_unit_test(audit_hash_is_stable_across_add_key),
+      cmocka_unit_test(old_ring_without_audit_line_is_upgraded_in_place),
+      cmocka_unit_test(concurrent_loads_of_an_old_ring_share_one_audit_key),
+      cmocka_unit_test(malformed_audit_line_is_refused_naming_it),
       cmocka_unit_test(destroy_accepts_null),
   };
   if (sodium_init() < 0) {
