@@ -22,9 +22,16 @@
  * every exit path. Error messages name fields, patterns and ids, never a
  * value; ids are echoed only after they have been validated, and
  * base_url (which may carry a password in user info) never is.
+ *
+ * Audit: writes run one at a time under the service mutex, so the write in
+ * progress notes what its audit line needs (the credential id it chose,
+ * the hash of each secret value, taken right before the value's last use)
+ * in the service's one audit record, and lk_admin_handle writes the line
+ * from it and the request's validated ids before it lets go of the mutex.
  */
 #include "lib/admin.h"
 
+#include <jansson.h>
 #include <pthread.h>
 #include <regex.h>
 #include <sodium.h>
@@ -34,6 +41,7 @@
 #include <time.h>
 
 #include "latchkey/v1/admin.pb-c.h"
+#include "lib/log.h"
 #include "lib/schema.h"
 #include "lib/secret.h"
 
@@ -45,10 +53,23 @@
 #define CRED_ID_RANDOM_BYTES 8
 #define CRED_ID_TRIES 8
 
+/* What the write in progress noted for its audit line (under mu). */
+typedef struct {
+  char cred_id[LK_CATALOG_ID_MAX + 1]; /* a created credential's id */
+  size_t n_hashes;
+  struct {
+    char field[LK_CATALOG_ID_MAX + 1];
+    char hex[LK_AUDIT_HEX_BYTES];
+  } hashes[LK_SCHEMA_MAX_FIELDS];
+  int hash_failed; /* a secret value could not be hashed */
+} audit_rec;
+
 struct lk_admin {
   lk_catalog *cat;
   lk_admin_sealer sealer;
+  lk_admin_auditor auditor;
   pthread_mutex_t mu;
+  audit_rec rec; /* under mu */
 };
 
 /* A handler gets the decoded request and packs its own response. */
@@ -402,6 +423,26 @@ typedef struct {
   char mask[MASK_MAX];
 } slot;
 
+/* Notes the audit hash of a secret value being stored under field, for
+ * the audit line of the write in progress (mu held). */
+static void audit_note_hash(lk_admin *a, const char *field, const char *v,
+                            size_t len) {
+  audit_rec *r = &a->rec;
+  lk_err err;
+  if (a->auditor.hash == NULL) {
+    return;
+  }
+  if (r->n_hashes == LK_SCHEMA_MAX_FIELDS ||
+      a->auditor.hash(a->auditor.ctx, (const unsigned char *)v, len,
+                      r->hashes[r->n_hashes].hex, &err) != LK_OK) {
+    r->hash_failed = 1;
+    return;
+  }
+  snprintf(r->hashes[r->n_hashes].field, sizeof(r->hashes[0].field), "%s",
+           field);
+  r->n_hashes++;
+}
+
 /* Fills s for field f of credential cred_id from value v; secret values are
  * sealed, masked, then wiped (their last use). */
 static lk_status fill_slot(lk_admin *a, slot *s, const char *cred_id,
@@ -420,6 +461,7 @@ static lk_status fill_slot(lk_admin *a, slot *s, const char *cred_id,
     size_t ct_len = 0;
     lk_status st;
     mask_of(v, len, s->mask);
+    audit_note_hash(a, f->name, v, len);
     uint32_t key_id = 0;
     st = a->sealer.seal(a->sealer.ctx, cred_id, f->name,
                         (const unsigned char *)v, len, &key_id, s->nonce,
@@ -647,6 +689,7 @@ static lk_status h_create_credential(lk_admin *a, ProtobufCMessage *m,
     fvs[i] = &slots[i].fv;
   }
   cred.id = id;
+  snprintf(a->rec.cred_id, sizeof(a->rec.cred_id), "%s", id);
   cred.type = type->id;
   cred.label = r->label != NULL ? r->label : (char *)"";
   cred.n_fields = type->n_fields;
@@ -1507,6 +1550,185 @@ static lk_status h_list_bindings(lk_admin *a, ProtobufCMessage *m,
   return st;
 }
 
+/* ---- audit ---- */
+
+static void scrub_audit_hash(ProtobufCMessage *m) {
+  Latchkey__V1__AuditHashRequest *r = (Latchkey__V1__AuditHashRequest *)m;
+  if (r->value.data != NULL) {
+    lk_wipe(r->value.data, r->value.len);
+  }
+}
+
+static lk_status h_audit_hash(lk_admin *a, ProtobufCMessage *m,
+                              unsigned char **resp, size_t *resp_len,
+                              lk_err *err) {
+  Latchkey__V1__AuditHashRequest *r = (Latchkey__V1__AuditHashRequest *)m;
+  Latchkey__V1__AuditHashResponse out = LATCHKEY__V1__AUDIT_HASH_RESPONSE__INIT;
+  char hex[LK_AUDIT_HEX_BYTES];
+  lk_status st;
+
+  if (a->auditor.hash == NULL) {
+    return lk_fail(err, LK_FAILED_PRECONDITION,
+                   "this Admin server has no audit key; ask the control "
+                   "plane (latchkeyctl --server CONTROL_PLANE audit-hash)");
+  }
+  if (r->value.len == 0) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "AuditHashRequest.value is empty; send the secret value "
+                   "to hash");
+  }
+  if (r->value.len > LK_SEAL_MAX_PT_BYTES) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "AuditHashRequest.value is %zu bytes; no secret value is "
+                   "longer than %u bytes",
+                   r->value.len, (unsigned)LK_SEAL_MAX_PT_BYTES);
+  }
+  st = a->auditor.hash(a->auditor.ctx, r->value.data, r->value.len, hex, err);
+  if (st != LK_OK) {
+    return st;
+  }
+  out.hash = hex;
+  return pack(&out.base, resp, resp_len, err);
+}
+
+/* How an audited method is named in audit lines, and what its request's
+ * plain "id" names (DeleteRequest, GetRequest-like requests). */
+typedef struct {
+  const char *method; /* after "/latchkey.v1.Admin/" */
+  const char *action;
+  const char *id_key;
+} audit_action;
+
+static const audit_action audit_actions[] = {
+    {"RegisterTool", "tool.register", NULL},
+    {"DeleteTool", "tool.delete", "tool_id"},
+    {"RegisterCredentialType", "type.register", NULL},
+    {"DeleteCredentialType", "type.delete", "credential_type"},
+    {"CreateCredential", "credential.create", NULL},
+    {"UpdateCredential", "credential.update", "credential_id"},
+    {"DeleteCredential", "credential.delete", "credential_id"},
+    {"CreateBudget", "budget.create", NULL},
+    {"SetBudgetPaused", "budget.pause", "budget_id"},
+    {"DeleteBudget", "budget.delete", "budget_id"},
+    {"Bind", "bind", NULL},
+    {"Unbind", "unbind", NULL},
+    {"AuditHash", "audit.hash", NULL},
+};
+
+/* Adds key: id to obj when id is a valid id (nothing else is echoed). */
+static void audit_put_id(json_t *obj, const char *key, const char *id) {
+  if (id != NULL && lk_catalog_valid_id(id)) {
+    json_object_set_new(obj, key, json_string(id));
+  }
+}
+
+/* Adds the request's validated ids to obj, by request type. */
+static void audit_put_ids(json_t *obj, const audit_action *act,
+                          const ProtobufCMessage *m) {
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  if (d == &latchkey__v1__register_tool_request__descriptor) {
+    const Latchkey__V1__RegisterToolRequest *r =
+        (const Latchkey__V1__RegisterToolRequest *)m;
+    if (r->tool != NULL) {
+      audit_put_id(obj, "tool_id", r->tool->id);
+      audit_put_id(obj, "credential_type", r->tool->credential_type);
+    }
+  } else if (d == &latchkey__v1__credential_type__descriptor) {
+    audit_put_id(obj, "credential_type",
+                 ((const Latchkey__V1__CredentialType *)m)->id);
+  } else if (d == &latchkey__v1__delete_request__descriptor &&
+             act->id_key != NULL) {
+    audit_put_id(obj, act->id_key,
+                 ((const Latchkey__V1__DeleteRequest *)m)->id);
+  } else if (d == &latchkey__v1__create_credential_request__descriptor) {
+    const Latchkey__V1__CreateCredentialRequest *r =
+        (const Latchkey__V1__CreateCredentialRequest *)m;
+    audit_put_id(obj, "credential_type", r->type);
+    audit_put_id(obj, "credential_id", r->id);
+  } else if (d == &latchkey__v1__update_credential_request__descriptor) {
+    audit_put_id(obj, "credential_id",
+                 ((const Latchkey__V1__UpdateCredentialRequest *)m)->id);
+  } else if (d == &latchkey__v1__budget__descriptor) {
+    const Latchkey__V1__Budget *b = (const Latchkey__V1__Budget *)m;
+    json_t *agents = json_array();
+    audit_put_id(obj, "budget_id", b->id);
+    for (size_t i = 0;
+         agents != NULL && i < b->n_agents && i < LK_ADMIN_MAX_AGENTS; i++) {
+      if (lk_catalog_valid_id(b->agents[i])) {
+        json_array_append_new(agents, json_string(b->agents[i]));
+      }
+    }
+    if (agents != NULL) {
+      json_object_set_new(obj, "agents", agents);
+    }
+  } else if (d == &latchkey__v1__set_budget_paused_request__descriptor) {
+    audit_put_id(obj, "budget_id",
+                 ((const Latchkey__V1__SetBudgetPausedRequest *)m)->id);
+  } else if (d == &latchkey__v1__binding__descriptor) {
+    const Latchkey__V1__Binding *b = (const Latchkey__V1__Binding *)m;
+    audit_put_id(obj, "budget_id", b->budget_id);
+    audit_put_id(obj, "tool_id", b->tool_id);
+    audit_put_id(obj, "credential_type", b->credential_type);
+    audit_put_id(obj, "credential_id", b->credential_id);
+  }
+}
+
+/* Writes the audit.admin line of one call of method path (m its decoded
+ * request, NULL when it did not decode; rec what the write noted). */
+static void audit_line(const char *path, const ProtobufCMessage *m,
+                       const audit_rec *rec, lk_status st) {
+  static const char prefix[] = "/latchkey.v1.Admin/";
+  const char *name = path + sizeof(prefix) - 1;
+  audit_action act = {name, name, NULL};
+  const char *outcome = "ok";
+  json_t *obj = json_object();
+
+  for (size_t i = 0; i < sizeof(audit_actions) / sizeof(audit_actions[0]);
+       i++) {
+    if (strcmp(audit_actions[i].method, name) == 0) {
+      act = audit_actions[i];
+    }
+  }
+  if (m != NULL &&
+      m->descriptor == &latchkey__v1__set_budget_paused_request__descriptor &&
+      !((const Latchkey__V1__SetBudgetPausedRequest *)m)->paused) {
+    act.action = "budget.resume";
+  }
+  if (st != LK_OK) {
+    outcome = lk_status_name(st);
+    outcome += strncmp(outcome, "LK_", 3) == 0 ? 3 : 0;
+  }
+  if (obj == NULL) {
+    lk_log(LK_LOG_INFO, "audit.admin", "%s %s", act.action, outcome);
+    return;
+  }
+  json_object_set_new(obj, "action", json_string(act.action));
+  if (m != NULL) {
+    audit_put_ids(obj, &act, m);
+  }
+  if (st == LK_OK && rec != NULL) {
+    if (rec->cred_id[0] != '\0') {
+      audit_put_id(obj, "credential_id", rec->cred_id);
+    }
+    if (rec->n_hashes > 0) {
+      json_t *h = json_object();
+      for (size_t i = 0; h != NULL && i < rec->n_hashes; i++) {
+        json_object_set_new(h, rec->hashes[i].field,
+                            json_string(rec->hashes[i].hex));
+      }
+      if (h != NULL) {
+        json_object_set_new(obj, "secret_hashes", h);
+      }
+    }
+    if (rec->hash_failed) {
+      json_object_set_new(obj, "secret_hashes_incomplete", json_true());
+    }
+  }
+  json_object_set_new(obj, "outcome", json_string(outcome));
+  lk_log_fields(LK_LOG_INFO, "audit.admin", obj, "%s %s", act.action, outcome);
+  json_decref(obj);
+}
+
 /* ---- dispatch ---- */
 
 /* A handler of a record kind (h_get, h_list). */
@@ -1610,6 +1832,8 @@ static const method methods[] = {
     OWN("Unbind", &latchkey__v1__binding__descriptor, 1, NULL, h_unbind),
     OWN("ListBindings", &latchkey__v1__list_bindings_request__descriptor, 0,
         NULL, h_list_bindings),
+    OWN("AuditHash", &latchkey__v1__audit_hash_request__descriptor, 0,
+        scrub_audit_hash, h_audit_hash),
 };
 
 #undef OWN
@@ -1639,6 +1863,7 @@ static const char *const method_paths[N_METHODS] = {
     PATH("Bind"),
     PATH("Unbind"),
     PATH("ListBindings"),
+    PATH("AuditHash"),
 };
 
 const char *const *lk_admin_methods(size_t *n) {
@@ -1696,6 +1921,10 @@ lk_status lk_admin_new_with_sealer(lk_catalog *cat, lk_admin_sealer sealer,
   return LK_OK;
 }
 
+void lk_admin_set_auditor(lk_admin *a, lk_admin_auditor auditor) {
+  a->auditor = auditor;
+}
+
 void lk_admin_destroy(lk_admin *a) {
   if (a == NULL) {
     return;
@@ -1712,6 +1941,7 @@ lk_status lk_admin_handle(lk_admin *a, const char *method_path,
   ProtobufCMessage *m = NULL;
   lk_status st;
   size_t i;
+  int audited;
 
   *resp = NULL;
   *resp_len = 0;
@@ -1727,26 +1957,40 @@ lk_status lk_admin_handle(lk_admin *a, const char *method_path,
                    "methods this server serves",
                    method_path != NULL ? method_path : "(none)");
   }
+  /* Every change, and every hash asked for, leaves one audit line. */
+  audited = md->writes || md->fn == h_audit_hash;
   if (req_len > LK_ADMIN_MAX_REQUEST) {
-    return lk_fail(err, LK_RESOURCE_EXHAUSTED,
-                   "request of %zu bytes is over the %u byte limit; send a "
-                   "smaller definition",
-                   req_len, LK_ADMIN_MAX_REQUEST);
+    st = lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                 "request of %zu bytes is over the %u byte limit; send a "
+                 "smaller definition",
+                 req_len, LK_ADMIN_MAX_REQUEST);
+    if (audited) {
+      audit_line(md->path, NULL, NULL, st);
+    }
+    return st;
   }
   m = protobuf_c_message_unpack(md->req_desc, NULL, req_len,
                                 req != NULL ? req : no_bytes);
   if (m == NULL) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "request is not a valid %s; send the message admin.proto "
-                   "declares for %s",
-                   md->req_desc->name, md->path);
+    st = lk_fail(err, LK_INVALID_ARGUMENT,
+                 "request is not a valid %s; send the message admin.proto "
+                 "declares for %s",
+                 md->req_desc->name, md->path);
+    if (audited) {
+      audit_line(md->path, NULL, NULL, st);
+    }
+    return st;
   }
   drop_unknown_fields(m);
   if (md->writes) {
     pthread_mutex_lock(&a->mu);
+    memset(&a->rec, 0, sizeof(a->rec));
   }
   st = md->fn != NULL ? md->fn(a, m, resp, resp_len, err)
                       : md->kfn(a, md->kind, m, resp, resp_len, err);
+  if (audited) {
+    audit_line(md->path, m, md->writes ? &a->rec : NULL, st);
+  }
   if (md->writes) {
     pthread_mutex_unlock(&a->mu);
   }

@@ -21,6 +21,17 @@
  *   touches several records (a tool and its inline type, a budget and its
  *   bindings) commits them in one atomic batch.
  *
+ * Audit: every change (each method that writes) and every AuditHash call
+ * writes one `audit.admin` line (lib/log.h lk_log_fields) naming the
+ * action ("credential.create", "tool.register", "bind", ...), the ids it
+ * touched (only ids that are valid ids: nothing else from a request is
+ * echoed) and the outcome ("ok" or the status name); a credential create
+ * or update also carries `secret_hashes`, the audit hash (lib/audit.h) of
+ * each secret value it stored, keyed by field name. The hashes come from
+ * the service's auditor (lk_admin_set_auditor); AuditHash answers the
+ * same hash for any value, so an owner can check a leaked value against
+ * audit lines without any log holding it.
+ *
  * Limits: request at most LK_ADMIN_MAX_REQUEST bytes; a budget at most
  * LK_ADMIN_MAX_AGENTS agents; a listing at most LK_ADMIN_MAX_LIST records.
  * Tools and credential types are held to lib/schema.h (its LK_SCHEMA_*
@@ -32,6 +43,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lib/audit.h"
 #include "lib/catalog.h"
 #include "lib/seal.h"
 #include "lib/status.h"
@@ -57,6 +69,21 @@ typedef struct {
   void *ctx;
 } lk_admin_sealer;
 
+/* Writes the audit hash (lib/audit.h) of the len bytes at value to
+ * out_hex. */
+typedef lk_status (*lk_admin_hash_fn)(void *ctx, const unsigned char *value,
+                                      size_t len,
+                                      char out_hex[LK_AUDIT_HEX_BYTES],
+                                      lk_err *err);
+
+/* Who hashes secret values for audit lines and AuditHash: the control
+ * plane's key ring (its audit key), or the standalone sidecar's audit key
+ * derived from its node key (lk_seal_key_audit_key). */
+typedef struct {
+  lk_admin_hash_fn hash;
+  void *ctx;
+} lk_admin_auditor;
+
 /* Creates an Admin service over cat, sealing with the node key; both are
  * borrowed and must outlive the service. */
 lk_status lk_admin_new(lk_catalog *cat, const lk_seal_key *key, lk_admin **out,
@@ -69,6 +96,11 @@ lk_status lk_admin_new_with_sealer(lk_catalog *cat, lk_admin_sealer sealer,
 
 /* Frees the service; NULL is a no-op. */
 void lk_admin_destroy(lk_admin *a);
+
+/* Gives the service its audit hasher (ctx borrowed; it must outlive the
+ * service); call before serving. Without one, AuditHash answers
+ * FAILED_PRECONDITION and audit.admin lines carry no secret_hashes. */
+void lk_admin_set_auditor(lk_admin *a, lk_admin_auditor auditor);
 
 /* Handles one Admin RPC: method is the full gRPC path
  * ("/latchkey.v1.Admin/RegisterTool"), req the serialized request; on

@@ -130,7 +130,7 @@ static const char short_usage[] =
     "usage: latchkeyctl [--server ADDR] [--token-file PATH] [--tls-ca PATH] "
     "[--json] COMMAND ...\n"
     "commands: tool, type, credential, budget, bind, unbind, bindings, tools, "
-    "call, status\n"
+    "call, status, audit-hash\n"
     "run 'latchkeyctl --help' for details\n";
 
 static const char long_usage[] =
@@ -161,6 +161,12 @@ static const char long_usage[] =
     "  bindings [--budget BUDGET]\n"
     "  status                        control plane: replicas, applied "
     "revision, lag\n"
+    "  audit-hash                    values on stdin as one JSON object, "
+    "e.g. a leaked\n"
+    "                                credential's {\"api_key\":\"...\"}; "
+    "prints \"FIELD HASH\" per\n"
+    "                                value, the hash audit lines carry "
+    "(secret_hashes)\n"
     "\n"
     "Agent commands (to --sidecar, with the agent token if one is set):\n"
     "  tools --budget BUDGET\n"
@@ -1867,6 +1873,80 @@ done:
   return rc;
 }
 
+/* ---- audit hashes -------------------------------------------------------- */
+
+/* audit-hash: for each value of the JSON object on stdin, the keyed hash
+ * audit lines carry for it (Admin/AuditHash), so an owner can grep the
+ * audit log for a leaked value; values never travel in argv. */
+static int cmd_audit_hash(cli *c, const args *a) {
+  lk_err err;
+  json_t *fields = NULL;
+  json_t *out = NULL;
+  const char *key;
+  json_t *value;
+  int rc = EXIT_CALL_FAILED;
+
+  (void)a;
+  lk_err_clear(&err);
+  if (read_stdin_fields(0, &fields, &err) != LK_OK) {
+    rc = fail(&err);
+    goto done;
+  }
+  if (json_object_size(fields) == 0) {
+    lk_fail(&err, LK_INVALID_ARGUMENT,
+            "stdin holds no values: give them as one JSON object, e.g. "
+            "{\"api_key\":\"...\"}");
+    rc = fail(&err);
+    goto done;
+  }
+  json_object_foreach(fields, key, value) {
+    if (!json_is_string(value)) {
+      lk_fail(&err, LK_INVALID_ARGUMENT,
+              "stdin: fields.%.128s must be a string", key);
+      rc = fail(&err);
+      goto done;
+    }
+  }
+  out = json_object();
+  if (out == NULL) {
+    lk_fail(&err, LK_INTERNAL, "out of memory");
+    rc = fail(&err);
+    goto done;
+  }
+  json_object_foreach(fields, key, value) {
+    Latchkey__V1__AuditHashRequest req = LATCHKEY__V1__AUDIT_HASH_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    req.value.data = (uint8_t *)json_string_value(value);
+    req.value.len = json_string_length(value);
+    rc = admin_call(c, "/latchkey.v1.Admin/AuditHash", &req.base,
+                    &latchkey__v1__audit_hash_response__descriptor, &resp);
+    if (rc != 0) {
+      goto done;
+    }
+    const char *hash = ((const Latchkey__V1__AuditHashResponse *)resp)->hash;
+    if (c->json) {
+      json_object_set_new(out, key, json_string(hash));
+    } else {
+      cell line;
+      cell_reset(&line);
+      cell_addf(&line, "%s %s", key, hash);
+      printf("%s\n", line.buf);
+    }
+    lk_convert_message_free(resp);
+  }
+  if (c->json) {
+    if (json_dumpf(out, stdout, JSON_INDENT(2)) != 0) {
+      rc = EXIT_CALL_FAILED;
+    }
+    fputc('\n', stdout);
+  }
+done:
+  json_decref(out);
+  /* jansson's copies of the values are wiped by the allocator in main. */
+  json_decref(fields);
+  return rc;
+}
+
 /* ---- dispatch ------------------------------------------------------------ */
 
 static const opt_spec no_opts[] = {{NULL, 0}};
@@ -1916,6 +1996,7 @@ static const command commands[] = {
     {"tools", NULL, 0, 0, tools_opts, cmd_tools},
     {"call", NULL, 0, 0, call_opts, cmd_call},
     {"status", NULL, 0, 0, no_opts, cmd_status},
+    {"audit-hash", NULL, 0, 0, no_opts, cmd_audit_hash},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))

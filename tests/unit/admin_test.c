@@ -6,7 +6,11 @@
  * back masked and never in plaintext (checked on the response bytes); what
  * the store holds is sealed, and unseals with the key to the plaintext; mask
  * rules; reference guards on delete; binding type checks; deletes that
- * cascade to bindings; and the dispatcher's own failures.
+ * cascade to bindings; and the dispatcher's own failures. Audit: AuditHash
+ * answers the auditor's keyed hash (and needs an auditor), and each change
+ * writes exactly one audit.admin line (stderr captured to a file) with its
+ * action, validated ids, outcome and, for credential writes, the hash of
+ * each new secret value, never the value.
  */
 #include <ftw.h>
 #include <setjmp.h>
@@ -20,9 +24,13 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <sodium.h>
 
 #include "latchkey/v1/admin.pb-c.h"
 #include "lib/admin.h"
+#include "lib/audit.h"
 #include "lib/catalog.h"
 #include "lib/schema.h"
 #include "lib/seal.h"
@@ -985,7 +993,7 @@ static void every_listed_method_is_served(void **s) {
   size_t n = 0;
   size_t i;
   const char *const *m = lk_admin_methods(&n);
-  assert_int_equal(n, 21);
+  assert_int_equal(n, 22);
   for (i = 0; i < n; i++) {
     unsigned char *resp = NULL;
     size_t len = 0;
@@ -1004,6 +1012,257 @@ static void every_listed_method_is_served(void **s) {
     ok(f, "ListBudgets", &l.base);
     assert_int_equal(f->resp_len, 0);
   }
+}
+
+/* ---- audit ---- */
+
+static const unsigned char audit_key_bytes[LK_AUDIT_KEY_BYTES] = {
+    'l', 'k', '-', 'a', 'u', 'd', 'i', 't', '-', 't', 'e',
+    's', 't', '-', 'k', 'e', 'y', 1,   2,   3,   4,   5,
+    6,   7,   8,   9,   10,  11,  12,  13,  14,  15};
+
+/* lk_admin_hash_fn over an lk_audit_key. */
+static lk_status hash_with(void *ctx, const unsigned char *value, size_t len,
+                           char out_hex[LK_AUDIT_HEX_BYTES], lk_err *err) {
+  return lk_audit_key_hash(ctx, value, len, out_hex, err);
+}
+
+/* The documented hash: BLAKE2b-256 keyed with the audit key, in hex. */
+static void documented_hash(const char *value, char out[LK_AUDIT_HEX_BYTES]) {
+  unsigned char h[32];
+  assert_int_equal(crypto_generichash(
+                       h, sizeof(h), (const unsigned char *)value,
+                       strlen(value), audit_key_bytes, sizeof(audit_key_bytes)),
+                   0);
+  sodium_bin2hex(out, LK_AUDIT_HEX_BYTES, h, sizeof(h));
+}
+
+/* Gives f's service an auditor over audit_key_bytes; returns the holder. */
+static lk_audit_key *use_test_auditor(fx *f) {
+  lk_audit_key *k = NULL;
+  lk_err err;
+  assert_int_equal(lk_audit_key_new(&k, &err), LK_OK);
+  assert_int_equal(
+      lk_audit_key_set(k, audit_key_bytes, sizeof(audit_key_bytes), &err),
+      LK_OK);
+  lk_admin_auditor a = {hash_with, k};
+  lk_admin_set_auditor(f->admin, a);
+  return k;
+}
+
+static lk_status audit_hash(fx *f, const char *value, size_t len) {
+  Latchkey__V1__AuditHashRequest r = LATCHKEY__V1__AUDIT_HASH_REQUEST__INIT;
+  r.value.data = (uint8_t *)value;
+  r.value.len = len;
+  return call(f, "AuditHash", &r.base);
+}
+
+static void audit_hash_answers_the_auditors_hash_and_needs_an_auditor(
+    void **s) {
+  fx *f = *s;
+  char want[LK_AUDIT_HEX_BYTES];
+  assert_int_equal(audit_hash(f, API_KEY, strlen(API_KEY)),
+                   LK_FAILED_PRECONDITION);
+  assert_non_null(strstr(f->err.msg, "no audit key"));
+
+  lk_audit_key *k = use_test_auditor(f);
+  assert_int_equal(audit_hash(f, API_KEY, strlen(API_KEY)), LK_OK);
+  Latchkey__V1__AuditHashResponse *r =
+      latchkey__v1__audit_hash_response__unpack(NULL, f->resp_len, f->resp);
+  assert_non_null(r);
+  documented_hash(API_KEY, want);
+  assert_string_equal(r->hash, want);
+  latchkey__v1__audit_hash_response__free_unpacked(r, NULL);
+  assert_no_bytes(f, API_KEY);
+
+  expect(f, "AuditHash",
+         &(Latchkey__V1__AuditHashRequest)
+              LATCHKEY__V1__AUDIT_HASH_REQUEST__INIT.base,
+         LK_INVALID_ARGUMENT, "empty");
+  char *big = malloc(LK_SEAL_MAX_PT_BYTES + 1);
+  assert_non_null(big);
+  memset(big, 'k', LK_SEAL_MAX_PT_BYTES + 1);
+  assert_int_equal(audit_hash(f, big, LK_SEAL_MAX_PT_BYTES + 1),
+                   LK_INVALID_ARGUMENT);
+  assert_non_null(strstr(f->err.msg, "no secret value is longer"));
+  assert_int_equal(audit_hash(f, big, LK_SEAL_MAX_PT_BYTES), LK_OK);
+  free(big);
+  lk_audit_key_destroy(k);
+}
+
+/* Sends stderr to a fresh file; returns the saved stderr fd. */
+static int capture_stderr(const fx *f, char *path, size_t n) {
+  snprintf(path, n, "%s/stderr.log", f->dir);
+  fflush(stderr);
+  int saved = dup(STDERR_FILENO);
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  assert_true(saved >= 0 && fd >= 0);
+  assert_int_equal(dup2(fd, STDERR_FILENO), STDERR_FILENO);
+  close(fd);
+  return saved;
+}
+
+/* Restores stderr and returns what was written (malloc'd). */
+static char *release_stderr(int saved, const char *path) {
+  fflush(stderr);
+  assert_int_equal(dup2(saved, STDERR_FILENO), STDERR_FILENO);
+  close(saved);
+  FILE *fp = fopen(path, "r");
+  assert_non_null(fp);
+  char *text = calloc(1, 1 << 20);
+  assert_non_null(text);
+  size_t got = fread(text, 1, (1 << 20) - 1, fp);
+  text[got] = '\0';
+  fclose(fp);
+  return text;
+}
+
+/* Parses the audit.admin lines of text into a JSON array. */
+static json_t *audit_admin_lines(const char *text) {
+  json_t *out = json_array();
+  const char *p = text;
+  while (*p != '\0') {
+    const char *nl = strchr(p, '\n');
+    size_t n = nl != NULL ? (size_t)(nl - p) : strlen(p);
+    json_error_t je;
+    json_t *j = json_loadb(p, n, 0, &je);
+    if (j == NULL) {
+      fail_msg("a log line is not JSON: %.*s", (int)n, p);
+    }
+    if (strcmp(json_string_value(json_object_get(j, "event")), "audit.admin") ==
+        0) {
+      json_array_append(out, j);
+    }
+    json_decref(j);
+    p += n + (nl != NULL);
+  }
+  return out;
+}
+
+static const char *member(json_t *line, const char *key) {
+  const char *v = json_string_value(json_object_get(line, key));
+  return v != NULL ? v : "";
+}
+
+static void changes_write_one_audit_line_each_with_hashes_never_values(
+    void **s) {
+  fx *f = *s;
+  char path[1200];
+  char want1[LK_AUDIT_HEX_BYTES];
+  char want2[LK_AUDIT_HEX_BYTES];
+  lk_audit_key *k = use_test_auditor(f);
+  Latchkey__V1__UpdateCredentialRequest__FieldsEntry e =
+      LATCHKEY__V1__UPDATE_CREDENTIAL_REQUEST__FIELDS_ENTRY__INIT;
+  Latchkey__V1__UpdateCredentialRequest__FieldsEntry *es[1] = {&e};
+  Latchkey__V1__UpdateCredentialRequest u =
+      LATCHKEY__V1__UPDATE_CREDENTIAL_REQUEST__INIT;
+  Latchkey__V1__GetRequest g = LATCHKEY__V1__GET_REQUEST__INIT;
+  Latchkey__V1__DeleteRequest d = LATCHKEY__V1__DELETE_REQUEST__INIT;
+
+  int saved = capture_stderr(f, path, sizeof(path));
+  register_weather(f, "weather"); /* 1 */
+  create_cred_ok(f, "weather-key", "wk1", "api_key", API_KEY, NULL,
+                 NULL); /* 2 */
+  u.id = (char *)"wk1";
+  u.n_fields = 1;
+  u.fields = es;
+  e.key = (char *)"api_key";
+  e.value = (char *)API_KEY2;
+  ok(f, "UpdateCredential", &u.base); /* 3 */
+  g.id = (char *)"wk1";
+  ok(f, "GetCredential", &g.base); /* a read: no line */
+  create_budget(f, "b1");          /* 4 */
+  assert_int_equal(do_bind(f, "b1", "weather", "", "wk1"), LK_OK); /* 5 */
+  /* 6: refused, and the value that failed its pattern is not echoed */
+  assert_int_equal(
+      create_cred(f, "weather-key", "wk2", "api_key", "short", NULL, NULL),
+      LK_INVALID_ARGUMENT);
+  d.id = (char *)"wk1";
+  assert_int_equal(call(f, "DeleteCredential", &d.base),
+                   LK_FAILED_PRECONDITION); /* 7: still bound */
+  assert_int_equal(audit_hash(f, API_KEY, strlen(API_KEY)), LK_OK); /* 8 */
+  char *text = release_stderr(saved, path);
+
+  assert_null(strstr(text, API_KEY));
+  assert_null(strstr(text, API_KEY2));
+  assert_null(strstr(text, "\"short\""));
+  json_t *lines = audit_admin_lines(text);
+  assert_int_equal(json_array_size(lines), 8);
+  json_t *l;
+  l = json_array_get(lines, 0);
+  assert_string_equal(member(l, "action"), "tool.register");
+  assert_string_equal(member(l, "tool_id"), "weather");
+  assert_string_equal(member(l, "credential_type"), "weather-key");
+  assert_string_equal(member(l, "outcome"), "ok");
+  l = json_array_get(lines, 1);
+  assert_string_equal(member(l, "action"), "credential.create");
+  assert_string_equal(member(l, "credential_id"), "wk1");
+  assert_string_equal(member(l, "credential_type"), "weather-key");
+  assert_string_equal(member(l, "outcome"), "ok");
+  documented_hash(API_KEY, want1);
+  assert_int_equal(json_object_size(json_object_get(l, "secret_hashes")), 1);
+  assert_string_equal(json_string_value(json_object_get(
+                          json_object_get(l, "secret_hashes"), "api_key")),
+                      want1);
+  l = json_array_get(lines, 2);
+  assert_string_equal(member(l, "action"), "credential.update");
+  assert_string_equal(member(l, "credential_id"), "wk1");
+  documented_hash(API_KEY2, want2);
+  assert_string_equal(json_string_value(json_object_get(
+                          json_object_get(l, "secret_hashes"), "api_key")),
+                      want2);
+  l = json_array_get(lines, 3);
+  assert_string_equal(member(l, "action"), "budget.create");
+  assert_string_equal(member(l, "budget_id"), "b1");
+  assert_string_equal(
+      json_string_value(json_array_get(json_object_get(l, "agents"), 0)),
+      "agent-1");
+  l = json_array_get(lines, 4);
+  assert_string_equal(member(l, "action"), "bind");
+  assert_string_equal(member(l, "budget_id"), "b1");
+  assert_string_equal(member(l, "tool_id"), "weather");
+  assert_string_equal(member(l, "credential_id"), "wk1");
+  l = json_array_get(lines, 5);
+  assert_string_equal(member(l, "action"), "credential.create");
+  assert_string_equal(member(l, "outcome"), "INVALID_ARGUMENT");
+  assert_null(json_object_get(l, "secret_hashes"));
+  l = json_array_get(lines, 6);
+  assert_string_equal(member(l, "action"), "credential.delete");
+  assert_string_equal(member(l, "credential_id"), "wk1");
+  assert_string_equal(member(l, "outcome"), "FAILED_PRECONDITION");
+  l = json_array_get(lines, 7);
+  assert_string_equal(member(l, "action"), "audit.hash");
+  assert_string_equal(member(l, "outcome"), "ok");
+  assert_null(json_object_get(l, "secret_hashes")); /* asking leaves none */
+  json_decref(lines);
+  free(text);
+  lk_audit_key_destroy(k);
+}
+
+static void invalid_ids_are_never_echoed_in_audit_lines(void **s) {
+  fx *f = *s;
+  char path[1200];
+  Latchkey__V1__DeleteRequest d = LATCHKEY__V1__DELETE_REQUEST__INIT;
+  d.id = (char *)"sk-live leaked/in the id field";
+  int saved = capture_stderr(f, path, sizeof(path));
+  assert_int_equal(call(f, "DeleteTool", &d.base), LK_INVALID_ARGUMENT);
+  assert_int_equal(lk_admin_handle(f->admin, "/latchkey.v1.Admin/Bind",
+                                   (const unsigned char *)"\xff\xff", 2,
+                                   &f->resp, &f->resp_len, &f->err),
+                   LK_INVALID_ARGUMENT);
+  char *text = release_stderr(saved, path);
+  assert_null(strstr(text, "sk-live"));
+  json_t *lines = audit_admin_lines(text);
+  assert_int_equal(json_array_size(lines), 2);
+  json_t *l = json_array_get(lines, 0);
+  assert_string_equal(member(l, "action"), "tool.delete");
+  assert_null(json_object_get(l, "tool_id"));
+  assert_string_equal(member(l, "outcome"), "INVALID_ARGUMENT");
+  l = json_array_get(lines, 1);
+  assert_string_equal(member(l, "action"), "bind");
+  assert_string_equal(member(l, "outcome"), "INVALID_ARGUMENT");
+  json_decref(lines);
+  free(text);
 }
 
 int main(void) {
@@ -1033,6 +1292,9 @@ int main(void) {
       T(unknown_method_is_not_found),
       T(oversized_request_is_resource_exhausted),
       T(every_listed_method_is_served),
+      T(audit_hash_answers_the_auditors_hash_and_needs_an_auditor),
+      T(changes_write_one_audit_line_each_with_hashes_never_values),
+      T(invalid_ids_are_never_echoed_in_audit_lines),
   };
 #undef T
   return cmocka_run_group_tests(tests, NULL, NULL);
