@@ -66,6 +66,15 @@ static lk_status seal_with_keyring(void *ctx, const char *cred_id,
                          ct_len, err);
 }
 
+/* lk_admin_hash_fn over the key ring's audit key. */
+static lk_status hash_with_keyring(void *ctx, const unsigned char *value,
+                                   size_t len, char out_hex[LK_AUDIT_HEX_BYTES],
+                                   lk_err *err) {
+  (void)err;
+  lk_keyring_audit_hash(ctx, value, len, out_hex);
+  return LK_OK;
+}
+
 static void on_catalog_change(void *ctx, int64_t revision) {
   cp *c = ctx;
   lk_sync_server *s = atomic_load(&c->sync);
@@ -136,10 +145,9 @@ static void admin_handle(void *ctx, lk_rpc_call *call) {
   const unsigned char *req = lk_rpc_call_request(call, &req_len);
   unsigned char *resp = NULL;
   size_t resp_len = 0;
+  /* lk_admin_handle writes the audit.admin line of every change. */
   lk_status st = lk_admin_handle(c->admin, lk_rpc_call_method(call), req,
                                  req_len, &resp, &resp_len, &err);
-  lk_log(LK_LOG_INFO, "audit.admin", "method=%s outcome=%s",
-         lk_rpc_call_method(call), st == LK_OK ? "ok" : lk_status_name(st));
   if (st != LK_OK) {
     lk_rpc_call_fail(call, &err);
     return;
@@ -267,6 +275,8 @@ static int run(const options *o) {
   lk_admin_sealer sealer = {seal_with_keyring, kr};
   if (lk_admin_new_with_sealer(cat, sealer, &c.admin, &err) != LK_OK)
     goto fail;
+  lk_admin_auditor auditor = {hash_with_keyring, kr};
+  lk_admin_set_auditor(c.admin, auditor);
   if (lk_sync_server_new(cat, kr, node_token, &sync, &err) != LK_OK)
     goto fail;
   lk_sync_server_set_history(sync, load_past_catalog, free_past_catalog, &c);

@@ -19,6 +19,11 @@
  * The server's mu is never held while calling out (scope, catalog, seal,
  * sends, user callbacks).
  *
+ * The audit key (lib/audit.h) is sealed to the subscriber's node key once,
+ * when its hello arrives, and rides on the first batch sent on the stream,
+ * whatever that batch is (a snapshot's first part, a resume's heartbeat,
+ * a diff); the copy of the key is wiped right after sealing.
+ *
  * Invariants: nothing is sent on a stream after lk_rpc_stream_finish
  * (finished flag under the subscriber's mu); plaintext exists only in an
  * lk_secret between lk_keyring_unseal and lk_seal_for_node; encoded
@@ -36,6 +41,7 @@
 #include "controlplane/scope.h"
 #include "latchkey/v1/sync.pb-c.h"
 #include "latchkey/v1/types.pb-c.h"
+#include "lib/audit.h"
 #include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/seal.h"
@@ -76,6 +82,12 @@ typedef struct sub {
   int64_t sent_rev;
   sent_entry *sent;
   size_t n_sent;
+  /* The audit key sealed to pk, until the first batch carries it. */
+  int audit_pending;
+  unsigned char audit_eph[LK_SEAL_PUBLIC_KEY_BYTES];
+  unsigned char audit_nonce[LK_SEAL_NONCE_BYTES];
+  unsigned char *audit_ct;
+  size_t audit_ct_len;
 } sub;
 
 /* A view shared by reference count (server mu). */
@@ -155,6 +167,7 @@ static void sent_free(sent_entry *e, size_t n) {
 
 static void sub_free(sub *u) {
   sent_free(u->sent, u->n_sent);
+  free(u->audit_ct); /* sealed: not secret */
   pthread_mutex_destroy(&u->mu);
   free(u);
 }
@@ -371,10 +384,12 @@ static lk_status batch_delete(batch *b, const char *key, lk_err *err) {
   return LK_OK;
 }
 
-/* Encodes b with the given header and queues it on u's stream. */
+/* Encodes b with the given header (and the audit key, on the stream's
+ * first batch) and queues it on u's stream. */
 static lk_status batch_send(sub *u, batch *b, int64_t rev, int begin, int end,
                             int heartbeat, lk_err *err) {
   Latchkey__V1__SyncBatch m = LATCHKEY__V1__SYNC_BATCH__INIT;
+  Latchkey__V1__SealedValue audit = LATCHKEY__V1__SEALED_VALUE__INIT;
   Latchkey__V1__SyncRecord **puts = NULL;
   unsigned char *buf = NULL;
   size_t len = 0;
@@ -401,6 +416,15 @@ static lk_status batch_send(sub *u, batch *b, int64_t rev, int begin, int end,
   m.snapshot_begin = begin;
   m.snapshot_end = end;
   m.heartbeat = heartbeat;
+  if (u->audit_pending) {
+    audit.ephemeral_public_key.data = u->audit_eph;
+    audit.ephemeral_public_key.len = sizeof(u->audit_eph);
+    audit.nonce.data = u->audit_nonce;
+    audit.nonce.len = sizeof(u->audit_nonce);
+    audit.ciphertext.data = u->audit_ct;
+    audit.ciphertext.len = u->audit_ct_len;
+    m.audit_key = &audit;
+  }
   len = latchkey__v1__sync_batch__get_packed_size(&m);
   buf = malloc(len > 0 ? len : 1);
   if (buf == NULL) {
@@ -410,6 +434,11 @@ static lk_status batch_send(sub *u, batch *b, int64_t rev, int begin, int end,
   }
   len = latchkey__v1__sync_batch__pack(&m, buf);
   st = lk_rpc_stream_send(u->stream, buf, len, err);
+  if (st == LK_OK && u->audit_pending) {
+    u->audit_pending = 0;
+    free(u->audit_ct);
+    u->audit_ct = NULL;
+  }
 done:
   if (buf != NULL) {
     lk_wipe_free(buf, len);
@@ -993,11 +1022,10 @@ static void on_open(void *ctx, lk_rpc_stream *st) {
  * LK_OK u is identified and ready to sync. */
 static lk_status take_hello(lk_sync_server *s, sub *u,
                             const Latchkey__V1__SyncRequest *req, lk_err *err) {
-  unsigned char eph[LK_SEAL_PUBLIC_KEY_BYTES];
-  unsigned char nonce[LK_SEAL_NONCE_BYTES];
   unsigned char *ct = NULL;
   size_t ct_len = 0;
-  const unsigned char probe = 0;
+  lk_secret *audit_key = NULL;
+  lk_status st;
 
   if (!lk_catalog_valid_id(req->agent_id)) {
     return lk_fail(err, LK_INVALID_ARGUMENT,
@@ -1018,14 +1046,25 @@ static lk_status take_hello(lk_sync_server *s, sub *u,
                    "replica applied, not %lld",
                    (long long)req->have_revision);
   }
-  /* Refuse a key nothing can be sealed to (small order) now, not later. */
-  if (lk_seal_for_node(req->node_public_key.data, "probe", "probe", &probe, 1,
-                       eph, nonce, &ct, &ct_len, err) != LK_OK) {
+  /* Seal the audit key for the first batch; this also refuses a key
+   * nothing can be sealed to (small order) now, not later. */
+  if ((st = lk_keyring_audit_key(s->kr, &audit_key, err)) != LK_OK) {
+    return st;
+  }
+  st = lk_seal_for_node(req->node_public_key.data, LK_AUDIT_SEAL_ID,
+                        LK_AUDIT_SEAL_FIELD, lk_secret_data(audit_key),
+                        lk_secret_len(audit_key), u->audit_eph, u->audit_nonce,
+                        &ct, &ct_len, err);
+  lk_secret_free(audit_key); /* last use of this copy */
+  if (st != LK_OK) {
     return lk_fail(err, LK_INVALID_ARGUMENT,
                    "node_public_key is not a usable X25519 public key; send "
                    "the public key of the sidecar's --node-key file");
   }
-  free(ct);
+  free(u->audit_ct);
+  u->audit_ct = ct;
+  u->audit_ct_len = ct_len;
+  u->audit_pending = 1;
   memcpy(u->pk, req->node_public_key.data, LK_SEAL_PUBLIC_KEY_BYTES);
   u->have_rev = req->have_revision;
   u->need_snapshot = 1;

@@ -52,6 +52,13 @@
  *     the subscriber's applied revision; a NACK is logged with its reason
  *     and answered with a fresh snapshot (at once, or at the next change
  *     when the NACKed batch was itself a snapshot, to avoid a loop).
+ *   - The first batch sent on every stream (snapshot part, resume
+ *     heartbeat or diff) carries audit_key: the key ring's audit key
+ *     (lk_keyring_audit_key) sealed to the subscriber's node key with
+ *     lk_seal_for_node for cred id LK_AUDIT_SEAL_ID and field
+ *     LK_AUDIT_SEAL_FIELD (lib/audit.h), so replicas hash secret values
+ *     for their audit lines exactly as the control plane does. Later
+ *     batches carry none.
  *   - Credentials are re-sealed per subscriber: every secret field is
  *     unsealed from the key ring into guarded memory, sealed to the
  *     subscriber's node key (lk_seal_for_node; SealedValue gets nonce,

@@ -14,6 +14,11 @@
  * the replica on disk at once, before the first contact, and with
  * --max-staleness refuse calls once contact is too old. Shutdown drains
  * calls, then stops the replica thread, then closes the store.
+ *
+ * Audit key (lib/audit.h): standalone, it is derived from the node key
+ * (lk_seal_key_audit_key), so hashes stay the same across restarts for as
+ * long as the node key file does; a replica takes the control plane's,
+ * from its store at start and from the first batch of every stream.
  */
 #include <grpc/grpc.h>
 #include <grpc/support/log.h>
@@ -25,6 +30,7 @@
 #include <unistd.h>
 
 #include "lib/admin.h"
+#include "lib/audit.h"
 #include "lib/catalog.h"
 #include "lib/flags.h"
 #include "lib/log.h"
@@ -85,18 +91,34 @@ static void admin_handle(void *ctx, lk_rpc_call *call) {
   const unsigned char *req = lk_rpc_call_request(call, &req_len);
   unsigned char *resp = NULL;
   size_t resp_len = 0;
+  /* lk_admin_handle writes the audit.admin line of every change. */
   lk_status st = lk_admin_handle(a->admin, lk_rpc_call_method(call), req,
                                  req_len, &resp, &resp_len, &err);
   if (st != LK_OK) {
-    lk_log(LK_LOG_INFO, "audit.admin", "method=%s outcome=%s",
-           lk_rpc_call_method(call), lk_status_name(st));
     lk_rpc_call_fail(call, &err);
     return;
   }
-  lk_log(LK_LOG_INFO, "audit.admin", "method=%s outcome=ok",
-         lk_rpc_call_method(call));
   lk_rpc_call_finish(call, resp, resp_len);
   free(resp);
+}
+
+/* lk_admin_hash_fn over the sidecar's audit key. */
+static lk_status hash_with_audit_key(void *ctx, const unsigned char *value,
+                                     size_t len,
+                                     char out_hex[LK_AUDIT_HEX_BYTES],
+                                     lk_err *err) {
+  return lk_audit_key_hash(ctx, value, len, out_hex, err);
+}
+
+/* Sets audit to the standalone sidecar's key, derived from the node key. */
+static lk_status derive_audit_key(const lk_seal_key *key, lk_audit_key *audit,
+                                  lk_err *err) {
+  lk_secret *k = NULL;
+  lk_status st = lk_seal_key_audit_key(key, &k, err);
+  if (st == LK_OK)
+    st = lk_audit_key_set(audit, lk_secret_data(k), lk_secret_len(k), err);
+  lk_secret_free(k);
+  return st;
 }
 
 /* grpc's own log lines become JSON lines like every other (DESIGN §7). */
@@ -125,6 +147,7 @@ static int run(const options *o) {
   lk_store *store = NULL;
   lk_catalog *cat = NULL;
   lk_seal_key *key = NULL;
+  lk_audit_key *audit = NULL;
   lk_forwarder *fwd = NULL;
   lk_toolcalls *tc = NULL;
   lk_replica *replica = NULL;
@@ -154,6 +177,10 @@ static int run(const options *o) {
     goto fail;
   if (lk_seal_key_load_or_create(o->node_key, &key, &err) != LK_OK)
     goto fail;
+  if (lk_audit_key_new(&audit, &err) != LK_OK)
+    goto fail;
+  if (!is_set(o->control_plane) && derive_audit_key(key, audit, &err) != LK_OK)
+    goto fail;
   lk_forward_opts fo = {(size_t)o->max_response_bytes, 64};
   if (lk_forwarder_new(&fo, &fwd, &err) != LK_OK)
     goto fail;
@@ -164,6 +191,8 @@ static int run(const options *o) {
         .tls_ca = o->tls_ca,
         .agent_id = o->agent_id,
         .max_staleness_ms = o->max_staleness_ms,
+        .node_key = key,
+        .audit = audit,
     };
     if (lk_seal_key_public(key, rcfg.node_public_key, &err) != LK_OK)
       goto fail;
@@ -175,6 +204,7 @@ static int run(const options *o) {
       .setup_url_template = o->setup_url_template,
       .allow_insecure_vendors = o->allow_insecure_vendors,
       .max_response_bytes = (size_t)o->max_response_bytes,
+      .audit = audit,
   };
   if (replica != NULL) {
     tcfg.stale = replica_stale;
@@ -202,6 +232,8 @@ static int run(const options *o) {
     }
     if (lk_admin_new(cat, key, &admin.admin, &err) != LK_OK)
       goto fail;
+    lk_admin_auditor auditor = {hash_with_audit_key, audit};
+    lk_admin_set_auditor(admin.admin, auditor);
     m = lk_admin_methods(&n);
     if (lk_rpc_server_listen(srv, o->admin_listen, m, n, admin_handle, &admin,
                              &err) != LK_OK) {
@@ -244,6 +276,7 @@ cleanup:
   lk_admin_destroy(admin.admin);
   lk_token_destroy(admin.token);
   lk_token_destroy(agent_token);
+  lk_audit_key_destroy(audit);
   lk_seal_key_destroy(key);
   lk_catalog_destroy(cat);
   if (store != NULL) {

@@ -15,7 +15,10 @@
  *
  * Buffers that held batch bytes (grpc's received slices, the copy handed
  * to the applier, protobuf-c's unpacked messages) are wiped before they
- * are freed: credentials carry sealed values.
+ * are freed: credentials carry sealed values. An audit key is opened into
+ * guarded memory as soon as its batch arrives (so a bad one is NACKed
+ * before anything is written) and stays there, beside its sealed encoding,
+ * until the WriteBatch that stores it has been written.
  */
 #include "sidecar/replica.h"
 
@@ -291,6 +294,13 @@ struct lk_replica_applier {
   int awaiting_snapshot; /* a NACK was answered: skip until a snapshot */
   int track_node_key;
   unsigned char node_pk[LK_SEAL_PUBLIC_KEY_BYTES];
+  const lk_seal_key *node_key; /* opens audit keys; NULL = refuse them */
+  lk_audit_key *audit;         /* gets each stored audit key, or NULL */
+  /* An accepted audit key not yet stored: plaintext and the SealedValue
+   * encoding to store, written by the next commit. */
+  lk_secret *audit_pt;
+  unsigned char *audit_enc;
+  size_t audit_enc_len;
   /* A snapshot in progress: its puts so far, and a copy of their keys. */
   int in_snapshot;
   lk_store_batch *snap;
@@ -305,6 +315,82 @@ static void encode_revision(int64_t rev, unsigned char out[8]) {
     out[i] = (unsigned char)((uint64_t)rev & 0xff);
     rev = (int64_t)((uint64_t)rev >> 8);
   }
+}
+
+/* Forgets an audit key not yet stored. */
+static void drop_audit(lk_replica_applier *a) {
+  lk_secret_free(a->audit_pt);
+  a->audit_pt = NULL;
+  free(a->audit_enc); /* sealed: not secret */
+  a->audit_enc = NULL;
+  a->audit_enc_len = 0;
+}
+
+/* Opens a sealed audit key with the node key into guarded memory. */
+static lk_status open_audit_key(const lk_seal_key *node_key,
+                                const Latchkey__V1__SealedValue *s,
+                                lk_secret **out, lk_err *err) {
+  lk_status st = lk_unseal_from_node(
+      node_key, LK_AUDIT_SEAL_ID, LK_AUDIT_SEAL_FIELD,
+      s->ephemeral_public_key.data, s->ephemeral_public_key.len, s->nonce.data,
+      s->nonce.len, s->ciphertext.data, s->ciphertext.len, out, err);
+  if (st == LK_OK && lk_secret_len(*out) != LK_AUDIT_KEY_BYTES) {
+    lk_secret_free(*out);
+    *out = NULL;
+    st = lk_fail(err, LK_INVALID_ARGUMENT, "the audit key is not %d bytes",
+                 LK_AUDIT_KEY_BYTES);
+  }
+  return st;
+}
+
+/* Checks and opens batch rev's audit key and makes it the one to store
+ * next (replacing one not yet stored). */
+static lk_status take_audit_key(lk_replica_applier *a, int64_t rev,
+                                const Latchkey__V1__SealedValue *s,
+                                lk_err *err) {
+  lk_status st = LK_OK;
+  lk_secret *pt = NULL;
+  unsigned char *enc = NULL;
+  lk_err why;
+  lk_err_clear(&why);
+  if (s->ephemeral_public_key.len != LK_SEAL_PUBLIC_KEY_BYTES ||
+      s->nonce.len != LK_SEAL_NONCE_BYTES ||
+      s->ciphertext.len != LK_AUDIT_KEY_BYTES + LK_SEAL_TAG_BYTES) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "batch %lld: audit_key is not a 32-byte key sealed to a "
+                   "node key (SealedValue needs a 32-byte "
+                   "ephemeral_public_key, a 24-byte nonce and a 48-byte "
+                   "ciphertext)",
+                   (long long)rev);
+  }
+  if (a->node_key == NULL) {
+    return lk_fail(err, LK_FAILED_PRECONDITION,
+                   "batch %lld carries an audit key, and this replica has no "
+                   "node key to open it with",
+                   (long long)rev);
+  }
+  if ((st = open_audit_key(a->node_key, s, &pt, &why)) != LK_OK) {
+    return lk_fail(err, st,
+                   "batch %lld: audit_key does not open with this node's key "
+                   "(%s)",
+                   (long long)rev, why.msg);
+  }
+  Latchkey__V1__SealedValue keep = LATCHKEY__V1__SEALED_VALUE__INIT;
+  keep.ephemeral_public_key = s->ephemeral_public_key;
+  keep.nonce = s->nonce;
+  keep.ciphertext = s->ciphertext;
+  size_t len = latchkey__v1__sealed_value__get_packed_size(&keep);
+  enc = malloc(len);
+  if (enc == NULL) {
+    lk_secret_free(pt);
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  latchkey__v1__sealed_value__pack(&keep, enc);
+  drop_audit(a);
+  a->audit_pt = pt;
+  a->audit_enc = enc;
+  a->audit_enc_len = len;
+  return LK_OK;
 }
 
 static void drop_snapshot(lk_replica_applier *a) {
@@ -381,7 +467,48 @@ void lk_replica_applier_destroy(lk_replica_applier *a) {
   if (a == NULL)
     return;
   drop_snapshot(a);
+  drop_audit(a);
   free(a);
+}
+
+lk_status lk_replica_applier_use_audit(lk_replica_applier *a,
+                                       const lk_seal_key *node_key,
+                                       lk_audit_key *audit, lk_err *err) {
+  unsigned char *val = NULL;
+  size_t len = 0;
+  a->node_key = node_key;
+  a->audit = audit;
+  if (node_key == NULL || audit == NULL)
+    return LK_OK;
+  lk_status st =
+      lk_store_get(a->store, LK_REPLICA_AUDIT_KEY_KEY, &val, &len, err);
+  if (st == LK_NOT_FOUND) {
+    lk_err_clear(err);
+    return LK_OK;
+  }
+  if (st != LK_OK)
+    return st;
+  lk_err why;
+  lk_err_clear(&why);
+  lk_secret *pt = NULL;
+  Latchkey__V1__SealedValue *s =
+      latchkey__v1__sealed_value__unpack(NULL, len, val);
+  if (s == NULL) {
+    lk_fail(&why, LK_INVALID_ARGUMENT, "it is not a SealedValue");
+  } else if (open_audit_key(node_key, s, &pt, &why) == LK_OK) {
+    st = lk_audit_key_set(audit, lk_secret_data(pt), lk_secret_len(pt), err);
+  }
+  if (why.msg[0] != '\0') {
+    lk_log(LK_LOG_WARN, "sync_audit_key_unusable",
+           "the stored audit key cannot be used (%s): audit lines carry no "
+           "secret hashes until the control plane sends it again",
+           why.msg);
+  }
+  lk_secret_free(pt);
+  if (s != NULL)
+    latchkey__v1__sealed_value__free_unpacked(s, NULL);
+  lk_store_value_free(val, len);
+  return st;
 }
 
 int64_t lk_replica_applier_revision(const lk_replica_applier *a) {
@@ -390,10 +517,24 @@ int64_t lk_replica_applier_revision(const lk_replica_applier *a) {
 
 void lk_replica_applier_reset(lk_replica_applier *a) {
   drop_snapshot(a);
+  drop_audit(a);
   a->awaiting_snapshot = 0;
 }
 
-/* Writes b plus the revision (and node key), then records the revision. */
+/* Hands a just-stored audit key to the holder and forgets it. */
+static void audit_stored(lk_replica_applier *a) {
+  if (a->audit != NULL) {
+    lk_err err;
+    if (lk_audit_key_set(a->audit, lk_secret_data(a->audit_pt),
+                         lk_secret_len(a->audit_pt), &err) != LK_OK) {
+      lk_log(LK_LOG_ERROR, "sync_audit_key_unusable", "%s", err.msg);
+    }
+  }
+  drop_audit(a);
+}
+
+/* Writes b plus the revision (and node key, and an audit key waiting to be
+ * stored), then records the revision. */
 static lk_status commit(lk_replica_applier *a, lk_store_batch *b, int64_t rev,
                         lk_err *err) {
   unsigned char enc[8];
@@ -403,9 +544,30 @@ static lk_status commit(lk_replica_applier *a, lk_store_batch *b, int64_t rev,
     lk_store_batch_put(b, LK_REPLICA_NODE_KEY_KEY, a->node_pk,
                        sizeof(a->node_pk));
   }
+  if (a->audit_enc != NULL) {
+    lk_store_batch_put(b, LK_REPLICA_AUDIT_KEY_KEY, a->audit_enc,
+                       a->audit_enc_len);
+  }
   lk_status st = lk_store_write(a->store, b, err);
-  if (st == LK_OK)
+  if (st == LK_OK) {
     atomic_store(&a->revision, rev);
+    if (a->audit_enc != NULL)
+      audit_stored(a);
+  }
+  return st;
+}
+
+/* Stores an audit key that came with a batch writing nothing else. */
+static lk_status commit_audit_only(lk_replica_applier *a, lk_err *err) {
+  lk_store_batch *b = lk_store_batch_new();
+  if (b == NULL)
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  lk_store_batch_put(b, LK_REPLICA_AUDIT_KEY_KEY, a->audit_enc,
+                     a->audit_enc_len);
+  lk_status st = lk_store_write(a->store, b, err);
+  lk_store_batch_destroy(b);
+  if (st == LK_OK)
+    audit_stored(a);
   return st;
 }
 
@@ -621,7 +783,15 @@ lk_status lk_replica_applier_handle(lk_replica_applier *a,
     goto done;
   }
   a->awaiting_snapshot = 0;
+  if (b->audit_key != NULL &&
+      (st = take_audit_key(a, b->revision, b->audit_key, err)) != LK_OK) {
+    goto done;
+  }
   st = handle_batch(a, b, reply, err);
+  /* A batch that wrote nothing (a heartbeat, one already applied) stores
+   * its audit key alone; a snapshot part keeps it for the snapshot. */
+  if (st == LK_OK && a->audit_enc != NULL && !a->in_snapshot)
+    st = commit_audit_only(a, err);
 done:
   if (b != NULL)
     latchkey__v1__sync_batch__free_unpacked(b, &wiping);
@@ -629,6 +799,7 @@ done:
     *reply = LK_REPLICA_REPLY_NACK;
     a->awaiting_snapshot = 1;
     drop_snapshot(a);
+    drop_audit(a);
   }
   return st;
 }
@@ -1313,7 +1484,9 @@ lk_status lk_replica_start(const lk_replica_config *cfg, lk_store *store,
     goto fail;
   }
   if ((st = lk_replica_applier_new(store, r->node_pk, &r->applier, err)) !=
-      LK_OK)
+          LK_OK ||
+      (st = lk_replica_applier_use_audit(r->applier, cfg->node_key, cfg->audit,
+                                         err)) != LK_OK)
     goto fail;
   grpc_init();
   r->grpc_started = 1;

@@ -39,8 +39,19 @@
  *   as one WriteBatch that also deletes every catalog key (the prefixes
  *   above) the snapshot does not hold. A new snapshot_begin drops a
  *   snapshot in progress. Only the whole snapshot is ACKed.
- * - A heartbeat (heartbeat set, nothing else) changes nothing and gets no
- *   answer; it only proves the control plane is alive.
+ * - A heartbeat (heartbeat set, nothing else but an audit key) changes no
+ *   record and gets no answer; it only proves the control plane is alive.
+ * - An audit key (SyncBatch.audit_key, on the first batch of each stream,
+ *   lib/audit.h) must be sealed to this node's key (32-byte
+ *   ephemeral_public_key, 24-byte nonce, a ciphertext of 32 + 16 bytes)
+ *   for cred id LK_AUDIT_SEAL_ID and field LK_AUDIT_SEAL_FIELD, and open
+ *   with the node key given to lk_replica_applier_use_audit to exactly 32
+ *   bytes; otherwise the batch is NACKed. It is stored as a SealedValue
+ *   (those three fields) under "meta/audit_key", in the WriteBatch of the
+ *   batch that carried it, or of the snapshot that batch began; when that
+ *   batch writes nothing (a heartbeat, a batch already applied), in a
+ *   WriteBatch of its own. Once stored it is handed to the audit key
+ *   holder. A NACKed batch's audit key is dropped with the batch.
  * - After a NACK the applier waits for a snapshot: the control plane
  *   answers a NACK with one, and a later incremental batch must not be
  *   applied over the change that was refused. Until a snapshot_begin
@@ -67,9 +78,9 @@
  * the smallest --max-staleness in its fleet.
  *
  * Invariants: one WriteBatch per batch (a whole snapshot), synced, with
- * its revision; buffers that held batch bytes are wiped before free
- * (credentials carry sealed values); no log line or error message holds a
- * value, only keys, revisions and counts.
+ * its revision (and the batch's audit key); buffers that held batch bytes are
+ * wiped before free (credentials carry sealed values); no log line or error
+ * message holds a value, only keys, revisions and counts.
  */
 #ifndef LK_REPLICA_H
 #define LK_REPLICA_H
@@ -77,6 +88,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lib/audit.h"
+#include "lib/seal.h"
 #include "lib/status.h"
 #include "lib/store.h"
 
@@ -88,6 +101,8 @@
 #define LK_REPLICA_REVISION_KEY "meta/revision"
 /* The store key of the node public key the replica is sealed to. */
 #define LK_REPLICA_NODE_KEY_KEY "meta/node_public_key"
+/* The store key of the audit key, sealed to the node key. */
+#define LK_REPLICA_AUDIT_KEY_KEY "meta/audit_key"
 /* After a NACK, how long to wait for a snapshot before reconnecting. */
 #define LK_REPLICA_RESYNC_MS 15000
 /* Reconnect backoff: first delay, and the cap it doubles up to. */
@@ -118,6 +133,19 @@ lk_status lk_replica_applier_new(lk_store *store, const unsigned char *node_pk,
 /* Frees the applier (and any snapshot in progress); NULL is a no-op. */
 void lk_replica_applier_destroy(lk_replica_applier *a);
 
+/* Lets the applier accept audit keys (see above): they are opened with
+ * node_key and, once stored, set in audit (NULL = stored only). Also
+ * loads the audit key already stored, when there is one, into audit, so a
+ * restarted replica hashes before it reconnects; a stored key that does
+ * not open (the node key file changed) is logged and left for the next
+ * stream to replace. Both are borrowed and must outlive the applier.
+ * Without this call a batch carrying an audit key is NACKed. Returns the
+ * store's status when it cannot be read. */
+lk_status lk_replica_applier_use_audit(lk_replica_applier *a,
+                                       const lk_seal_key *node_key,
+                                       lk_audit_key *audit,
+                                       lk_err *err) LK_MUST_CHECK;
+
 /* Returns the applied revision (0 = nothing applied). Thread-safe. */
 int64_t lk_replica_applier_revision(const lk_replica_applier *a);
 
@@ -126,6 +154,8 @@ int64_t lk_replica_applier_revision(const lk_replica_applier *a);
  * NONE, ACK and SKIP; on NACK the refusal's status, with the reason in
  * err: LK_INVALID_ARGUMENT for a malformed batch, key or record,
  * LK_RESOURCE_EXHAUSTED for a message or snapshot over its cap,
+ * LK_FAILED_PRECONDITION for an audit key that does not open with the node
+ * key (or when there is no node key to open it with),
  * LK_UNAVAILABLE (or the store's status) when the store write fails. */
 lk_status lk_replica_applier_handle(lk_replica_applier *a,
                                     const unsigned char *msg, size_t len,
@@ -146,6 +176,8 @@ typedef struct {
   const char *agent_id;      /* this sidecar's agent */
   unsigned char node_public_key[32]; /* X25519, lk_seal_key_public */
   int64_t max_staleness_ms;          /* 0 = off */
+  const lk_seal_key *node_key;       /* opens the audit key; borrowed */
+  lk_audit_key *audit; /* receives it; borrowed, NULL = not kept */
 } lk_replica_config;
 
 typedef struct lk_replica lk_replica;
@@ -155,7 +187,8 @@ typedef struct lk_replica lk_replica;
  * reconnects (jittered backoff from LK_REPLICA_BACKOFF_INITIAL_MS doubling
  * to LK_REPLICA_BACKOFF_MAX_MS) until lk_replica_stop. store is borrowed
  * and must outlive the replica; cfg strings are copied. Returns at once:
- * it never waits for a control plane. LK_INVALID_ARGUMENT or
+ * it never waits for a control plane. With cfg->node_key set, audit keys
+ * are accepted (lk_replica_applier_use_audit). LK_INVALID_ARGUMENT or
  * LK_FAILED_PRECONDITION naming the flag or file that is wrong. */
 lk_status lk_replica_start(const lk_replica_config *cfg, lk_store *store,
                            lk_replica **out, lk_err *err) LK_MUST_CHECK;

@@ -8,7 +8,9 @@
  * thread, when the vendor answers: scrub body and headers, reply, write
  * the audit line, and wipe the request. Nothing between the two halves
  * holds a plaintext field value except the built request itself and the
- * scrubber's needles, both in guarded memory.
+ * scrubber's needles, both in guarded memory; the audit hashes of the
+ * secret values are taken on the worker thread, right before the unsealed
+ * values are wiped, and travel to the audit line with the call.
  */
 #include "sidecar/toolcalls.h"
 
@@ -54,7 +56,25 @@ typedef struct {
   char *op;
   char *cred_id;
   int64_t start_us;
+  json_t *hashes;         /* field name -> audit hash, or NULL */
+  const char *hash_error; /* static text when hashes is NULL, or NULL */
 } pending;
+
+/* What one audit.tool_call line says. */
+typedef struct {
+  const char *budget;
+  const char *tool;
+  const char *operation;
+  const char *credential_id;
+  const char *credential_type; /* missing_credential only */
+  const char *outcome;         /* "ok", "missing_credential", a status */
+  long vendor_status;          /* 0 = the vendor did not answer */
+  int64_t start_us;
+  size_t bytes;
+  int redacted;
+  json_t *hashes;         /* borrowed; NULL = none */
+  const char *hash_error; /* when no hashes could be taken */
+} call_audit;
 
 const char *const *lk_toolcalls_methods(size_t *n) {
   *n = sizeof(methods) / sizeof(methods[0]);
@@ -306,10 +326,56 @@ static char *render_setup_url(const char *tmpl, const char *tool,
   return out;
 }
 
+/* Adds key: value to obj when value is a valid id (agent input that is
+ * not one is never echoed). */
+static void put_id(json_t *obj, const char *key, const char *value) {
+  if (value != NULL && lk_catalog_valid_id(value)) {
+    json_object_set_new(obj, key, json_string(value));
+  }
+}
+
+/* Returns the outcome name of a failed status: "NOT_FOUND", ... */
+static const char *outcome_of(lk_status st) {
+  const char *name = lk_status_name(st);
+  return strncmp(name, "LK_", 3) == 0 ? name + 3 : name;
+}
+
+/* Writes the one audit.tool_call line of a call. */
+static void write_audit(const call_audit *c) {
+  double latency_ms = (double)(lk_now_us() - c->start_us) / 1000.0;
+  json_t *obj = json_object();
+  if (obj != NULL) {
+    put_id(obj, "budget", c->budget);
+    put_id(obj, "tool", c->tool);
+    put_id(obj, "operation", c->operation);
+    put_id(obj, "credential_id", c->credential_id);
+    put_id(obj, "credential_type", c->credential_type);
+    json_object_set_new(obj, "vendor_status", json_integer(c->vendor_status));
+    json_object_set_new(obj, "latency_ms", json_real(latency_ms));
+    json_object_set_new(obj, "bytes", json_integer((json_int_t)c->bytes));
+    json_object_set_new(obj, "redacted", json_boolean(c->redacted));
+    json_object_set_new(obj, "outcome", json_string(c->outcome));
+    if (c->hashes != NULL) {
+      json_object_set(obj, "secret_hashes", c->hashes);
+    } else if (c->hash_error != NULL) {
+      json_object_set_new(obj, "secret_hashes_unavailable",
+                          json_string(c->hash_error));
+    }
+  }
+  lk_log_fields(
+      LK_LOG_INFO, "audit.tool_call", obj,
+      "budget=%s tool=%s operation=%s outcome=%s",
+      c->budget && lk_catalog_valid_id(c->budget) ? c->budget : "-",
+      c->tool && lk_catalog_valid_id(c->tool) ? c->tool : "-",
+      c->operation && lk_catalog_valid_id(c->operation) ? c->operation : "-",
+      c->outcome);
+  json_decref(obj);
+}
+
 /* Answers with a MissingCredential: fields, patterns and help, no value. */
 static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
                           const char *budget, const Latchkey__V1__Tool *tool,
-                          lk_err *err) {
+                          const char *op, int64_t start_us, lk_err *err) {
   Latchkey__V1__CredentialType *type = NULL;
   if (lk_catalog_get_type(t->cat, tool->credential_type, &type, err) != LK_OK) {
     lk_fail(err, LK_FAILED_PRECONDITION,
@@ -317,6 +383,19 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
             "registered: ask the owner to register it",
             tool->id, tool->credential_type);
     lk_rpc_call_fail(call, err);
+    call_audit c = {budget,
+                    tool->id,
+                    op,
+                    NULL,
+                    tool->credential_type,
+                    outcome_of(err->code),
+                    0,
+                    start_us,
+                    0,
+                    0,
+                    NULL,
+                    NULL};
+    write_audit(&c);
     return;
   }
   Latchkey__V1__MissingCredential mc = LATCHKEY__V1__MISSING_CREDENTIAL__INIT;
@@ -376,9 +455,9 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
     lk_rpc_call_finish(call, buf, len);
     free(buf);
   }
-  lk_log(LK_LOG_INFO, "audit.tool_call",
-         "budget=%s tool=%s outcome=missing_credential type=%s", budget,
-         tool->id, type->id);
+  call_audit c = {budget, tool->id, op, NULL, type->id, "missing_credential",
+                  0,      start_us, 0,  0,    NULL,     NULL};
+  write_audit(&c);
   free(setup_url);
   free(fields);
   free(copies);
@@ -399,17 +478,48 @@ static void pending_free(pending *p) {
   free(p->tool);
   free(p->op);
   free(p->cred_id);
+  json_decref(p->hashes);
   free(p);
 }
 
 static void audit(const pending *p, const char *outcome, long vendor_status,
                   size_t bytes, int redacted) {
-  lk_log(LK_LOG_INFO, "audit.tool_call",
-         "budget=%s tool=%s operation=%s credential=%s vendor_status=%ld "
-         "latency_ms=%.3f bytes=%zu redacted=%s outcome=%s",
-         p->budget, p->tool, p->op, p->cred_id ? p->cred_id : "-",
-         vendor_status, (double)(lk_now_us() - p->start_us) / 1000.0, bytes,
-         redacted ? "true" : "false", outcome);
+  call_audit c = {p->budget, p->tool,  p->op,         p->cred_id,
+                  NULL,      outcome,  vendor_status, p->start_us,
+                  bytes,     redacted, p->hashes,     p->hash_error};
+  write_audit(&c);
+}
+
+/* Hashes every secret field value for the audit line, before the values
+ * are wiped. Returns the object (field name -> hash), or NULL with *why
+ * set when there is no audit key yet, and NULL alone without an audit key
+ * holder. */
+static json_t *hash_secrets(lk_toolcalls *t, const lk_field *fields, size_t n,
+                            const char **why) {
+  *why = NULL;
+  if (t->cfg.audit == NULL) {
+    return NULL;
+  }
+  json_t *obj = json_object();
+  if (obj == NULL) {
+    *why = "out of memory";
+    return NULL;
+  }
+  for (size_t i = 0; i < n; i++) {
+    char hex[LK_AUDIT_HEX_BYTES];
+    lk_err err;
+    if (!fields[i].secret) {
+      continue;
+    }
+    if (lk_audit_key_hash(t->cfg.audit, lk_secret_data(fields[i].value),
+                          lk_secret_len(fields[i].value), hex, &err) != LK_OK) {
+      json_decref(obj);
+      *why = "no audit key yet (the control plane has not sent it)";
+      return NULL;
+    }
+    json_object_set_new(obj, fields[i].name, json_string(hex));
+  }
+  return obj;
 }
 
 /* Connection-level headers and the length of a body we may have changed
@@ -588,6 +698,8 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
   lk_scrubber *scrub = NULL;
   pending *p = NULL;
   const Latchkey__V1__Operation *op = NULL;
+  json_t *hashes = NULL;
+  const char *hash_error = NULL;
   lk_status st;
 
   rq = latchkey__v1__tool_call_request__unpack(NULL, req_len, req_bytes);
@@ -643,7 +755,7 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
   if (tool->credential_type[0] != '\0') {
     st = resolve(t, budget->id, tool, &cred, &err);
     if (st == LK_NOT_FOUND) {
-      reply_missing(t, call, budget->id, tool, &err);
+      reply_missing(t, call, budget->id, tool, op->name, start_us, &err);
       goto done;
     }
     if (st != LK_OK)
@@ -661,6 +773,7 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
   st = lk_scrubber_new(fields, n_fields, req->userpwd, &scrub, &err);
   if (st != LK_OK)
     goto fail;
+  hashes = hash_secrets(t, fields, n_fields, &hash_error);
   /* Last use of the unsealed values: the request and scrubber own copies. */
   wipe_fields(fields, n_fields);
   n_fields = 0;
@@ -679,6 +792,10 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
   p->op = strdup(op->name);
   p->cred_id = cred ? strdup(cred->id) : NULL;
   p->start_us = start_us;
+  p->hashes = cred ? hashes : NULL;
+  p->hash_error = cred ? hash_error : NULL;
+  if (p->hashes == hashes)
+    hashes = NULL;
   req = NULL;
   scrub = NULL;
   uint32_t timeout_ms =
@@ -697,12 +814,23 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
 
 fail:
   lk_rpc_call_fail(call, &err);
-  lk_log(LK_LOG_INFO, "audit.tool_call",
-         "budget=%s tool=%s operation=%s outcome=%s",
-         rq && lk_catalog_valid_id(rq->budget_id) ? rq->budget_id : "-",
-         rq && lk_catalog_valid_id(rq->tool_id) ? rq->tool_id : "-",
-         op ? op->name : "-", lk_status_name(st));
+  {
+    call_audit c = {rq ? rq->budget_id : NULL,
+                    rq ? rq->tool_id : NULL,
+                    op ? op->name : NULL,
+                    cred ? cred->id : NULL,
+                    NULL,
+                    outcome_of(st),
+                    0,
+                    start_us,
+                    0,
+                    0,
+                    NULL,
+                    NULL};
+    write_audit(&c);
+  }
 done:
+  json_decref(hashes);
   wipe_fields(fields, n_fields);
   lk_http_request_destroy(req);
   lk_scrubber_destroy(scrub);

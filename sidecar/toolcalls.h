@@ -7,12 +7,22 @@
  * forward, scrub); this module orders them, maps every failure to its gRPC
  * status with a message that says what to do, and keeps plaintext secrets
  * alive only from unseal until the request is built and the scrubber made.
+ *
+ * Audit: every Call writes exactly one `audit.tool_call` line (lib/log.h
+ * lk_log_fields) with budget, tool, operation, credential_id,
+ * vendor_status, latency_ms, bytes, redacted and outcome ("ok",
+ * "missing_credential", or the status name of the failure), and, when the
+ * request went to the vendor with a credential, `secret_hashes`: the audit
+ * hash (lib/audit.h) of each secret value injected, by field name. Without
+ * an audit key yet (a replica that has never reached its control plane)
+ * the line says "secret_hashes_unavailable" instead. Never a value.
  */
 #ifndef LK_TOOLCALLS_H
 #define LK_TOOLCALLS_H
 
 #include <stddef.h>
 
+#include "lib/audit.h"
 #include "lib/catalog.h"
 #include "lib/rpc_server.h"
 #include "lib/seal.h"
@@ -32,6 +42,9 @@ typedef struct {
   /* When set, every call must carry "authorization: Bearer <token>" with
    * this token (--agent-token-file); else UNAUTHENTICATED. */
   const lk_token *agent_token;
+  /* Hashes the secret values of each call for its audit line (borrowed;
+   * it must outlive the service). NULL = audit lines carry no hashes. */
+  lk_audit_key *audit;
 } lk_toolcalls_config;
 
 typedef struct lk_toolcalls lk_toolcalls;
