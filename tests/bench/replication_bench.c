@@ -622,6 +622,10 @@ static lk_status run_fanout(int n, int writes, const char *tmp, fan_result *res,
     snprintf(name, sizeof(name), "/lkbench-%d-%d-%d", (int)getpid(), n, i);
     if ((st = lk_store_open_memory(name, &s->store, err)) != LK_OK ||
         (st = lk_replica_applier_new(s->store, sv.node_pk, &s->ap, err)) !=
+            LK_OK ||
+        /* The stream's first batch carries the audit key, sealed to
+         * sv.node: open and store it as a sidecar does. */
+        (st = lk_replica_applier_use_audit(s->ap, sv.node, NULL, err)) !=
             LK_OK) {
       goto done;
     }

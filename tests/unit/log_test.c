@@ -2,7 +2,9 @@
  * log_test.c - proves lib/log's contract: each lk_log call at or above the
  * configured level writes exactly one line to stderr, and that line is one
  * JSON object with string fields ts, level, event and msg, whatever bytes
- * the message holds and however long it is.
+ * the message holds and however long it is. lk_log_fields adds the
+ * members of a JSON object after those four, never replacing them, and
+ * drops them (saying so) rather than write an unbounded line.
  *
  * stderr (fd 2) points at an unlinked temp file while lk_log runs; the
  * test puts fd 2 back before asserting, so cmocka's own reports still
@@ -531,6 +533,119 @@ static void concurrent_lines_never_interleave(void **state) {
   free(out);
 }
 
+/* Logs one lk_log_fields line and returns it parsed (any shape). */
+static json_t *log_fields_one(const json_t *fields, size_t *line_len) {
+  size_t len;
+  capture_start();
+  lk_log_fields(LK_LOG_INFO, "audit.test", fields, "summary %d", 7);
+  char *out = capture_stop(&len);
+  assert_int_equal(count_lines(out, len), 1);
+  for (size_t i = 0; i + 1 < len; i++) {
+    if ((unsigned char)out[i] < 0x20)
+      fail_msg("raw control byte 0x%02x at %zu", (unsigned char)out[i], i);
+  }
+  json_error_t jerr;
+  json_t *obj = json_loadb(out, len - 1, JSON_REJECT_DUPLICATES, &jerr);
+  if (obj == NULL)
+    fail_msg("line is not JSON (%s): %s", jerr.text, out);
+  *line_len = len;
+  free(out);
+  return obj;
+}
+
+static void fields_follow_the_four_members(void **state) {
+  (void)state;
+  size_t len;
+  json_t *f = json_pack("{s:s, s:i, s:b, s:{s:s, s:s}}", "tool", "weather",
+                        "bytes", 42, "redacted", 1, "secret_hashes", "api_key",
+                        "ab12", "line\n\"x", "cd34");
+  json_t *obj = log_fields_one(f, &len);
+  assert_int_equal(json_object_size(obj), 8);
+  assert_string_equal(field(obj, "level"), "info");
+  assert_string_equal(field(obj, "event"), "audit.test");
+  assert_string_equal(field(obj, "msg"), "summary 7");
+  assert_true(json_is_string(json_object_get(obj, "ts")));
+  assert_string_equal(field(obj, "tool"), "weather");
+  assert_int_equal(json_integer_value(json_object_get(obj, "bytes")), 42);
+  assert_true(json_is_true(json_object_get(obj, "redacted")));
+  json_t *h = json_object_get(obj, "secret_hashes");
+  assert_string_equal(json_string_value(json_object_get(h, "api_key")), "ab12");
+  assert_string_equal(json_string_value(json_object_get(h, "line\n\"x")),
+                      "cd34");
+  json_decref(obj);
+  json_decref(f);
+}
+
+static void fields_cannot_replace_the_four_members(void **state) {
+  (void)state;
+  size_t len;
+  json_t *f =
+      json_pack("{s:s, s:s, s:s, s:s, s:s}", "ts", "forged", "level", "error",
+                "event", "forged", "msg", "forged", "kept", "yes");
+  json_t *obj = log_fields_one(f, &len);
+  assert_int_equal(json_object_size(obj), 5);
+  assert_string_equal(field(obj, "level"), "info");
+  assert_string_equal(field(obj, "event"), "audit.test");
+  assert_string_equal(field(obj, "msg"), "summary 7");
+  assert_string_not_equal(field(obj, "ts"), "forged");
+  assert_string_equal(field(obj, "kept"), "yes");
+  json_decref(obj);
+  json_decref(f);
+}
+
+static void no_fields_or_empty_fields_add_nothing(void **state) {
+  (void)state;
+  size_t len;
+  json_t *empty = json_object();
+  json_t *not_object = json_string("x");
+  const json_t *cases[] = {NULL, empty, not_object};
+  for (size_t i = 0; i < 3; i++) {
+    json_t *obj = log_fields_one(cases[i], &len);
+    assert_int_equal(json_object_size(obj), 4);
+    json_decref(obj);
+  }
+  json_decref(empty);
+  json_decref(not_object);
+}
+
+static void fields_longer_than_the_cap_are_dropped_and_said_so(void **state) {
+  (void)state;
+  size_t len;
+  size_t big = LK_LOG_MAX_FIELDS_BYTES;
+  char *v = malloc(big + 1);
+  assert_non_null(v);
+  memset(v, 'h', big);
+  v[big] = '\0';
+  json_t *f = json_pack("{s:s}", "huge", v);
+  json_t *obj = log_fields_one(f, &len);
+  assert_true(len <= MAX_LINE + 32);
+  assert_null(json_object_get(obj, "huge"));
+  assert_true(json_is_true(json_object_get(obj, "fields_dropped")));
+  json_decref(obj);
+  json_decref(f);
+  /* Just under the cap is written whole, on one line. */
+  v[big - 32] = '\0';
+  f = json_pack("{s:s}", "huge", v);
+  obj = log_fields_one(f, &len);
+  assert_int_equal(strlen(field(obj, "huge")), big - 32);
+  json_decref(obj);
+  json_decref(f);
+  free(v);
+}
+
+static void fields_below_the_level_are_not_written(void **state) {
+  (void)state;
+  size_t len;
+  json_t *f = json_pack("{s:s}", "k", "v");
+  assert_int_equal(lk_log_set_level_name("warn"), 0);
+  capture_start();
+  lk_log_fields(LK_LOG_INFO, "audit.test", f, "hidden");
+  char *out = capture_stop(&len);
+  assert_int_equal(len, 0);
+  free(out);
+  json_decref(f);
+}
+
 #define T(name) cmocka_unit_test_setup(name, level_info)
 
 int main(void) {
@@ -559,6 +674,11 @@ int main(void) {
       T(line_buffer_cut_keeps_utf8_valid),
       T(invalid_utf8_in_msg_still_yields_valid_json),
       T(concurrent_lines_never_interleave),
+      T(fields_follow_the_four_members),
+      T(fields_cannot_replace_the_four_members),
+      T(no_fields_or_empty_fields_add_nothing),
+      T(fields_longer_than_the_cap_are_dropped_and_said_so),
+      T(fields_below_the_level_are_not_written),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

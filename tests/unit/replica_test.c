@@ -9,6 +9,11 @@
  * applies nothing, after a NACK batches are skipped until a snapshot
  * begins, a snapshot in parts is applied at its end as a replacement that
  * keeps non-catalog keys, and a changed node key resets the revision to 0.
+ * Audit keys (with a real node key): one sealed to this node is stored
+ * sealed under meta/audit_key in the WriteBatch of its batch (alone for a
+ * heartbeat, at the end for a snapshot) and handed to the holder, and is
+ * loaded again at start; one sealed to another node, malformed, or sent to
+ * an applier without a node key is NACKed with nothing applied.
  */
 #include <ftw.h>
 #include <setjmp.h>
@@ -23,8 +28,12 @@
 
 #include <cmocka.h>
 
+#include <sodium.h>
+
 #include "latchkey/v1/sync.pb-c.h"
 #include "latchkey/v1/types.pb-c.h"
+#include "lib/audit.h"
+#include "lib/seal.h"
 #include "lib/store.h"
 #include "sidecar/replica.h"
 
@@ -652,6 +661,243 @@ static void malformed_stored_revision_is_refused(void **state) {
   assert_non_null(strstr(err.msg, "meta/revision is not an 8-byte revision"));
 }
 
+/* ---- audit keys --------------------------------------------------------- */
+
+static const unsigned char audit_bytes[32] = {
+    'r', 'e', 'p', 'l', 'i', 'c', 'a', '-', 'a', 'u', 'd',
+    'i', 't', '-', 'k', 'e', 'y', 9,   8,   7,   6,   5,
+    4,   3,   2,   1,   0,   1,   2,   3,   4,   5};
+
+/* A real node key under f's dir (name picks the file), and its applier
+ * over f's store with an audit key holder. */
+typedef struct {
+  lk_seal_key *key;
+  unsigned char pk[32];
+  lk_audit_key *audit;
+} node;
+
+static void node_open(fx *f, node *n, const char *name) {
+  char path[1200];
+  lk_err err;
+  snprintf(path, sizeof(path), "%s/%s.key", f->dir, name);
+  if (lk_seal_key_load_or_create(path, &n->key, &err) != LK_OK ||
+      lk_seal_key_public(n->key, n->pk, &err) != LK_OK ||
+      lk_audit_key_new(&n->audit, &err) != LK_OK) {
+    fail_msg("node key: %s", err.msg);
+  }
+}
+
+static void node_close(node *n) {
+  lk_audit_key_destroy(n->audit);
+  lk_seal_key_destroy(n->key);
+}
+
+/* Replaces f's applier with one sealed to n that accepts audit keys. */
+static void use_node(fx *f, node *n) {
+  lk_err err;
+  lk_replica_applier_destroy(f->a);
+  f->a = NULL;
+  if (lk_replica_applier_new(f->store, n->pk, &f->a, &err) != LK_OK ||
+      lk_replica_applier_use_audit(f->a, n->key, n->audit, &err) != LK_OK) {
+    fail_msg("applier: %s", err.msg);
+  }
+}
+
+/* The audit key as a control plane sends it: sealed to pk. */
+typedef struct {
+  Latchkey__V1__SealedValue sv;
+  unsigned char eph[32];
+  unsigned char nonce[24];
+  unsigned char *ct;
+} sealed_audit;
+
+static void seal_audit(sealed_audit *s, const unsigned char pk[32],
+                       const char *cred_id) {
+  size_t ct_len = 0;
+  lk_err err;
+  latchkey__v1__sealed_value__init(&s->sv);
+  assert_int_equal(lk_seal_for_node(pk, cred_id, LK_AUDIT_SEAL_FIELD,
+                                    audit_bytes, sizeof(audit_bytes), s->eph,
+                                    s->nonce, &s->ct, &ct_len, &err),
+                   LK_OK);
+  s->sv.ephemeral_public_key.data = s->eph;
+  s->sv.ephemeral_public_key.len = sizeof(s->eph);
+  s->sv.nonce.data = s->nonce;
+  s->sv.nonce.len = sizeof(s->nonce);
+  s->sv.ciphertext.data = s->ct;
+  s->sv.ciphertext.len = ct_len;
+}
+
+/* Asserts that n's holder hashes with audit_bytes. */
+static void assert_holder_has_the_key(node *n) {
+  char got[LK_AUDIT_HEX_BYTES];
+  char want[LK_AUDIT_HEX_BYTES];
+  lk_err err;
+  assert_int_equal(lk_audit_key_hash(n->audit, "sk-x", 4, got, &err), LK_OK);
+  lk_audit_hash(audit_bytes, "sk-x", 4, want);
+  assert_string_equal(got, want);
+}
+
+static void audit_key_is_stored_with_its_batch_and_handed_over(void **state) {
+  fx *f = *state;
+  node n;
+  sealed_audit s;
+  batch x;
+  node_open(f, &n, "n1");
+  use_node(f, &n);
+  assert_false(lk_audit_key_ready(n.audit));
+  seal_audit(&s, n.pk, LK_AUDIT_SEAL_ID);
+  batch_init(&x, 5);
+  put_tool(&x, "weather");
+  x.b.audit_key = &s.sv;
+  expect_ack(f, &x, 5);
+  assert_true(has_key(f, "tool/weather"));
+  assert_true(has_key(f, LK_REPLICA_AUDIT_KEY_KEY));
+  assert_holder_has_the_key(&n);
+
+  /* What is stored is the sealed value, never the key itself. */
+  unsigned char *val = NULL;
+  size_t len = 0;
+  lk_err err;
+  assert_int_equal(
+      lk_store_get(f->store, LK_REPLICA_AUDIT_KEY_KEY, &val, &len, &err),
+      LK_OK);
+  assert_null(memmem(val, len, audit_bytes, sizeof(audit_bytes)));
+  Latchkey__V1__SealedValue *got =
+      latchkey__v1__sealed_value__unpack(NULL, len, val);
+  assert_non_null(got);
+  assert_memory_equal(got->ciphertext.data, s.ct, s.sv.ciphertext.len);
+  latchkey__v1__sealed_value__free_unpacked(got, NULL);
+  lk_store_value_free(val, len);
+
+  /* A restarted replica loads it before any stream. */
+  node_close(&n);
+  node_open(f, &n, "n1");
+  use_node(f, &n);
+  assert_holder_has_the_key(&n);
+  free(s.ct);
+  node_close(&n);
+}
+
+static void audit_key_on_a_heartbeat_or_resent_batch_is_stored_alone(
+    void **state) {
+  fx *f = *state;
+  node n;
+  sealed_audit s;
+  batch x;
+  node_open(f, &n, "n2");
+  use_node(f, &n);
+  seal_audit(&s, n.pk, LK_AUDIT_SEAL_ID);
+  batch_init(&x, 3);
+  x.b.heartbeat = 1;
+  x.b.audit_key = &s.sv;
+  expect_reply(f, &x, LK_REPLICA_REPLY_NONE);
+  assert_true(has_key(f, LK_REPLICA_AUDIT_KEY_KEY));
+  assert_false(has_key(f, LK_REPLICA_REVISION_KEY));
+  assert_int_equal(lk_replica_applier_revision(f->a), 0);
+  assert_holder_has_the_key(&n);
+  free(s.ct);
+  node_close(&n);
+}
+
+static void audit_key_with_a_snapshot_is_stored_at_its_end(void **state) {
+  fx *f = *state;
+  node n;
+  sealed_audit s;
+  batch x;
+  node_open(f, &n, "n3");
+  use_node(f, &n);
+  seal_audit(&s, n.pk, LK_AUDIT_SEAL_ID);
+  batch_init(&x, 9);
+  x.b.snapshot_begin = 1;
+  put_tool(&x, "weather");
+  x.b.audit_key = &s.sv;
+  expect_reply(f, &x, LK_REPLICA_REPLY_NONE);
+  assert_false(has_key(f, LK_REPLICA_AUDIT_KEY_KEY));
+  assert_false(lk_audit_key_ready(n.audit));
+  batch_init(&x, 9);
+  x.b.snapshot_end = 1;
+  put_budget(&x);
+  expect_ack(f, &x, 9);
+  assert_true(has_key(f, LK_REPLICA_AUDIT_KEY_KEY));
+  assert_true(has_key(f, "budget/main"));
+  assert_holder_has_the_key(&n);
+  free(s.ct);
+  node_close(&n);
+}
+
+static void bad_audit_keys_are_nacked_and_nothing_applies(void **state) {
+  fx *f = *state;
+  node n;
+  node other;
+  sealed_audit s;
+  batch x;
+  node_open(f, &n, "n4");
+  node_open(f, &other, "other");
+  use_node(f, &n);
+
+  /* Sealed to another node. */
+  seal_audit(&s, other.pk, LK_AUDIT_SEAL_ID);
+  batch_init(&x, 4);
+  put_tool(&x, "weather");
+  x.b.audit_key = &s.sv;
+  expect_nack(f, &x, LK_FAILED_PRECONDITION, "does not open");
+  free(s.ct);
+  /* Sealed to this node, but as a credential's value. */
+  seal_audit(&s, n.pk, "cred_1");
+  batch_init(&x, 4);
+  put_tool(&x, "weather");
+  x.b.audit_key = &s.sv;
+  expect_nack(f, &x, LK_FAILED_PRECONDITION, "does not open");
+  /* Cut short. */
+  s.sv.ciphertext.len -= 1;
+  batch_init(&x, 4);
+  put_tool(&x, "weather");
+  x.b.audit_key = &s.sv;
+  expect_nack(f, &x, LK_INVALID_ARGUMENT, "not a 32-byte key sealed");
+  free(s.ct);
+  assert_false(has_key(f, "tool/weather"));
+  assert_false(has_key(f, LK_REPLICA_AUDIT_KEY_KEY));
+  assert_false(lk_audit_key_ready(n.audit));
+
+  /* An applier given no node key cannot open one. */
+  lk_err err;
+  lk_replica_applier_destroy(f->a);
+  f->a = NULL;
+  assert_int_equal(lk_replica_applier_new(f->store, n.pk, &f->a, &err), LK_OK);
+  seal_audit(&s, n.pk, LK_AUDIT_SEAL_ID);
+  batch_init(&x, 4);
+  put_tool(&x, "weather");
+  x.b.audit_key = &s.sv;
+  expect_nack(f, &x, LK_FAILED_PRECONDITION, "no node key");
+  assert_false(has_key(f, "tool/weather"));
+  free(s.ct);
+  node_close(&other);
+  node_close(&n);
+}
+
+static void stored_audit_key_of_another_node_key_is_ignored(void **state) {
+  fx *f = *state;
+  node n;
+  node other;
+  sealed_audit s;
+  batch x;
+  node_open(f, &n, "n5");
+  node_open(f, &other, "n5-new");
+  use_node(f, &n);
+  seal_audit(&s, n.pk, LK_AUDIT_SEAL_ID);
+  batch_init(&x, 2);
+  put_tool(&x, "weather");
+  x.b.audit_key = &s.sv;
+  expect_ack(f, &x, 2);
+  /* The node key file was replaced: the stored key no longer opens. */
+  use_node(f, &other);
+  assert_false(lk_audit_key_ready(other.audit));
+  free(s.ct);
+  node_close(&other);
+  node_close(&n);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void) {
@@ -678,6 +924,11 @@ int main(void) {
       T(bad_part_drops_the_whole_snapshot),
       T(changed_node_key_restarts_from_revision_zero),
       T(malformed_stored_revision_is_refused),
+      T(audit_key_is_stored_with_its_batch_and_handed_over),
+      T(audit_key_on_a_heartbeat_or_resent_batch_is_stored_alone),
+      T(audit_key_with_a_snapshot_is_stored_at_its_end),
+      T(bad_audit_keys_are_nacked_and_nothing_applies),
+      T(stored_audit_key_of_another_node_key_is_ignored),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

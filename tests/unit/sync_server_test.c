@@ -19,7 +19,9 @@
  * what changed since, and gets a snapshot when that history is compacted
  * away; a NACK brings a snapshot; a large snapshot, or a change too
  * large for one message, comes as a snapshot split into messages of at
- * most 4 MiB. Every wait is bounded.
+ * most 4 MiB. The first batch of every stream (a snapshot's first part, a
+ * resume's heartbeat) carries the key ring's audit key sealed to the node
+ * key, and no later batch does. Every wait is bounded.
  */
 #include <fcntl.h>
 #include <ftw.h>
@@ -46,6 +48,7 @@
 #include "controlplane/sync_server.h"
 #include "latchkey/v1/sync.pb-c.h"
 #include "latchkey/v1/types.pb-c.h"
+#include "lib/audit.h"
 #include "lib/catalog.h"
 #include "lib/keyring.h"
 #include "lib/rpc_server.h"
@@ -879,6 +882,68 @@ static void test_heartbeats_arrive(void **state) {
   client_done(&c);
 }
 
+/* Asserts m carries the key ring's audit key sealed to f's node key (and
+ * not in the clear); returns the ciphertext's first byte. */
+static unsigned char expect_audit_key(fx *f, const msg *m) {
+  lk_err err;
+  lk_secret *want = NULL;
+  lk_secret *got = NULL;
+  const Latchkey__V1__SealedValue *s = m->b->audit_key;
+  assert_non_null(s);
+  assert_int_equal(s->ephemeral_public_key.len, 32);
+  assert_int_equal(s->ciphertext.len, 32 + 16);
+  assert_int_equal(lk_keyring_audit_key(f->kr, &want, &err), LK_OK);
+  assert_int_equal(lk_unseal_from_node(
+                       f->node, LK_AUDIT_SEAL_ID, LK_AUDIT_SEAL_FIELD,
+                       s->ephemeral_public_key.data,
+                       s->ephemeral_public_key.len, s->nonce.data, s->nonce.len,
+                       s->ciphertext.data, s->ciphertext.len, &got, &err),
+                   LK_OK);
+  assert_int_equal(lk_secret_len(got), 32);
+  assert_memory_equal(lk_secret_data(got), lk_secret_data(want), 32);
+  assert_null(memmem(m->raw, m->len, lk_secret_data(want), 32));
+  lk_secret_free(got);
+  lk_secret_free(want);
+  return s->ciphertext.data[0];
+}
+
+static void test_first_batch_of_every_stream_carries_the_audit_key(
+    void **state) {
+  fx *f = *state;
+  client c;
+  msg got[8], m;
+  lk_sync_server_changed(f->sync, 2);
+  client_open(f, &c, "Bearer " TOKEN);
+  send_hello(f, &c, "agent-a", 0);
+  size_t n = recv_snapshot(&c, got, 8);
+  expect_audit_key(f, &got[0]);
+  for (size_t i = 0; i < n; i++) {
+    assert_true(i == 0 || got[i].b->audit_key == NULL);
+    msg_free(&got[i]);
+  }
+  assert_true(client_recv(&c, &m)); /* a heartbeat: no key again */
+  assert_true(m.b->heartbeat);
+  assert_null(m.b->audit_key);
+  msg_free(&m);
+  send_ack(&c, 2, 0, "");
+  client_done(&c);
+
+  /* A resumed stream's first batch is a heartbeat: it carries the key. */
+  client_open(f, &c, "Bearer " TOKEN);
+  send_hello(f, &c, "agent-a", 2);
+  assert_true(client_recv(&c, &m));
+  assert_true(m.b->heartbeat);
+  expect_audit_key(f, &m);
+  msg_free(&m);
+  put_tool(f, "news", "");
+  lk_sync_server_changed(f->sync, 3);
+  recv_change(&c, &m);
+  assert_int_equal(m.b->revision, 3);
+  assert_null(m.b->audit_key);
+  msg_free(&m);
+  client_done(&c);
+}
+
 static void test_replica_at_current_revision_resumes_without_snapshot(
     void **state) {
   fx *f = *state;
@@ -1184,6 +1249,7 @@ int main(void) {
       T(test_change_outside_scope_brings_an_empty_batch),
       T(test_ack_shows_in_status_and_latency),
       T(test_heartbeats_arrive),
+      T(test_first_batch_of_every_stream_carries_the_audit_key),
       T(test_replica_at_current_revision_resumes_without_snapshot),
       T(test_replica_ahead_waits_for_its_revision),
       T(test_stale_replica_gets_a_snapshot),
