@@ -14,7 +14,10 @@
  * it does in a server: a crash found by libFuzzer may need the inputs
  * before it (run the corpus in order) to reproduce.
  *
- * With LK_FUZZ_VERBOSE set, each input's method and status is printed.
+ * The service hashes with an audit key derived from the node key, as the
+ * standalone sidecar's does. With LK_FUZZ_VERBOSE set, each input's method
+ * and status is printed, and so are the audit.admin lines (otherwise the
+ * log level is "error", so fuzzing is not slowed by them).
  *
  * Invariants (a break traps):
  * - No request ends in LK_INTERNAL (reserved for real bugs), and every
@@ -26,6 +29,8 @@
  * - After CreateCredential or UpdateCredential succeeds, the stored record
  *   holds each secret field sealed (no plaintext value), and unsealing it
  *   with the node key gives back exactly the value the request sent.
+ * - AuditHash answers 64 lowercase hex digits, the audit hash of exactly
+ *   the value sent.
  */
 #include <ftw.h>
 #include <stdio.h>
@@ -35,7 +40,9 @@
 #include "latchkey/v1/admin.pb-c.h"
 #include "latchkey/v1/types.pb-c.h"
 #include "lib/admin.h"
+#include "lib/audit.h"
 #include "lib/catalog.h"
+#include "lib/log.h"
 #include "lib/seal.h"
 #include "lib/secret.h"
 #include "lib/store.h"
@@ -49,6 +56,7 @@ typedef struct {
   lk_store *store;
   lk_catalog *cat;
   lk_seal_key *key;
+  lk_audit_key *audit;
   lk_admin *admin;
 } fixture;
 
@@ -87,6 +95,7 @@ static const response_type response_types[] = {
     {PATH("Bind"), &latchkey__v1__binding__descriptor},
     {PATH("Unbind"), &latchkey__v1__empty__descriptor},
     {PATH("ListBindings"), &latchkey__v1__binding_list__descriptor},
+    {PATH("AuditHash"), &latchkey__v1__audit_hash_response__descriptor},
 };
 
 static void check(int ok) {
@@ -105,6 +114,7 @@ static int remove_entry(const char *path, const struct stat *sb, int flag,
 
 static void release_fixture(void) {
   lk_admin_destroy(fx.admin);
+  lk_audit_key_destroy(fx.audit);
   lk_catalog_destroy(fx.cat);
   lk_store_close(fx.store);
   lk_seal_key_destroy(fx.key);
@@ -251,6 +261,12 @@ static void seed_catalog(void) {
   seed(PATH("Bind"), &by_type.base);
 }
 
+/* lk_admin_hash_fn over fx.audit. */
+static lk_status hash_with(void *ctx, const unsigned char *value, size_t len,
+                           char out_hex[LK_AUDIT_HEX_BYTES], lk_err *err) {
+  return lk_audit_key_hash(ctx, value, len, out_hex, err);
+}
+
 /* Opens the temp store, catalog, node key and Admin service once. */
 static void init_fixture(void) {
   static int ready;
@@ -280,10 +296,21 @@ static void init_fixture(void) {
     abort();
   }
   snprintf(path, sizeof(path), "%s/node.key", fx.dir);
+  lk_secret *audit_key = NULL;
   if (lk_seal_key_load_or_create(path, &fx.key, &err) != LK_OK ||
-      lk_admin_new(fx.cat, fx.key, &fx.admin, &err) != LK_OK) {
+      lk_admin_new(fx.cat, fx.key, &fx.admin, &err) != LK_OK ||
+      lk_seal_key_audit_key(fx.key, &audit_key, &err) != LK_OK ||
+      lk_audit_key_new(&fx.audit, &err) != LK_OK ||
+      lk_audit_key_set(fx.audit, lk_secret_data(audit_key),
+                       lk_secret_len(audit_key), &err) != LK_OK) {
     fprintf(stderr, "admin_request_fuzz: admin: %s\n", err.msg);
     abort();
+  }
+  lk_secret_free(audit_key);
+  lk_admin_auditor auditor = {hash_with, fx.audit};
+  lk_admin_set_auditor(fx.admin, auditor);
+  if (getenv("LK_FUZZ_VERBOSE") == NULL) {
+    check(lk_log_set_level_name("error") == 0);
   }
   seed_catalog();
   /* Registered after RocksDB is open, so it runs before the exit-time
@@ -382,7 +409,20 @@ static void check_response(const char *path, const unsigned char *resp,
   }
   ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, resp_len, resp);
   check(m != NULL);
-  if (d == &latchkey__v1__credential__descriptor) {
+  if (d == &latchkey__v1__audit_hash_response__descriptor) {
+    const char *hash = ((const Latchkey__V1__AuditHashResponse *)m)->hash;
+    Latchkey__V1__AuditHashRequest *r =
+        latchkey__v1__audit_hash_request__unpack(NULL, req_len, req);
+    char want[LK_AUDIT_HEX_BYTES];
+    lk_err err;
+    check(r != NULL);
+    check(strlen(hash) == LK_AUDIT_HEX_BYTES - 1 &&
+          strspn(hash, "0123456789abcdef") == LK_AUDIT_HEX_BYTES - 1);
+    check(lk_audit_key_hash(fx.audit, r->value.data, r->value.len, want,
+                            &err) == LK_OK);
+    check(strcmp(hash, want) == 0);
+    latchkey__v1__audit_hash_request__free_unpacked(r, NULL);
+  } else if (d == &latchkey__v1__credential__descriptor) {
     const Latchkey__V1__Credential *c = (const Latchkey__V1__Credential *)m;
     check_masked(c);
     if (strcmp(path, PATH("CreateCredential")) == 0) {

@@ -705,6 +705,121 @@ SYNC = {
                                       deletes=["budget/b%d" % (i - 1)] if i else [])
                                 for i in range(12)]),
 }
+
+
+# Audit keys (SyncBatch.audit_key) are opened by the applier, so these seeds
+# seal them for real, as lk_seal_for_node does (lib/seal.h), to the node
+# key sync_batch_fuzz.c writes from FUZZ_NODE_SK: X25519 with a fixed
+# ephemeral key, BLAKE2b-256 key derivation, XChaCha20-Poly1305 (HChaCha20
+# below, then the IETF ChaCha20-Poly1305 of `cryptography`).
+
+import hashlib  # noqa: E402
+import struct  # noqa: E402
+
+from cryptography.hazmat.primitives.asymmetric import x25519  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa: E402
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat  # noqa: E402
+
+FUZZ_NODE_SK = b"LKFUZZ-node-secret-key-00000001!"
+OTHER_NODE_SK = b"LKFUZZ-some-other-node-key-0002!"
+AUDIT_SEAL_ID = "meta/audit_key"   # LK_AUDIT_SEAL_ID
+AUDIT_SEAL_FIELD = "audit_key"     # LK_AUDIT_SEAL_FIELD
+
+
+def _public(sk):
+    return x25519.X25519PrivateKey.from_private_bytes(sk).public_key() \
+        .public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _hchacha20(key, nonce16):
+    def rotl(v, c):
+        return ((v << c) & 0xffffffff) | (v >> (32 - c))
+
+    def qr(x, a, b, c, d):
+        x[a] = (x[a] + x[b]) & 0xffffffff
+        x[d] = rotl(x[d] ^ x[a], 16)
+        x[c] = (x[c] + x[d]) & 0xffffffff
+        x[b] = rotl(x[b] ^ x[c], 12)
+        x[a] = (x[a] + x[b]) & 0xffffffff
+        x[d] = rotl(x[d] ^ x[a], 8)
+        x[c] = (x[c] + x[d]) & 0xffffffff
+        x[b] = rotl(x[b] ^ x[c], 7)
+
+    x = list(struct.unpack("<4I", b"expand 32-byte k") + struct.unpack("<8I", key)
+             + struct.unpack("<4I", nonce16))
+    for _ in range(10):
+        qr(x, 0, 4, 8, 12)
+        qr(x, 1, 5, 9, 13)
+        qr(x, 2, 6, 10, 14)
+        qr(x, 3, 7, 11, 15)
+        qr(x, 0, 5, 10, 15)
+        qr(x, 1, 6, 11, 12)
+        qr(x, 2, 7, 8, 13)
+        qr(x, 3, 4, 9, 14)
+    return struct.pack("<8I", *(x[0:4] + x[12:16]))
+
+
+def seal_for_node(node_pk, cred_id, field, value, tag):
+    """lk_seal_for_node, with the ephemeral key and nonce derived from tag
+    so the seeds are reproducible."""
+    eph_sk = hashlib.blake2b(b"eph" + tag, digest_size=32).digest()
+    nonce = hashlib.blake2b(b"nonce" + tag, digest_size=24).digest()
+    eph = x25519.X25519PrivateKey.from_private_bytes(eph_sk)
+    eph_pk = _public(eph_sk)
+    q = eph.exchange(x25519.X25519PublicKey.from_public_bytes(node_pk))
+    key = hashlib.blake2b(b"lknode01" + q + eph_pk + node_pk, digest_size=32).digest()
+    ad = cred_id.encode() + b"\0" + field.encode() + b"\0" + b"node\0" + node_pk
+    sub = _hchacha20(key, nonce[:16])
+    ct = ChaCha20Poly1305(sub).encrypt(b"\0" * 4 + nonce[16:], value, ad)
+    return types_pb2.SealedValue(nonce=nonce, ciphertext=ct, ephemeral_public_key=eph_pk)
+
+
+AUDIT_KEY = b"LKFUZZ-audit-key-of-the-fleet-01"
+NODE_PK = _public(FUZZ_NODE_SK)
+GOOD_AUDIT = seal_for_node(NODE_PK, AUDIT_SEAL_ID, AUDIT_SEAL_FIELD, AUDIT_KEY, b"a1")
+GOOD_AUDIT_2 = seal_for_node(NODE_PK, AUDIT_SEAL_ID, AUDIT_SEAL_FIELD,
+                             b"LKFUZZ-audit-key-of-the-fleet-02", b"a2")
+
+
+def with_audit(b, sealed):
+    b.audit_key.CopyFrom(sealed)
+    return b
+
+
+def cut(sealed, n):
+    short = types_pb2.SealedValue()
+    short.CopyFrom(sealed)
+    short.ciphertext = sealed.ciphertext[:n]
+    return short
+
+
+SYNC.update({
+    "33_audit_key_with_incremental": chunks(with_audit(batch(3, FULL[:2]), GOOD_AUDIT),
+                                            batch(4, FULL[2:3])),
+    "34_audit_key_on_heartbeat": chunks(with_audit(batch(5, heartbeat=True), GOOD_AUDIT)),
+    "35_audit_key_on_snapshot_begin": chunks(
+        with_audit(batch(7, FULL[:2], begin=True), GOOD_AUDIT),
+        batch(7, FULL[2:], end=True)),
+    "36_audit_key_sealed_to_another_node": chunks(with_audit(
+        batch(3, FULL[:1]),
+        seal_for_node(_public(OTHER_NODE_SK), AUDIT_SEAL_ID, AUDIT_SEAL_FIELD,
+                      AUDIT_KEY, b"o1"))),
+    "37_audit_key_sealed_as_a_credential": chunks(with_audit(
+        batch(3, FULL[:1]),
+        seal_for_node(NODE_PK, "cred_gh1", "token", AUDIT_KEY, b"c1"))),
+    "38_audit_key_cut_short": chunks(with_audit(batch(3, FULL[:1]), cut(GOOD_AUDIT, 47))),
+    "39_audit_key_with_a_bad_batch": chunks(with_audit(
+        batch(3, [rec("audit/x", b"")]), GOOD_AUDIT), batch(4, heartbeat=True)),
+    "40_audit_key_replaced_on_a_new_stream": chunks(
+        with_audit(batch(3, FULL[:1]), GOOD_AUDIT), b"",
+        with_audit(batch(3, heartbeat=True), GOOD_AUDIT_2), batch(4, FULL[1:2])),
+    "41_audit_key_on_resent_batch": chunks(batch(6, FULL[:1]),
+                                           with_audit(batch(6, FULL[:1]), GOOD_AUDIT)),
+    "42_audit_key_in_snapshot_at_old_revision": chunks(
+        batch(9, FULL[:1]),
+        with_audit(batch(8, FULL, begin=True, end=True), GOOD_AUDIT)),
+})
+
 for name, data in SYNC.items():
     put("sync_batch", name, data)
 
