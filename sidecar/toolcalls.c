@@ -5,10 +5,12 @@
  * budget, find tool and operation, validate arguments, resolve the
  * binding, unseal, build the vendor request and the scrubber, wipe the
  * unsealed fields, and hand the request to the forwarder. On the forwarder
- * thread, when the vendor answers: scrub body and headers, reply, write
- * the audit line, and wipe the request. Nothing between the two halves
+ * thread, when the vendor answers: scrub body and headers, write the
+ * audit line, reply, and wipe the request. Nothing between the two halves
  * holds a plaintext field value except the built request itself and the
- * scrubber's needles, both in guarded memory; the audit hashes of the
+ * scrubber's needles, both in guarded memory. Every answer (result,
+ * missing credential or failure) leaves after its audit line is written,
+ * so a call the agent saw is on record. The audit hashes of the
  * secret values are taken on the worker thread, right before the unsealed
  * values are wiped, and travel to the audit line with the call.
  */
@@ -382,7 +384,6 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
             "tool '%s' declares credential type '%s', which is not "
             "registered: ask the owner to register it",
             tool->id, tool->credential_type);
-    lk_rpc_call_fail(call, err);
     call_audit c = {budget,
                     tool->id,
                     op,
@@ -396,6 +397,7 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
                     NULL,
                     NULL};
     write_audit(&c);
+    lk_rpc_call_fail(call, err);
     return;
   }
   Latchkey__V1__MissingCredential mc = LATCHKEY__V1__MISSING_CREDENTIAL__INIT;
@@ -447,6 +449,15 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
   resp.missing_credential = &mc;
   size_t len = latchkey__v1__tool_call_response__get_packed_size(&resp);
   unsigned char *buf = malloc(len ? len : 1);
+  /* The audit line is written before the answer leaves. */
+  call_audit c = {
+      budget,   tool->id,
+      op,       NULL,
+      type->id, buf != NULL ? "missing_credential" : "RESOURCE_EXHAUSTED",
+      0,        start_us,
+      0,        0,
+      NULL,     NULL};
+  write_audit(&c);
   if (buf == NULL) {
     lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
     lk_rpc_call_fail(call, err);
@@ -455,9 +466,6 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
     lk_rpc_call_finish(call, buf, len);
     free(buf);
   }
-  call_audit c = {budget, tool->id, op, NULL, type->id, "missing_credential",
-                  0,      start_us, 0,  0,    NULL,     NULL};
-  write_audit(&c);
   free(setup_url);
   free(fields);
   free(copies);
@@ -610,8 +618,8 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
   p->req = NULL;
   if (res->status != LK_OK) {
     lk_fail(&err, res->status, "calling tool '%s': %s", p->tool, res->err.msg);
+    audit(p, outcome_of(res->status), 0, 0, 0);
     lk_rpc_call_fail(p->call, &err);
-    audit(p, lk_status_name(res->status), 0, 0, 0);
     pending_free(p);
     return;
   }
@@ -628,8 +636,8 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
   lk_scrubber_destroy(p->scrub);
   p->scrub = NULL;
   if (st != LK_OK) {
+    audit(p, outcome_of(st), res->http_status, 0, 0);
     lk_rpc_call_fail(p->call, &err);
-    audit(p, lk_status_name(st), res->http_status, 0, 0);
     free(body);
     free(head);
     pending_free(p);
@@ -659,6 +667,10 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
   resp.result = &result;
   size_t len = latchkey__v1__tool_call_response__get_packed_size(&resp);
   unsigned char *buf = malloc(len ? len : 1);
+  /* The audit line is written before the answer leaves: once the agent
+   * has an answer, its call is on record. */
+  audit(p, buf != NULL ? "ok" : "RESOURCE_EXHAUSTED", res->http_status,
+        body_len, result.redacted);
   if (buf == NULL) {
     lk_fail(&err, LK_RESOURCE_EXHAUSTED, "out of memory");
     lk_rpc_call_fail(p->call, &err);
@@ -666,7 +678,6 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
     latchkey__v1__tool_call_response__pack(&resp, buf);
     lk_rpc_call_finish(p->call, buf, len);
   }
-  audit(p, "ok", res->http_status, body_len, result.redacted);
   for (size_t i = 0; i < n_entries; i++) {
     if (owned[i])
       free(entries[i].value);
@@ -812,23 +823,22 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
                       pending_cancelled, on_vendor_done, p);
   goto done;
 
-fail:
+fail : {
+  call_audit c = {rq ? rq->budget_id : NULL,
+                  rq ? rq->tool_id : NULL,
+                  op ? op->name : NULL,
+                  cred ? cred->id : NULL,
+                  NULL,
+                  outcome_of(st),
+                  0,
+                  start_us,
+                  0,
+                  0,
+                  NULL,
+                  NULL};
+  write_audit(&c);
+}
   lk_rpc_call_fail(call, &err);
-  {
-    call_audit c = {rq ? rq->budget_id : NULL,
-                    rq ? rq->tool_id : NULL,
-                    op ? op->name : NULL,
-                    cred ? cred->id : NULL,
-                    NULL,
-                    outcome_of(st),
-                    0,
-                    start_us,
-                    0,
-                    0,
-                    NULL,
-                    NULL};
-    write_audit(&c);
-  }
 done:
   json_decref(hashes);
   wipe_fields(fields, n_fields);

@@ -9,6 +9,7 @@ the test then asserts; no sleep stands in for an assertion.
 """
 
 import itertools
+import json
 import subprocess
 import time
 import unittest
@@ -401,6 +402,62 @@ class ClusterTestCase(harness.E2EAssertions, unittest.TestCase):
         self.assertEqual(out.returncode, 2, out.stderr)
         self.assertIn("--admin-listen is refused in replica mode",
                       out.stderr)
+
+    # -- (e) audit -------------------------------------------------------
+
+    def test_replica_audit_hash_equals_the_control_planes(self):
+        a = self.c.sidecar("sa", AGENT_A, self.cp1)
+        cred_id, secret = self.bind_canary()
+        self.wait_injected(a, secret)
+        want = self.cp1.admin("AuditHash", admin_pb2.AuditHashRequest(
+            value=secret.encode())).hash
+        self.assertRegex(want, "^[0-9a-f]{64}$")
+        # Every control plane of the fleet answers the same (one key ring).
+        self.assertEqual(self.cp2.admin("AuditHash", admin_pb2.AuditHashRequest(
+            value=secret.encode())).hash, want)
+        out = subprocess.run(
+            [harness.latchkeyctl_path(), "--server", self.cp2.addr,
+             "--token-file", self.c.admin_token_file, "audit-hash"],
+            input='{"token": "%s"}' % secret, capture_output=True, text=True,
+            timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, "token %s\n" % want)
+
+        # The control plane's audit line for the create carries it...
+        creates = [e for e in self.events(self.cp1, "audit.admin")
+                   if e.get("action") == "credential.create"]
+        self.assertEqual(len(creates), 1, creates)
+        self.assertEqual(creates[0]["credential_id"], cred_id)
+        self.assertEqual(creates[0]["secret_hashes"], {"token": want})
+        # ...and so does the replica's line for every call that used it.
+        calls = [e for e in a.events("audit.tool_call")
+                 if e.get("outcome") == "ok"]
+        self.assertGreater(len(calls), 0)
+        for call in calls:
+            self.assertEqual(call["credential_id"], cred_id)
+            self.assertEqual(call["secret_hashes"], {"token": want})
+
+        # A restarted replica hashes with the stored key before it reaches
+        # a control plane.
+        a.stop()
+        for cp in self.c.cps:
+            cp.stop()
+        a.start()
+        resp, item = self.call_once(a)
+        self.assertInjected(resp, item, secret)
+        calls = a.events("audit.tool_call")
+        self.assertEqual(len(calls), 1, calls)
+        self.assertEqual(calls[0]["secret_hashes"], {"token": want})
+        for log in [a.log()] + [cp.log() for cp in self.c.cps]:
+            self.assertNoSecret(log, secret, "a log")
+
+    def events(self, cp, name):
+        """The JSON log lines of control plane cp whose event is name."""
+        found = []
+        for line in cp.log().splitlines():
+            if '"event":"%s"' % name in line:
+                found.append(json.loads(line))
+        return found
 
 
 if __name__ == "__main__":
