@@ -7,7 +7,9 @@
  * writes are sealed under the key ring and committed as etcd Txns; every
  * change etcd reports, whichever control plane made it, is fanned out to
  * this control plane's subscribed sidecars. Nothing is kept on local disk
- * but the key ring, so replicas of latchkey-cp can run side by side.
+ * but the key ring, so replicas of latchkey-cp can run side by side. The
+ * key ring's audit key hashes secret values for lib/admin's audit.admin
+ * lines and AuditHash, and sync_server sends it to every replica.
  *
  * Startup order: core dumps off and libsodium up, then the key ring and
  * tokens, then etcd (the catalog must load before any listener), then the
