@@ -9,8 +9,10 @@
  * this control plane's subscribed sidecars. Nothing is kept on local disk
  * but the key ring, so replicas of latchkey-cp can run side by side.
  *
- * Startup order: core dumps off and libsodium up, then the key ring and
- * tokens, then etcd (the catalog must load before any listener), then the
+ * Startup order: core dumps off and libsodium up, then the --tls-cert and
+ * --tls-key pair (a bad one exits 2 with one line naming the flag, before
+ * anything else is touched; lib/tls.c), then the key ring and tokens, then
+ * etcd (the catalog must load before any listener), then the
  * listeners; "ready" is logged last. SIGTERM drains in-flight calls.
  */
 #include <grpc/grpc.h>
@@ -31,6 +33,7 @@
 #include "lib/log.h"
 #include "lib/rpc_server.h"
 #include "lib/secret.h"
+#include "lib/tls.h"
 #include "lib/token.h"
 
 #define STATUS_METHOD "/latchkey.v1.Replication/Status"
@@ -242,6 +245,24 @@ static int run(const options *o) {
       lk_secret_init() != LK_OK) {
     lk_log(LK_LOG_ERROR, "startup_failed", "%s", err.msg);
     return 1;
+  }
+  if (o->tls_cert != NULL && o->tls_cert[0] != '\0') {
+    lk_tls_validity v;
+    if (lk_tls_check_server_files(o->tls_cert, o->tls_key, &v, &err) != LK_OK) {
+      fprintf(stderr, "latchkey-cp: %s\n", err.msg);
+      return 2;
+    }
+    if (v.expired) {
+      lk_log(LK_LOG_WARN, "tls_cert_expired",
+             "--tls-cert %s expired on %s: every client will refuse it "
+             "until it is renewed",
+             o->tls_cert, v.not_after);
+    } else if (v.not_yet_valid) {
+      lk_log(LK_LOG_WARN, "tls_cert_not_yet_valid",
+             "--tls-cert %s is not valid before %s: clients will refuse it "
+             "until then (check this host's clock)",
+             o->tls_cert, v.not_before);
+    }
   }
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGTERM);
