@@ -6,8 +6,9 @@
  * completes finished ones. Cancellation is polled every loop turn (at
  * most 50 ms apart), so a client that gives up frees its connection
  * quickly. Everything curl allocates goes through wiping allocators
- * (lk_forward_global_init), because curl keeps private copies of the URL,
- * headers and received bytes, any of which may hold a secret.
+ * (lib/wipealloc, installed by lk_forward_global_init), because curl keeps
+ * private copies of the URL, headers and received bytes, any of which may hold
+ * a secret.
  *
  * Destinations are checked in curl's open-socket callback, which runs for
  * every new connection with the very address about to be connected to:
@@ -36,67 +37,14 @@
 
 #include "lib/clock.h"
 #include "lib/log.h"
+#include "lib/wipealloc.h"
 
 #define MAX_HEADER_BYTES (64 * 1024)
 
-/* ---- allocators that wipe on free ---------------------------------- */
-
-/* Each block carries its usable size in a 16-byte prefix (keeps malloc's
- * alignment) so free can wipe exactly what was handed out. */
-#define PREFIX 16
-
-static void *wipe_malloc(size_t n) {
-  unsigned char *p = malloc(n + PREFIX);
-  if (p == NULL)
-    return NULL;
-  memcpy(p, &n, sizeof(n));
-  return p + PREFIX;
-}
-
-static void wipe_free(void *ptr) {
-  if (ptr == NULL)
-    return;
-  unsigned char *p = (unsigned char *)ptr - PREFIX;
-  size_t n;
-  memcpy(&n, p, sizeof(n));
-  lk_wipe(p, n + PREFIX);
-  free(p);
-}
-
-static void *wipe_realloc(void *ptr, size_t n) {
-  if (ptr == NULL)
-    return wipe_malloc(n);
-  size_t old;
-  memcpy(&old, (unsigned char *)ptr - PREFIX, sizeof(old));
-  void *q = wipe_malloc(n);
-  if (q == NULL)
-    return NULL;
-  memcpy(q, ptr, old < n ? old : n);
-  wipe_free(ptr);
-  return q;
-}
-
-static char *wipe_strdup(const char *s) {
-  size_t n = strlen(s) + 1;
-  char *q = wipe_malloc(n);
-  if (q != NULL)
-    memcpy(q, s, n);
-  return q;
-}
-
-static void *wipe_calloc(size_t nmemb, size_t size) {
-  if (size != 0 && nmemb > SIZE_MAX / size)
-    return NULL;
-  void *q = wipe_malloc(nmemb * size);
-  if (q != NULL)
-    memset(q, 0, nmemb * size);
-  return q;
-}
-
 lk_status lk_forward_global_init(lk_err *err) {
-  CURLcode rc =
-      curl_global_init_mem(CURL_GLOBAL_DEFAULT, wipe_malloc, wipe_free,
-                           wipe_realloc, wipe_strdup, wipe_calloc);
+  CURLcode rc = curl_global_init_mem(CURL_GLOBAL_DEFAULT, lk_wipealloc_malloc,
+                                     lk_wipealloc_free, lk_wipealloc_realloc,
+                                     lk_wipealloc_strdup, lk_wipealloc_calloc);
   if (rc != CURLE_OK) {
     return lk_fail(err, LK_INTERNAL, "libcurl initialisation failed: %s",
                    curl_easy_strerror(rc));
