@@ -12,6 +12,9 @@
  * request with the table's descriptor, runs the handler (writers under the
  * service mutex, so each read-modify-write sees its own reads), wipes the
  * request's plaintext secret values (the table's scrub hook) and frees it.
+ * Requests are unpacked with lib/wipealloc's allocator, so every block
+ * protobuf-c made of them (a value's bytes past an embedded NUL, which
+ * strlen-based wiping would miss, included) is wiped when it is freed.
  * Handlers build responses either from unpacked catalog records or from
  * "view" messages on the stack that borrow their strings; either way the
  * response is packed before anything it points to is freed.
@@ -36,6 +39,7 @@
 #include "latchkey/v1/admin.pb-c.h"
 #include "lib/schema.h"
 #include "lib/secret.h"
+#include "lib/wipealloc.h"
 
 #define MAX_LABEL 1024
 /* "••••" is 12 bytes of UTF-8; 4 more characters take at most 16. */
@@ -1535,9 +1539,9 @@ static void drop_unknown_fields(ProtobufCMessage *m) {
   size_t k;
 
   for (i = 0; i < m->n_unknown_fields; i++) {
-    lk_wipe_free(m->unknown_fields[i].data, m->unknown_fields[i].len);
+    lk_wipealloc_free(m->unknown_fields[i].data);
   }
-  free(m->unknown_fields);
+  lk_wipealloc_free(m->unknown_fields);
   m->unknown_fields = NULL;
   m->n_unknown_fields = 0;
   for (i = 0; i < d->n_fields; i++) {
@@ -1733,7 +1737,7 @@ lk_status lk_admin_handle(lk_admin *a, const char *method_path,
                    "smaller definition",
                    req_len, LK_ADMIN_MAX_REQUEST);
   }
-  m = protobuf_c_message_unpack(md->req_desc, NULL, req_len,
+  m = protobuf_c_message_unpack(md->req_desc, lk_wipealloc_protobuf(), req_len,
                                 req != NULL ? req : no_bytes);
   if (m == NULL) {
     return lk_fail(err, LK_INVALID_ARGUMENT,
@@ -1753,7 +1757,7 @@ lk_status lk_admin_handle(lk_admin *a, const char *method_path,
   if (md->scrub != NULL) {
     md->scrub(m);
   }
-  protobuf_c_message_free_unpacked(m, NULL);
+  protobuf_c_message_free_unpacked(m, lk_wipealloc_protobuf());
   if (st != LK_OK) {
     free(*resp);
     *resp = NULL;
