@@ -677,6 +677,7 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   entry *e = NULL;
   slot *slots = NULL;
   size_t nslots = 0;
+  slot *kslots = NULL; /* kept values re-sealed under the current key */
   size_t nfv;
   size_t i;
   lk_status st = lk_schema_check_id(r->id, "UpdateCredentialRequest.id", err);
@@ -716,7 +717,8 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   slots = calloc(r->n_fields > 0 ? r->n_fields : 1, sizeof(*slots));
   fvs = calloc(old->n_fields + r->n_fields + 1, sizeof(*fvs));
   kept = calloc(old->n_fields + 1, sizeof(*kept));
-  if (slots == NULL || fvs == NULL || kept == NULL) {
+  kslots = calloc(old->n_fields + 1, sizeof(*kslots));
+  if (slots == NULL || fvs == NULL || kept == NULL || kslots == NULL) {
     st = oom(err);
     goto done;
   }
@@ -742,6 +744,27 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
       fvs[nfv++] = &slots[i].fv;
     }
   }
+  for (i = 0; a->sealer.reseal != NULL && i < old->n_fields; i++) {
+    int changed = 0;
+    size_t ct_len = 0;
+    if (fvs[i] != &kept[i] || !kept[i].secret || kept[i].sealed == NULL) {
+      continue;
+    }
+    latchkey__v1__sealed_value__init(&kslots[i].sv);
+    st = a->sealer.reseal(a->sealer.ctx, old->id, kept[i].name, kept[i].sealed,
+                          &changed, &kslots[i].sv.key_id, kslots[i].nonce,
+                          &kslots[i].ct, &ct_len, err);
+    if (st != LK_OK) {
+      goto done;
+    }
+    if (changed) {
+      kslots[i].sv.nonce.data = kslots[i].nonce;
+      kslots[i].sv.nonce.len = sizeof(kslots[i].nonce);
+      kslots[i].sv.ciphertext.data = kslots[i].ct;
+      kslots[i].sv.ciphertext.len = ct_len;
+      kept[i].sealed = &kslots[i].sv;
+    }
+  }
   cred.id = old->id;
   cred.type = old->type;
   cred.label = nonempty(r->label) ? r->label : old->label;
@@ -753,6 +776,7 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   st = store_and_answer(a, &cred, resp, resp_len, err);
 done:
   slots_free(slots, nslots);
+  slots_free(kslots, old != NULL ? old->n_fields : 0);
   free(kept);
   free(fvs);
   free(e);
@@ -1739,7 +1763,7 @@ static lk_status seal_with_node_key(void *ctx, const char *cred_id,
 
 lk_status lk_admin_new(lk_catalog *cat, const lk_seal_key *key, lk_admin **out,
                        lk_err *err) {
-  lk_admin_sealer sealer = {seal_with_node_key, (void *)key};
+  lk_admin_sealer sealer = {seal_with_node_key, (void *)key, NULL};
   *out = NULL;
   if (key == NULL) {
     return lk_fail(err, LK_INTERNAL, "lk_admin_new needs a key");

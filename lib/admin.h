@@ -50,11 +50,25 @@ typedef lk_status (*lk_admin_seal_fn)(
     size_t len, uint32_t *key_id, unsigned char nonce[LK_SEAL_NONCE_BYTES],
     unsigned char **ct, size_t *ct_len, lk_err *err);
 
+/* Re-seals a stored secret value of (cred_id, field) that an update keeps:
+ * when it is sealed under a key other than the current one, sets *changed
+ * and seals its plaintext anew (outputs as for lk_admin_seal_fn); else
+ * leaves *changed 0 and writes nothing. */
+typedef lk_status (*lk_admin_reseal_fn)(
+    void *ctx, const char *cred_id, const char *field,
+    const Latchkey__V1__SealedValue *stored, int *changed, uint32_t *key_id,
+    unsigned char nonce[LK_SEAL_NONCE_BYTES], unsigned char **ct,
+    size_t *ct_len, lk_err *err);
+
 /* Who seals: the standalone sidecar's node key, or the control plane's
- * key ring (controlplane/main.c). */
+ * key ring (controlplane/main.c). reseal may be NULL (a key that never
+ * rotates); with it, UpdateCredential moves the fields it keeps to the
+ * current key too, so an update built from a slightly stale read never
+ * writes back a value under a key that rotation is retiring. */
 typedef struct {
   lk_admin_seal_fn seal;
   void *ctx;
+  lk_admin_reseal_fn reseal;
 } lk_admin_sealer;
 
 /* Most keys one KeyStatus lists (ring keys, then ids found only in the
