@@ -52,6 +52,7 @@
 struct lk_admin {
   lk_catalog *cat;
   lk_admin_sealer sealer;
+  lk_admin_keys keys; /* fn NULL: not a control plane */
   pthread_mutex_t mu;
 };
 
@@ -680,6 +681,7 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   entry *e = NULL;
   slot *slots = NULL;
   size_t nslots = 0;
+  slot *kslots = NULL; /* kept values re-sealed under the current key */
   size_t nfv;
   size_t i;
   lk_status st = lk_schema_check_id(r->id, "UpdateCredentialRequest.id", err);
@@ -719,7 +721,8 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   slots = calloc(r->n_fields > 0 ? r->n_fields : 1, sizeof(*slots));
   fvs = calloc(old->n_fields + r->n_fields + 1, sizeof(*fvs));
   kept = calloc(old->n_fields + 1, sizeof(*kept));
-  if (slots == NULL || fvs == NULL || kept == NULL) {
+  kslots = calloc(old->n_fields + 1, sizeof(*kslots));
+  if (slots == NULL || fvs == NULL || kept == NULL || kslots == NULL) {
     st = oom(err);
     goto done;
   }
@@ -745,6 +748,27 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
       fvs[nfv++] = &slots[i].fv;
     }
   }
+  for (i = 0; a->sealer.reseal != NULL && i < old->n_fields; i++) {
+    int changed = 0;
+    size_t ct_len = 0;
+    if (fvs[i] != &kept[i] || !kept[i].secret || kept[i].sealed == NULL) {
+      continue;
+    }
+    latchkey__v1__sealed_value__init(&kslots[i].sv);
+    st = a->sealer.reseal(a->sealer.ctx, old->id, kept[i].name, kept[i].sealed,
+                          &changed, &kslots[i].sv.key_id, kslots[i].nonce,
+                          &kslots[i].ct, &ct_len, err);
+    if (st != LK_OK) {
+      goto done;
+    }
+    if (changed) {
+      kslots[i].sv.nonce.data = kslots[i].nonce;
+      kslots[i].sv.nonce.len = sizeof(kslots[i].nonce);
+      kslots[i].sv.ciphertext.data = kslots[i].ct;
+      kslots[i].sv.ciphertext.len = ct_len;
+      kept[i].sealed = &kslots[i].sv;
+    }
+  }
   cred.id = old->id;
   cred.type = old->type;
   cred.label = nonempty(r->label) ? r->label : old->label;
@@ -756,6 +780,7 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   st = store_and_answer(a, &cred, resp, resp_len, err);
 done:
   slots_free(slots, nslots);
+  slots_free(kslots, old != NULL ? old->n_fields : 0);
   free(kept);
   free(fvs);
   free(e);
@@ -1511,6 +1536,78 @@ static lk_status h_list_bindings(lk_admin *a, ProtobufCMessage *m,
   return st;
 }
 
+/* ---- key ring (control plane only) ---- */
+
+/* RotateKey (rotate 1) and GetKeyStatus (rotate 0): the keys hook fills a
+ * plain status, packed here as latchkey.v1.KeyStatus. */
+static lk_status key_status(lk_admin *a, int rotate, unsigned char **resp,
+                            size_t *resp_len, lk_err *err) {
+  lk_admin_key_status *ks = NULL;
+  Latchkey__V1__KeyInfo *infos = NULL;
+  Latchkey__V1__KeyInfo **ptrs = NULL;
+  Latchkey__V1__KeyStatus out = LATCHKEY__V1__KEY_STATUS__INIT;
+  lk_status st = LK_OK;
+
+  if (a->keys.fn == NULL) {
+    return lk_fail(err, LK_FAILED_PRECONDITION,
+                   "key rotation is a control-plane operation: this "
+                   "standalone sidecar seals with its node key and has no key "
+                   "ring; run latchkeyctl keys against latchkey-cp");
+  }
+  ks = calloc(1, sizeof(*ks));
+  if (ks == NULL) {
+    return oom(err);
+  }
+  st = a->keys.fn(a->keys.ctx, rotate, ks, err);
+  if (st != LK_OK) {
+    goto done;
+  }
+  if (ks->n_keys > LK_ADMIN_MAX_KEYS) {
+    ks->n_keys = LK_ADMIN_MAX_KEYS;
+  }
+  infos = calloc(ks->n_keys > 0 ? ks->n_keys : 1, sizeof(*infos));
+  ptrs = calloc(ks->n_keys > 0 ? ks->n_keys : 1, sizeof(*ptrs));
+  if (infos == NULL || ptrs == NULL) {
+    st = oom(err);
+    goto done;
+  }
+  for (size_t i = 0; i < ks->n_keys; i++) {
+    latchkey__v1__key_info__init(&infos[i]);
+    infos[i].id = ks->keys[i].id;
+    infos[i].state =
+        (char *)(ks->keys[i].state != NULL ? ks->keys[i].state : "");
+    infos[i].sealed_fields = ks->keys[i].sealed_fields;
+    ptrs[i] = &infos[i];
+  }
+  ks->last_error[sizeof(ks->last_error) - 1] = '\0';
+  out.active_key_id = ks->active_key_id;
+  out.n_keys = ks->n_keys;
+  out.keys = ptrs;
+  out.total_fields = ks->total_fields;
+  out.resealing = ks->resealing != 0;
+  out.last_error = ks->last_error;
+  st = pack(&out.base, resp, resp_len, err);
+done:
+  free(ptrs);
+  free(infos);
+  free(ks);
+  return st;
+}
+
+static lk_status h_rotate_key(lk_admin *a, ProtobufCMessage *m,
+                              unsigned char **resp, size_t *resp_len,
+                              lk_err *err) {
+  (void)m;
+  return key_status(a, 1, resp, resp_len, err);
+}
+
+static lk_status h_get_key_status(lk_admin *a, ProtobufCMessage *m,
+                                  unsigned char **resp, size_t *resp_len,
+                                  lk_err *err) {
+  (void)m;
+  return key_status(a, 0, resp, resp_len, err);
+}
+
 /* ---- dispatch ---- */
 
 /* A handler of a record kind (h_get, h_list). */
@@ -1614,6 +1711,10 @@ static const method methods[] = {
     OWN("Unbind", &latchkey__v1__binding__descriptor, 1, NULL, h_unbind),
     OWN("ListBindings", &latchkey__v1__list_bindings_request__descriptor, 0,
         NULL, h_list_bindings),
+    OWN("RotateKey", &latchkey__v1__rotate_key_request__descriptor, 0, NULL,
+        h_rotate_key),
+    OWN("GetKeyStatus", &latchkey__v1__empty__descriptor, 0, NULL,
+        h_get_key_status),
 };
 
 #undef OWN
@@ -1643,6 +1744,8 @@ static const char *const method_paths[N_METHODS] = {
     PATH("Bind"),
     PATH("Unbind"),
     PATH("ListBindings"),
+    PATH("RotateKey"),
+    PATH("GetKeyStatus"),
 };
 
 const char *const *lk_admin_methods(size_t *n) {
@@ -1664,7 +1767,7 @@ static lk_status seal_with_node_key(void *ctx, const char *cred_id,
 
 lk_status lk_admin_new(lk_catalog *cat, const lk_seal_key *key, lk_admin **out,
                        lk_err *err) {
-  lk_admin_sealer sealer = {seal_with_node_key, (void *)key};
+  lk_admin_sealer sealer = {seal_with_node_key, (void *)key, NULL};
   *out = NULL;
   if (key == NULL) {
     return lk_fail(err, LK_INTERNAL, "lk_admin_new needs a key");
@@ -1698,6 +1801,10 @@ lk_status lk_admin_new_with_sealer(lk_catalog *cat, lk_admin_sealer sealer,
   a->sealer = sealer;
   *out = a;
   return LK_OK;
+}
+
+void lk_admin_set_keys(lk_admin *a, lk_admin_keys keys) {
+  a->keys = keys;
 }
 
 void lk_admin_destroy(lk_admin *a) {

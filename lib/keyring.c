@@ -19,12 +19,26 @@
  * Every byte of key material or file text is in an lk_secret or
  * lk_secret_buf (guarded, wiped on free); base64 key text is decoded from
  * the guarded file image straight into the guarded key region.
+ *
+ * Reloading in place: a ring loaded by lk_keyring_load_or_create carries a
+ * ring_handle (its path, the identity of the file it last read, a
+ * read-write lock and a reload mutex) that survives reloads. A reload
+ * parses the file into a fresh ring exactly as a first load does, then,
+ * under the write lock, swaps the whole struct with it (handle excepted)
+ * and destroys the fresh one, which now holds the old keys: so whatever a
+ * loaded ring holds, a reload replaces all of it at once. Every reader
+ * (seal, unseal, audit hash, key listings) holds the read lock while it
+ * touches keys or ids. Removing a key is the same directory-locked
+ * read-modify-write of the file as adding one.
  */
 #include "lib/keyring.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <sodium.h>
 
@@ -57,13 +71,47 @@ _Static_assert(sizeof(RING_HEADER) + LK_KEYRING_MAX_KEYS * RING_LINE_MAX_BYTES <
                    LK_KEYRING_MAX_FILE_BYTES,
                "a full ring fits in a key ring file");
 
+/* What a file looked like when a ring read it: a rename() over it, or
+ * any rewrite, changes at least one of these. */
+typedef struct {
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  struct timespec mtime;
+  struct timespec ctime;
+  int known; /* 0: never stat()ed, so any file differs */
+} ring_file_id;
+
+/* The part of a loaded ring that a reload keeps. */
+typedef struct {
+  pthread_rwlock_t lock;     /* read: using keys; write: swapping them */
+  pthread_mutex_t reload_mu; /* one reload at a time; guards file */
+  char *path;
+  ring_file_id file; /* of the file the keys came from */
+} ring_handle;
+
 struct lk_keyring {
   size_t n;                          /* keys in use, 1..LK_KEYRING_MAX_KEYS */
   size_t active;                     /* index of the one active key */
   uint32_t ids[LK_KEYRING_MAX_KEYS]; /* not secret */
   lk_secret *keys;  /* LK_KEYRING_MAX_KEYS * KEY_BYTES; key i at i * 32 */
   lk_secret *audit; /* audit subkey of the active key */
+  ring_handle *h;   /* loaded rings only; NULL on a parse-only ring */
 };
+
+/* Read-locks a loaded ring's keys (a parse-only ring has no lock). */
+static void ring_rdlock(const lk_keyring *kr) {
+  if (kr->h != NULL) {
+    pthread_rwlock_rdlock(&kr->h->lock);
+  }
+}
+
+/* Releases ring_rdlock. */
+static void ring_unlock(const lk_keyring *kr) {
+  if (kr->h != NULL) {
+    pthread_rwlock_unlock(&kr->h->lock);
+  }
+}
 
 /* Returns an empty ring with room for LK_KEYRING_MAX_KEYS keys. */
 static lk_status ring_new(lk_keyring **out, lk_err *err) {
@@ -92,6 +140,12 @@ void lk_keyring_destroy(lk_keyring *kr) {
   }
   lk_secret_free(kr->audit);
   lk_secret_free(kr->keys);
+  if (kr->h != NULL) {
+    pthread_rwlock_destroy(&kr->h->lock);
+    pthread_mutex_destroy(&kr->h->reload_mu);
+    free(kr->h->path);
+    free(kr->h);
+  }
   free(kr);
 }
 
@@ -132,7 +186,10 @@ static lk_status ring_finish(lk_keyring *kr, lk_err *err) {
 }
 
 uint32_t lk_keyring_active_id(const lk_keyring *kr) {
-  return kr->ids[kr->active];
+  ring_rdlock(kr);
+  uint32_t id = kr->ids[kr->active];
+  ring_unlock(kr);
+  return id;
 }
 
 /* ---- key ring file: parsing ------------------------------------------- */
@@ -377,8 +434,9 @@ done:
   return st;
 }
 
-lk_status lk_keyring_load_or_create(const char *path, lk_keyring **out,
-                                    lk_err *err) {
+/* lk_keyring_load_or_create without the handle: a parse-only ring. */
+static lk_status ring_load_or_create(const char *path, lk_keyring **out,
+                                     lk_err *err) {
   if (path == NULL || out == NULL) {
     return lk_fail(err, LK_INVALID_ARGUMENT, "key ring: NULL argument");
   }
@@ -454,6 +512,237 @@ done:
   return st;
 }
 
+/* ---- loaded rings: reload in place, listings, removal ------------------ */
+
+/* Records what the file at path looks like now; returns -1 (errno set,
+ * id->known 0) when it cannot be stat()ed. */
+static int ring_stat(const char *path, ring_file_id *id) {
+  struct stat sb;
+  memset(id, 0, sizeof(*id));
+  if (stat(path, &sb) != 0) {
+    return -1;
+  }
+  id->dev = sb.st_dev;
+  id->ino = sb.st_ino;
+  id->size = sb.st_size;
+  id->mtime = sb.st_mtim;
+  id->ctime = sb.st_ctim;
+  id->known = 1;
+  return 0;
+}
+
+/* Returns 1 when a and b describe the same, unchanged file. */
+static int ring_same_file(const ring_file_id *a, const ring_file_id *b) {
+  return a->known && b->known && a->dev == b->dev && a->ino == b->ino &&
+         a->size == b->size && a->mtime.tv_sec == b->mtime.tv_sec &&
+         a->mtime.tv_nsec == b->mtime.tv_nsec &&
+         a->ctime.tv_sec == b->ctime.tv_sec &&
+         a->ctime.tv_nsec == b->ctime.tv_nsec;
+}
+
+/* Gives kr the handle of a ring loaded from path, whose file looked like
+ * file just before it was read. */
+static lk_status ring_attach(lk_keyring *kr, const char *path,
+                             const ring_file_id *file, lk_err *err) {
+  ring_handle *h = calloc(1, sizeof(*h));
+  if (h == NULL || (h->path = strdup(path)) == NULL) {
+    free(h);
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                   "out of memory for the key ring");
+  }
+  if (pthread_rwlock_init(&h->lock, NULL) != 0) {
+    free(h->path);
+    free(h);
+    return lk_fail(err, LK_INTERNAL, "cannot create the key ring lock");
+  }
+  if (pthread_mutex_init(&h->reload_mu, NULL) != 0) {
+    pthread_rwlock_destroy(&h->lock);
+    free(h->path);
+    free(h);
+    return lk_fail(err, LK_INTERNAL, "cannot create the key ring lock");
+  }
+  h->file = *file;
+  kr->h = h;
+  return LK_OK;
+}
+
+lk_status lk_keyring_load_or_create(const char *path, lk_keyring **out,
+                                    lk_err *err) {
+  ring_file_id file;
+  lk_status st = LK_OK;
+  if (path == NULL || out == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "key ring: NULL argument");
+  }
+  /* Before the read: a file replaced meanwhile then looks changed, and
+   * the next refresh reads it again. */
+  (void)ring_stat(path, &file);
+  if ((st = ring_load_or_create(path, out, err)) != LK_OK) {
+    return st;
+  }
+  if (!file.known) { /* it did not exist: this call created it */
+    (void)ring_stat(path, &file);
+  }
+  if ((st = ring_attach(*out, path, &file, err)) != LK_OK) {
+    lk_keyring_destroy(*out);
+    *out = NULL;
+  }
+  return st;
+}
+
+/* Reads kr's file into a fresh ring and swaps it in under the write lock;
+ * the caller holds kr->h->reload_mu. */
+static lk_status ring_reload_locked(lk_keyring *kr, lk_err *err) {
+  ring_handle *h = kr->h;
+  ring_file_id file;
+  lk_keyring *fresh = NULL;
+  lk_status st = LK_OK;
+  (void)ring_stat(h->path, &file); /* before the read, as at load */
+  if ((st = ring_read(h->path, &fresh, err)) != LK_OK ||
+      (st = ring_finish(fresh, err)) != LK_OK) {
+    goto done;
+  }
+  fresh->h = h;
+  pthread_rwlock_wrlock(&h->lock);
+  lk_keyring old = *kr;
+  *kr = *fresh;
+  *fresh = old;
+  pthread_rwlock_unlock(&h->lock);
+  fresh->h = NULL; /* fresh now holds the old keys: wiped below */
+  h->file = file;
+done:
+  lk_keyring_destroy(fresh);
+  return st;
+}
+
+lk_status lk_keyring_reload(lk_keyring *kr, lk_err *err) {
+  if (kr == NULL || kr->h == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "key ring reload: not a loaded key ring");
+  }
+  pthread_mutex_lock(&kr->h->reload_mu);
+  lk_status st = ring_reload_locked(kr, err);
+  pthread_mutex_unlock(&kr->h->reload_mu);
+  return st;
+}
+
+lk_status lk_keyring_refresh(lk_keyring *kr, int *reloaded, lk_err *err) {
+  lk_status st = LK_OK;
+  ring_file_id now;
+  if (reloaded != NULL) {
+    *reloaded = 0;
+  }
+  if (kr == NULL || kr->h == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "key ring refresh: not a loaded key ring");
+  }
+  pthread_mutex_lock(&kr->h->reload_mu);
+  if (ring_stat(kr->h->path, &now) != 0) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot stat key ring %s: %s",
+                 kr->h->path, strerror(errno));
+    goto done;
+  }
+  if (ring_same_file(&now, &kr->h->file)) {
+    goto done;
+  }
+  if ((st = ring_reload_locked(kr, err)) == LK_OK && reloaded != NULL) {
+    *reloaded = 1;
+  }
+done:
+  pthread_mutex_unlock(&kr->h->reload_mu);
+  return st;
+}
+
+const char *lk_keyring_path(const lk_keyring *kr) {
+  return kr->h != NULL ? kr->h->path : NULL;
+}
+
+int lk_keyring_has_key(const lk_keyring *kr, uint32_t id) {
+  ring_rdlock(kr);
+  int has = ring_find(kr, id) >= 0;
+  ring_unlock(kr);
+  return has;
+}
+
+size_t lk_keyring_key_ids(const lk_keyring *kr,
+                          uint32_t ids[LK_KEYRING_MAX_KEYS],
+                          uint32_t *active_id) {
+  ring_rdlock(kr);
+  size_t n = kr->n;
+  memcpy(ids, kr->ids, n * sizeof(ids[0]));
+  if (active_id != NULL) {
+    *active_id = kr->ids[kr->active];
+  }
+  ring_unlock(kr);
+  for (size_t i = 1; i < n; i++) { /* insertion sort: n <= 256 */
+    uint32_t v = ids[i];
+    size_t j = i;
+    while (j > 0 && ids[j - 1] > v) {
+      ids[j] = ids[j - 1];
+      j--;
+    }
+    ids[j] = v;
+  }
+  return n;
+}
+
+/* Removes key i (not the active one) from a parse-only ring: the last key
+ * takes its slot, and the last slot is wiped. */
+static void ring_drop(lk_keyring *kr, size_t i) {
+  size_t last = kr->n - 1;
+  if (i != last) {
+    memcpy(ring_key_mut(kr, i), ring_key(kr, last), KEY_BYTES);
+    kr->ids[i] = kr->ids[last];
+    if (kr->active == last) {
+      kr->active = i;
+    }
+  }
+  sodium_memzero(ring_key_mut(kr, last), KEY_BYTES);
+  kr->ids[last] = 0;
+  kr->n = last;
+}
+
+lk_status lk_keyring_remove_key(const char *path, uint32_t id, lk_err *err) {
+  lk_status st = LK_OK;
+  int lock_fd = -1;
+  lk_keyring *kr = NULL;
+  lk_secret *text = NULL;
+  int raced = 0;
+  long idx = -1;
+  if (path == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "key ring: NULL argument");
+  }
+  if (lk_secret_init() != LK_OK) {
+    return lk_fail(err, LK_INTERNAL, "libsodium failed to initialize");
+  }
+  if ((st = lk_keyfile_lock_dir(path, RING_WHAT, &lock_fd, err)) != LK_OK ||
+      (st = ring_read(path, &kr, err)) != LK_OK) {
+    goto done;
+  }
+  idx = ring_find(kr, id);
+  if (idx < 0) {
+    st = lk_fail(err, LK_NOT_FOUND, "key ring %s holds no key %u", path,
+                 (unsigned)id);
+    goto done;
+  }
+  if ((size_t)idx == kr->active) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION,
+                 "key %u is the active key of key ring %s: rotate to a new "
+                 "key and re-seal before removing it",
+                 (unsigned)id, path);
+    goto done;
+  }
+  ring_drop(kr, (size_t)idx);
+  if ((st = ring_render(kr, &text, err)) != LK_OK ||
+      (st = lk_keyfile_write(path, RING_WHAT, text, 1, &raced, err)) != LK_OK) {
+    goto done;
+  }
+done:
+  lk_secret_free(text);
+  lk_keyring_destroy(kr);
+  lk_keyfile_unlock(lock_fd);
+  return st;
+}
+
 /* ---- sealing ---------------------------------------------------------- */
 
 lk_status lk_keyring_seal(const lk_keyring *kr, const char *cred_id,
@@ -474,6 +763,7 @@ lk_status lk_keyring_seal(const lk_keyring *kr, const char *cred_id,
   }
   *ct = NULL;
   *ct_len = 0;
+  ring_rdlock(kr);
   uint32_t id = kr->ids[kr->active];
   if (pt_len > LK_SEAL_MAX_PT_BYTES) {
     st = lk_fail(
@@ -504,6 +794,7 @@ lk_status lk_keyring_seal(const lk_keyring *kr, const char *cred_id,
   *ct_len = (size_t)out_len;
   buf = NULL;
 done:
+  ring_unlock(kr);
   free(buf); /* ciphertext only: not secret */
   return st;
 }
@@ -533,6 +824,7 @@ lk_status lk_keyring_unseal(const lk_keyring *kr, uint32_t key_id,
     return lk_fail(err, LK_INVALID_ARGUMENT, "key ring unseal: NULL argument");
   }
   *out = NULL;
+  ring_rdlock(kr);
   if (ct_len > LK_SEAL_MAX_CT_BYTES) {
     st = lk_fail(err, LK_INVALID_ARGUMENT,
                  "credential %s field %s: sealed value is %zu bytes, at most "
@@ -571,6 +863,7 @@ lk_status lk_keyring_unseal(const lk_keyring *kr, uint32_t key_id,
   *out = pt;
   pt = NULL;
 done:
+  ring_unlock(kr);
   lk_secret_free(pt);
   return st;
 }
@@ -579,9 +872,11 @@ void lk_keyring_audit_hash(const lk_keyring *kr, const void *value, size_t len,
                            char out_hex[LK_KEYRING_AUDIT_HEX_BYTES]) {
   static const unsigned char empty[1];
   unsigned char h[KEY_BYTES];
+  ring_rdlock(kr);
   crypto_generichash(h, sizeof(h),
                      value != NULL ? (const unsigned char *)value : empty, len,
                      lk_secret_data(kr->audit), KEY_BYTES);
+  ring_unlock(kr);
   sodium_bin2hex(out_hex, LK_KEYRING_AUDIT_HEX_BYTES, h, sizeof(h));
   sodium_memzero(h, sizeof(h));
 }

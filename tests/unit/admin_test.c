@@ -6,7 +6,9 @@
  * back masked and never in plaintext (checked on the response bytes); what
  * the store holds is sealed, and unseals with the key to the plaintext; mask
  * rules; reference guards on delete; binding type checks; deletes that
- * cascade to bindings; and the dispatcher's own failures.
+ * cascade to bindings; the dispatcher's own failures; and the key-ring
+ * methods: refused without a keys hook (a standalone sidecar), packed from
+ * the hook's status on a control plane.
  */
 #include <ftw.h>
 #include <setjmp.h>
@@ -985,7 +987,7 @@ static void every_listed_method_is_served(void **s) {
   size_t n = 0;
   size_t i;
   const char *const *m = lk_admin_methods(&n);
-  assert_int_equal(n, 21);
+  assert_int_equal(n, 23);
   for (i = 0; i < n; i++) {
     unsigned char *resp = NULL;
     size_t len = 0;
@@ -1004,6 +1006,98 @@ static void every_listed_method_is_served(void **s) {
     ok(f, "ListBudgets", &l.base);
     assert_int_equal(f->resp_len, 0);
   }
+}
+
+/* ---- key ring methods --------------------------------------------------- */
+
+static void key_methods_without_a_key_ring_are_failed_precondition(void **s) {
+  fx *f = *s;
+  Latchkey__V1__RotateKeyRequest rot = LATCHKEY__V1__ROTATE_KEY_REQUEST__INIT;
+  Latchkey__V1__Empty empty = LATCHKEY__V1__EMPTY__INIT;
+  static const char want[] =
+      "key rotation is a control-plane operation: this standalone sidecar "
+      "seals with its node key and has no key ring; run latchkeyctl keys "
+      "against latchkey-cp";
+  assert_int_equal(call(f, "RotateKey", &rot.base), LK_FAILED_PRECONDITION);
+  assert_string_equal(f->err.msg, want);
+  assert_int_equal(call(f, "GetKeyStatus", &empty.base),
+                   LK_FAILED_PRECONDITION);
+  assert_string_equal(f->err.msg, want);
+}
+
+/* A keys hook that records how it was called and answers a fixed status. */
+typedef struct {
+  int calls;
+  int last_rotate;
+  lk_status fail_with;
+} keys_probe;
+
+static lk_status probe_keys(void *ctx, int rotate, lk_admin_key_status *out,
+                            lk_err *err) {
+  keys_probe *p = ctx;
+  p->calls++;
+  p->last_rotate = rotate;
+  if (p->fail_with != LK_OK) {
+    return lk_fail(err, p->fail_with, "key ring %s unreadable", "/x/ring");
+  }
+  out->active_key_id = rotate ? 3 : 2;
+  out->n_keys = 3;
+  out->keys[0].id = 1;
+  out->keys[0].state = "retiring";
+  out->keys[0].sealed_fields = 5;
+  out->keys[1].id = 2;
+  out->keys[1].state = rotate ? "retiring" : "active";
+  out->keys[1].sealed_fields = 7;
+  out->keys[2].id = 9;
+  out->keys[2].state = "missing";
+  out->keys[2].sealed_fields = 1;
+  out->total_fields = 13;
+  out->resealing = rotate;
+  snprintf(out->last_error, sizeof(out->last_error), "%s",
+           rotate ? "" : "credential c1 field k is sealed under key 9");
+  return LK_OK;
+}
+
+static void key_methods_answer_the_hooks_status_as_key_status(void **s) {
+  fx *f = *s;
+  keys_probe probe = {0, -1, LK_OK};
+  lk_admin_keys hook = {probe_keys, &probe};
+  lk_admin_set_keys(f->admin, hook);
+  Latchkey__V1__Empty empty = LATCHKEY__V1__EMPTY__INIT;
+  ok(f, "GetKeyStatus", &empty.base);
+  assert_int_equal(probe.calls, 1);
+  assert_int_equal(probe.last_rotate, 0);
+  Latchkey__V1__KeyStatus *ks =
+      latchkey__v1__key_status__unpack(NULL, f->resp_len, f->resp);
+  assert_non_null(ks);
+  assert_int_equal(ks->active_key_id, 2);
+  assert_int_equal(ks->n_keys, 3);
+  assert_int_equal(ks->keys[0]->id, 1);
+  assert_string_equal(ks->keys[0]->state, "retiring");
+  assert_int_equal(ks->keys[0]->sealed_fields, 5);
+  assert_string_equal(ks->keys[1]->state, "active");
+  assert_int_equal(ks->keys[2]->id, 9);
+  assert_string_equal(ks->keys[2]->state, "missing");
+  assert_int_equal(ks->total_fields, 13);
+  assert_false(ks->resealing);
+  assert_string_equal(ks->last_error,
+                      "credential c1 field k is sealed under key 9");
+  latchkey__v1__key_status__free_unpacked(ks, NULL);
+
+  Latchkey__V1__RotateKeyRequest rot = LATCHKEY__V1__ROTATE_KEY_REQUEST__INIT;
+  ok(f, "RotateKey", &rot.base);
+  assert_int_equal(probe.calls, 2);
+  assert_int_equal(probe.last_rotate, 1);
+  ks = latchkey__v1__key_status__unpack(NULL, f->resp_len, f->resp);
+  assert_non_null(ks);
+  assert_int_equal(ks->active_key_id, 3);
+  assert_true(ks->resealing);
+  assert_string_equal(ks->last_error, "");
+  latchkey__v1__key_status__free_unpacked(ks, NULL);
+
+  probe.fail_with = LK_FAILED_PRECONDITION;
+  assert_int_equal(call(f, "RotateKey", &rot.base), LK_FAILED_PRECONDITION);
+  assert_string_equal(f->err.msg, "key ring /x/ring unreadable");
 }
 
 int main(void) {
@@ -1033,6 +1127,8 @@ int main(void) {
       T(unknown_method_is_not_found),
       T(oversized_request_is_resource_exhausted),
       T(every_listed_method_is_served),
+      T(key_methods_without_a_key_ring_are_failed_precondition),
+      T(key_methods_answer_the_hooks_status_as_key_status),
   };
 #undef T
   return cmocka_run_group_tests(tests, NULL, NULL);
