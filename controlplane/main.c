@@ -9,10 +9,19 @@
  * this control plane's subscribed sidecars. Nothing is kept on local disk
  * but the key ring, so replicas of latchkey-cp can run side by side. The
  * key ring's audit key hashes secret values for lib/admin's audit.admin
- * lines and AuditHash, and sync_server sends it to every replica.
+ * lines and AuditHash (a rotation leaves it as it is), and sync_server
+ * sends it to every replica.
  *
- * Startup order: core dumps off and libsodium up, then the key ring and
- * tokens, then etcd (the catalog must load before any listener), then the
+ * Key rotation (Admin RotateKey, controlplane/reseal): every replica shares
+ * one key ring file; each refreshes its in-memory ring from the file
+ * before it seals, and runs a re-sealer that finishes any rotation it
+ * finds in the file, so a rotation survives the crash of the replica that
+ * started it.
+ *
+ * Startup order: core dumps off and libsodium up, then the --tls-cert and
+ * --tls-key pair (a bad one exits 2 with one line naming the flag, before
+ * anything else is touched; lib/tls.c), then the key ring and tokens, then
+ * etcd (the catalog must load before any listener), then the
  * listeners; "ready" is logged last. SIGTERM drains in-flight calls.
  */
 #include <grpc/grpc.h>
@@ -24,6 +33,7 @@
 #include <string.h>
 
 #include "controlplane/etcd_catalog.h"
+#include "controlplane/reseal.h"
 #include "controlplane/sync_server.h"
 #include "latchkey/v1/sync.pb-c.h"
 #include "lib/admin.h"
@@ -33,6 +43,7 @@
 #include "lib/log.h"
 #include "lib/rpc_server.h"
 #include "lib/secret.h"
+#include "lib/tls.h"
 #include "lib/token.h"
 
 #define STATUS_METHOD "/latchkey.v1.Replication/Status"
@@ -56,17 +67,6 @@ typedef struct {
   lk_sync_server *_Atomic sync;
   lk_etcd_catalog *ecat;
 } cp;
-
-/* lk_admin_seal_fn over the key ring. */
-static lk_status seal_with_keyring(void *ctx, const char *cred_id,
-                                   const char *field, const unsigned char *pt,
-                                   size_t len, uint32_t *key_id,
-                                   unsigned char nonce[LK_SEAL_NONCE_BYTES],
-                                   unsigned char **ct, size_t *ct_len,
-                                   lk_err *err) {
-  return lk_keyring_seal(ctx, cred_id, field, pt, len, key_id, nonce, ct,
-                         ct_len, err);
-}
 
 /* lk_admin_hash_fn over the key ring's audit key. */
 static lk_status hash_with_keyring(void *ctx, const unsigned char *value,
@@ -245,6 +245,7 @@ static int run(const options *o) {
   lk_token *node_token = NULL;
   lk_etcd *etcd = NULL;
   lk_sync_server *sync = NULL;
+  lk_reseal *reseal = NULL;
   lk_rpc_server *srv = NULL;
   sigset_t sigs;
 
@@ -252,6 +253,24 @@ static int run(const options *o) {
       lk_secret_init() != LK_OK) {
     lk_log(LK_LOG_ERROR, "startup_failed", "%s", err.msg);
     return 1;
+  }
+  if (o->tls_cert != NULL && o->tls_cert[0] != '\0') {
+    lk_tls_validity v;
+    if (lk_tls_check_server_files(o->tls_cert, o->tls_key, &v, &err) != LK_OK) {
+      fprintf(stderr, "latchkey-cp: %s\n", err.msg);
+      return 2;
+    }
+    if (v.expired) {
+      lk_log(LK_LOG_WARN, "tls_cert_expired",
+             "--tls-cert %s expired on %s: every client will refuse it "
+             "until it is renewed",
+             o->tls_cert, v.not_after);
+    } else if (v.not_yet_valid) {
+      lk_log(LK_LOG_WARN, "tls_cert_not_yet_valid",
+             "--tls-cert %s is not valid before %s: clients will refuse it "
+             "until then (check this host's clock)",
+             o->tls_cert, v.not_before);
+    }
   }
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGTERM);
@@ -274,11 +293,16 @@ static int run(const options *o) {
     goto fail;
   }
   lk_catalog *cat = lk_etcd_catalog_catalog(c.ecat);
-  lk_admin_sealer sealer = {seal_with_keyring, kr};
+  lk_admin_sealer sealer = lk_reseal_admin_sealer(kr);
   if (lk_admin_new_with_sealer(cat, sealer, &c.admin, &err) != LK_OK)
     goto fail;
   lk_admin_auditor auditor = {hash_with_keyring, kr};
   lk_admin_set_auditor(c.admin, auditor);
+  lk_reseal_config rc_cfg = {etcd, cat, kr, 0, 0};
+  if (lk_reseal_start(&rc_cfg, &reseal, &err) != LK_OK)
+    goto fail;
+  lk_admin_keys keys = {lk_reseal_admin_keys, reseal};
+  lk_admin_set_keys(c.admin, keys);
   if (lk_sync_server_new(cat, kr, node_token, &sync, &err) != LK_OK)
     goto fail;
   lk_sync_server_set_history(sync, load_past_catalog, free_past_catalog, &c);
@@ -322,6 +346,7 @@ fail:
 cleanup:
   lk_rpc_server_shutdown(srv, 10000);
   lk_rpc_server_destroy(srv);
+  lk_reseal_destroy(reseal);
   atomic_store(&c.sync, NULL);
   lk_etcd_catalog_destroy(c.ecat);
   lk_sync_server_destroy(sync);

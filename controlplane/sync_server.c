@@ -103,7 +103,7 @@ typedef struct {
 
 struct lk_sync_server {
   lk_catalog *cat;
-  const lk_keyring *kr;
+  lk_keyring *kr; /* shared; reloaded in place (lib/keyring.h) */
   const lk_token *token;
 
   pthread_mutex_t change_mu;
@@ -461,7 +461,7 @@ typedef struct {
 
 /* Re-encodes the stored credential r with every secret field re-sealed
  * from the key ring to node key pk; *out is malloc'd (wipe it). */
-static lk_status reseal(const lk_keyring *kr, const unsigned char *pk,
+static lk_status reseal(lk_keyring *kr, const unsigned char *pk,
                         const lk_scope_record *r, unsigned char **out,
                         size_t *out_len, lk_err *err) {
   lk_status st = LK_OK;
@@ -503,6 +503,14 @@ static lk_status reseal(const lk_keyring *kr, const unsigned char *pk,
       goto done;
     }
     lk_secret *pt = NULL;
+    if (!lk_keyring_has_key(kr, f->sealed->key_id)) {
+      /* Sealed under a key another control plane added to the shared key
+       * ring file since this one last read it. */
+      lk_err rerr;
+      if (lk_keyring_refresh(kr, NULL, &rerr) != LK_OK) {
+        lk_log(LK_LOG_WARN, "keys.reload_failed", "%s", rerr.msg);
+      }
+    }
     st = lk_keyring_unseal(kr, f->sealed->key_id, c->id, f->name,
                            f->sealed->nonce.data, f->sealed->nonce.len,
                            f->sealed->ciphertext.data,
@@ -1375,7 +1383,7 @@ static void *timer_main(void *arg) {
   return NULL;
 }
 
-lk_status lk_sync_server_new(lk_catalog *cat, const lk_keyring *kr,
+lk_status lk_sync_server_new(lk_catalog *cat, lk_keyring *kr,
                              const lk_token *node_token, lk_sync_server **out,
                              lk_err *err) {
   pthread_condattr_t ca;

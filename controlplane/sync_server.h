@@ -130,11 +130,12 @@ typedef struct {
   uint64_t buckets[LK_SYNC_LATENCY_BUCKETS];
 } lk_sync_ack_latency;
 
-/* Creates the fan-out over cat, re-sealing from kr and admitting streams
+/* Creates the fan-out over cat, re-sealing from kr (refreshed from its
+ * file when a value names a key it does not hold) and admitting streams
  * that present node_token (all borrowed: they must outlive the server), and
  * starts its heartbeat thread. LK_INVALID_ARGUMENT when one is NULL;
  * LK_RESOURCE_EXHAUSTED / LK_INTERNAL when memory or the thread fails. */
-lk_status lk_sync_server_new(lk_catalog *cat, const lk_keyring *kr,
+lk_status lk_sync_server_new(lk_catalog *cat, lk_keyring *kr,
                              const lk_token *node_token, lk_sync_server **out,
                              lk_err *err) LK_MUST_CHECK;
 

@@ -12,6 +12,9 @@
  * request with the table's descriptor, runs the handler (writers under the
  * service mutex, so each read-modify-write sees its own reads), wipes the
  * request's plaintext secret values (the table's scrub hook) and frees it.
+ * Requests are unpacked with lib/wipealloc's allocator, so every block
+ * protobuf-c made of them (a value's bytes past an embedded NUL, which
+ * strlen-based wiping would miss, included) is wiped when it is freed.
  * Handlers build responses either from unpacked catalog records or from
  * "view" messages on the stack that borrow their strings; either way the
  * response is packed before anything it points to is freed.
@@ -28,6 +31,9 @@
  * the hash of each secret value, taken right before the value's last use)
  * in the service's one audit record, and lk_admin_handle writes the line
  * from it and the request's validated ids before it lets go of the mutex.
+ * RotateKey changes the key ring through the keys hook, not the catalog,
+ * so it runs outside the mutex and its line carries only the action and
+ * the outcome.
  */
 #include "lib/admin.h"
 
@@ -44,6 +50,7 @@
 #include "lib/log.h"
 #include "lib/schema.h"
 #include "lib/secret.h"
+#include "lib/wipealloc.h"
 
 #define MAX_LABEL 1024
 /* "••••" is 12 bytes of UTF-8; 4 more characters take at most 16. */
@@ -68,6 +75,7 @@ struct lk_admin {
   lk_catalog *cat;
   lk_admin_sealer sealer;
   lk_admin_auditor auditor;
+  lk_admin_keys keys; /* fn NULL: not a control plane */
   pthread_mutex_t mu;
   audit_rec rec; /* under mu */
 };
@@ -719,6 +727,7 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   entry *e = NULL;
   slot *slots = NULL;
   size_t nslots = 0;
+  slot *kslots = NULL; /* kept values re-sealed under the current key */
   size_t nfv;
   size_t i;
   lk_status st = lk_schema_check_id(r->id, "UpdateCredentialRequest.id", err);
@@ -758,7 +767,8 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   slots = calloc(r->n_fields > 0 ? r->n_fields : 1, sizeof(*slots));
   fvs = calloc(old->n_fields + r->n_fields + 1, sizeof(*fvs));
   kept = calloc(old->n_fields + 1, sizeof(*kept));
-  if (slots == NULL || fvs == NULL || kept == NULL) {
+  kslots = calloc(old->n_fields + 1, sizeof(*kslots));
+  if (slots == NULL || fvs == NULL || kept == NULL || kslots == NULL) {
     st = oom(err);
     goto done;
   }
@@ -784,6 +794,27 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
       fvs[nfv++] = &slots[i].fv;
     }
   }
+  for (i = 0; a->sealer.reseal != NULL && i < old->n_fields; i++) {
+    int changed = 0;
+    size_t ct_len = 0;
+    if (fvs[i] != &kept[i] || !kept[i].secret || kept[i].sealed == NULL) {
+      continue;
+    }
+    latchkey__v1__sealed_value__init(&kslots[i].sv);
+    st = a->sealer.reseal(a->sealer.ctx, old->id, kept[i].name, kept[i].sealed,
+                          &changed, &kslots[i].sv.key_id, kslots[i].nonce,
+                          &kslots[i].ct, &ct_len, err);
+    if (st != LK_OK) {
+      goto done;
+    }
+    if (changed) {
+      kslots[i].sv.nonce.data = kslots[i].nonce;
+      kslots[i].sv.nonce.len = sizeof(kslots[i].nonce);
+      kslots[i].sv.ciphertext.data = kslots[i].ct;
+      kslots[i].sv.ciphertext.len = ct_len;
+      kept[i].sealed = &kslots[i].sv;
+    }
+  }
   cred.id = old->id;
   cred.type = old->type;
   cred.label = nonempty(r->label) ? r->label : old->label;
@@ -795,6 +826,7 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   st = store_and_answer(a, &cred, resp, resp_len, err);
 done:
   slots_free(slots, nslots);
+  slots_free(kslots, old != NULL ? old->n_fields : 0);
   free(kept);
   free(fvs);
   free(e);
@@ -1550,6 +1582,78 @@ static lk_status h_list_bindings(lk_admin *a, ProtobufCMessage *m,
   return st;
 }
 
+/* ---- key ring (control plane only) ---- */
+
+/* RotateKey (rotate 1) and GetKeyStatus (rotate 0): the keys hook fills a
+ * plain status, packed here as latchkey.v1.KeyStatus. */
+static lk_status key_status(lk_admin *a, int rotate, unsigned char **resp,
+                            size_t *resp_len, lk_err *err) {
+  lk_admin_key_status *ks = NULL;
+  Latchkey__V1__KeyInfo *infos = NULL;
+  Latchkey__V1__KeyInfo **ptrs = NULL;
+  Latchkey__V1__KeyStatus out = LATCHKEY__V1__KEY_STATUS__INIT;
+  lk_status st = LK_OK;
+
+  if (a->keys.fn == NULL) {
+    return lk_fail(err, LK_FAILED_PRECONDITION,
+                   "key rotation is a control-plane operation: this "
+                   "standalone sidecar seals with its node key and has no key "
+                   "ring; run latchkeyctl keys against latchkey-cp");
+  }
+  ks = calloc(1, sizeof(*ks));
+  if (ks == NULL) {
+    return oom(err);
+  }
+  st = a->keys.fn(a->keys.ctx, rotate, ks, err);
+  if (st != LK_OK) {
+    goto done;
+  }
+  if (ks->n_keys > LK_ADMIN_MAX_KEYS) {
+    ks->n_keys = LK_ADMIN_MAX_KEYS;
+  }
+  infos = calloc(ks->n_keys > 0 ? ks->n_keys : 1, sizeof(*infos));
+  ptrs = calloc(ks->n_keys > 0 ? ks->n_keys : 1, sizeof(*ptrs));
+  if (infos == NULL || ptrs == NULL) {
+    st = oom(err);
+    goto done;
+  }
+  for (size_t i = 0; i < ks->n_keys; i++) {
+    latchkey__v1__key_info__init(&infos[i]);
+    infos[i].id = ks->keys[i].id;
+    infos[i].state =
+        (char *)(ks->keys[i].state != NULL ? ks->keys[i].state : "");
+    infos[i].sealed_fields = ks->keys[i].sealed_fields;
+    ptrs[i] = &infos[i];
+  }
+  ks->last_error[sizeof(ks->last_error) - 1] = '\0';
+  out.active_key_id = ks->active_key_id;
+  out.n_keys = ks->n_keys;
+  out.keys = ptrs;
+  out.total_fields = ks->total_fields;
+  out.resealing = ks->resealing != 0;
+  out.last_error = ks->last_error;
+  st = pack(&out.base, resp, resp_len, err);
+done:
+  free(ptrs);
+  free(infos);
+  free(ks);
+  return st;
+}
+
+static lk_status h_rotate_key(lk_admin *a, ProtobufCMessage *m,
+                              unsigned char **resp, size_t *resp_len,
+                              lk_err *err) {
+  (void)m;
+  return key_status(a, 1, resp, resp_len, err);
+}
+
+static lk_status h_get_key_status(lk_admin *a, ProtobufCMessage *m,
+                                  unsigned char **resp, size_t *resp_len,
+                                  lk_err *err) {
+  (void)m;
+  return key_status(a, 0, resp, resp_len, err);
+}
+
 /* ---- audit ---- */
 
 static void scrub_audit_hash(ProtobufCMessage *m) {
@@ -1612,6 +1716,7 @@ static const audit_action audit_actions[] = {
     {"DeleteBudget", "budget.delete", "budget_id"},
     {"Bind", "bind", NULL},
     {"Unbind", "unbind", NULL},
+    {"RotateKey", "keys.rotate", NULL},
     {"AuditHash", "audit.hash", NULL},
 };
 
@@ -1757,9 +1862,9 @@ static void drop_unknown_fields(ProtobufCMessage *m) {
   size_t k;
 
   for (i = 0; i < m->n_unknown_fields; i++) {
-    lk_wipe_free(m->unknown_fields[i].data, m->unknown_fields[i].len);
+    lk_wipealloc_free(m->unknown_fields[i].data);
   }
-  free(m->unknown_fields);
+  lk_wipealloc_free(m->unknown_fields);
   m->unknown_fields = NULL;
   m->n_unknown_fields = 0;
   for (i = 0; i < d->n_fields; i++) {
@@ -1832,6 +1937,10 @@ static const method methods[] = {
     OWN("Unbind", &latchkey__v1__binding__descriptor, 1, NULL, h_unbind),
     OWN("ListBindings", &latchkey__v1__list_bindings_request__descriptor, 0,
         NULL, h_list_bindings),
+    OWN("RotateKey", &latchkey__v1__rotate_key_request__descriptor, 0, NULL,
+        h_rotate_key),
+    OWN("GetKeyStatus", &latchkey__v1__empty__descriptor, 0, NULL,
+        h_get_key_status),
     OWN("AuditHash", &latchkey__v1__audit_hash_request__descriptor, 0,
         scrub_audit_hash, h_audit_hash),
 };
@@ -1863,6 +1972,8 @@ static const char *const method_paths[N_METHODS] = {
     PATH("Bind"),
     PATH("Unbind"),
     PATH("ListBindings"),
+    PATH("RotateKey"),
+    PATH("GetKeyStatus"),
     PATH("AuditHash"),
 };
 
@@ -1885,7 +1996,7 @@ static lk_status seal_with_node_key(void *ctx, const char *cred_id,
 
 lk_status lk_admin_new(lk_catalog *cat, const lk_seal_key *key, lk_admin **out,
                        lk_err *err) {
-  lk_admin_sealer sealer = {seal_with_node_key, (void *)key};
+  lk_admin_sealer sealer = {seal_with_node_key, (void *)key, NULL};
   *out = NULL;
   if (key == NULL) {
     return lk_fail(err, LK_INTERNAL, "lk_admin_new needs a key");
@@ -1919,6 +2030,10 @@ lk_status lk_admin_new_with_sealer(lk_catalog *cat, lk_admin_sealer sealer,
   a->sealer = sealer;
   *out = a;
   return LK_OK;
+}
+
+void lk_admin_set_keys(lk_admin *a, lk_admin_keys keys) {
+  a->keys = keys;
 }
 
 void lk_admin_set_auditor(lk_admin *a, lk_admin_auditor auditor) {
@@ -1957,8 +2072,9 @@ lk_status lk_admin_handle(lk_admin *a, const char *method_path,
                    "methods this server serves",
                    method_path != NULL ? method_path : "(none)");
   }
-  /* Every change, and every hash asked for, leaves one audit line. */
-  audited = md->writes || md->fn == h_audit_hash;
+  /* Every change, every key rotation (which writes through the keys hook,
+   * outside mu) and every hash asked for leaves one audit line. */
+  audited = md->writes || md->fn == h_rotate_key || md->fn == h_audit_hash;
   if (req_len > LK_ADMIN_MAX_REQUEST) {
     st = lk_fail(err, LK_RESOURCE_EXHAUSTED,
                  "request of %zu bytes is over the %u byte limit; send a "
@@ -1969,7 +2085,7 @@ lk_status lk_admin_handle(lk_admin *a, const char *method_path,
     }
     return st;
   }
-  m = protobuf_c_message_unpack(md->req_desc, NULL, req_len,
+  m = protobuf_c_message_unpack(md->req_desc, lk_wipealloc_protobuf(), req_len,
                                 req != NULL ? req : no_bytes);
   if (m == NULL) {
     st = lk_fail(err, LK_INVALID_ARGUMENT,
@@ -1997,7 +2113,7 @@ lk_status lk_admin_handle(lk_admin *a, const char *method_path,
   if (md->scrub != NULL) {
     md->scrub(m);
   }
-  protobuf_c_message_free_unpacked(m, NULL);
+  protobuf_c_message_free_unpacked(m, lk_wipealloc_protobuf());
   if (st != LK_OK) {
     free(*resp);
     *resp = NULL;

@@ -21,9 +21,10 @@
  *   touches several records (a tool and its inline type, a budget and its
  *   bindings) commits them in one atomic batch.
  *
- * Audit: every change (each method that writes) and every AuditHash call
- * writes one `audit.admin` line (lib/log.h lk_log_fields) naming the
- * action ("credential.create", "tool.register", "bind", ...), the ids it
+ * Audit: every change (each method that writes, RotateKey included) and
+ * every AuditHash call writes one `audit.admin` line (lib/log.h
+ * lk_log_fields) naming the action ("credential.create", "tool.register",
+ * "bind", "keys.rotate", ...), the ids it
  * touched (only ids that are valid ids: nothing else from a request is
  * echoed) and the outcome ("ok" or the status name); a credential create
  * or update also carries `secret_hashes`, the audit hash (lib/audit.h) of
@@ -62,11 +63,25 @@ typedef lk_status (*lk_admin_seal_fn)(
     size_t len, uint32_t *key_id, unsigned char nonce[LK_SEAL_NONCE_BYTES],
     unsigned char **ct, size_t *ct_len, lk_err *err);
 
+/* Re-seals a stored secret value of (cred_id, field) that an update keeps:
+ * when it is sealed under a key other than the current one, sets *changed
+ * and seals its plaintext anew (outputs as for lk_admin_seal_fn); else
+ * leaves *changed 0 and writes nothing. */
+typedef lk_status (*lk_admin_reseal_fn)(
+    void *ctx, const char *cred_id, const char *field,
+    const Latchkey__V1__SealedValue *stored, int *changed, uint32_t *key_id,
+    unsigned char nonce[LK_SEAL_NONCE_BYTES], unsigned char **ct,
+    size_t *ct_len, lk_err *err);
+
 /* Who seals: the standalone sidecar's node key, or the control plane's
- * key ring (controlplane/main.c). */
+ * key ring (controlplane/main.c). reseal may be NULL (a key that never
+ * rotates); with it, UpdateCredential moves the fields it keeps to the
+ * current key too, so an update built from a slightly stale read never
+ * writes back a value under a key that rotation is retiring. */
 typedef struct {
   lk_admin_seal_fn seal;
   void *ctx;
+  lk_admin_reseal_fn reseal;
 } lk_admin_sealer;
 
 /* Writes the audit hash (lib/audit.h) of the len bytes at value to
@@ -84,6 +99,42 @@ typedef struct {
   void *ctx;
 } lk_admin_auditor;
 
+/* Most keys one KeyStatus lists (ring keys, then ids found only in the
+ * catalog, "missing"); the totals count every value regardless. */
+#define LK_ADMIN_MAX_KEYS 512
+/* Room for KeyStatus.last_error, NUL included. */
+#define LK_ADMIN_KEY_ERROR_BYTES 512
+
+/* One key of the key ring (or a key id only the catalog names). */
+typedef struct {
+  uint32_t id;
+  const char *state;      /* static: "active", "retiring" or "missing" */
+  uint64_t sealed_fields; /* secret field values sealed under it */
+} lk_admin_key_info;
+
+/* The answer of RotateKey and GetKeyStatus (latchkey.v1.KeyStatus). */
+typedef struct {
+  uint32_t active_key_id;
+  size_t n_keys; /* ascending id */
+  lk_admin_key_info keys[LK_ADMIN_MAX_KEYS];
+  uint64_t total_fields;
+  int resealing;
+  char last_error[LK_ADMIN_KEY_ERROR_BYTES]; /* "" when none */
+} lk_admin_key_status;
+
+/* Fills *out with the key ring's state; with rotate set it first adds a
+ * new active key and starts re-sealing every secret value under it. */
+typedef lk_status (*lk_admin_keys_fn)(void *ctx, int rotate,
+                                      lk_admin_key_status *out, lk_err *err);
+
+/* Who answers RotateKey and GetKeyStatus: the control plane's re-sealer
+ * (controlplane/main.c). Unset, as on a standalone sidecar, both answer
+ * LK_FAILED_PRECONDITION. */
+typedef struct {
+  lk_admin_keys_fn fn;
+  void *ctx;
+} lk_admin_keys;
+
 /* Creates an Admin service over cat, sealing with the node key; both are
  * borrowed and must outlive the service. */
 lk_status lk_admin_new(lk_catalog *cat, const lk_seal_key *key, lk_admin **out,
@@ -93,6 +144,10 @@ lk_status lk_admin_new(lk_catalog *cat, const lk_seal_key *key, lk_admin **out,
  * borrowed and must outlive the service). */
 lk_status lk_admin_new_with_sealer(lk_catalog *cat, lk_admin_sealer sealer,
                                    lk_admin **out, lk_err *err) LK_MUST_CHECK;
+
+/* Serves RotateKey and GetKeyStatus through keys (its ctx is borrowed and
+ * must outlive the service); call before the service handles calls. */
+void lk_admin_set_keys(lk_admin *a, lk_admin_keys keys);
 
 /* Frees the service; NULL is a no-op. */
 void lk_admin_destroy(lk_admin *a);

@@ -24,12 +24,29 @@
  * sealing key, so audit hashes survive rotation. A ring file older than
  * the audit line is upgraded the way a rotation writes: under the
  * directory lock, re-read, and replaced with rename().
+ *
+ * Reloading in place: a ring loaded by lk_keyring_load_or_create carries a
+ * ring_handle (its path, the identity of the file it last read, a
+ * read-write lock and a reload mutex) that survives reloads. A reload
+ * parses the file into a fresh ring exactly as a first load does, then,
+ * under the write lock, swaps the whole struct with it (handle excepted)
+ * and destroys the fresh one, which now holds the old keys: so whatever a
+ * loaded ring holds, a reload replaces all of it at once. Every reader
+ * (seal, unseal, audit hash, key listings) holds the read lock while it
+ * touches keys, ids or the audit key. Removing a key is the same
+ * directory-locked read-modify-write of the file as adding one; both carry
+ * the audit line over unchanged. A reload that finds a file without an
+ * audit line (an old backup put back) writes the ring's own audit key into
+ * it, so hashes made before the reload still match those made after.
  */
 #include "lib/keyring.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <sodium.h>
 
@@ -63,6 +80,25 @@ _Static_assert(sizeof(RING_HEADER) + AUDIT_LINE_BYTES +
                    LK_KEYRING_MAX_FILE_BYTES,
                "a full ring fits in a key ring file");
 
+/* What a file looked like when a ring read it: a rename() over it, or
+ * any rewrite, changes at least one of these. */
+typedef struct {
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  struct timespec mtime;
+  struct timespec ctime;
+  int known; /* 0: never stat()ed, so any file differs */
+} ring_file_id;
+
+/* The part of a loaded ring that a reload keeps. */
+typedef struct {
+  pthread_rwlock_t lock;     /* read: using keys; write: swapping them */
+  pthread_mutex_t reload_mu; /* one reload at a time; guards file */
+  char *path;
+  ring_file_id file; /* of the file the keys came from */
+} ring_handle;
+
 struct lk_keyring {
   size_t n;                          /* keys in use, 1..LK_KEYRING_MAX_KEYS */
   size_t active;                     /* index of the one active key */
@@ -70,7 +106,22 @@ struct lk_keyring {
   lk_secret *keys;  /* LK_KEYRING_MAX_KEYS * KEY_BYTES; key i at i * 32 */
   lk_secret *audit; /* KEY_BYTES: the audit key */
   int has_audit;    /* the file had (or now has) an audit line */
+  ring_handle *h;   /* loaded rings only; NULL on a parse-only ring */
 };
+
+/* Read-locks a loaded ring's keys (a parse-only ring has no lock). */
+static void ring_rdlock(const lk_keyring *kr) {
+  if (kr->h != NULL) {
+    pthread_rwlock_rdlock(&kr->h->lock);
+  }
+}
+
+/* Releases ring_rdlock. */
+static void ring_unlock(const lk_keyring *kr) {
+  if (kr->h != NULL) {
+    pthread_rwlock_unlock(&kr->h->lock);
+  }
+}
 
 /* Returns an empty ring with room for LK_KEYRING_MAX_KEYS keys. */
 static lk_status ring_new(lk_keyring **out, lk_err *err) {
@@ -100,6 +151,12 @@ void lk_keyring_destroy(lk_keyring *kr) {
   }
   lk_secret_free(kr->audit);
   lk_secret_free(kr->keys);
+  if (kr->h != NULL) {
+    pthread_rwlock_destroy(&kr->h->lock);
+    pthread_mutex_destroy(&kr->h->reload_mu);
+    free(kr->h->path);
+    free(kr->h);
+  }
   free(kr);
 }
 
@@ -130,7 +187,10 @@ static void ring_new_audit(lk_keyring *kr) {
 }
 
 uint32_t lk_keyring_active_id(const lk_keyring *kr) {
-  return kr->ids[kr->active];
+  ring_rdlock(kr);
+  uint32_t id = kr->ids[kr->active];
+  ring_unlock(kr);
+  return id;
 }
 
 /* ---- key ring file: parsing ------------------------------------------- */
@@ -428,8 +488,10 @@ done:
 
 /* Adds an audit line to the key ring file at path when it has none, under
  * the directory lock (re-read there, so a concurrent upgrade or rotation
- * is kept), replacing the file atomically. */
-static lk_status ring_upgrade(const char *path, lk_err *err) {
+ * is kept), replacing the file atomically. The line holds keep (KEY_BYTES)
+ * when it is not NULL, else a fresh random key. */
+static lk_status ring_upgrade(const char *path, const unsigned char *keep,
+                              lk_err *err) {
   lk_status st = LK_OK;
   int lock_fd = -1;
   lk_keyring *kr = NULL;
@@ -439,7 +501,12 @@ static lk_status ring_upgrade(const char *path, lk_err *err) {
       (st = ring_read(path, &kr, err)) != LK_OK || kr->has_audit) {
     goto done;
   }
-  ring_new_audit(kr);
+  if (keep != NULL) {
+    memcpy(lk_secret_mut(kr->audit), keep, KEY_BYTES);
+    kr->has_audit = 1;
+  } else {
+    ring_new_audit(kr);
+  }
   if ((st = ring_render(kr, &text, err)) != LK_OK) {
     goto done;
   }
@@ -457,7 +524,11 @@ static lk_status ring_upgrade(const char *path, lk_err *err) {
   }
   if (st == LK_OK) {
     lk_log(LK_LOG_INFO, "keyring_audit_key_added",
-           "key ring %s had no audit line: added a new audit key", path);
+           keep != NULL ? "key ring %s had no audit line: wrote back the "
+                          "audit key already loaded"
+                        : "key ring %s had no audit line: added a new audit "
+                          "key",
+           path);
   }
 done:
   lk_secret_free(text);
@@ -466,8 +537,9 @@ done:
   return st;
 }
 
-lk_status lk_keyring_load_or_create(const char *path, lk_keyring **out,
-                                    lk_err *err) {
+/* lk_keyring_load_or_create without the handle: a parse-only ring. */
+static lk_status ring_load_or_create(const char *path, lk_keyring **out,
+                                     lk_err *err) {
   if (path == NULL || out == NULL) {
     return lk_fail(err, LK_INVALID_ARGUMENT, "key ring: NULL argument");
   }
@@ -482,7 +554,7 @@ lk_status lk_keyring_load_or_create(const char *path, lk_keyring **out,
     lk_status st = ring_read(path, &kr, err);
     if (st == LK_OK && !kr->has_audit) {
       lk_keyring_destroy(kr);
-      st = ring_upgrade(path, err);
+      st = ring_upgrade(path, NULL, err);
       if (st != LK_OK) {
         return st;
       }
@@ -550,6 +622,256 @@ done:
   return st;
 }
 
+/* ---- loaded rings: reload in place, listings, removal ------------------ */
+
+/* Records what the file at path looks like now; returns -1 (errno set,
+ * id->known 0) when it cannot be stat()ed. */
+static int ring_stat(const char *path, ring_file_id *id) {
+  struct stat sb;
+  memset(id, 0, sizeof(*id));
+  if (stat(path, &sb) != 0) {
+    return -1;
+  }
+  id->dev = sb.st_dev;
+  id->ino = sb.st_ino;
+  id->size = sb.st_size;
+  id->mtime = sb.st_mtim;
+  id->ctime = sb.st_ctim;
+  id->known = 1;
+  return 0;
+}
+
+/* Returns 1 when a and b describe the same, unchanged file. */
+static int ring_same_file(const ring_file_id *a, const ring_file_id *b) {
+  return a->known && b->known && a->dev == b->dev && a->ino == b->ino &&
+         a->size == b->size && a->mtime.tv_sec == b->mtime.tv_sec &&
+         a->mtime.tv_nsec == b->mtime.tv_nsec &&
+         a->ctime.tv_sec == b->ctime.tv_sec &&
+         a->ctime.tv_nsec == b->ctime.tv_nsec;
+}
+
+/* Gives kr the handle of a ring loaded from path, whose file looked like
+ * file just before it was read. */
+static lk_status ring_attach(lk_keyring *kr, const char *path,
+                             const ring_file_id *file, lk_err *err) {
+  ring_handle *h = calloc(1, sizeof(*h));
+  if (h == NULL || (h->path = strdup(path)) == NULL) {
+    free(h);
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                   "out of memory for the key ring");
+  }
+  if (pthread_rwlock_init(&h->lock, NULL) != 0) {
+    free(h->path);
+    free(h);
+    return lk_fail(err, LK_INTERNAL, "cannot create the key ring lock");
+  }
+  if (pthread_mutex_init(&h->reload_mu, NULL) != 0) {
+    pthread_rwlock_destroy(&h->lock);
+    free(h->path);
+    free(h);
+    return lk_fail(err, LK_INTERNAL, "cannot create the key ring lock");
+  }
+  h->file = *file;
+  kr->h = h;
+  return LK_OK;
+}
+
+lk_status lk_keyring_load_or_create(const char *path, lk_keyring **out,
+                                    lk_err *err) {
+  ring_file_id file;
+  lk_status st = LK_OK;
+  if (path == NULL || out == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "key ring: NULL argument");
+  }
+  /* Before the read: a file replaced meanwhile then looks changed, and
+   * the next refresh reads it again. */
+  (void)ring_stat(path, &file);
+  if ((st = ring_load_or_create(path, out, err)) != LK_OK) {
+    return st;
+  }
+  if (!file.known) { /* it did not exist: this call created it */
+    (void)ring_stat(path, &file);
+  }
+  if ((st = ring_attach(*out, path, &file, err)) != LK_OK) {
+    lk_keyring_destroy(*out);
+    *out = NULL;
+  }
+  return st;
+}
+
+/* Reads kr's file into a fresh ring and swaps it in under the write lock;
+ * the caller holds kr->h->reload_mu. */
+static lk_status ring_reload_locked(lk_keyring *kr, lk_err *err) {
+  ring_handle *h = kr->h;
+  ring_file_id file;
+  lk_keyring *fresh = NULL;
+  lk_status st = LK_OK;
+  (void)ring_stat(h->path, &file); /* before the read, as at load */
+  if ((st = ring_read(h->path, &fresh, err)) != LK_OK) {
+    goto done;
+  }
+  if (!fresh->has_audit) {
+    /* An old file put back: give it this ring's audit key (only reloads,
+     * which hold reload_mu, change kr->audit), then read it again. */
+    lk_keyring_destroy(fresh);
+    fresh = NULL;
+    if ((st = ring_upgrade(h->path, lk_secret_data(kr->audit), err)) != LK_OK) {
+      goto done;
+    }
+    (void)ring_stat(h->path, &file);
+    if ((st = ring_read(h->path, &fresh, err)) != LK_OK) {
+      goto done;
+    }
+    if (!fresh->has_audit) {
+      st = lk_fail(err, LK_FAILED_PRECONDITION,
+                   "key ring %s lost its audit line again while it was being "
+                   "reloaded: check what else writes it",
+                   h->path);
+      goto done;
+    }
+  }
+  fresh->h = h;
+  pthread_rwlock_wrlock(&h->lock);
+  lk_keyring old = *kr;
+  *kr = *fresh;
+  *fresh = old;
+  pthread_rwlock_unlock(&h->lock);
+  fresh->h = NULL; /* fresh now holds the old keys: wiped below */
+  h->file = file;
+done:
+  lk_keyring_destroy(fresh);
+  return st;
+}
+
+lk_status lk_keyring_reload(lk_keyring *kr, lk_err *err) {
+  if (kr == NULL || kr->h == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "key ring reload: not a loaded key ring");
+  }
+  pthread_mutex_lock(&kr->h->reload_mu);
+  lk_status st = ring_reload_locked(kr, err);
+  pthread_mutex_unlock(&kr->h->reload_mu);
+  return st;
+}
+
+lk_status lk_keyring_refresh(lk_keyring *kr, int *reloaded, lk_err *err) {
+  lk_status st = LK_OK;
+  ring_file_id now;
+  if (reloaded != NULL) {
+    *reloaded = 0;
+  }
+  if (kr == NULL || kr->h == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "key ring refresh: not a loaded key ring");
+  }
+  pthread_mutex_lock(&kr->h->reload_mu);
+  if (ring_stat(kr->h->path, &now) != 0) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION, "cannot stat key ring %s: %s",
+                 kr->h->path, strerror(errno));
+    goto done;
+  }
+  if (ring_same_file(&now, &kr->h->file)) {
+    goto done;
+  }
+  if ((st = ring_reload_locked(kr, err)) == LK_OK && reloaded != NULL) {
+    *reloaded = 1;
+  }
+done:
+  pthread_mutex_unlock(&kr->h->reload_mu);
+  return st;
+}
+
+const char *lk_keyring_path(const lk_keyring *kr) {
+  return kr->h != NULL ? kr->h->path : NULL;
+}
+
+int lk_keyring_has_key(const lk_keyring *kr, uint32_t id) {
+  ring_rdlock(kr);
+  int has = ring_find(kr, id) >= 0;
+  ring_unlock(kr);
+  return has;
+}
+
+size_t lk_keyring_key_ids(const lk_keyring *kr,
+                          uint32_t ids[LK_KEYRING_MAX_KEYS],
+                          uint32_t *active_id) {
+  ring_rdlock(kr);
+  size_t n = kr->n;
+  memcpy(ids, kr->ids, n * sizeof(ids[0]));
+  if (active_id != NULL) {
+    *active_id = kr->ids[kr->active];
+  }
+  ring_unlock(kr);
+  for (size_t i = 1; i < n; i++) { /* insertion sort: n <= 256 */
+    uint32_t v = ids[i];
+    size_t j = i;
+    while (j > 0 && ids[j - 1] > v) {
+      ids[j] = ids[j - 1];
+      j--;
+    }
+    ids[j] = v;
+  }
+  return n;
+}
+
+/* Removes key i (not the active one) from a parse-only ring: the last key
+ * takes its slot, and the last slot is wiped. */
+static void ring_drop(lk_keyring *kr, size_t i) {
+  size_t last = kr->n - 1;
+  if (i != last) {
+    memcpy(ring_key_mut(kr, i), ring_key(kr, last), KEY_BYTES);
+    kr->ids[i] = kr->ids[last];
+    if (kr->active == last) {
+      kr->active = i;
+    }
+  }
+  sodium_memzero(ring_key_mut(kr, last), KEY_BYTES);
+  kr->ids[last] = 0;
+  kr->n = last;
+}
+
+lk_status lk_keyring_remove_key(const char *path, uint32_t id, lk_err *err) {
+  lk_status st = LK_OK;
+  int lock_fd = -1;
+  lk_keyring *kr = NULL;
+  lk_secret *text = NULL;
+  int raced = 0;
+  long idx = -1;
+  if (path == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "key ring: NULL argument");
+  }
+  if (lk_secret_init() != LK_OK) {
+    return lk_fail(err, LK_INTERNAL, "libsodium failed to initialize");
+  }
+  if ((st = lk_keyfile_lock_dir(path, RING_WHAT, &lock_fd, err)) != LK_OK ||
+      (st = ring_read(path, &kr, err)) != LK_OK) {
+    goto done;
+  }
+  idx = ring_find(kr, id);
+  if (idx < 0) {
+    st = lk_fail(err, LK_NOT_FOUND, "key ring %s holds no key %u", path,
+                 (unsigned)id);
+    goto done;
+  }
+  if ((size_t)idx == kr->active) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION,
+                 "key %u is the active key of key ring %s: rotate to a new "
+                 "key and re-seal before removing it",
+                 (unsigned)id, path);
+    goto done;
+  }
+  ring_drop(kr, (size_t)idx);
+  if ((st = ring_render(kr, &text, err)) != LK_OK ||
+      (st = lk_keyfile_write(path, RING_WHAT, text, 1, &raced, err)) != LK_OK) {
+    goto done;
+  }
+done:
+  lk_secret_free(text);
+  lk_keyring_destroy(kr);
+  lk_keyfile_unlock(lock_fd);
+  return st;
+}
+
 /* ---- sealing ---------------------------------------------------------- */
 
 lk_status lk_keyring_seal(const lk_keyring *kr, const char *cred_id,
@@ -570,6 +892,7 @@ lk_status lk_keyring_seal(const lk_keyring *kr, const char *cred_id,
   }
   *ct = NULL;
   *ct_len = 0;
+  ring_rdlock(kr);
   uint32_t id = kr->ids[kr->active];
   if (pt_len > LK_SEAL_MAX_PT_BYTES) {
     st = lk_fail(
@@ -600,6 +923,7 @@ lk_status lk_keyring_seal(const lk_keyring *kr, const char *cred_id,
   *ct_len = (size_t)out_len;
   buf = NULL;
 done:
+  ring_unlock(kr);
   free(buf); /* ciphertext only: not secret */
   return st;
 }
@@ -629,6 +953,7 @@ lk_status lk_keyring_unseal(const lk_keyring *kr, uint32_t key_id,
     return lk_fail(err, LK_INVALID_ARGUMENT, "key ring unseal: NULL argument");
   }
   *out = NULL;
+  ring_rdlock(kr);
   if (ct_len > LK_SEAL_MAX_CT_BYTES) {
     st = lk_fail(err, LK_INVALID_ARGUMENT,
                  "credential %s field %s: sealed value is %zu bytes, at most "
@@ -667,18 +992,23 @@ lk_status lk_keyring_unseal(const lk_keyring *kr, uint32_t key_id,
   *out = pt;
   pt = NULL;
 done:
+  ring_unlock(kr);
   lk_secret_free(pt);
   return st;
 }
 
 void lk_keyring_audit_hash(const lk_keyring *kr, const void *value, size_t len,
                            char out_hex[LK_KEYRING_AUDIT_HEX_BYTES]) {
+  ring_rdlock(kr);
   lk_audit_hash(lk_secret_data(kr->audit), value, len, out_hex);
+  ring_unlock(kr);
 }
 
 lk_status lk_keyring_audit_key(const lk_keyring *kr, lk_secret **out,
                                lk_err *err) {
+  ring_rdlock(kr);
   *out = lk_secret_from(lk_secret_data(kr->audit), KEY_BYTES);
+  ring_unlock(kr);
   if (*out == NULL) {
     return lk_fail(err, LK_RESOURCE_EXHAUSTED,
                    "out of guarded memory copying the audit key");

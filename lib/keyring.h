@@ -45,14 +45,25 @@
  * the audit key: BLAKE2b-256 (crypto_generichash) keyed with those 32
  * bytes, as 64 lowercase hex digits, so logs can correlate values without
  * holding them. The audit key is not a sealing key and never rotates with
- * them, so a hash stays comparable across lk_keyring_add_key; the control
- * plane sends it to each replica sealed to the replica's node key.
+ * them, so a hash stays comparable across lk_keyring_add_key,
+ * lk_keyring_remove_key and reloads (a whole rotation); the control plane
+ * sends it to each replica sealed to the replica's node key.
  *
  * Invariants: key bytes live only in sodium_malloc memory; plaintext comes
  * out of lk_keyring_unseal only as an lk_secret; no error message carries
- * a value or key. An lk_keyring is immutable after loading and safe to
- * share across threads; lk_keyring_add_key changes the file, not rings
- * already loaded from it.
+ * a value or key. An lk_keyring is safe to share across threads.
+ * lk_keyring_add_key and lk_keyring_remove_key change the file, not rings
+ * already loaded from it; a loaded ring takes the file's new keys in place
+ * with lk_keyring_reload or lk_keyring_refresh, under an internal
+ * read-write lock, so a pointer shared by the Admin sealer, the Sync
+ * server and the re-sealer stays valid and every seal or unseal sees
+ * either the old key set or the new one, never a mix. Keys dropped by a
+ * reload are wiped.
+ *
+ * Several control planes share one key ring file: each refreshes its ring
+ * (one stat(): device, inode, size, mtime and ctime) before it seals and
+ * reloads on a key id it does not hold, so a rotation made by one of them
+ * reaches the others at their next write.
  */
 #ifndef LK_KEYRING_H
 #define LK_KEYRING_H
@@ -127,6 +138,47 @@ lk_status lk_keyring_unseal(const lk_keyring *kr, uint32_t key_id,
  * path when it is malformed. */
 lk_status lk_keyring_add_key(const char *path, uint32_t *new_id,
                              lk_err *err) LK_MUST_CHECK;
+
+/* Re-reads the file the ring was loaded from and, when it is valid,
+ * replaces the ring's keys with the file's in place (the old key bytes are
+ * wiped); on any failure the ring keeps its keys. A file without an audit
+ * line is first given the ring's own audit key (as at load, under the
+ * directory lock), so audit hashes do not change. Errors as for
+ * lk_keyring_load_or_create, except that a missing file is LK_NOT_FOUND. */
+lk_status lk_keyring_reload(lk_keyring *kr, lk_err *err) LK_MUST_CHECK;
+
+/* Reloads the ring (lk_keyring_reload) when its file is not the one last
+ * loaded (device, inode, size, mtime or ctime differ); otherwise costs one
+ * stat(). *reloaded (may be NULL) is set to 1 when it reloaded. Errors as
+ * for lk_keyring_reload; LK_FAILED_PRECONDITION when the file cannot be
+ * stat()ed. */
+lk_status lk_keyring_refresh(lk_keyring *kr, int *reloaded,
+                             lk_err *err) LK_MUST_CHECK;
+
+/* Returns the path the ring was loaded from (fixed for its life). */
+const char *lk_keyring_path(const lk_keyring *kr);
+
+/* Returns 1 when the ring holds a key with this id (active or retiring). */
+int lk_keyring_has_key(const lk_keyring *kr, uint32_t id);
+
+/* Copies the ids of the ring's keys, in ascending order, into ids and
+ * returns how many there are (1..LK_KEYRING_MAX_KEYS); *active_id (may be
+ * NULL) receives the active key's id, from the same consistent view. */
+size_t lk_keyring_key_ids(const lk_keyring *kr,
+                          uint32_t ids[LK_KEYRING_MAX_KEYS],
+                          uint32_t *active_id);
+
+/* Removes retiring key id from the key ring file at path, in one atomic
+ * replacement of the file under the same directory lock as
+ * lk_keyring_add_key (the audit line is kept as it is); the key bytes are
+ * gone from the file once it returns, and rings already loaded drop them
+ * at their next reload.
+ * LK_NOT_FOUND when the file does not exist or holds no key id;
+ * LK_FAILED_PRECONDITION when id is the active key (rotate first), or the
+ * file is group/other accessible or cannot be read or written;
+ * LK_INVALID_ARGUMENT naming the path when it is malformed. */
+lk_status lk_keyring_remove_key(const char *path, uint32_t id,
+                                lk_err *err) LK_MUST_CHECK;
 
 /* Writes the keyed BLAKE2b-256 audit hash of the len bytes at value (see
  * above) to out_hex as 64 lowercase hex digits and a NUL; value may be

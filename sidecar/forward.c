@@ -6,14 +6,21 @@
  * completes finished ones. Cancellation is polled every loop turn (at
  * most 50 ms apart), so a client that gives up frees its connection
  * quickly. Everything curl allocates goes through wiping allocators
- * (lk_forward_global_init), because curl keeps private copies of the URL,
- * headers and received bytes, any of which may hold a secret.
+ * (lib/wipealloc, installed by lk_forward_global_init), because curl keeps
+ * private copies of the URL, headers and received bytes, any of which may hold
+ * a secret.
  *
  * Destinations are checked in curl's open-socket callback, which runs for
  * every new connection with the very address about to be connected to:
  * checking the name or a separate lookup would let DNS rebinding answer
- * differently the second time. A refusal marks the transfer so its
- * failure reads as a refused destination, not as an unreachable vendor.
+ * differently the second time. Curl resolves a name once per connection
+ * attempt and connects to exactly the address it hands this callback, so
+ * there is no second resolution to race. Before each request is written
+ * (curl's pre-request callback, which also runs on a reused keep-alive
+ * connection that no open-socket callback saw for this transfer), the
+ * connection's remote address is checked again under this transfer's own
+ * policy. A refusal marks the transfer so its failure reads
+ * as a refused destination, not as an unreachable vendor.
  */
 #include "sidecar/forward.h"
 
@@ -30,67 +37,14 @@
 
 #include "lib/clock.h"
 #include "lib/log.h"
+#include "lib/wipealloc.h"
 
 #define MAX_HEADER_BYTES (64 * 1024)
 
-/* ---- allocators that wipe on free ---------------------------------- */
-
-/* Each block carries its usable size in a 16-byte prefix (keeps malloc's
- * alignment) so free can wipe exactly what was handed out. */
-#define PREFIX 16
-
-static void *wipe_malloc(size_t n) {
-  unsigned char *p = malloc(n + PREFIX);
-  if (p == NULL)
-    return NULL;
-  memcpy(p, &n, sizeof(n));
-  return p + PREFIX;
-}
-
-static void wipe_free(void *ptr) {
-  if (ptr == NULL)
-    return;
-  unsigned char *p = (unsigned char *)ptr - PREFIX;
-  size_t n;
-  memcpy(&n, p, sizeof(n));
-  lk_wipe(p, n + PREFIX);
-  free(p);
-}
-
-static void *wipe_realloc(void *ptr, size_t n) {
-  if (ptr == NULL)
-    return wipe_malloc(n);
-  size_t old;
-  memcpy(&old, (unsigned char *)ptr - PREFIX, sizeof(old));
-  void *q = wipe_malloc(n);
-  if (q == NULL)
-    return NULL;
-  memcpy(q, ptr, old < n ? old : n);
-  wipe_free(ptr);
-  return q;
-}
-
-static char *wipe_strdup(const char *s) {
-  size_t n = strlen(s) + 1;
-  char *q = wipe_malloc(n);
-  if (q != NULL)
-    memcpy(q, s, n);
-  return q;
-}
-
-static void *wipe_calloc(size_t nmemb, size_t size) {
-  if (size != 0 && nmemb > SIZE_MAX / size)
-    return NULL;
-  void *q = wipe_malloc(nmemb * size);
-  if (q != NULL)
-    memset(q, 0, nmemb * size);
-  return q;
-}
-
 lk_status lk_forward_global_init(lk_err *err) {
-  CURLcode rc =
-      curl_global_init_mem(CURL_GLOBAL_DEFAULT, wipe_malloc, wipe_free,
-                           wipe_realloc, wipe_strdup, wipe_calloc);
+  CURLcode rc = curl_global_init_mem(CURL_GLOBAL_DEFAULT, lk_wipealloc_malloc,
+                                     lk_wipealloc_free, lk_wipealloc_realloc,
+                                     lk_wipealloc_strdup, lk_wipealloc_calloc);
   if (rc != CURLE_OK) {
     return lk_fail(err, LK_INTERNAL, "libcurl initialisation failed: %s",
                    curl_easy_strerror(rc));
@@ -220,12 +174,14 @@ typedef struct transfer {
   int body_too_large;
   int head_too_large;
   int allow_private;
-  addr_class refused; /* ADDR_PUBLIC, or why a connect was refused */
+  addr_class refused;  /* ADDR_PUBLIC, or why a connect was refused */
+  int refused_at_send; /* refused by the pre-request check */
   char refused_addr[INET6_ADDRSTRLEN];
 } transfer;
 
 struct lk_forwarder {
   lk_forward_opts opts;
+  struct curl_slist *resolve; /* opts.test_only_resolve, or NULL */
   CURLM *multi;
   pthread_t thread;
   pthread_mutex_t mu;
@@ -262,6 +218,25 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *userp) {
   return n;
 }
 
+/* Returns 1 (and records why in t) when t may not talk to address sa. */
+static int refuse_addr(transfer *t, const struct sockaddr *sa, socklen_t len) {
+  addr_class c = classify(sa, len);
+  if (c != ADDR_NEVER && (c != ADDR_PRIVATE || t->allow_private))
+    return 0;
+  t->refused = c;
+  const void *ip = NULL;
+  if (sa->sa_family == AF_INET)
+    ip = &((const struct sockaddr_in *)sa)->sin_addr;
+  else if (sa->sa_family == AF_INET6)
+    ip = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+  if (ip == NULL || inet_ntop(sa->sa_family, ip, t->refused_addr,
+                              sizeof(t->refused_addr)) == NULL) {
+    snprintf(t->refused_addr, sizeof(t->refused_addr), "family %d",
+             sa->sa_family);
+  }
+  return 1;
+}
+
 /* Runs before every new connection: the address is the one curl will
  * connect to, after its own resolution. */
 static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose,
@@ -269,22 +244,49 @@ static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose,
   transfer *t = clientp;
   if (purpose != CURLSOCKTYPE_IPCXN)
     return CURL_SOCKET_BAD;
-  addr_class c = classify(&a->addr, a->addrlen);
-  if (c == ADDR_NEVER || (c == ADDR_PRIVATE && !t->allow_private)) {
-    t->refused = c;
-    const void *ip = NULL;
-    if (a->family == AF_INET)
-      ip = &((const struct sockaddr_in *)&a->addr)->sin_addr;
-    else if (a->family == AF_INET6)
-      ip = &((const struct sockaddr_in6 *)&a->addr)->sin6_addr;
-    if (ip == NULL || inet_ntop(a->family, ip, t->refused_addr,
-                                sizeof(t->refused_addr)) == NULL) {
-      snprintf(t->refused_addr, sizeof(t->refused_addr), "family %d",
-               a->family);
-    }
+  if (refuse_addr(t, &a->addr, a->addrlen))
     return CURL_SOCKET_BAD;
-  }
   return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
+/* Runs before each request is sent, on a new or a reused connection:
+ * checks the remote address of the connection the request is about to be
+ * written to (curl's record of the address it connected that socket to)
+ * under this transfer's policy. */
+static int on_prereq(void *clientp, char *primary_ip, char *local_ip,
+                     int primary_port, int local_port) {
+  (void)local_ip;
+  (void)primary_port;
+  (void)local_port;
+  transfer *t = clientp;
+  struct sockaddr_in s4;
+  struct sockaddr_in6 s6;
+  char ip[INET6_ADDRSTRLEN];
+  memset(&s4, 0, sizeof(s4));
+  memset(&s6, 0, sizeof(s6));
+  size_t n = primary_ip != NULL ? strcspn(primary_ip, "%") : 0;
+  if (n > 0 && n < sizeof(ip)) {
+    memcpy(ip, primary_ip, n);
+    ip[n] = '\0';
+    s4.sin_family = AF_INET;
+    s6.sin6_family = AF_INET6;
+    if (inet_pton(AF_INET, ip, &s4.sin_addr) == 1) {
+      if (!refuse_addr(t, (const struct sockaddr *)&s4, sizeof(s4)))
+        return CURL_PREREQFUNC_OK;
+      t->refused_at_send = 1;
+      return CURL_PREREQFUNC_ABORT;
+    }
+    if (inet_pton(AF_INET6, ip, &s6.sin6_addr) == 1) {
+      if (!refuse_addr(t, (const struct sockaddr *)&s6, sizeof(s6)))
+        return CURL_PREREQFUNC_OK;
+      t->refused_at_send = 1;
+      return CURL_PREREQFUNC_ABORT;
+    }
+  }
+  t->refused = ADDR_NEVER;
+  t->refused_at_send = 1;
+  snprintf(t->refused_addr, sizeof(t->refused_addr), "unknown");
+  return CURL_PREREQFUNC_ABORT;
 }
 
 static void transfer_free(transfer *t) {
@@ -313,6 +315,22 @@ static void complete_error(transfer *t, lk_status code, const char *fmt,
   res.status = code;
   lk_fail(&res.err, code, fmt, detail);
   complete(t, &res);
+}
+
+/* Fails t as a refused destination (t->refused says which kind). */
+static void complete_refused(transfer *t) {
+  if (t->refused == ADDR_NEVER) {
+    complete_error(t, LK_FAILED_PRECONDITION,
+                   "the vendor's host resolves to a link-local, metadata, "
+                   "multicast or unspecified address (%s), which is never "
+                   "allowed",
+                   t->refused_addr);
+    return;
+  }
+  complete_error(t, LK_FAILED_PRECONDITION,
+                 "the vendor's host resolves to a private address (%s); "
+                 "only loopback vendors may, with --allow-insecure-vendors",
+                 t->refused_addr);
 }
 
 static lk_status setup_easy(lk_forwarder *f, transfer *t, lk_err *err) {
@@ -369,6 +387,10 @@ static lk_status setup_easy(lk_forwarder *f, transfer *t, lk_err *err) {
   curl_easy_setopt(e, CURLOPT_PROXY, ""); /* not even from the environment */
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, t);
+  curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+  curl_easy_setopt(e, CURLOPT_PREREQDATA, t);
+  if (f->resolve != NULL)
+    curl_easy_setopt(e, CURLOPT_RESOLVE, f->resolve);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "");
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
@@ -426,6 +448,10 @@ static void finish_transfer(lk_forwarder *f, transfer *t, CURLcode rc) {
                    "the vendor's response headers exceed 64 KiB%s", "");
     return;
   }
+  if (t->refused_at_send) {
+    complete_refused(t);
+    return;
+  }
   if (rc == CURLE_OPERATION_TIMEDOUT ||
       (rc == CURLE_ABORTED_BY_CALLBACK && lk_now_ms() >= t->deadline_ms)) {
     complete_error(t, LK_DEADLINE_EXCEEDED,
@@ -439,19 +465,8 @@ static void finish_transfer(lk_forwarder *f, transfer *t, CURLcode rc) {
                    "");
     return;
   }
-  if (t->refused == ADDR_NEVER) {
-    complete_error(t, LK_FAILED_PRECONDITION,
-                   "the vendor's host resolves to a link-local, metadata, "
-                   "multicast or unspecified address (%s), which is never "
-                   "allowed",
-                   t->refused_addr);
-    return;
-  }
-  if (t->refused == ADDR_PRIVATE) {
-    complete_error(t, LK_FAILED_PRECONDITION,
-                   "the vendor's host resolves to a private address (%s); "
-                   "only loopback vendors may, with --allow-insecure-vendors",
-                   t->refused_addr);
+  if (t->refused != ADDR_PUBLIC) {
+    complete_refused(t);
     return;
   }
   complete_error(t, LK_UNAVAILABLE,
@@ -565,7 +580,18 @@ lk_status lk_forwarder_new(const lk_forward_opts *opts, lk_forwarder **out,
     return lk_fail(err, LK_INTERNAL, "curl_multi_init failed");
   }
   curl_multi_setopt(f->multi, CURLMOPT_MAXCONNECTS, f->opts.max_connections);
+  if (opts->test_only_resolve != NULL) {
+    f->resolve = curl_slist_append(NULL, opts->test_only_resolve);
+    if (f->resolve == NULL) {
+      curl_multi_cleanup(f->multi);
+      pthread_mutex_destroy(&f->mu);
+      free(f);
+      return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    }
+  }
+  f->opts.test_only_resolve = NULL; /* the caller's string; f->resolve owns */
   if (pthread_create(&f->thread, NULL, forwarder_main, f) != 0) {
+    curl_slist_free_all(f->resolve);
     curl_multi_cleanup(f->multi);
     pthread_mutex_destroy(&f->mu);
     free(f);
@@ -618,6 +644,7 @@ void lk_forwarder_destroy(lk_forwarder *f) {
                    "the sidecar is shutting down: retry on another one");
   }
   curl_multi_cleanup(f->multi);
+  curl_slist_free_all(f->resolve);
   pthread_mutex_destroy(&f->mu);
   free(f);
 }

@@ -8,9 +8,13 @@
  * callback. The gRPC deadline of the call bounds the transfer.
  *
  * Invariants: redirects are never followed; only http and https are
- * spoken; no proxy is used; every new connection is checked against the
- * address curl actually connects to (so a DNS answer that changes between
- * lookups cannot slip past), and private, loopback, link-local,
+ * spoken; no proxy is used; destinations are pinned to checked
+ * addresses: every new connection is checked on the address curl is about
+ * to connect to (the one its single lookup returned, so a DNS answer that
+ * changes between lookups cannot slip past), and every request, on a new
+ * or a reused keep-alive connection, is checked again on the remote
+ * address of the connection it is about to be written to; private,
+ * loopback, link-local,
  * unique-local, multicast, unspecified and metadata addresses are refused
  * with LK_FAILED_PRECONDITION unless the request allows private ones
  * (link-local, metadata, multicast and unspecified never are); responses over
@@ -33,6 +37,11 @@ typedef struct lk_forwarder lk_forwarder;
 typedef struct {
   size_t max_response_bytes; /* body cap */
   long max_connections;      /* size of the keep-alive connection cache */
+  /* Tests only (latchkeyd never sets it): a fixed DNS answer,
+   * "HOST:PORT:ADDR[,ADDR...]" as for CURLOPT_RESOLVE, so a test can make
+   * a host name resolve to any address without touching the system's
+   * resolver. NULL: names resolve as usual. */
+  const char *test_only_resolve;
 } lk_forward_opts;
 
 /* What came back from the vendor. Valid only during the callback. */

@@ -14,11 +14,11 @@
  * jansson one value at a time, injected fields are escaped straight into
  * guarded memory.
  *
- * Agent values in a path are encoded so that they stay one segment: only
- * A-Z a-z 0-9 - _ ~ pass, everything else (including '/', '.', '%', '?',
- * '#', '@') becomes %XX, and values that are empty, "." or ".." are
- * refused. Query names and values pass '.' too (RFC 3986 unreserved).
- * JSON null arguments count as absent.
+ * Agent values in a path follow the rule in inject.h: encoded byte by
+ * byte into one segment, refused when empty or when a dot segment shows
+ * up in them as they are or after any of up to 16 percent-decodings.
+ * Query names and values pass '.' too (RFC 3986 unreserved). JSON null
+ * arguments count as absent.
  */
 #include "sidecar/inject.h"
 
@@ -272,39 +272,71 @@ static void format_real(double d, char *buf, size_t size) {
   }
 }
 
-/* Appends an argument's text form (strings raw, others as JSON) encoded for
- * mode. */
-static lk_status put_arg(emitter *e, enc_mode mode, const json_t *v,
-                         lk_err *err) {
+/* An argument's text form: strings raw, numbers and booleans as JSON
+ * scalars, objects and arrays as compact JSON (in owned, which the caller
+ * releases with arg_text_free). */
+typedef struct {
+  const char *s;
+  size_t n;
+  char *owned;
   char num[64];
+} arg_text;
+
+static lk_status arg_text_of(const json_t *v, arg_text *t, lk_err *err) {
+  t->owned = NULL;
+  t->s = t->num;
   switch (json_typeof(v)) {
     case JSON_STRING:
-      return em_put(e, mode, json_string_value(v), json_string_length(v), err);
+      t->s = json_string_value(v);
+      t->n = json_string_length(v);
+      return LK_OK;
     case JSON_INTEGER:
-      snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT,
+      snprintf(t->num, sizeof(t->num), "%" JSON_INTEGER_FORMAT,
                json_integer_value(v));
-      return em_str(e, mode, num, err);
+      break;
     case JSON_REAL:
-      format_real(json_real_value(v), num, sizeof(num));
-      return em_str(e, mode, num, err);
+      format_real(json_real_value(v), t->num, sizeof(t->num));
+      break;
     case JSON_TRUE:
-      return em_str(e, mode, "true", err);
+      snprintf(t->num, sizeof(t->num), "true");
+      break;
     case JSON_FALSE:
-      return em_str(e, mode, "false", err);
+      snprintf(t->num, sizeof(t->num), "false");
+      break;
     case JSON_NULL:
-      return em_str(e, mode, "null", err);
+      snprintf(t->num, sizeof(t->num), "null");
+      break;
     case JSON_OBJECT:
     case JSON_ARRAY:
-      break;
+      t->owned = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+      if (t->owned == NULL) {
+        return lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                       "out of memory rendering an argument");
+      }
+      t->s = t->owned;
+      t->n = strlen(t->owned);
+      return LK_OK;
   }
-  char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-  if (text == NULL) {
-    return lk_fail(err, LK_RESOURCE_EXHAUSTED,
-                   "out of memory rendering an argument");
+  t->n = strlen(t->num);
+  return LK_OK;
+}
+
+static void arg_text_free(arg_text *t) {
+  if (t->owned != NULL) {
+    lk_wipe_free(t->owned, t->n);
+    t->owned = NULL;
   }
-  size_t n = strlen(text);
-  lk_status st = em_put(e, mode, text, n, err);
-  lk_wipe_free(text, n);
+}
+
+/* Appends an argument's text form encoded for mode. */
+static lk_status put_arg(emitter *e, enc_mode mode, const json_t *v,
+                         lk_err *err) {
+  arg_text t;
+  lk_status st = arg_text_of(v, &t, err);
+  if (st == LK_OK) {
+    st = em_put(e, mode, t.s, t.n, err);
+  }
+  arg_text_free(&t);
   return st;
 }
 
@@ -389,25 +421,133 @@ static const Latchkey__V1__Param *path_param(const Latchkey__V1__Operation *op,
   return NULL;
 }
 
-/* Appends one path parameter value as a single percent-encoded segment. */
+static int hexval(unsigned char c) {
+  if (c >= '0' && c <= '9') {
+    return c - '0';
+  }
+  if (c >= 'a' && c <= 'f') {
+    return c - 'a' + 10;
+  }
+  if (c >= 'A' && c <= 'F') {
+    return c - 'A' + 10;
+  }
+  return -1;
+}
+
+/* Percent-decodes the n bytes at p in place (a '%' not followed by two hex
+ * digits stays as it is); returns the new length. */
+static size_t percent_decode(unsigned char *p, size_t n) {
+  size_t out = 0;
+  for (size_t i = 0; i < n; i++) {
+    int hi = i + 2 < n ? hexval(p[i + 1]) : -1;
+    int lo = i + 2 < n ? hexval(p[i + 2]) : -1;
+    if (p[i] == '%' && hi >= 0 && lo >= 0) {
+      p[out++] = (unsigned char)(hi * 16 + lo);
+      i += 2;
+    } else {
+      p[out++] = p[i];
+    }
+  }
+  return out;
+}
+
+/* Returns 1 when a piece of the n bytes at p (split at '/' and at
+ * backslash, each cut at its first ';' or NUL) is exactly "." or "..". */
+static int has_dot_piece(const unsigned char *p, size_t n) {
+  size_t start = 0;
+  for (size_t i = 0; i <= n; i++) {
+    if (i < n && p[i] != '/' && p[i] != '\\') {
+      continue;
+    }
+    size_t len = 0;
+    while (start + len < i && p[start + len] != ';' && p[start + len] != 0) {
+      len++;
+    }
+    if ((len == 1 && p[start] == '.') ||
+        (len == 2 && p[start] == '.' && p[start + 1] == '.')) {
+      return 1;
+    }
+    start = i + 1;
+  }
+  return 0;
+}
+
+/* Why a path value is refused: DOT_OK (it is not), DOT_SEGMENT, DOT_DEEP. */
+enum { DOT_OK, DOT_SEGMENT, DOT_DEEP };
+
+/* Checks the value as it is and after each of up to
+ * LK_INJECT_PATH_DECODE_ROUNDS percent-decodings, so a vendor (or a proxy
+ * in front of it) that decodes %2F, or decodes twice, still sees no dot
+ * segment. */
+static int dot_check(const char *s, size_t n, lk_err *err, lk_status *st) {
+  unsigned char *buf = malloc(n > 0 ? n : 1);
+  int verdict = DOT_DEEP;
+  if (buf == NULL) {
+    *st = lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                  "out of memory checking a path parameter");
+    return DOT_OK;
+  }
+  memcpy(buf, s, n);
+  size_t len = n;
+  for (int round = 0; round <= LK_INJECT_PATH_DECODE_ROUNDS; round++) {
+    if (has_dot_piece(buf, len)) {
+      verdict = DOT_SEGMENT;
+      break;
+    }
+    size_t next = percent_decode(buf, len);
+    if (next == len) {
+      verdict = DOT_OK;
+      break;
+    }
+    len = next;
+  }
+  lk_wipe_free(buf, n);
+  return verdict;
+}
+
+/* Appends one path parameter value as a single percent-encoded segment,
+ * after the checks inject.h lists. */
 static lk_status put_path_value(emitter *e, const Latchkey__V1__Param *p,
                                 const json_t *v, lk_err *err) {
+  arg_text t;
+  lk_status st = LK_OK;
   if (v == NULL) {
     return lk_fail(err, LK_INVALID_ARGUMENT,
                    "missing required path parameter '%s'", p->name);
   }
-  if (json_is_string(v)) {
-    const char *s = json_string_value(v);
-    size_t n = json_string_length(v);
-    if (n == 0 || (n == 1 && s[0] == '.') ||
-        (n == 2 && s[0] == '.' && s[1] == '.')) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "path parameter '%s' must not be empty, \".\" or "
-                     "\"..\"",
-                     p->name);
-    }
+  st = arg_text_of(v, &t, err);
+  if (st != LK_OK) {
+    return st;
   }
-  return put_arg(e, ENC_PATH, v, err);
+  if (t.n == 0) {
+    st = lk_fail(err, LK_INVALID_ARGUMENT,
+                 "path parameter '%s' must not be empty", p->name);
+    goto done;
+  }
+  switch (dot_check(t.s, t.n, err, &st)) {
+    case DOT_SEGMENT:
+      st = lk_fail(err, LK_INVALID_ARGUMENT,
+                   "path parameter '%s' must not be \".\" or \"..\" or "
+                   "hold such a segment between '/' or '\\', even "
+                   "percent-encoded; send a name, not a path",
+                   p->name);
+      goto done;
+    case DOT_DEEP:
+      st = lk_fail(err, LK_INVALID_ARGUMENT,
+                   "path parameter '%s' is percent-encoded more than %d "
+                   "levels deep; send it decoded",
+                   p->name, LK_INJECT_PATH_DECODE_ROUNDS);
+      goto done;
+    default:
+      break;
+  }
+  if (st == LK_OK) {
+    st = em_put(e, ENC_PATH, t.s, t.n, err);
+  }
+
+done:
+  arg_text_free(&t);
+  return st;
 }
 
 /* Appends op's path with every {param} expanded. */

@@ -10,6 +10,29 @@
  * headers, body, user:pass, and every intermediate) lives in lk_secret
  * memory and is wiped when the request is destroyed.
  *
+ * Path parameters (the agent's values inside the owner's path template):
+ *   - every byte outside RFC 3986's unreserved set minus '.', that is
+ *     everything but A-Z a-z 0-9 - _ ~, becomes %XX (uppercase hex): '/',
+ *     backslash, '.', '%' itself (so "%2F" arrives as "%252F"), '?', '#', '@',
+ *     ';', ':', space, control bytes and each byte of multi-byte UTF-8.
+ *     The vendor therefore receives the value as exactly one segment, in
+ *     the place the template gives it, after base_url's host;
+ *   - refused with LK_INVALID_ARGUMENT naming the parameter: an empty
+ *     value; a value in which "." or ".." appears as a piece between '/'
+ *     or backslash separators (each piece cut at ';' or NUL), either as
+ *     sent or after any of up to LK_INJECT_PATH_DECODE_ROUNDS successive
+ *     percent-decodings ("..", "../admin", "%2e%2e", "%2E%2e/x",
+ *     "a%2F..", "..;x", "%252e%252e"), so that a vendor or proxy that
+ *     decodes %2F, or decodes twice, before routing still sees no dot
+ *     segment; a value still changing after that many decodings;
+ *   - NUL never gets here: arguments_json with \u0000 is refused when it is
+ *     parsed (sidecar/args.c).
+ * Query parameters: names and values are percent-encoded the same way
+ * ('.' passes), so '&', '=', '#' and '+' cannot start another parameter.
+ * Headers: no agent value goes into a header (params are path, query or
+ * body only); injected header values with CR, LF or NUL are refused. Body:
+ * agent values are JSON-encoded by jansson and cannot add a key.
+ *
  * Templates: an inject rule's value, username and password are templates
  * where "{field}" stands for the credential field's value and "{{" / "}}"
  * are literal braces. Registration checks them with lk_schema_check_type
@@ -32,6 +55,9 @@
 #define LK_INJECT_HEADER_MAX ((size_t)8 * 1024)
 #define LK_INJECT_USERPWD_MAX ((size_t)6 * 1024)
 #define LK_INJECT_BODY_MAX ((size_t)1024 * 1024)
+
+/* Percent-decodings a path value is checked through for dot segments. */
+#define LK_INJECT_PATH_DECODE_ROUNDS 16
 
 /* One credential field, already unsealed (secret) or plain. */
 typedef struct {

@@ -181,7 +181,9 @@ static int run(const options *o) {
     goto fail;
   if (!is_set(o->control_plane) && derive_audit_key(key, audit, &err) != LK_OK)
     goto fail;
-  lk_forward_opts fo = {(size_t)o->max_response_bytes, 64};
+  lk_forward_opts fo = {.max_response_bytes = (size_t)o->max_response_bytes,
+                        .max_connections = 64,
+                        .test_only_resolve = NULL};
   if (lk_forwarder_new(&fo, &fwd, &err) != LK_OK)
     goto fail;
   if (is_set(o->control_plane)) {

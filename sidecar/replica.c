@@ -13,6 +13,11 @@
  * after a NACK; a call ends only after every batch it started has
  * completed, and then the call and channel are released.
  *
+ * With --tls-ca, grpc verifies the control plane's certificate before
+ * the call's metadata (the node token) is written; when it refuses, the
+ * first failure of a streak is explained once as sync_tls_failed
+ * (lib/tls.c: expired, unknown issuer, wrong name, not TLS).
+ *
  * Buffers that held batch bytes (grpc's received slices, the copy handed
  * to the applier, protobuf-c's unpacked messages) are wiped before they
  * are freed: credentials carry sealed values. An audit key is opened into
@@ -41,6 +46,7 @@
 #include "lib/log.h"
 #include "lib/seal.h"
 #include "lib/secret.h"
+#include "lib/tls.h"
 
 #define STREAM_METHOD "/latchkey.v1.Sync/Stream"
 #define POLL_MS 100
@@ -810,6 +816,7 @@ struct lk_replica {
   char *address;
   char *agent_id;
   char *pem;         /* root certificates, NULL = plaintext */
+  char *tls_ca;      /* --tls-ca file name (messages), NULL = plaintext */
   lk_secret *bearer; /* "Bearer <token>" */
   unsigned char node_pk[LK_SEAL_PUBLIC_KEY_BYTES];
   int64_t max_staleness_ms;
@@ -824,6 +831,8 @@ struct lk_replica {
   int thread_running;
   int grpc_started;
   int failed_attempts; /* stream thread only: attempts since a connection */
+  int tls_reported;    /* stream thread only: sync_tls_failed logged since
+                          the last connection */
 };
 
 /* One connection attempt: a channel and its call. */
@@ -1234,6 +1243,7 @@ static int run_stream(lk_replica *r) {
     long long rev = (long long)lk_replica_applier_revision(r->applier);
     if (s.connected) {
       r->failed_attempts = 0;
+      r->tls_reported = 0;
       lk_log(stopping ? LK_LOG_INFO : LK_LOG_WARN, "sync_disconnected",
              "stream to control plane %s ended: %s%s%.*s (%zu batches "
              "accepted; replica at revision %lld)",
@@ -1254,6 +1264,16 @@ static int run_stream(lk_replica *r) {
                "control plane %s refused the node token: check "
                "--control-plane-token-file against its --node-token-file",
                r->address);
+      }
+      /* Once per streak of failures: the reason may cost a probing
+       * handshake (lib/tls.c). */
+      char why[sizeof(((lk_err *)0)->msg)];
+      if (!stopping && !r->tls_reported &&
+          s.status == GRPC_STATUS_UNAVAILABLE &&
+          lk_tls_explain_failure(r->address, r->pem, r->tls_ca, dptr, dn, why,
+                                 sizeof(why))) {
+        r->tls_reported = 1;
+        lk_log(LK_LOG_ERROR, "sync_tls_failed", "%s", why);
       }
     }
   }
@@ -1483,6 +1503,10 @@ lk_status lk_replica_start(const lk_replica_config *cfg, lk_store *store,
       (st = load_pem(cfg->tls_ca, &r->pem, err)) != LK_OK) {
     goto fail;
   }
+  if (r->pem != NULL && (r->tls_ca = strdup(cfg->tls_ca)) == NULL) {
+    st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
   if ((st = lk_replica_applier_new(store, r->node_pk, &r->applier, err)) !=
           LK_OK ||
       (st = lk_replica_applier_use_audit(r->applier, cfg->node_key, cfg->audit,
@@ -1554,6 +1578,7 @@ void lk_replica_destroy(lk_replica *r) {
   lk_replica_applier_destroy(r->applier);
   lk_secret_free(r->bearer);
   free(r->pem);
+  free(r->tls_ca);
   free(r->address);
   free(r->agent_id);
   pthread_cond_destroy(&r->cv);

@@ -48,6 +48,8 @@
 #define LIST_TOOLS_DEADLINE_MS 15000
 #define CALL_DEADLINE_MS 30000
 #define MAX_DEADLINE_MS 3600000
+/* keys rotate polls GetKeyStatus this often until the rotation is done. */
+#define KEYS_POLL_MS 500
 /* Credential field values on stdin: generous for PEM keys and service
  * account files, small enough to live in guarded memory. */
 #define MAX_STDIN_BYTES (64 * 1024)
@@ -104,8 +106,11 @@ typedef struct {
 
 typedef struct {
   const char *name; /* without the leading "--" */
-  int repeat;       /* may be given more than once */
+  int repeat;       /* may be given more than once; OPT_FLAG: no value */
 } opt_spec;
+
+/* opt_spec.repeat of a flag that takes no value (present or not). */
+#define OPT_FLAG 2
 
 typedef struct {
   const char *pos[MAX_POSITIONAL];
@@ -130,7 +135,7 @@ static const char short_usage[] =
     "usage: latchkeyctl [--server ADDR] [--token-file PATH] [--tls-ca PATH] "
     "[--json] COMMAND ...\n"
     "commands: tool, type, credential, budget, bind, unbind, bindings, tools, "
-    "call, status, audit-hash\n"
+    "call, status, keys, audit-hash\n"
     "run 'latchkeyctl --help' for details\n";
 
 static const char long_usage[] =
@@ -161,6 +166,13 @@ static const char long_usage[] =
     "  bindings [--budget BUDGET]\n"
     "  status                        control plane: replicas, applied "
     "revision, lag\n"
+    "  keys rotate [--no-wait]       control plane: add a key ring key, "
+    "re-seal every\n"
+    "                                secret under it, retire the old key "
+    "(progress on\n"
+    "                                stderr until done)\n"
+    "  keys status                   control plane: key ring keys and "
+    "values per key\n"
     "  audit-hash                    values on stdin as one JSON object, "
     "e.g. a leaked\n"
     "                                credential's {\"api_key\":\"...\"}; "
@@ -336,7 +348,12 @@ static int parse_command_args(cli *c, const command *cmd, int argc, char **argv,
                          cmd->group, cmd->verb ? " " : "",
                          cmd->verb ? cmd->verb : "");
     }
-    if (eq != NULL) {
+    if (o->repeat == OPT_FLAG) {
+      if (eq != NULL) {
+        return usage_error("--%s takes no value", o->name);
+      }
+      val = "1";
+    } else if (eq != NULL) {
       val = eq + 1;
     } else if (i + 1 < argc) {
       val = argv[++i];
@@ -1873,6 +1890,137 @@ done:
   return rc;
 }
 
+/* ---- keys ------------------------------------------------------------------
+ */
+
+/* Prints a KeyStatus for people: a summary line, then one row per key. */
+static int print_key_status(const Latchkey__V1__KeyStatus *ks) {
+  static const char *const header[] = {"KEY", "STATE", "SEALED_VALUES"};
+  table t = {3, 0, 0, NULL};
+  int ok;
+  printf("active key %u, %llu secret value%s, re-sealing %s\n",
+         (unsigned)ks->active_key_id, (unsigned long long)ks->total_fields,
+         ks->total_fields == 1 ? "" : "s", ks->resealing ? "yes" : "no");
+  if (ks->last_error != NULL && ks->last_error[0] != '\0') {
+    printf("last error: %s\n", ks->last_error);
+  }
+  ok = table_add(&t, header) == 0;
+  for (size_t i = 0; ok && i < ks->n_keys; i++) {
+    char id[16], n[24];
+    snprintf(id, sizeof(id), "%u", (unsigned)ks->keys[i]->id);
+    snprintf(n, sizeof(n), "%llu",
+             (unsigned long long)ks->keys[i]->sealed_fields);
+    const char *row[3] = {id, ks->keys[i]->state, n};
+    ok = table_add(&t, row) == 0;
+  }
+  return finish_table(&t, ok);
+}
+
+/* Returns 1 while ks lists a retiring key (the rotation is not done). */
+static int key_status_retiring(const Latchkey__V1__KeyStatus *ks) {
+  for (size_t i = 0; i < ks->n_keys; i++) {
+    if (strcmp(ks->keys[i]->state, "retiring") == 0) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* Secret values sealed under the active key. */
+static uint64_t key_status_moved(const Latchkey__V1__KeyStatus *ks) {
+  for (size_t i = 0; i < ks->n_keys; i++) {
+    if (ks->keys[i]->id == ks->active_key_id) {
+      return ks->keys[i]->sealed_fields;
+    }
+  }
+  return 0;
+}
+
+/* keys status: the key ring's keys and how many values each seals. */
+static int cmd_keys_status(cli *c, const args *a) {
+  Latchkey__V1__Empty req = LATCHKEY__V1__EMPTY__INIT;
+  ProtobufCMessage *resp = NULL;
+  int rc;
+
+  (void)a;
+  rc = admin_call(c, "/latchkey.v1.Admin/GetKeyStatus", &req.base,
+                  &latchkey__v1__key_status__descriptor, &resp);
+  if (rc == 0) {
+    rc = c->json ? print_json(resp)
+                 : print_key_status((const Latchkey__V1__KeyStatus *)resp);
+  }
+  lk_convert_message_free(resp);
+  return rc;
+}
+
+/* keys rotate: RotateKey, then (unless --no-wait) GetKeyStatus every
+ * KEYS_POLL_MS with progress on stderr until no key is retiring. */
+static int cmd_keys_rotate(cli *c, const args *a) {
+  Latchkey__V1__RotateKeyRequest req = LATCHKEY__V1__ROTATE_KEY_REQUEST__INIT;
+  Latchkey__V1__Empty empty = LATCHKEY__V1__EMPTY__INIT;
+  ProtobufCMessage *resp = NULL;
+  const Latchkey__V1__KeyStatus *ks;
+  char last_error[512];
+  uint64_t shown_moved = UINT64_MAX;
+  uint64_t shown_total = UINT64_MAX;
+  int rc;
+
+  last_error[0] = '\0';
+  rc = admin_call(c, "/latchkey.v1.Admin/RotateKey", &req.base,
+                  &latchkey__v1__key_status__descriptor, &resp);
+  if (rc != 0) {
+    goto done;
+  }
+  ks = (const Latchkey__V1__KeyStatus *)resp;
+  fprintf(stderr, "latchkeyctl: key %u is now active\n",
+          (unsigned)ks->active_key_id);
+  while (opt_get(a, "no-wait") == NULL) {
+    uint64_t moved = key_status_moved(ks);
+    if (moved != shown_moved || ks->total_fields != shown_total) {
+      fprintf(stderr, "re-sealing: %llu/%llu secret values moved to key %u\n",
+              (unsigned long long)moved, (unsigned long long)ks->total_fields,
+              (unsigned)ks->active_key_id);
+      shown_moved = moved;
+      shown_total = ks->total_fields;
+    }
+    if (ks->last_error != NULL && ks->last_error[0] != '\0' &&
+        strcmp(ks->last_error, last_error) != 0) {
+      fprintf(stderr, "re-sealing: %s\n", ks->last_error);
+      snprintf(last_error, sizeof(last_error), "%s", ks->last_error);
+    }
+    if (!key_status_retiring(ks)) {
+      break;
+    }
+    struct timespec pause = {KEYS_POLL_MS / 1000,
+                             (KEYS_POLL_MS % 1000) * 1000000L};
+    nanosleep(&pause, NULL);
+    lk_convert_message_free(resp);
+    resp = NULL;
+    rc = admin_call(c, "/latchkey.v1.Admin/GetKeyStatus", &empty.base,
+                    &latchkey__v1__key_status__descriptor, &resp);
+    if (rc != 0) {
+      goto done;
+    }
+    ks = (const Latchkey__V1__KeyStatus *)resp;
+  }
+  if (c->json) {
+    rc = print_json(resp);
+  } else if (opt_get(a, "no-wait") != NULL) {
+    printf(
+        "key %u is active; re-sealing runs in the background (see "
+        "'latchkeyctl keys status')\n",
+        (unsigned)ks->active_key_id);
+  } else {
+    printf(
+        "rotation done: every secret value is sealed under key %u and "
+        "the old keys are removed\n",
+        (unsigned)ks->active_key_id);
+  }
+done:
+  lk_convert_message_free(resp);
+  return rc;
+}
+
 /* ---- audit hashes -------------------------------------------------------- */
 
 /* audit-hash: for each value of the JSON object on stdin, the keyed hash
@@ -1958,6 +2106,7 @@ static const opt_spec bind_opts[] = {
     {"tool", 0}, {"type", 0}, {"credential", 0}, {NULL, 0}};
 static const opt_spec unbind_opts[] = {{"tool", 0}, {"type", 0}, {NULL, 0}};
 static const opt_spec bindings_opts[] = {{"budget", 0}, {NULL, 0}};
+static const opt_spec keys_rotate_opts[] = {{"no-wait", OPT_FLAG}, {NULL, 0}};
 static const opt_spec tools_opts[] = {{"sidecar", 0},
                                       {"agent-token-file", 0},
                                       {"budget", 0},
@@ -1996,6 +2145,8 @@ static const command commands[] = {
     {"tools", NULL, 0, 0, tools_opts, cmd_tools},
     {"call", NULL, 0, 0, call_opts, cmd_call},
     {"status", NULL, 0, 0, no_opts, cmd_status},
+    {"keys", "rotate", 0, 0, keys_rotate_opts, cmd_keys_rotate},
+    {"keys", "status", 0, 0, no_opts, cmd_keys_status},
     {"audit-hash", NULL, 0, 0, no_opts, cmd_audit_hash},
 };
 

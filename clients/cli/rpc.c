@@ -15,6 +15,11 @@
  * wiped whenever grpc drops its last reference; grpc's own transport
  * copies are outside the CLI's reach and die with the process.
  *
+ * A call that fails UNAVAILABLE because of TLS (a certificate that does
+ * not verify, a name it does not list, a server that does not speak TLS)
+ * gets its reason in plain words from lib/tls.c instead of grpc's
+ * transport string; the channel keeps its address and CA bundle for that.
+ *
  * grpc_init/grpc_shutdown are paired with lk_rpc_open/lk_rpc_close (grpc
  * counts them), so a process that opens one channel initializes the
  * library exactly once.
@@ -36,10 +41,14 @@
 #include <grpc/support/time.h>
 
 #include "lib/secret.h"
+#include "lib/tls.h"
 
 struct lk_rpc_channel {
   grpc_channel *channel;
   grpc_completion_queue *cq;
+  char *address;
+  char *ca_pem;  /* the --tls-ca bundle; NULL for a plaintext channel */
+  char *ca_path; /* its file name, for messages */
 };
 
 /* gRPC's code names, indexed by code, for codes with no lk_status twin. */
@@ -198,6 +207,12 @@ lk_status lk_rpc_open(const char *address, const char *tls_ca_path,
     st = lk_fail(err, LK_INTERNAL, "out of memory opening a channel");
     goto done;
   }
+  ch->address = strdup(address);
+  ch->ca_path = tls_ca_path != NULL ? strdup(tls_ca_path) : NULL;
+  if (ch->address == NULL || (tls_ca_path != NULL && ch->ca_path == NULL)) {
+    st = lk_fail(err, LK_INTERNAL, "out of memory opening a channel");
+    goto done;
+  }
   if (getenv("GRPC_VERBOSITY") == NULL) {
     gpr_set_log_function(quiet_grpc_log);
   }
@@ -225,6 +240,8 @@ lk_status lk_rpc_open(const char *address, const char *tls_ca_path,
                  address);
     goto done;
   }
+  ch->ca_pem = pem;
+  pem = NULL;
   *out = ch;
   ch = NULL;
   grpc_started = 0;
@@ -240,6 +257,8 @@ done:
       grpc_completion_queue_shutdown(ch->cq);
       grpc_completion_queue_destroy(ch->cq);
     }
+    free(ch->address);
+    free(ch->ca_path);
     free(ch);
   }
   if (grpc_started) {
@@ -368,6 +387,19 @@ static lk_status fail_from_status(grpc_status_code code, grpc_slice details,
                  (int)dlen, d);
 }
 
+/* Replaces err's message with lib/tls.c's reason when the UNAVAILABLE
+ * details show a TLS failure (or a plaintext connection a TLS server
+ * closed). */
+static void explain_tls_failure(const lk_rpc_channel *ch, grpc_slice details,
+                                lk_err *err) {
+  char why[sizeof(err->msg)];
+  if (lk_tls_explain_failure(ch->address, ch->ca_pem, ch->ca_path,
+                             (const char *)GRPC_SLICE_START_PTR(details),
+                             GRPC_SLICE_LENGTH(details), why, sizeof(why))) {
+    (void)lk_fail(err, LK_UNAVAILABLE, "%s", why);
+  }
+}
+
 lk_status lk_rpc_unary(lk_rpc_channel *ch, const char *method,
                        const char *bearer_token, int64_t deadline_ms,
                        const ProtobufCMessage *req,
@@ -448,6 +480,9 @@ lk_status lk_rpc_unary(lk_rpc_channel *ch, const char *method,
   }
   if (status != GRPC_STATUS_OK) {
     st = fail_from_status(status, details, method, err);
+    if (status == GRPC_STATUS_UNAVAILABLE) {
+      explain_tls_failure(ch, details, err);
+    }
     goto done;
   }
   if (!ev.success || recv_bb == NULL) {
@@ -485,6 +520,9 @@ void lk_rpc_close(lk_rpc_channel *ch) {
    * empty and shutdown completes at once. */
   grpc_completion_queue_shutdown(ch->cq);
   grpc_completion_queue_destroy(ch->cq);
+  free(ch->address);
+  free(ch->ca_pem);
+  free(ch->ca_path);
   free(ch);
   grpc_shutdown();
 }

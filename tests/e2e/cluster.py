@@ -204,11 +204,15 @@ class Etcd:
 
 
 class ControlPlane(harness.AdminClient):
-    """One latchkey-cp; Admin helpers come from harness.AdminClient."""
+    """One latchkey-cp; Admin helpers come from harness.AdminClient.
 
-    def __init__(self, cluster, name):
+    tls=(cert, key, ca): it serves TLS with --tls-cert cert --tls-key key,
+    and this harness's clients (the Python Admin stub, ctl()) trust ca."""
+
+    def __init__(self, cluster, name, tls=None):
         self.cluster = cluster
         self.name = name
+        self.tls = tls
         self.token = cluster.admin_token
         self.stderr_path = os.path.join(cluster.dir, name + ".stderr")
         self.port = harness.free_port()
@@ -228,7 +232,9 @@ class ControlPlane(harness.AdminClient):
                 "--keyring", c.keyring,
                 "--admin-token-file", c.admin_token_file,
                 "--node-token-file", c.node_token_file,
-                "--log-level", "debug"]
+                "--log-level", "debug"] + (
+                    ["--tls-cert", self.tls[0], "--tls-key", self.tls[1]]
+                    if self.tls else [])
 
     def start(self, same_port=False):
         """Starts it; a lost race for its port is retried on a new port
@@ -246,7 +252,12 @@ class ControlPlane(harness.AdminClient):
                         or "cannot listen on " + self.addr not in str(e)):
                     raise
                 self.port = harness.free_port()
-        self._channel = grpc.insecure_channel(self.addr)
+        if self.tls:
+            with open(self.tls[2], "rb") as f:
+                creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+            self._channel = grpc.secure_channel(self.addr, creds)
+        else:
+            self._channel = grpc.insecure_channel(self.addr)
         self.admin_stub = admin_pb2_grpc.AdminStub(self._channel)
         return self
 
@@ -273,6 +284,8 @@ class ControlPlane(harness.AdminClient):
         """Runs latchkeyctl --server <this control plane>."""
         argv = [harness.latchkeyctl_path(), "--server", self.addr,
                 "--token-file", token_file or self.cluster.admin_token_file]
+        if self.tls:
+            argv += ["--tls-ca", self.tls[2]]
         return subprocess.run(argv + list(args), capture_output=True,
                               text=True, timeout=timeout,
                               cwd=self.cluster.dir)

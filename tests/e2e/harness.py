@@ -224,8 +224,10 @@ class Daemon:
     "ready" line: binary names it); its stderr goes to a file that persists
     across restarts (appended), so every line it ever wrote can be checked."""
 
-    def __init__(self, args, env, stderr_path, ready_check, binary=None):
+    def __init__(self, args, env, stderr_path, ready_check, binary=None,
+                 preexec_fn=None):
         self.args = args
+        self.preexec_fn = preexec_fn  # runs in the child before exec
         self.env = env
         self.stderr_path = stderr_path
         self.ready_check = ready_check
@@ -239,7 +241,8 @@ class Daemon:
         self._start_offset = self._err.tell()
         self.proc = subprocess.Popen([self.binary] + self.args,
                                      env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=self._err, stderr=self._err)
+                                     stdout=self._err, stderr=self._err,
+                                     preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + READY_TIMEOUT_S
         ready = False
         while time.monotonic() < deadline:

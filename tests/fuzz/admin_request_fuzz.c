@@ -95,6 +95,8 @@ static const response_type response_types[] = {
     {PATH("Bind"), &latchkey__v1__binding__descriptor},
     {PATH("Unbind"), &latchkey__v1__empty__descriptor},
     {PATH("ListBindings"), &latchkey__v1__binding_list__descriptor},
+    {PATH("RotateKey"), &latchkey__v1__key_status__descriptor},
+    {PATH("GetKeyStatus"), &latchkey__v1__key_status__descriptor},
     {PATH("AuditHash"), &latchkey__v1__audit_hash_response__descriptor},
 };
 

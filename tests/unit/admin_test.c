@@ -10,7 +10,10 @@
  * answers the auditor's keyed hash (and needs an auditor), and each change
  * writes exactly one audit.admin line (stderr captured to a file) with its
  * action, validated ids, outcome and, for credential writes, the hash of
- * each new secret value, never the value.
+ * each new secret value, never the value. Key-ring methods: refused
+ * without a keys hook (a standalone sidecar), packed from the hook's
+ * status on a control plane, and RotateKey (not GetKeyStatus) audited as
+ * keys.rotate.
  */
 #include <ftw.h>
 #include <setjmp.h>
@@ -993,7 +996,7 @@ static void every_listed_method_is_served(void **s) {
   size_t n = 0;
   size_t i;
   const char *const *m = lk_admin_methods(&n);
-  assert_int_equal(n, 22);
+  assert_int_equal(n, 24);
   for (i = 0; i < n; i++) {
     unsigned char *resp = NULL;
     size_t len = 0;
@@ -1265,6 +1268,131 @@ static void invalid_ids_are_never_echoed_in_audit_lines(void **s) {
   free(text);
 }
 
+/* ---- key ring methods --------------------------------------------------- */
+
+static void key_methods_without_a_key_ring_are_failed_precondition(void **s) {
+  fx *f = *s;
+  Latchkey__V1__RotateKeyRequest rot = LATCHKEY__V1__ROTATE_KEY_REQUEST__INIT;
+  Latchkey__V1__Empty empty = LATCHKEY__V1__EMPTY__INIT;
+  static const char want[] =
+      "key rotation is a control-plane operation: this standalone sidecar "
+      "seals with its node key and has no key ring; run latchkeyctl keys "
+      "against latchkey-cp";
+  assert_int_equal(call(f, "RotateKey", &rot.base), LK_FAILED_PRECONDITION);
+  assert_string_equal(f->err.msg, want);
+  assert_int_equal(call(f, "GetKeyStatus", &empty.base),
+                   LK_FAILED_PRECONDITION);
+  assert_string_equal(f->err.msg, want);
+}
+
+/* A keys hook that records how it was called and answers a fixed status. */
+typedef struct {
+  int calls;
+  int last_rotate;
+  lk_status fail_with;
+} keys_probe;
+
+static lk_status probe_keys(void *ctx, int rotate, lk_admin_key_status *out,
+                            lk_err *err) {
+  keys_probe *p = ctx;
+  p->calls++;
+  p->last_rotate = rotate;
+  if (p->fail_with != LK_OK) {
+    return lk_fail(err, p->fail_with, "key ring %s unreadable", "/x/ring");
+  }
+  out->active_key_id = rotate ? 3 : 2;
+  out->n_keys = 3;
+  out->keys[0].id = 1;
+  out->keys[0].state = "retiring";
+  out->keys[0].sealed_fields = 5;
+  out->keys[1].id = 2;
+  out->keys[1].state = rotate ? "retiring" : "active";
+  out->keys[1].sealed_fields = 7;
+  out->keys[2].id = 9;
+  out->keys[2].state = "missing";
+  out->keys[2].sealed_fields = 1;
+  out->total_fields = 13;
+  out->resealing = rotate;
+  snprintf(out->last_error, sizeof(out->last_error), "%s",
+           rotate ? "" : "credential c1 field k is sealed under key 9");
+  return LK_OK;
+}
+
+static void key_methods_answer_the_hooks_status_as_key_status(void **s) {
+  fx *f = *s;
+  keys_probe probe = {0, -1, LK_OK};
+  lk_admin_keys hook = {probe_keys, &probe};
+  lk_admin_set_keys(f->admin, hook);
+  Latchkey__V1__Empty empty = LATCHKEY__V1__EMPTY__INIT;
+  ok(f, "GetKeyStatus", &empty.base);
+  assert_int_equal(probe.calls, 1);
+  assert_int_equal(probe.last_rotate, 0);
+  Latchkey__V1__KeyStatus *ks =
+      latchkey__v1__key_status__unpack(NULL, f->resp_len, f->resp);
+  assert_non_null(ks);
+  assert_int_equal(ks->active_key_id, 2);
+  assert_int_equal(ks->n_keys, 3);
+  assert_int_equal(ks->keys[0]->id, 1);
+  assert_string_equal(ks->keys[0]->state, "retiring");
+  assert_int_equal(ks->keys[0]->sealed_fields, 5);
+  assert_string_equal(ks->keys[1]->state, "active");
+  assert_int_equal(ks->keys[2]->id, 9);
+  assert_string_equal(ks->keys[2]->state, "missing");
+  assert_int_equal(ks->total_fields, 13);
+  assert_false(ks->resealing);
+  assert_string_equal(ks->last_error,
+                      "credential c1 field k is sealed under key 9");
+  latchkey__v1__key_status__free_unpacked(ks, NULL);
+
+  Latchkey__V1__RotateKeyRequest rot = LATCHKEY__V1__ROTATE_KEY_REQUEST__INIT;
+  ok(f, "RotateKey", &rot.base);
+  assert_int_equal(probe.calls, 2);
+  assert_int_equal(probe.last_rotate, 1);
+  ks = latchkey__v1__key_status__unpack(NULL, f->resp_len, f->resp);
+  assert_non_null(ks);
+  assert_int_equal(ks->active_key_id, 3);
+  assert_true(ks->resealing);
+  assert_string_equal(ks->last_error, "");
+  latchkey__v1__key_status__free_unpacked(ks, NULL);
+
+  probe.fail_with = LK_FAILED_PRECONDITION;
+  assert_int_equal(call(f, "RotateKey", &rot.base), LK_FAILED_PRECONDITION);
+  assert_string_equal(f->err.msg, "key ring /x/ring unreadable");
+}
+
+static void key_rotation_writes_an_audit_line_and_status_reads_none(void **s) {
+  fx *f = *s;
+  char path[1200];
+  keys_probe probe = {0, -1, LK_OK};
+  lk_admin_keys hook = {probe_keys, &probe};
+  Latchkey__V1__RotateKeyRequest rot = LATCHKEY__V1__ROTATE_KEY_REQUEST__INIT;
+  Latchkey__V1__Empty empty = LATCHKEY__V1__EMPTY__INIT;
+  int saved = capture_stderr(f, path, sizeof(path));
+  assert_int_equal(call(f, "RotateKey", &rot.base),
+                   LK_FAILED_PRECONDITION); /* 1: no key ring here */
+  lk_admin_set_keys(f->admin, hook);
+  ok(f, "RotateKey", &rot.base);      /* 2 */
+  ok(f, "GetKeyStatus", &empty.base); /* a read: no line */
+  probe.fail_with = LK_FAILED_PRECONDITION;
+  assert_int_equal(call(f, "RotateKey", &rot.base),
+                   LK_FAILED_PRECONDITION); /* 3 */
+  char *text = release_stderr(saved, path);
+  json_t *lines = audit_admin_lines(text);
+  assert_int_equal(json_array_size(lines), 3);
+  json_t *l = json_array_get(lines, 0);
+  assert_string_equal(member(l, "action"), "keys.rotate");
+  assert_string_equal(member(l, "outcome"), "FAILED_PRECONDITION");
+  l = json_array_get(lines, 1);
+  assert_string_equal(member(l, "action"), "keys.rotate");
+  assert_string_equal(member(l, "outcome"), "ok");
+  l = json_array_get(lines, 2);
+  assert_string_equal(member(l, "action"), "keys.rotate");
+  assert_string_equal(member(l, "outcome"), "FAILED_PRECONDITION");
+  assert_int_equal(probe.calls, 3);
+  json_decref(lines);
+  free(text);
+}
+
 int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
   const struct CMUnitTest tests[] = {
@@ -1295,6 +1423,9 @@ int main(void) {
       T(audit_hash_answers_the_auditors_hash_and_needs_an_auditor),
       T(changes_write_one_audit_line_each_with_hashes_never_values),
       T(invalid_ids_are_never_echoed_in_audit_lines),
+      T(key_methods_without_a_key_ring_are_failed_precondition),
+      T(key_methods_answer_the_hooks_status_as_key_status),
+      T(key_rotation_writes_an_audit_line_and_status_reads_none),
   };
 #undef T
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -62,7 +62,8 @@ trap 'rm -rf "$SOCKDIR"' EXIT
 NOSOCK="unix:$SOCKDIR/no-such.sock"
 
 # --- usage errors: exit 2 with a usage text ---------------------------------
-run 2 "no arguments" && stderr_has "no arguments" "usage: latchkeyctl"
+run 2 "no arguments" && stderr_has "no arguments" "usage: latchkeyctl" &&
+  stderr_has "no arguments" "call, status, keys, audit-hash"
 run 2 "unknown command" frobnicate && stderr_has "unknown command" \
   "unknown command 'frobnicate'"
 run 2 "group without subcommand" tool &&
@@ -101,7 +102,15 @@ run 2 "call with bad --timeout-ms" call --budget b --tool t --op o \
   --timeout-ms 0
 run 2 "tools without --budget" tools --sidecar "$NOSOCK"
 
-run 0 "--help" --help && stdout_has "--help" "credential create --type TYPE"
+run 2 "keys without subcommand" keys &&
+  stderr_has "keys without subcommand" "rotate, status"
+run 2 "keys rotate --no-wait with a value" keys rotate --no-wait=yes &&
+  stderr_has "keys rotate --no-wait with a value" "--no-wait takes no value"
+run 2 "keys status with an argument" keys status 3
+
+run 0 "--help" --help && stdout_has "--help" "credential create --type TYPE" &&
+  stdout_has "--help" "keys rotate [--no-wait]" &&
+  stdout_has "--help" "audit-hash"
 
 # --- failed calls: exit 1 with "latchkeyctl: CODE: details" -----------------
 run 1 "admin server not listening" --server "$NOSOCK" tool list &&
@@ -115,6 +124,8 @@ unset LATCHKEY_SERVER
 run 1 "sidecar not listening" call --sidecar "$NOSOCK" --budget b \
   --tool t --op o --args '{"city":"paris"}' &&
   stderr_has "sidecar not listening" "latchkeyctl: UNAVAILABLE: "
+run 1 "keys rotate: server not listening" --server "$NOSOCK" keys rotate \
+  --no-wait && stderr_has "keys rotate: server not listening" "UNAVAILABLE"
 run 1 "tools: sidecar not listening" tools --sidecar "$NOSOCK" --budget b &&
   stderr_has "tools: sidecar not listening" "UNAVAILABLE"
 run 1 "unix socket path too long" --server "unix:$TMP/$(printf '%0120d' 0)" \

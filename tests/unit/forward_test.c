@@ -11,7 +11,12 @@
  * Destinations: a loopback vendor is refused with LK_FAILED_PRECONDITION
  * (not LK_UNAVAILABLE) unless the request allows private addresses, also
  * when it comes by name ("localhost") or over a new keep-alive slot, and
- * never reaches the server; literal private hosts are recognised.
+ * never reaches the server; literal private hosts are recognised. Host
+ * names (pinned with the test-only CURLOPT_RESOLVE hook) that resolve to
+ * loopback, private, link-local or metadata addresses are refused the
+ * same way, an allowed name is connected to exactly the address it
+ * resolved to, and a reused keep-alive connection is checked again for
+ * each request under that request's own policy.
  *
  * Every wait is bounded, and time bounds are functional (whole seconds
  * against what a serial or hung forwarder would take), never tight.
@@ -125,6 +130,7 @@ static const char k_conf[] =
     "  default_type text/plain;\n"
     "  server {\n"
     "    listen 127.0.0.1:%d;\n"
+    "    listen 127.0.0.2:%d;\n"
     "    location = /headers {\n"
     "      add_header X-Reply yes always;\n"
     "      return 200 'method=$request_method test=$http_x_test "
@@ -146,6 +152,7 @@ static const char k_conf[] =
     "    location = /slow { echo_sleep 1; echo 'slept'; }\n"
     "    location = /hang { echo_sleep 100; echo 'late'; }\n"
     "    location = /conn { return 200 '$connection $connection_requests'; }\n"
+    "    location = /addr { return 200 '$server_addr $http_host'; }\n"
     "  }\n"
     "}\n";
 
@@ -192,7 +199,7 @@ static int nginx_try_start(void) {
     return -1;
   const char *d = g_nginx.dir;
   int n = snprintf(conf, sizeof(conf), k_conf, user, d, d, d, d, d, d, d, d,
-                   g_nginx.port, CAP, CAP + 1, d);
+                   g_nginx.port, g_nginx.port, CAP, CAP + 1, d);
   if (n < 0 || (size_t)n >= sizeof(conf))
     return -1;
   snprintf(path, sizeof(path), "%s/nginx.conf", d);
@@ -495,9 +502,13 @@ static void test_post_body_arrives(void **state) {
   outcome_clear(&o);
 }
 
+static size_t access_lines(void);
+
+/* The 302 itself comes back; /target never gets a request. */
 static void test_redirect_is_not_followed(void **state) {
   fx *x = *state;
   outcome o = {0};
+  size_t before = access_lines();
   run_one(x->f, "GET", "/redirect", NULL, NULL, NULL, 20000, &o);
   assert_int_equal(o.status, LK_OK);
   assert_int_equal(o.http_status, 302);
@@ -505,6 +516,7 @@ static void test_redirect_is_not_followed(void **state) {
   assert_non_null(strstr(o.headers, "/target\r\n"));
   assert_null(strstr(o.body, "target reached"));
   outcome_clear(&o);
+  assert_int_equal(access_lines(), before + 1);
 }
 
 /* HEAD must not wait for the body its Content-Length announces. */
@@ -798,6 +810,153 @@ static void test_never_allowed_addresses(void **state) {
   }
 }
 
+/* A forwarder whose DNS answer for every name is pinned by entry. */
+static lk_forwarder *resolving_forwarder(const char *entry) {
+  lk_forward_opts opts = {.max_response_bytes = 1024 * 1024,
+                          .max_connections = 16,
+                          .test_only_resolve = entry};
+  lk_forwarder *f = NULL;
+  lk_err err;
+  lk_err_clear(&err);
+  if (lk_forwarder_new(&opts, &f, &err) != LK_OK)
+    fail_msg("lk_forwarder_new: %s", err.msg);
+  return f;
+}
+
+static void test_name_resolving_to_loopback_is_refused(void **state) {
+  (void)state;
+  char entry[128];
+  char url[256];
+  snprintf(entry, sizeof(entry), "vendor.test:%d:127.0.0.1", g_nginx.port);
+  snprintf(url, sizeof(url), "http://vendor.test:%d/headers", g_nginx.port);
+  lk_forwarder *f = resolving_forwarder(entry);
+  size_t before = access_lines();
+  outcome o = {0};
+  run_dest(f, url, 0, &o);
+  assert_int_equal(o.status, LK_FAILED_PRECONDITION);
+  assert_string_equal(o.err.msg,
+                      "the vendor's host resolves to a private address "
+                      "(127.0.0.1); only loopback vendors may, with "
+                      "--allow-insecure-vendors");
+  assert_null(o.body);
+  outcome_clear(&o);
+  lk_forwarder_destroy(f);
+  assert_int_equal(access_lines(), before);
+}
+
+static void test_name_resolving_to_private_ranges_is_refused(void **state) {
+  (void)state;
+  static const struct {
+    const char *addr, *shown;
+  } cases[] = {
+      {"10.1.2.3", "10.1.2.3"},
+      {"172.16.5.4", "172.16.5.4"},
+      {"192.168.1.1", "192.168.1.1"},
+      {"100.64.0.1", "100.64.0.1"},
+      {"127.9.9.9", "127.9.9.9"},
+      {"[fd00::1]", "fd00::1"},
+      {"[::1]", "::1"},
+      {"[::ffff:10.0.0.1]", "::ffff:10.0.0.1"},
+      {"[fd00:ec2::254]", "fd00:ec2::254"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    char entry[128];
+    char want[128];
+    snprintf(entry, sizeof(entry), "inside.test:443:%s", cases[i].addr);
+    snprintf(want, sizeof(want), "private address (%s)", cases[i].shown);
+    lk_forwarder *f = resolving_forwarder(entry);
+    outcome o = {0};
+    run_dest(f, "https://inside.test/x", 0, &o);
+    assert_int_equal(o.status, LK_FAILED_PRECONDITION);
+    if (strstr(o.err.msg, want) == NULL)
+      fail_msg("%s: message '%s' lacks '%s'", cases[i].addr, o.err.msg, want);
+    outcome_clear(&o);
+    lk_forwarder_destroy(f);
+  }
+}
+
+static void test_name_resolving_to_metadata_or_link_local_is_never_allowed(
+    void **state) {
+  (void)state;
+  static const struct {
+    const char *addr, *shown;
+  } cases[] = {
+      {"169.254.169.254", "169.254.169.254"},
+      {"169.254.0.1", "169.254.0.1"},
+      {"[fe80::1]", "fe80::1"},
+      {"[::ffff:169.254.169.254]", "::ffff:169.254.169.254"},
+      {"0.0.0.0", "0.0.0.0"},
+      {"224.0.0.1", "224.0.0.1"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    char entry[128];
+    char want[128];
+    snprintf(entry, sizeof(entry), "metadata.test:80:%s", cases[i].addr);
+    snprintf(want, sizeof(want), "(%s), which is never allowed",
+             cases[i].shown);
+    lk_forwarder *f = resolving_forwarder(entry);
+    outcome o = {0};
+    /* Even a request that may reach private addresses. */
+    run_dest(f, "http://metadata.test/latest/meta-data/", 1, &o);
+    assert_int_equal(o.status, LK_FAILED_PRECONDITION);
+    if (strstr(o.err.msg, want) == NULL)
+      fail_msg("%s: message '%s' lacks '%s'", cases[i].addr, o.err.msg, want);
+    outcome_clear(&o);
+    lk_forwarder_destroy(f);
+  }
+}
+
+/* The name is not in any resolver but the pinned answer, and nginx also
+ * listens on 127.0.0.2: the request arrives on exactly the address the
+ * name was resolved (and checked) to, with the name as Host. */
+static void test_allowed_name_connects_to_the_address_it_resolved_to(
+    void **state) {
+  (void)state;
+  char entry[128];
+  char url[256];
+  char want[128];
+  snprintf(entry, sizeof(entry), "pinned.test:%d:127.0.0.2", g_nginx.port);
+  snprintf(url, sizeof(url), "http://pinned.test:%d/addr", g_nginx.port);
+  snprintf(want, sizeof(want), "127.0.0.2 pinned.test:%d", g_nginx.port);
+  lk_forwarder *f = resolving_forwarder(entry);
+  for (int i = 0; i < 2; i++) {
+    outcome o = {0};
+    run_dest(f, url, 1, &o);
+    assert_int_equal(o.status, LK_OK);
+    assert_int_equal(o.http_status, 200);
+    assert_string_equal(o.body, want);
+    outcome_clear(&o);
+  }
+  lk_forwarder_destroy(f);
+}
+
+/* A keep-alive connection opened for a request that allowed loopback is
+ * not used for one that does not: each request is checked on the peer of
+ * the socket it would be written to, not only when a socket opens. */
+static void test_reused_connection_is_checked_for_each_request(void **state) {
+  fx *x = *state;
+  char url[256];
+  url_for(url, sizeof(url), "/conn");
+  size_t before = access_lines();
+  outcome o = {0};
+  run_dest(x->f, url, 1, &o);
+  assert_int_equal(o.status, LK_OK);
+  assert_int_equal(o.http_status, 200);
+  outcome_clear(&o);
+  run_dest(x->f, url, 0, &o);
+  assert_int_equal(o.status, LK_FAILED_PRECONDITION);
+  assert_string_equal(o.err.msg,
+                      "the vendor's host resolves to a private address "
+                      "(127.0.0.1); only loopback vendors may, with "
+                      "--allow-insecure-vendors");
+  outcome_clear(&o);
+  /* The connection is still good for a request that may use it. */
+  run_dest(x->f, url, 1, &o);
+  assert_int_equal(o.status, LK_OK);
+  outcome_clear(&o);
+  assert_int_equal(access_lines(), before + 2);
+}
+
 static void test_literal_private_hosts(void **state) {
   (void)state;
   const char *yes[] = {
@@ -858,6 +1017,14 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_never_allowed_addresses, setup,
                                       teardown),
       cmocka_unit_test(test_literal_private_hosts),
+      cmocka_unit_test(test_name_resolving_to_loopback_is_refused),
+      cmocka_unit_test(test_name_resolving_to_private_ranges_is_refused),
+      cmocka_unit_test(
+          test_name_resolving_to_metadata_or_link_local_is_never_allowed),
+      cmocka_unit_test(
+          test_allowed_name_connects_to_the_address_it_resolved_to),
+      cmocka_unit_test_setup_teardown(
+          test_reused_connection_is_checked_for_each_request, setup, teardown),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -347,26 +347,43 @@ static void doubled_braces_render_as_literal_braces(void **state) {
 
 static void path_values_stay_inside_their_segment(void **state) {
   (void)state;
+  /* Every hostile value an agent may send that is not refused: each
+   * arrives as exactly one segment, every byte but A-Z a-z 0-9 - _ ~
+   * percent-encoded, '%' included. */
   static const struct {
     const char *json_value, *segment;
   } cases[] = {
-      {"\"../etc/passwd\"", "%2E%2E%2Fetc%2Fpasswd"},
-      {"\"../\"", "%2E%2E%2F"},
-      {"\"%2e%2e\"", "%252e%252e"},
-      {"\"%2e%2e%2f\"", "%252e%252e%252f"},
       {"\"a/b\"", "a%2Fb"},
       {"\"/\"", "%2F"},
+      {"\"%2F\"", "%252F"},
+      {"\"%252F\"", "%25252F"},
+      {"\"%2f..x\"", "%252f%2E%2Ex"},
       {"\"x?y#z@w\"", "x%3Fy%23z%40w"},
       {"\"?\"", "%3F"},
+      {"\"?x=1\"", "%3Fx%3D1"},
       {"\"#\"", "%23"},
+      {"\"#frag\"", "%23frag"},
       {"\"@evil.example\"", "%40evil%2Eexample"},
+      {"\"user@evil.example:80\"", "user%40evil%2Eexample%3A80"},
+      {"\"\\\\\"", "%5C"},
       {"\"a b\\\\c\"", "a%20b%5Cc"},
+      {"\";\"", "%3B"},
+      {"\"a;b=c\"", "a%3Bb%3Dc"},
       {"\"S\\u00e3o\"", "S%C3%A3o"},
+      {"\"\\u65e5\\u672c\"", "%E6%97%A5%E6%9C%AC"},
+      {"\"\\ud83d\\ude00\"", "%F0%9F%98%80"},
       {"\"A-z_0~9\"", "A-z_0~9"},
       {"\"...\"", "%2E%2E%2E"},
+      {"\".x\"", "%2Ex"},
+      {"\"..x/y\"", "%2E%2Ex%2Fy"},
       {"\"a\\r\\nb\"", "a%0D%0Ab"},
+      {"\"\\r\\nHost: evil\"", "%0D%0AHost%3A%20evil"},
+      {"\"\\t\\u0001\\u007f\"", "%09%01%7F"},
+      {"\"%\"", "%25"},
+      {"\"%zz\"", "%25zz"},
       {"17", "17"},
       {"true", "true"},
+      {"[\"a\",1]", "%5B%22a%22%2C1%5D"},
   };
   static const param_spec params[] = {{"name", "path", "string", 1}};
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -379,31 +396,152 @@ static void path_values_stay_inside_their_segment(void **state) {
     snprintf(want, sizeof(want), BASE "/v1/files/%s/meta", cases[i].segment);
     lk_err err;
     lk_http_request *r = build(&f, 0, args, LK_OK, &err);
-    assert_string_equal(lk_secret_str(r->url), want);
+    if (strcmp(lk_secret_str(r->url), want) != 0) {
+      fail_msg("value %s\n  got:  %s\n  want: %s", cases[i].json_value,
+               lk_secret_str(r->url), want);
+    }
     lk_http_request_destroy(r);
   }
 }
 
+/* NUL cannot come through arguments_json (args.c refuses \u0000), but the
+ * builder on its own still keeps it inside the segment. */
+static void nul_in_a_path_value_stays_encoded(void **state) {
+  (void)state;
+  static const param_spec params[] = {{"name", "path", "string", 1}};
+  fixture f;
+  set_op(&f, "GET", "/v1/files/{name}", params, 1);
+  json_t *args = json_object();
+  json_object_set_new(args, "name", json_stringn("a\0/b", 4));
+  lk_http_request *r = NULL;
+  lk_err err;
+  lk_err_clear(&err);
+  assert_int_equal(
+      lk_inject_build(&f.tool, &f.op, NULL, NULL, 0, args, &r, &err), LK_OK);
+  assert_string_equal(lk_secret_str(r->url), BASE "/v1/files/a%00%2Fb");
+  lk_http_request_destroy(r);
+  json_decref(args);
+}
+
+#define DOT_MSG(p)                                                         \
+  "path parameter '" p                                                     \
+  "' must not be \".\" or \"..\" or hold such a "                          \
+  "segment between '/' or '\\', even percent-encoded; send a name, not a " \
+  "path"
+
 static void dot_segments_and_empty_path_values_are_rejected(void **state) {
   (void)state;
-  static const char *const bad[] = {"{\"name\":\"\"}", "{\"name\":\".\"}",
-                                    "{\"name\":\"..\"}"};
+  /* As sent, and after one or more percent-decodings (a vendor that
+   * decodes %2F, or decodes twice, would otherwise route on them). */
+  static const char *const dots[] = {
+      ".",
+      "..",
+      "../admin",
+      "../",
+      "..\\\\admin",
+      "a/..",
+      "a/../b",
+      "./x",
+      "x/.",
+      "../etc/passwd",
+      "%2e%2e",
+      "%2E%2e",
+      "%2E%2e/x",
+      "%2e",
+      ".%2e",
+      "%2e.",
+      "a%2F..",
+      "a%2f%2e%2e",
+      "..%2Fadmin",
+      "%252e%252e",
+      "%25252e",
+      "..;x",
+      "..;",
+      "%2e%2e;jsessionid=1",
+      "x/..;/admin",
+      "%2e%2e%5cx",
+      "%%32%65%%32%65",
+      "..%00",
+  };
   static const param_spec params[] = {{"name", "path", "string", 1}};
-  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+  for (size_t i = 0; i < sizeof(dots) / sizeof(dots[0]); i++) {
+    fixture f;
+    set_op(&f, "GET", "/v1/files/{name}", params, 1);
+    f.n_fields = 0;
+    char args[128];
+    snprintf(args, sizeof(args), "{\"name\":\"%s\"}", dots[i]);
+    lk_err err;
+    build(&f, 0, args, LK_INVALID_ARGUMENT, &err);
+    assert_msg_eq(&err, DOT_MSG("name"));
+  }
+  /* A dot segment inside the JSON text of an array counts as well. */
+  {
     fixture f;
     set_op(&f, "GET", "/v1/files/{name}", params, 1);
     f.n_fields = 0;
     lk_err err;
-    build(&f, 0, bad[i], LK_INVALID_ARGUMENT, &err);
-    assert_msg_eq(&err,
-                  "path parameter 'name' must not be empty, \".\" or \"..\"");
+    build(&f, 0, "{\"name\":[\"x/../y\"]}", LK_INVALID_ARGUMENT, &err);
+    assert_msg_eq(&err, DOT_MSG("name"));
   }
   fixture f;
   set_op(&f, "GET", "/v1/files/{name}", params, 1);
   f.n_fields = 0;
   lk_err err;
+  build(&f, 0, "{\"name\":\"\"}", LK_INVALID_ARGUMENT, &err);
+  assert_msg_eq(&err, "path parameter 'name' must not be empty");
   build(&f, 0, "{}", LK_INVALID_ARGUMENT, &err);
   assert_msg_eq(&err, "missing required path parameter 'name'");
+}
+
+static void path_value_nested_past_the_decode_limit_is_rejected(void **state) {
+  (void)state;
+  static const param_spec params[] = {{"name", "path", "string", 1}};
+  fixture f;
+  set_op(&f, "GET", "/v1/files/{name}", params, 1);
+  f.n_fields = 0;
+  /* "%2541" is "A" after two decodings; each extra "25" adds one. */
+  char args[256];
+  char value[128];
+  size_t n = 0;
+  value[n++] = '%';
+  for (int i = 0; i < LK_INJECT_PATH_DECODE_ROUNDS; i++) {
+    value[n++] = '2';
+    value[n++] = '5';
+  }
+  memcpy(value + n, "41", 3);
+  snprintf(args, sizeof(args), "{\"name\":\"%s\"}", value);
+  lk_err err;
+  build(&f, 0, args, LK_INVALID_ARGUMENT, &err);
+  assert_msg_eq(&err,
+                "path parameter 'name' is percent-encoded more than 16 "
+                "levels deep; send it decoded");
+  /* One level less is decoded to its end ("A") and sent encoded. */
+  memmove(value + 1, value + 3, strlen(value + 3) + 1);
+  snprintf(args, sizeof(args), "{\"name\":\"%s\"}", value);
+  lk_http_request *r = build(&f, 0, args, LK_OK, &err);
+  assert_non_null(strstr(lk_secret_str(r->url), "/v1/files/%2525"));
+  lk_http_request_destroy(r);
+}
+
+/* Query values cannot start another parameter or end the query; header
+ * values cannot come from arguments at all (only path, query and body
+ * params exist), so a value shaped like a header stays in the query. */
+static void query_values_cannot_inject_parameters_or_headers(void **state) {
+  (void)state;
+  static const param_spec params[] = {{"q", "query", "string", 0}};
+  fixture f;
+  set_op(&f, "GET", "/s", params, 1);
+  f.n_fields = 0;
+  lk_err err;
+  lk_http_request *r = build(
+      &f, 0,
+      "{\"q\":\"x&key=evil#frag?y=1;z\\r\\nX-Api-Key: evil\\\\ %2e%2e/\"}",
+      LK_OK, &err);
+  assert_string_equal(lk_secret_str(r->url), BASE
+                      "/s?q=x%26key%3Devil%23frag%3Fy%3D1%3Bz%0D%0AX-Api-"
+                      "Key%3A%20evil%5C%20%252e%252e%2F");
+  assert_int_equal(r->n_headers, 0);
+  lk_http_request_destroy(r);
 }
 
 static void query_values_are_encoded_by_json_type(void **state) {
@@ -748,7 +886,10 @@ int main(void) {
       cmocka_unit_test(all_four_rule_kinds_apply_at_once),
       cmocka_unit_test(doubled_braces_render_as_literal_braces),
       cmocka_unit_test(path_values_stay_inside_their_segment),
+      cmocka_unit_test(nul_in_a_path_value_stays_encoded),
       cmocka_unit_test(dot_segments_and_empty_path_values_are_rejected),
+      cmocka_unit_test(path_value_nested_past_the_decode_limit_is_rejected),
+      cmocka_unit_test(query_values_cannot_inject_parameters_or_headers),
       cmocka_unit_test(query_values_are_encoded_by_json_type),
       cmocka_unit_test(query_joins_a_path_that_already_has_a_query),
       cmocka_unit_test(null_arguments_count_as_absent),

@@ -5,12 +5,17 @@
  * ring round-trip and every mismatch (ciphertext, nonce, credential id,
  * field, key id) is refused with LK_FAILED_PRECONDITION naming the key id;
  * adding a key makes it the active one while older ciphertexts still open,
- * also when several rotations race. The audit line: created with the ring,
+ * also when several rotations race; a loaded ring takes the file's keys in
+ * place (reload, refresh on change only, a bad file keeps the old keys),
+ * also while other threads seal and unseal through it; removing a
+ * retiring key drops exactly that key and its bytes from the file, and the
+ * active key cannot be removed. The audit line: created with the ring,
  * added (once, atomically, also under racing loads) to a ring file written
- * before it existed, kept across rotations so audit hashes stay the same,
- * and refused with a clear error when malformed. Tests reproduce the
- * documented file format, associated data and audit hash with libsodium
- * directly, so other implementations can interoperate.
+ * before it existed, kept across rotations, removals and reloads (also of
+ * an old file put back) so audit hashes stay the same, and refused with a
+ * clear error when malformed. Tests reproduce the documented file format,
+ * associated data and audit hash with libsodium directly, so other
+ * implementations can interoperate.
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -18,6 +23,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -752,6 +758,324 @@ static void concurrent_add_keys_lose_no_key(void **state) {
   lk_keyring_destroy(kr);
 }
 
+/* ---- reloading in place and removing keys ------------------------------ */
+
+static void remove_ok(const char *path, uint32_t id) {
+  lk_err err;
+  lk_status st = lk_keyring_remove_key(path, id, &err);
+  if (st != LK_OK) {
+    fail_msg("remove key %u %s: %s: %s", (unsigned)id, path, lk_status_name(st),
+             err.msg);
+  }
+}
+
+static void refresh_ok(lk_keyring *kr, int want_reloaded) {
+  lk_err err;
+  int reloaded = -1;
+  lk_status st = lk_keyring_refresh(kr, &reloaded, &err);
+  if (st != LK_OK) {
+    fail_msg("refresh: %s: %s", lk_status_name(st), err.msg);
+  }
+  assert_int_equal(reloaded, want_reloaded);
+}
+
+/* Asserts that kr holds exactly the keys ids[0..n) and active. */
+static void assert_keys(const lk_keyring *kr, const uint32_t *want, size_t n,
+                        uint32_t active) {
+  uint32_t ids[LK_KEYRING_MAX_KEYS];
+  uint32_t got_active = 0;
+  assert_int_equal(lk_keyring_key_ids(kr, ids, &got_active), n);
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(ids[i], want[i]);
+    assert_true(lk_keyring_has_key(kr, want[i]));
+  }
+  assert_int_equal(got_active, active);
+  assert_int_equal(lk_keyring_active_id(kr), active);
+}
+
+/* Returns the base64 text of key id in the ring file at path (malloc'd),
+ * or NULL when the file has no such key. */
+static char *key_text(const char *path, uint32_t id) {
+  char *text = read_text(path);
+  char head[32];
+  snprintf(head, sizeof(head), "\nkey %u ", (unsigned)id);
+  char *line = strstr(text, head);
+  char *out = NULL;
+  if (line != NULL) {
+    char *b64 = strchr(line + strlen(head), ' ');
+    assert_non_null(b64);
+    b64++;
+    size_t len = strcspn(b64, "\n");
+    out = calloc(1, len + 1);
+    assert_non_null(out);
+    memcpy(out, b64, len);
+  }
+  sodium_memzero(text, strlen(text));
+  free(text);
+  return out;
+}
+
+static void reload_in_place_takes_the_files_keys_behind_the_same_pointer(
+    void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring *kr = load_ok(path);
+  lk_err err;
+  sealed s1;
+  seal_ok(kr, "cred-1", "api_key", canary, &s1);
+  assert_int_equal(add_ok(path), 2);
+  /* Not yet reloaded: the old view, whole. */
+  assert_keys(kr, (const uint32_t[]){1}, 1, 1);
+  assert_int_equal(lk_keyring_reload(kr, &err), LK_OK);
+  assert_string_equal(lk_keyring_path(kr), path);
+  assert_keys(kr, (const uint32_t[]){1, 2}, 2, 2);
+  sealed s2;
+  seal_ok(kr, "cred-1", "api_key", canary, &s2);
+  assert_int_equal(s2.key_id, 2);
+  unseal_ok(kr, &s1, "cred-1", "api_key", canary);
+  unseal_ok(kr, &s2, "cred-1", "api_key", canary);
+  free(s1.ct);
+  free(s2.ct);
+  lk_keyring_destroy(kr);
+}
+
+static void refresh_reloads_only_when_the_file_changed(void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring *kr = load_ok(path);
+  refresh_ok(kr, 0);
+  refresh_ok(kr, 0);
+  /* Another process (here: another ring) rotates the shared file. */
+  assert_int_equal(add_ok(path), 2);
+  refresh_ok(kr, 1);
+  assert_keys(kr, (const uint32_t[]){1, 2}, 2, 2);
+  refresh_ok(kr, 0);
+  remove_ok(path, 1);
+  refresh_ok(kr, 1);
+  assert_keys(kr, (const uint32_t[]){2}, 1, 2);
+  refresh_ok(kr, 0);
+  lk_keyring_destroy(kr);
+}
+
+static void reload_of_a_bad_file_keeps_the_old_keys(void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring *kr = load_ok(path);
+  lk_err err;
+  sealed s1;
+  seal_ok(kr, "cred-1", "api_key", canary, &s1);
+  char *good = read_text(path);
+  write_text(path, "latchkey-keyring v1\nkey 1 active nope\n", 0600);
+  assert_int_equal(lk_keyring_refresh(kr, NULL, &err), LK_INVALID_ARGUMENT);
+  assert_non_null(strstr(err.msg, path));
+  assert_int_equal(lk_keyring_reload(kr, &err), LK_INVALID_ARGUMENT);
+  assert_int_equal(chmod(path, 0644), 0);
+  assert_int_equal(lk_keyring_reload(kr, &err), LK_FAILED_PRECONDITION);
+  assert_int_equal(unlink(path), 0);
+  assert_int_equal(lk_keyring_reload(kr, &err), LK_NOT_FOUND);
+  assert_int_equal(lk_keyring_refresh(kr, NULL, &err), LK_FAILED_PRECONDITION);
+  assert_non_null(strstr(err.msg, path));
+  assert_keys(kr, (const uint32_t[]){1}, 1, 1);
+  unseal_ok(kr, &s1, "cred-1", "api_key", canary);
+  /* The good file back: the ring follows it again. */
+  write_text(path, good, 0600);
+  refresh_ok(kr, 1);
+  unseal_ok(kr, &s1, "cred-1", "api_key", canary);
+  sodium_memzero(good, strlen(good));
+  free(good);
+  free(s1.ct);
+  lk_keyring_destroy(kr);
+}
+
+static void remove_key_drops_exactly_that_key_from_the_file(void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring *kr = load_ok(path);
+  sealed s1;
+  seal_ok(kr, "cred-1", "api_key", canary, &s1);
+  assert_int_equal(add_ok(path), 2);
+  assert_int_equal(add_ok(path), 3);
+  char *k1 = key_text(path, 1);
+  char *k3 = key_text(path, 3);
+  assert_non_null(k1);
+  remove_ok(path, 2);
+  char *text = read_text(path);
+  assert_non_null(strstr(text, "\nkey 1 retiring "));
+  assert_null(strstr(text, "\nkey 2 "));
+  assert_non_null(strstr(text, "\nkey 3 active "));
+  remove_ok(path, 1);
+  sodium_memzero(text, strlen(text));
+  free(text);
+  text = read_text(path);
+  assert_null(strstr(text, k1)); /* the key's bytes are gone from the file */
+  assert_non_null(strstr(text, k3));
+  struct stat sb;
+  assert_int_equal(stat(path, &sb), 0);
+  assert_int_equal(sb.st_mode & 0777, 0600);
+  assert_int_equal(count_entries(dir), 1); /* no temp file left */
+  /* A ring still holding key 1 opens s1 until it reloads. */
+  unseal_ok(kr, &s1, "cred-1", "api_key", canary);
+  refresh_ok(kr, 1);
+  assert_keys(kr, (const uint32_t[]){3}, 1, 3);
+  lk_err err;
+  lk_secret *pt = NULL;
+  assert_int_equal(
+      lk_keyring_unseal(kr, 1, "cred-1", "api_key", s1.nonce, sizeof(s1.nonce),
+                        s1.ct, s1.ct_len, &pt, &err),
+      LK_FAILED_PRECONDITION);
+  assert_null(pt);
+  assert_non_null(strstr(err.msg, "key ring key 1, which this key ring"));
+  sodium_memzero(text, strlen(text));
+  free(text);
+  sodium_memzero(k1, strlen(k1));
+  sodium_memzero(k3, strlen(k3));
+  free(k1);
+  free(k3);
+  free(s1.ct);
+  lk_keyring_destroy(kr);
+}
+
+static void removing_the_active_or_an_unknown_key_is_refused(void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring_destroy(load_ok(path));
+  assert_int_equal(add_ok(path), 2);
+  char *before = read_text(path);
+  lk_err err;
+  assert_int_equal(lk_keyring_remove_key(path, 2, &err),
+                   LK_FAILED_PRECONDITION);
+  char want[4400];
+  snprintf(want, sizeof(want),
+           "key 2 is the active key of key ring %s: rotate to a new key and "
+           "re-seal before removing it",
+           path);
+  assert_string_equal(err.msg, want);
+  assert_int_equal(lk_keyring_remove_key(path, 7, &err), LK_NOT_FOUND);
+  snprintf(want, sizeof(want), "key ring %s holds no key 7", path);
+  assert_string_equal(err.msg, want);
+  char *after = read_text(path);
+  assert_string_equal(after, before);
+  char missing[4096];
+  fresh_path(missing, sizeof(missing), "missing.ring");
+  assert_int_equal(lk_keyring_remove_key(missing, 1, &err), LK_NOT_FOUND);
+  sodium_memzero(before, strlen(before));
+  sodium_memzero(after, strlen(after));
+  free(before);
+  free(after);
+}
+
+/* Shared by the sealing threads of the concurrent reload test. */
+typedef struct {
+  lk_keyring *kr;
+  const sealed *first;  /* sealed under key 1, which is never removed */
+  const char *want_hex; /* the canary's audit hash before any rotation */
+  atomic_int *stop;
+  int failures;
+  int rounds;
+} churn_arg;
+
+static void *churn_thread(void *p) {
+  churn_arg *a = p;
+  char cred[32];
+  snprintf(cred, sizeof(cred), "cred-%p", p);
+  while (!atomic_load(a->stop)) {
+    lk_err err;
+    sealed s;
+    lk_secret *pt = NULL;
+    if (lk_keyring_seal(a->kr, cred, "api_key", (const unsigned char *)canary,
+                        strlen(canary), &s.key_id, s.nonce, &s.ct, &s.ct_len,
+                        &err) != LK_OK) {
+      a->failures++;
+      continue;
+    }
+    /* No key is removed while the threads run: whatever key sealed it
+     * must still open it, across any number of reloads. */
+    if (lk_keyring_unseal(a->kr, s.key_id, cred, "api_key", s.nonce,
+                          sizeof(s.nonce), s.ct, s.ct_len, &pt,
+                          &err) != LK_OK ||
+        lk_secret_len(pt) != strlen(canary) ||
+        memcmp(lk_secret_data(pt), canary, strlen(canary)) != 0) {
+      a->failures++;
+    }
+    lk_secret_free(pt);
+    pt = NULL;
+    free(s.ct);
+    if (lk_keyring_unseal(a->kr, a->first->key_id, "cred-1", "api_key",
+                          a->first->nonce, sizeof(a->first->nonce),
+                          a->first->ct, a->first->ct_len, &pt, &err) != LK_OK) {
+      a->failures++;
+    }
+    lk_secret_free(pt);
+    char hex[LK_KEYRING_AUDIT_HEX_BYTES];
+    lk_keyring_audit_hash(a->kr, canary, strlen(canary), hex);
+    if (strcmp(hex, a->want_hex) != 0) {
+      a->failures++;
+    }
+    a->rounds++;
+  }
+  return NULL;
+}
+
+static void seal_and_unseal_keep_working_during_reloads(void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  enum { THREADS = 4, ROTATIONS = 40 };
+  pthread_t t[THREADS];
+  churn_arg a[THREADS];
+  atomic_int stop = 0;
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring *kr = load_ok(path);
+  sealed first;
+  char want_hex[LK_KEYRING_AUDIT_HEX_BYTES];
+  seal_ok(kr, "cred-1", "api_key", canary, &first);
+  lk_keyring_audit_hash(kr, canary, strlen(canary), want_hex);
+  for (int i = 0; i < THREADS; i++) {
+    memset(&a[i], 0, sizeof(a[i]));
+    a[i].kr = kr;
+    a[i].first = &first;
+    a[i].want_hex = want_hex;
+    a[i].stop = &stop;
+    assert_int_equal(pthread_create(&t[i], NULL, churn_thread, &a[i]), 0);
+  }
+  /* Rotate and reload while the threads work. */
+  uint32_t last = 1;
+  for (int r = 0; r < ROTATIONS; r++) {
+    lk_err err;
+    last = add_ok(path);
+    assert_int_equal(lk_keyring_refresh(kr, NULL, &err), LK_OK);
+    assert_int_equal(lk_keyring_active_id(kr), last);
+    usleep(2000);
+  }
+  atomic_store(&stop, 1);
+  int rounds = 0;
+  for (int i = 0; i < THREADS; i++) {
+    assert_int_equal(pthread_join(t[i], NULL), 0);
+    assert_int_equal(a[i].failures, 0);
+    rounds += a[i].rounds;
+  }
+  assert_true(rounds > 0);
+  /* Then retire every key but the active one, reloading as we go. */
+  for (uint32_t id = 2; id < last; id++) {
+    remove_ok(path, id);
+    refresh_ok(kr, 1);
+  }
+  assert_keys(kr, (const uint32_t[]){1, last}, 2, last);
+  unseal_ok(kr, &first, "cred-1", "api_key", canary);
+  free(first.ct);
+  lk_keyring_destroy(kr);
+}
+
 /* ---- documented formats ------------------------------------------------ */
 
 /* Seals with libsodium under a hand-written ring's keys, following
@@ -883,6 +1207,85 @@ static void audit_hash_is_stable_across_add_key(void **state) {
   assert_int_equal(audits, 1);
   sodium_memzero(text, strlen(text));
   free(text);
+}
+
+/* Returns the audit line of the ring file at path (malloc'd, newline
+ * excluded); fails when there is not exactly one, right after the header. */
+static char *audit_line_of(const char *path) {
+  char *text = read_text(path);
+  static const char head[] = "latchkey-keyring v1\naudit ";
+  assert_memory_equal(text, head, sizeof(head) - 1);
+  assert_null(strstr(text + sizeof(head) - 1, "\naudit "));
+  size_t len = strcspn(text + strlen("latchkey-keyring v1\n"), "\n");
+  char *out = calloc(1, len + 1);
+  assert_non_null(out);
+  memcpy(out, text + strlen("latchkey-keyring v1\n"), len);
+  sodium_memzero(text, strlen(text));
+  free(text);
+  return out;
+}
+
+static void audit_key_survives_reload_removal_and_an_old_file_put_back(
+    void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  char before[LK_KEYRING_AUDIT_HEX_BYTES];
+  char now[LK_KEYRING_AUDIT_HEX_BYTES];
+  lk_err err;
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring *kr = load_ok(path);
+  lk_keyring_audit_hash(kr, canary, sizeof(canary) - 1, before);
+  char *line = audit_line_of(path);
+
+  /* A whole rotation: new key, reload, retire the old key, reload. */
+  assert_int_equal(add_ok(path), 2);
+  refresh_ok(kr, 1);
+  lk_keyring_audit_hash(kr, canary, sizeof(canary) - 1, now);
+  assert_string_equal(now, before);
+  remove_ok(path, 1);
+  char *after = audit_line_of(path);
+  assert_string_equal(after, line);
+  free(after);
+  refresh_ok(kr, 1);
+  assert_keys(kr, (const uint32_t[]){2}, 1, 2);
+  lk_keyring_audit_hash(kr, canary, sizeof(canary) - 1, now);
+  assert_string_equal(now, before);
+
+  /* An old backup without the audit line put back: the reload writes the
+   * ring's own audit key into it, so the hashes do not move. */
+  char old[1024] = "latchkey-keyring v1\n";
+  unsigned char k5[32];
+  randombytes_buf(k5, sizeof(k5));
+  add_line(old, sizeof(old), 5, "active", k5);
+  write_text(path, old, 0600);
+  refresh_ok(kr, 1);
+  assert_keys(kr, (const uint32_t[]){5}, 1, 5);
+  lk_keyring_audit_hash(kr, canary, sizeof(canary) - 1, now);
+  assert_string_equal(now, before);
+  after = audit_line_of(path);
+  assert_string_equal(after, line);
+  free(after);
+  assert_int_equal(count_entries(dir), 1); /* no temp file left */
+  /* What it wrote is a file like any other: a fresh load agrees. */
+  lk_keyring *again = load_ok(path);
+  lk_keyring_audit_hash(again, canary, sizeof(canary) - 1, now);
+  assert_string_equal(now, before);
+  lk_keyring_destroy(again);
+  refresh_ok(kr, 0);
+
+  /* And the copy handed to Sync is the same key. */
+  lk_secret *key = NULL;
+  assert_int_equal(lk_keyring_audit_key(kr, &key, &err), LK_OK);
+  assert_int_equal(lk_secret_len(key), 32);
+  char want[65];
+  documented_hash(lk_secret_data(key), canary, want);
+  assert_string_equal(want, before);
+  lk_secret_free(key);
+  sodium_memzero(k5, sizeof(k5));
+  sodium_memzero(line, strlen(line));
+  free(line);
+  lk_keyring_destroy(kr);
 }
 
 static void old_ring_without_audit_line_is_upgraded_in_place(void **state) {
@@ -1066,9 +1469,18 @@ int main(void) {
       cmocka_unit_test(add_key_to_a_missing_ring_is_not_found),
       cmocka_unit_test(add_key_to_a_full_ring_is_failed_precondition),
       cmocka_unit_test(concurrent_add_keys_lose_no_key),
+      cmocka_unit_test(
+          reload_in_place_takes_the_files_keys_behind_the_same_pointer),
+      cmocka_unit_test(refresh_reloads_only_when_the_file_changed),
+      cmocka_unit_test(reload_of_a_bad_file_keeps_the_old_keys),
+      cmocka_unit_test(remove_key_drops_exactly_that_key_from_the_file),
+      cmocka_unit_test(removing_the_active_or_an_unknown_key_is_refused),
+      cmocka_unit_test(seal_and_unseal_keep_working_during_reloads),
       cmocka_unit_test(documented_format_interoperates),
       cmocka_unit_test(audit_hash_is_the_documented_keyed_blake2b),
       cmocka_unit_test(audit_hash_is_stable_across_add_key),
+      cmocka_unit_test(
+          audit_key_survives_reload_removal_and_an_old_file_put_back),
       cmocka_unit_test(old_ring_without_audit_line_is_upgraded_in_place),
       cmocka_unit_test(concurrent_loads_of_an_old_ring_share_one_audit_key),
       cmocka_unit_test(malformed_audit_line_is_refused_naming_it),
