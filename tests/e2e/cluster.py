@@ -280,14 +280,15 @@ class ControlPlane(harness.AdminClient):
             return None
         return self.daemon.stop(check=check, timeout=STOP_BOUND_S)
 
-    def ctl(self, *args, token_file=None, timeout=30):
-        """Runs latchkeyctl --server <this control plane>."""
+    def ctl(self, *args, token_file=None, timeout=30, stdin=None):
+        """Runs latchkeyctl --server <this control plane> (stdin: text for
+        its standard input)."""
         argv = [harness.latchkeyctl_path(), "--server", self.addr,
                 "--token-file", token_file or self.cluster.admin_token_file]
         if self.tls:
             argv += ["--tls-ca", self.tls[2]]
         return subprocess.run(argv + list(args), capture_output=True,
-                              text=True, timeout=timeout,
+                              text=True, timeout=timeout, input=stdin,
                               cwd=self.cluster.dir)
 
     def status(self):

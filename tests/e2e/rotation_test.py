@@ -7,13 +7,17 @@ sidecar without pause: none may fail, and nginx must receive each call's
 own credential. Afterwards the key ring file holds only the new key and
 every credential in etcd (read with etcdctl, not through Latchkey) is
 sealed under it. A control plane killed with SIGKILL mid-rotation finishes
-the rotation by itself once restarted. A standalone sidecar refuses the
-key-ring methods.
+the rotation by itself once restarted. Audit hashes do not move: the
+control plane's AuditHash (`latchkeyctl audit-hash`), the replica's
+audit.tool_call lines and the key ring's audit line are the same before
+`keys rotate` and after it has retired the old key, also across a restart
+of the control plane. A standalone sidecar refuses the key-ring methods.
 
 Every wait is a bounded poll for the state the test then asserts.
 """
 
 import base64
+import hashlib
 import json
 import threading
 import time
@@ -129,6 +133,39 @@ class RotationTestCase(harness.E2EAssertions, unittest.TestCase):
             out[cred.id] = [f.sealed.key_id for f in cred.fields
                             if f.secret]
         return out
+
+    def audit_hash(self, secret):
+        """`latchkeyctl audit-hash` of secret (as field "token", on stdin)
+        from the control plane: the 64 hex digits it prints."""
+        out = self.cp.ctl("audit-hash", stdin=json.dumps({"token": secret}))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        field, hexdigits = out.stdout.split()
+        self.assertEqual(field, "token")
+        self.assertRegex(hexdigits, "^[0-9a-f]{64}$")
+        return hexdigits
+
+    def call_hashes(self, tool):
+        """Makes one good call of tool and returns the secret_hashes of the
+        one audit.tool_call line the replica wrote for it."""
+        def lines():
+            return [e for e in self.sidecar.events("audit.tool_call",
+                                                   since_start=False)
+                    if e.get("tool") == tool]
+        n = len(lines())
+        resp, _ = self.call(tool)
+        self.assertGoodAnswer(resp, tool)
+        got = lines()
+        self.assertEqual(len(got), n + 1, got[n:])
+        self.assertEqual(got[-1]["outcome"], "ok")
+        return got[-1]["secret_hashes"]
+
+    def audit_line(self):
+        """A SHA-256 digest of the key ring file's one audit line (so a
+        failed comparison prints no key)."""
+        with open(self.c.keyring) as f:
+            lines = [l for l in f if l.startswith("audit ")]
+        self.assertEqual(len(lines), 1)
+        return hashlib.sha256(lines[0].encode()).hexdigest()
 
     def key_status(self):
         out = self.cp.ctl("--json", "keys", "status")
@@ -247,6 +284,36 @@ class RotationTestCase(harness.E2EAssertions, unittest.TestCase):
         self.assertRotatedTo(2)
         for tool in self.tools:
             self.wait_injected(tool)
+
+
+    def test_audit_hashes_are_the_same_before_and_after_a_rotation(self):
+        tool = self.tools[0]
+        secret = self.bound[tool]
+        before = self.audit_hash(secret)
+        self.assertEqual(self.call_hashes(tool), {"token": before})
+        line = self.audit_line()
+
+        out = self.cp.ctl("keys", "rotate", timeout=ROTATION_S)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("rotation done", out.stdout)
+        # Done means retired: only the new key is left, everywhere.
+        self.assertRotatedTo(2)
+
+        self.assertEqual(self.audit_line(), line)
+        self.assertEqual(self.audit_hash(secret), before)
+        self.assertEqual(self.call_hashes(tool), {"token": before})
+        rotations = [json.loads(l) for l in self.cp.log().splitlines()
+                     if '"event":"audit.admin"' in l and
+                     '"keys.rotate"' in l]
+        self.assertEqual([(r["action"], r["outcome"]) for r in rotations],
+                         [("keys.rotate", "ok")])
+        # A control plane started on the rotated ring file answers the same.
+        self.cp.stop()
+        self.cp.start(same_port=True)
+        self.assertEqual(self.audit_hash(secret), before)
+        self.assertEqual(self.call_hashes(tool), {"token": before})
+        for log in (self.cp.log(), self.sidecar.log()):
+            self.assertNoSecret(log, secret, "a log")
 
 
 class StandaloneTestCase(harness.StackTestCase):

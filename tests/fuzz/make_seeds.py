@@ -539,6 +539,12 @@ ADMIN = [
     ("DeleteBudget", "b2", admin_pb2.DeleteRequest(id="b2")),
     ("DeleteBudget", "missing", admin_pb2.DeleteRequest(id="b9")),
     ("ListTools", "garbage", b"\x08"),
+    ("AuditHash", "value", admin_pb2.AuditHashRequest(
+        value=b"ghp_seedseedseedseedseedseedseedseed1234")),
+    ("AuditHash", "embedded_nul", admin_pb2.AuditHashRequest(value=b"ab\x00cd")),
+    ("AuditHash", "empty_refused", admin_pb2.AuditHashRequest()),
+    ("RotateKey", "standalone_refused", admin_pb2.RotateKeyRequest()),
+    ("GetKeyStatus", "standalone_refused", admin_pb2.Empty()),
 ]
 for i, (method, name, msg) in enumerate(ADMIN):
     put("admin_request", "%02d_%s_%s" % (i, method, name), admin(method, msg))
