@@ -297,6 +297,10 @@ struct lk_replica_applier {
   int awaiting_snapshot; /* a NACK was answered: skip until a snapshot */
   int track_node_key;
   unsigned char node_pk[LK_SEAL_PUBLIC_KEY_BYTES];
+  /* The store records node_pk as the key its secrets are sealed to. */
+  _Atomic int sealed_to_node_key;
+  /* The store records another key: only a snapshot may be applied. */
+  int key_mismatch;
   /* A snapshot in progress: its puts so far, and a copy of their keys. */
   int in_snapshot;
   lk_store_batch *snap;
@@ -326,7 +330,23 @@ static void drop_snapshot(lk_replica_applier *a) {
   a->in_snapshot = 0;
 }
 
-/* Returns 1 when the store records a node key other than node_pk. */
+int lk_replica_stored_node_key(lk_store *store, unsigned char pk[32]) {
+  unsigned char *val = NULL;
+  size_t len = 0;
+  lk_err ignored;
+  if (lk_store_get(store, LK_REPLICA_NODE_KEY_KEY, &val, &len, &ignored) !=
+      LK_OK) {
+    return 0;
+  }
+  int found = len == LK_SEAL_PUBLIC_KEY_BYTES;
+  if (found)
+    memcpy(pk, val, LK_SEAL_PUBLIC_KEY_BYTES);
+  lk_store_value_free(val, len);
+  return found;
+}
+
+/* Returns 1 when the store records a node key other than node_pk (or a
+ * record that is no key at all). */
 static int node_key_changed(lk_store *store, const unsigned char *node_pk) {
   unsigned char *val = NULL;
   size_t len = 0;
@@ -340,13 +360,14 @@ static int node_key_changed(lk_store *store, const unsigned char *node_pk) {
   return changed;
 }
 
-lk_status lk_replica_applier_new(lk_store *store, const unsigned char *node_pk,
-                                 lk_replica_applier **out, lk_err *err) {
-  *out = NULL;
+/* Reads the applied revision and what the store says about a->node_pk into
+ * a; the revision reads 0 when the secrets are sealed to another key. */
+static lk_status load_state(lk_replica_applier *a, lk_err *err) {
   unsigned char *val = NULL;
   size_t len = 0;
   int64_t rev = 0;
-  lk_status st = lk_store_get(store, LK_REPLICA_REVISION_KEY, &val, &len, err);
+  lk_status st =
+      lk_store_get(a->store, LK_REPLICA_REVISION_KEY, &val, &len, err);
   if (st == LK_NOT_FOUND) {
     st = LK_OK;
   } else if (st == LK_OK) {
@@ -363,13 +384,30 @@ lk_status lk_replica_applier_new(lk_store *store, const unsigned char *node_pk,
   lk_store_value_free(val, len);
   if (st != LK_OK)
     return st;
-  if (node_pk != NULL && rev > 0 && node_key_changed(store, node_pk)) {
+  a->key_mismatch = 0;
+  atomic_store(&a->sealed_to_node_key, 0);
+  if (a->track_node_key) {
+    unsigned char stored[LK_SEAL_PUBLIC_KEY_BYTES];
+    a->key_mismatch = node_key_changed(a->store, a->node_pk);
+    atomic_store(&a->sealed_to_node_key,
+                 lk_replica_stored_node_key(a->store, stored) &&
+                     lk_ct_equal(stored, sizeof(stored), a->node_pk,
+                                 sizeof(a->node_pk)));
+  }
+  if (a->key_mismatch && rev > 0) {
     lk_log(LK_LOG_WARN, "sync_node_key_changed",
            "the replica at revision %lld is sealed to another node key: "
            "asking the control plane for a full snapshot",
            (long long)rev);
     rev = 0;
   }
+  atomic_store(&a->revision, rev);
+  return LK_OK;
+}
+
+lk_status lk_replica_applier_new(lk_store *store, const unsigned char *node_pk,
+                                 lk_replica_applier **out, lk_err *err) {
+  *out = NULL;
   lk_replica_applier *a = calloc(1, sizeof(*a));
   if (a == NULL)
     return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
@@ -378,9 +416,27 @@ lk_status lk_replica_applier_new(lk_store *store, const unsigned char *node_pk,
     a->track_node_key = 1;
     memcpy(a->node_pk, node_pk, sizeof(a->node_pk));
   }
-  atomic_store(&a->revision, rev);
+  lk_status st = load_state(a, err);
+  if (st != LK_OK) {
+    free(a);
+    return st;
+  }
   *out = a;
   return LK_OK;
+}
+
+lk_status lk_replica_applier_set_node_key(lk_replica_applier *a,
+                                          const unsigned char node_pk[32],
+                                          lk_err *err) {
+  drop_snapshot(a);
+  a->awaiting_snapshot = 0;
+  a->track_node_key = 1;
+  memcpy(a->node_pk, node_pk, sizeof(a->node_pk));
+  return load_state(a, err);
+}
+
+int lk_replica_applier_sealed_to_node_key(const lk_replica_applier *a) {
+  return atomic_load(&((lk_replica_applier *)a)->sealed_to_node_key);
 }
 
 void lk_replica_applier_destroy(lk_replica_applier *a) {
@@ -410,8 +466,13 @@ static lk_status commit(lk_replica_applier *a, lk_store_batch *b, int64_t rev,
                        sizeof(a->node_pk));
   }
   lk_status st = lk_store_write(a->store, b, err);
-  if (st == LK_OK)
+  if (st == LK_OK) {
     atomic_store(&a->revision, rev);
+    /* Every secret now stored came sealed to node_pk (a snapshot replaced
+     * the rest, or there was no mismatch to begin with). */
+    a->key_mismatch = 0;
+    atomic_store(&a->sealed_to_node_key, a->track_node_key);
+  }
   return st;
 }
 
@@ -584,6 +645,13 @@ static lk_status handle_batch(lk_replica_applier *a,
                    "revision it brings the replica to",
                    (long long)b->revision);
   }
+  if (a->key_mismatch) {
+    return lk_fail(err, LK_FAILED_PRECONDITION,
+                   "batch %lld is not a snapshot, but the replica's secrets "
+                   "are sealed to another node key: a snapshot sealed to the "
+                   "key this sidecar presents must come first",
+                   (long long)b->revision);
+  }
   *reply = LK_REPLICA_REPLY_ACK;
   if (b->revision <= lk_replica_applier_revision(a))
     return LK_OK; /* already applied: ACK again, change nothing */
@@ -647,6 +715,8 @@ struct lk_replica {
   char *pem;         /* root certificates, NULL = plaintext */
   char *tls_ca;      /* --tls-ca file name (messages), NULL = plaintext */
   lk_secret *bearer; /* "Bearer <token>" */
+  lk_node_keys *keys;
+  /* Stream thread: the key presented and the applier's (the same). */
   unsigned char node_pk[LK_SEAL_PUBLIC_KEY_BYTES];
   int64_t max_staleness_ms;
   lk_replica_applier *applier;
@@ -886,6 +956,11 @@ static void on_message(stream *s, grpc_byte_buffer *bb) {
     start_recv(s);
     return;
   }
+  if (st == LK_OK && reply == LK_REPLICA_REPLY_ACK &&
+      lk_replica_applier_sealed_to_node_key(r->applier)) {
+    /* Durable: a rotation to this key may finish. */
+    lk_node_keys_replica_sealed(r->keys, r->node_pk);
+  }
   if (reply == LK_REPLICA_REPLY_NACK) {
     lk_log(LK_LOG_WARN, "sync_nack",
            "refused batch %lld (%s): %s; replica stays at revision %lld "
@@ -999,6 +1074,36 @@ static int open_stream(stream *s) {
   return 0;
 }
 
+/* Returns 1 when the node keys now present another key than the one this
+ * stream was opened with (a rotation started at run time). */
+static int node_key_moved(lk_replica *r) {
+  unsigned char pk[LK_SEAL_PUBLIC_KEY_BYTES];
+  lk_node_keys_presented(r->keys, pk);
+  return !lk_ct_equal(pk, sizeof(pk), r->node_pk, sizeof(r->node_pk));
+}
+
+/* Before a connection attempt: takes the key to present from the node
+ * keys, and when it moved, shows it to the applier, which then asks for a
+ * snapshot unless the replica is sealed to it already. */
+static void take_node_key(lk_replica *r) {
+  unsigned char pk[LK_SEAL_PUBLIC_KEY_BYTES];
+  lk_node_keys_presented(r->keys, pk);
+  if (lk_ct_equal(pk, sizeof(pk), r->node_pk, sizeof(r->node_pk)))
+    return;
+  char fp[LK_SEAL_FINGERPRINT_CHARS + 1];
+  lk_seal_fingerprint(pk, fp);
+  memcpy(r->node_pk, pk, sizeof(pk));
+  lk_err err;
+  lk_err_clear(&err);
+  if (lk_replica_applier_set_node_key(r->applier, pk, &err) != LK_OK) {
+    lk_log(LK_LOG_ERROR, "sync_internal",
+           "cannot re-read the replica for node key %s: %s", fp, err.msg);
+  }
+  lk_log(LK_LOG_INFO, "sync_node_key_presented",
+         "presenting node key %s to control plane %s from revision %lld", fp,
+         r->address, (long long)lk_replica_applier_revision(r->applier));
+}
+
 /* Runs one connection attempt until its call is over. Returns 1 when the
  * stream accepted a batch and did not end waiting for a snapshot after a
  * NACK (the next attempt may come quickly), else 0. */
@@ -1011,6 +1116,7 @@ static int run_stream(lk_replica *r) {
   grpc_metadata_array_init(&s.initial_md);
   grpc_metadata_array_init(&s.trailing_md);
   lk_replica_applier_reset(r->applier);
+  take_node_key(r);
   lk_log(LK_LOG_DEBUG, "sync_connecting",
          "connecting to control plane %s as agent %s from revision %lld",
          r->address, r->agent_id,
@@ -1031,6 +1137,13 @@ static int run_stream(lk_replica *r) {
       begin_resync(&s);
     if (s.closing && lk_now_ms() >= s.close_deadline_ms)
       cancel(&s);
+    if (!s.cancelled && node_key_moved(r)) {
+      lk_log(LK_LOG_INFO, "sync_rekey",
+             "the node key to present changed: reconnecting to control "
+             "plane %s with it",
+             r->address);
+      cancel(&s);
+    }
     grpc_event ev = grpc_completion_queue_next(r->cq, deadline, NULL);
     if (ev.type == GRPC_QUEUE_TIMEOUT)
       continue;
@@ -1304,6 +1417,9 @@ lk_status lk_replica_start(const lk_replica_config *cfg, lk_store *store,
     return lk_fail(err, LK_INVALID_ARGUMENT,
                    "--control-plane needs --control-plane-token-file");
   }
+  if (cfg->keys == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "replica: no node keys");
+  }
   if (cfg->max_staleness_ms < 0) {
     return lk_fail(err, LK_INVALID_ARGUMENT,
                    "--max-staleness must not be negative");
@@ -1317,7 +1433,8 @@ lk_status lk_replica_start(const lk_replica_config *cfg, lk_store *store,
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&r->cv, &ca);
   pthread_condattr_destroy(&ca);
-  memcpy(r->node_pk, cfg->node_public_key, sizeof(r->node_pk));
+  r->keys = cfg->keys;
+  lk_node_keys_presented(r->keys, r->node_pk);
   r->max_staleness_ms = cfg->max_staleness_ms;
   atomic_store(&r->contact_ms, lk_now_ms());
   r->address = strdup(cfg->control_plane);

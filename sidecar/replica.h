@@ -52,9 +52,16 @@
  * The applied revision is stored under "meta/revision" as 8 bytes
  * big-endian (absent = 0, nothing applied), and the node public key the
  * replica's secrets are sealed to under "meta/node_public_key" (32 bytes),
- * both written with every batch. When the node key file changed since,
- * the applier reports revision 0, so the control plane sends a snapshot
- * sealed to the new key, which replaces everything.
+ * both written with every batch. When the applier is given another node
+ * key than the stored one (the key file changed, or a rotation presents
+ * its next key: sidecar/node_keys), it reports revision 0, so the control
+ * plane sends a snapshot sealed to the new key, which replaces everything;
+ * until that snapshot lands an incremental batch is NACKed
+ * (FAILED_PRECONDITION), so the stored key always names the key of every
+ * stored secret. After each ACKed commit the replica tells the node keys
+ * (lk_node_keys_replica_sealed), which finish a rotation to that key.
+ * While the replica streams, a change of the key to present (SIGHUP)
+ * ends the stream, and the next one presents the new key.
  *
  * Staleness (--max-staleness, 0 = off). The replica's contact clock is the
  * CLOCK_MONOTONIC time of the last batch it accepted from a control plane
@@ -79,6 +86,7 @@
 
 #include "lib/status.h"
 #include "lib/store.h"
+#include "sidecar/node_keys.h"
 
 /* Largest Sync message accepted from the control plane. */
 #define LK_REPLICA_MAX_MESSAGE_BYTES (64u * 1024u * 1024u)
@@ -126,7 +134,9 @@ int64_t lk_replica_applier_revision(const lk_replica_applier *a);
  * NONE, ACK and SKIP; on NACK the refusal's status, with the reason in
  * err: LK_INVALID_ARGUMENT for a malformed batch, key or record,
  * LK_RESOURCE_EXHAUSTED for a message or snapshot over its cap,
- * LK_UNAVAILABLE (or the store's status) when the store write fails. */
+ * LK_FAILED_PRECONDITION for an incremental batch while the store is
+ * sealed to another node key, LK_UNAVAILABLE (or the store's status) when
+ * the store write fails. */
 lk_status lk_replica_applier_handle(lk_replica_applier *a,
                                     const unsigned char *msg, size_t len,
                                     lk_replica_reply *reply, int64_t *revision,
@@ -136,6 +146,25 @@ lk_status lk_replica_applier_handle(lk_replica_applier *a,
  * waiting for the snapshot an earlier NACK asked for. */
 void lk_replica_applier_reset(lk_replica_applier *a);
 
+/* Starts over for a new stream presenting node_pk (32 bytes, copied): as
+ * lk_replica_applier_reset, then re-reads the store as
+ * lk_replica_applier_new does, so the revision reads 0 when the store is
+ * sealed to another key. Not thread-safe with handle. LK_FAILED_PRECONDITION
+ * as lk_replica_applier_new. */
+lk_status lk_replica_applier_set_node_key(lk_replica_applier *a,
+                                          const unsigned char node_pk[32],
+                                          lk_err *err) LK_MUST_CHECK;
+
+/* Returns 1 when the store records the applier's node key as the one its
+ * secrets are sealed to (a batch was committed with it); else 0, also
+ * when the applier tracks no key. Thread-safe. */
+int lk_replica_applier_sealed_to_node_key(const lk_replica_applier *a);
+
+/* Copies the node public key the store's secrets are sealed to
+ * (meta/node_public_key) into pk and returns 1; returns 0, pk untouched,
+ * when none (or no 32-byte key) is recorded. */
+int lk_replica_stored_node_key(lk_store *store, unsigned char pk[32]);
+
 /* ---- the replica ----------------------------------------------------------
  */
 
@@ -144,8 +173,10 @@ typedef struct {
   const char *token_file;    /* node token, sent as "Bearer <token>" */
   const char *tls_ca;        /* root PEM file; NULL = plaintext channel */
   const char *agent_id;      /* this sidecar's agent */
-  unsigned char node_public_key[32]; /* X25519, lk_seal_key_public */
-  int64_t max_staleness_ms;          /* 0 = off */
+  /* The key to present (asked before each connection) and to tell about
+   * commits; borrowed, must outlive the replica. */
+  lk_node_keys *keys;
+  int64_t max_staleness_ms; /* 0 = off */
 } lk_replica_config;
 
 typedef struct lk_replica lk_replica;

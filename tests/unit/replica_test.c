@@ -8,7 +8,10 @@
  * missing revision, oversized message) is NACKed with the exact status and
  * applies nothing, after a NACK batches are skipped until a snapshot
  * begins, a snapshot in parts is applied at its end as a replacement that
- * keeps non-catalog keys, and a changed node key resets the revision to 0.
+ * keeps non-catalog keys, and a changed node key resets the revision to 0
+ * (at open or between streams, lk_replica_applier_set_node_key) and
+ * refuses incremental batches (FAILED_PRECONDITION) until a snapshot
+ * sealed to the new key has replaced the replica.
  */
 #include <ftw.h>
 #include <setjmp.h>
@@ -640,6 +643,80 @@ static void changed_node_key_restarts_from_revision_zero(void **state) {
   assert_int_equal(lk_replica_applier_revision(f->a), 3);
 }
 
+static void incremental_batch_over_another_node_key_is_nacked(void **state) {
+  fx *f = *state;
+  seed(f, 5);
+  lk_replica_applier_destroy(f->a);
+  unsigned char other[32] = {9};
+  lk_err err;
+  assert_int_equal(lk_replica_applier_new(f->store, other, &f->a, &err), LK_OK);
+  assert_false(lk_replica_applier_sealed_to_node_key(f->a));
+  /* A batch sealed to the new key must not land among records sealed to
+   * the old one, nor record the new key over them. */
+  batch x;
+  batch_init(&x, 6);
+  put_tool(&x, "news");
+  expect_nack(f, &x, LK_FAILED_PRECONDITION,
+              "sealed to another node key: a snapshot sealed to the key");
+  assert_false(has_key(f, "tool/news"));
+  unsigned char stored[32];
+  assert_true(lk_replica_stored_node_key(f->store, stored));
+  assert_memory_equal(stored, node_pk, 32);
+  /* The snapshot replaces everything and records the new key. */
+  batch_init(&x, 7);
+  x.b.snapshot_begin = 1;
+  x.b.snapshot_end = 1;
+  put_budget(&x);
+  put_credential(&x, 0);
+  expect_ack(f, &x, 7);
+  assert_true(lk_replica_applier_sealed_to_node_key(f->a));
+  assert_true(lk_replica_stored_node_key(f->store, stored));
+  assert_memory_equal(stored, other, 32);
+  /* Incremental batches apply again. */
+  batch_init(&x, 8);
+  put_tool(&x, "news");
+  expect_ack(f, &x, 8);
+  assert_true(has_key(f, "tool/news"));
+}
+
+static void set_node_key_between_streams_asks_for_a_snapshot(void **state) {
+  fx *f = *state;
+  seed(f, 5);
+  assert_true(lk_replica_applier_sealed_to_node_key(f->a));
+  unsigned char next[32] = {7, 7};
+  lk_err err;
+  assert_int_equal(lk_replica_applier_set_node_key(f->a, next, &err), LK_OK);
+  assert_int_equal(lk_replica_applier_revision(f->a), 0);
+  assert_false(lk_replica_applier_sealed_to_node_key(f->a));
+  /* Back to the key the store is sealed to: resume from its revision. */
+  assert_int_equal(lk_replica_applier_set_node_key(f->a, node_pk, &err), LK_OK);
+  assert_int_equal(lk_replica_applier_revision(f->a), 5);
+  assert_true(lk_replica_applier_sealed_to_node_key(f->a));
+  /* A snapshot under the next key moves the store to it. */
+  assert_int_equal(lk_replica_applier_set_node_key(f->a, next, &err), LK_OK);
+  batch x;
+  batch_init(&x, 4);
+  x.b.snapshot_begin = 1;
+  x.b.snapshot_end = 1;
+  put_budget(&x);
+  expect_ack(f, &x, 4);
+  assert_true(lk_replica_applier_sealed_to_node_key(f->a));
+  assert_false(has_key(f, "cred/c1"));
+  unsigned char stored[32];
+  assert_true(lk_replica_stored_node_key(f->store, stored));
+  assert_memory_equal(stored, next, 32);
+}
+
+static void empty_store_records_no_node_key(void **state) {
+  fx *f = *state;
+  unsigned char stored[32] = {0};
+  assert_false(lk_replica_stored_node_key(f->store, stored));
+  assert_false(lk_replica_applier_sealed_to_node_key(f->a));
+  /* A record that is no 32-byte key counts as none. */
+  put_store(f, LK_REPLICA_NODE_KEY_KEY, "short", 5);
+  assert_false(lk_replica_stored_node_key(f->store, stored));
+}
+
 static void malformed_stored_revision_is_refused(void **state) {
   fx *f = *state;
   lk_replica_applier_destroy(f->a);
@@ -677,6 +754,9 @@ int main(void) {
       T(snapshot_with_deletes_or_no_beginning_is_nacked),
       T(bad_part_drops_the_whole_snapshot),
       T(changed_node_key_restarts_from_revision_zero),
+      T(incremental_batch_over_another_node_key_is_nacked),
+      T(set_node_key_between_streams_asks_for_a_snapshot),
+      T(empty_store_records_no_node_key),
       T(malformed_stored_revision_is_refused),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
