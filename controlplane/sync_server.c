@@ -90,6 +90,15 @@ typedef struct sub {
   size_t audit_ct_len;
 } sub;
 
+/* The node key an agent's last stream presented (server mu). A
+ * direct-mapped cache: an agent whose slot another took is forgotten,
+ * which costs only the log line and the forced snapshot below. */
+#define KNOWN_KEYS 4096
+typedef struct {
+  char agent[LK_CATALOG_ID_MAX + 1]; /* "" = empty slot */
+  unsigned char pk[LK_SEAL_PUBLIC_KEY_BYTES];
+} known_key;
+
 /* A view shared by reference count (server mu). */
 typedef struct {
   lk_scope_view *v;
@@ -121,6 +130,7 @@ struct lk_sync_server {
   int64_t hist_rev; /* its revision */
   pending pend[MAX_PENDING];
   size_t pend_head, n_pend;
+  known_key known[KNOWN_KEYS];
   lk_sync_ack_latency lat;
 
   pthread_mutex_t timer_mu;
@@ -1026,6 +1036,26 @@ static void on_open(void *ctx, lk_rpc_stream *st) {
   pthread_mutex_unlock(&s->mu);
 }
 
+/* Records pk as the key agent's stream presents (server mu held) and
+ * returns 1, with the previous key in prev, when the agent's previous
+ * stream to this server presented another one. */
+static int known_key_swap(lk_sync_server *s, const char *agent,
+                          const unsigned char *pk, unsigned char *prev) {
+  uint64_t h = 1469598103934665603ull; /* FNV-1a */
+  for (const char *c = agent; *c != '\0'; c++) {
+    h = (h ^ (unsigned char)*c) * 1099511628211ull;
+  }
+  known_key *k = &s->known[h % KNOWN_KEYS];
+  int changed = strcmp(k->agent, agent) == 0 &&
+                !lk_ct_equal(k->pk, sizeof(k->pk), pk, sizeof(k->pk));
+  if (changed) {
+    memcpy(prev, k->pk, sizeof(k->pk));
+  }
+  snprintf(k->agent, sizeof(k->agent), "%s", agent);
+  memcpy(k->pk, pk, sizeof(k->pk));
+  return changed;
+}
+
 /* Checks and records the first SyncRequest (subscriber mu held); on
  * LK_OK u is identified and ready to sync. */
 static lk_status take_hello(lk_sync_server *s, sub *u,
@@ -1079,9 +1109,29 @@ static lk_status take_hello(lk_sync_server *s, sub *u,
   pthread_mutex_lock(&s->mu);
   u->applied = req->have_revision; /* what the replica says it applied */
   snprintf(u->agent, sizeof(u->agent), "%s", req->agent_id);
+  unsigned char prev[LK_SEAL_PUBLIC_KEY_BYTES];
+  int key_changed = known_key_swap(s, u->agent, u->pk, prev);
+  if (key_changed) {
+    /* Whatever the replica holds was sealed to the old key: resuming
+     * would leave it there. */
+    u->have_rev = 0;
+    u->applied = 0;
+  }
   u->hello = 1;
   int64_t cur = s->revision;
   pthread_mutex_unlock(&s->mu);
+  if (key_changed) {
+    char old_fp[LK_SEAL_FINGERPRINT_CHARS + 1];
+    char new_fp[LK_SEAL_FINGERPRINT_CHARS + 1];
+    lk_seal_fingerprint(prev, old_fp);
+    lk_seal_fingerprint(u->pk, new_fp);
+    lk_log(LK_LOG_INFO, "sync.node_key_changed",
+           "agent %s peer %llu: node key changed since its last stream: "
+           "old=%s new=%s (have revision %lld); sending a snapshot sealed to "
+           "the new key",
+           u->agent, (unsigned long long)u->peer, old_fp, new_fp,
+           (long long)req->have_revision);
+  }
   lk_log(
       LK_LOG_INFO, "sync_hello",
       "agent %s peer %llu: have revision %lld, control plane at %lld%s",

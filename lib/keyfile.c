@@ -13,10 +13,13 @@
  */
 #include "lib/keyfile.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -215,6 +218,73 @@ done:
     unlink(tmp);
   }
   return st;
+}
+
+lk_status lk_keyfile_promote(const char *from, const char *to, const char *what,
+                             lk_err *err) {
+  if (from == NULL || to == NULL || what == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "key file promote: NULL argument");
+  }
+  if (rename(from, to) != 0) {
+    return lk_fail(err, errno == ENOENT ? LK_NOT_FOUND : LK_FAILED_PRECONDITION,
+                   "cannot rename %s %s to %s: %s", what, from, to,
+                   strerror(errno));
+  }
+  if (keyfile_sync_dir(to) != 0) {
+    return lk_fail(err, LK_FAILED_PRECONDITION,
+                   "cannot sync the directory of %s %s: %s", what, to,
+                   strerror(errno));
+  }
+  return LK_OK;
+}
+
+/* Returns the pid of a temp file name "<base>.tmp-<pid>-<8 hex>" of the
+ * file named base, or 0 when name is not one. */
+static long keyfile_temp_pid(const char *name, const char *base) {
+  size_t bl = strlen(base);
+  if (strncmp(name, base, bl) != 0 || strncmp(name + bl, ".tmp-", 5) != 0) {
+    return 0;
+  }
+  char *end = NULL;
+  errno = 0;
+  long pid = strtol(name + bl + 5, &end, 10);
+  if (errno != 0 || pid <= 0 || end[0] != '-' || strlen(end + 1) != 8 ||
+      strspn(end + 1, "0123456789abcdef") != 8) {
+    return 0;
+  }
+  return pid;
+}
+
+int lk_keyfile_remove_stale_temps(const char *path) {
+  char dir[PATH_MAX];
+  char victim[PATH_MAX];
+  int removed = 0;
+  if (path == NULL) {
+    return 0;
+  }
+  const char *slash = strrchr(path, '/');
+  const char *base = slash != NULL ? slash + 1 : path;
+  keyfile_dir_of(path, dir);
+  DIR *d = opendir(dir);
+  if (d == NULL) {
+    return 0;
+  }
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    long pid = keyfile_temp_pid(e->d_name, base);
+    if (pid == 0) {
+      continue;
+    }
+    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) {
+      continue; /* its writer is alive, or may be (EPERM) */
+    }
+    int n = snprintf(victim, sizeof(victim), "%s/%s", dir, e->d_name);
+    if (n > 0 && (size_t)n < sizeof(victim) && unlink(victim) == 0) {
+      removed++;
+    }
+  }
+  closedir(d);
+  return removed;
 }
 
 lk_status lk_keyfile_lock_dir(const char *path, const char *what, int *lock_fd,

@@ -42,6 +42,21 @@ lk_status lk_keyfile_write(const char *path, const char *what,
                            const lk_secret *text, int replace, int *raced,
                            lk_err *err) LK_MUST_CHECK;
 
+/* Gives the key file at from the name to, replacing what was there in one
+ * rename() (readers see the old file or the new one, never neither), then
+ * fsyncs the directory so the change survives a crash. Both paths must be
+ * in the same directory. LK_NOT_FOUND when from does not exist;
+ * LK_FAILED_PRECONDITION when a step fails. */
+lk_status lk_keyfile_promote(const char *from, const char *to, const char *what,
+                             lk_err *err) LK_MUST_CHECK;
+
+/* Removes the temp files lk_keyfile_write left beside path when the
+ * process writing them died (SIGKILL between creating and unlinking one):
+ * names "<path>.tmp-<pid>-<hex>" whose pid is no live process. A live
+ * writer's temp file is kept. Returns how many were removed; failures are
+ * ignored (the next call tries again). */
+int lk_keyfile_remove_stale_temps(const char *path);
+
 /* Takes an exclusive advisory lock (flock) on the directory holding path,
  * blocking until it is free, so read-modify-write cycles of key files in
  * that directory run one at a time across threads and processes; *lock_fd

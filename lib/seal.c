@@ -324,6 +324,36 @@ done:
   return st;
 }
 
+/* Reads and parses the key file at path; LK_NOT_FOUND when it is absent. */
+static lk_status key_load(const char *path, lk_seal_key **out, lk_err *err) {
+  lk_secret *image = NULL;
+  lk_status st =
+      lk_keyfile_read(path, "node key", KEY_FILE_MAX_BYTES, &image, err);
+  if (st == LK_OK) {
+    st = key_parse(path, lk_secret_str(image), lk_secret_len(image), out, err);
+  }
+  lk_secret_free(image);
+  return st;
+}
+
+lk_status lk_seal_key_load(const char *path, lk_seal_key **out, lk_err *err) {
+  if (path == NULL || out == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "node key: NULL argument");
+  }
+  *out = NULL;
+  if (lk_secret_init() != LK_OK) {
+    return lk_fail(err, LK_INTERNAL, "libsodium failed to initialize");
+  }
+  return key_load(path, out, err);
+}
+
+void lk_seal_fingerprint(const unsigned char pk[32],
+                         char out[LK_SEAL_FINGERPRINT_CHARS + 1]) {
+  unsigned char digest[LK_SEAL_FINGERPRINT_CHARS / 2];
+  crypto_generichash(digest, sizeof(digest), pk, KEY_BYTES, NULL, 0);
+  sodium_bin2hex(out, LK_SEAL_FINGERPRINT_CHARS + 1, digest, sizeof(digest));
+}
+
 lk_status lk_seal_key_load_or_create(const char *path, lk_seal_key **out,
                                      lk_err *err) {
   if (path == NULL || out == NULL) {
@@ -335,15 +365,7 @@ lk_status lk_seal_key_load_or_create(const char *path, lk_seal_key **out,
   }
   /* Two rounds: a create that loses a race loads the winner's file. */
   for (int round = 0; round < 2; round++) {
-    lk_secret *image = NULL;
-    lk_status st =
-        lk_keyfile_read(path, "node key", KEY_FILE_MAX_BYTES, &image, err);
-    if (st == LK_OK) {
-      st =
-          key_parse(path, lk_secret_str(image), lk_secret_len(image), out, err);
-      lk_secret_free(image);
-      return st;
-    }
+    lk_status st = key_load(path, out, err);
     if (st != LK_NOT_FOUND) {
       return st;
     }

@@ -91,6 +91,11 @@ typedef struct lk_seal_key lk_seal_key;
 lk_status lk_seal_key_load_or_create(const char *path, lk_seal_key **out,
                                      lk_err *err) LK_MUST_CHECK;
 
+/* Loads the node key at path without ever creating one. LK_NOT_FOUND when
+ * path does not exist; otherwise as lk_seal_key_load_or_create. */
+lk_status lk_seal_key_load(const char *path, lk_seal_key **out,
+                           lk_err *err) LK_MUST_CHECK;
+
 /* Wipes and frees the key; NULL is a no-op. */
 void lk_seal_key_destroy(lk_seal_key *k);
 
@@ -106,6 +111,15 @@ lk_status lk_seal_key_public(const lk_seal_key *k, unsigned char pk[32],
  * LK_RESOURCE_EXHAUSTED when guarded memory runs out. */
 lk_status lk_seal_key_audit_key(const lk_seal_key *k, lk_secret **out,
                                 lk_err *err) LK_MUST_CHECK;
+
+/* Characters of a public key fingerprint, without the NUL. */
+#define LK_SEAL_FINGERPRINT_CHARS 32
+
+/* Writes the fingerprint of an X25519 public key, lowercase hex of its
+ * 16-byte unkeyed BLAKE2b digest, NUL-terminated, into out: what logs name
+ * a node key by (a public key, never a secret one). */
+void lk_seal_fingerprint(const unsigned char pk[32],
+                         char out[LK_SEAL_FINGERPRINT_CHARS + 1]);
 
 /* Seals pt_len bytes at pt for (cred_id, field) under k with a fresh random
  * nonce written to nonce; *ct is malloc'd (free()) and *ct_len is

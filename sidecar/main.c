@@ -18,7 +18,13 @@
  * Audit key (lib/audit.h): standalone, it is derived from the node key
  * (lk_seal_key_audit_key), so hashes stay the same across restarts for as
  * long as the node key file does; a replica takes the control plane's,
- * from its store at start and from the first batch of every stream.
+ * from its store at start (opened with the node keys, at any step of a
+ * rotation) and from the first batch of every stream.
+ *
+ * Node key rotation (replica mode; sidecar/node_keys): --rotate-node-key
+ * starts one at start, SIGHUP at run time; the store is opened first so
+ * the keys know which one the replica is sealed to. In standalone mode
+ * SIGHUP stops the sidecar like SIGTERM, as it always has.
  */
 #include <grpc/grpc.h>
 #include <grpc/support/log.h>
@@ -40,6 +46,7 @@
 #include "lib/store.h"
 #include "lib/token.h"
 #include "sidecar/forward.h"
+#include "sidecar/node_keys.h"
 #include "sidecar/replica.h"
 #include "sidecar/toolcalls.h"
 
@@ -57,6 +64,7 @@ typedef struct {
   const char *control_plane;
   const char *control_plane_token_file;
   const char *tls_ca;
+  int rotate_node_key;
   int64_t max_staleness_ms;
   int allow_insecure_vendors;
   const char *setup_url_template;
@@ -146,7 +154,7 @@ static int run(const options *o) {
   int rc = 1;
   lk_store *store = NULL;
   lk_catalog *cat = NULL;
-  lk_seal_key *key = NULL;
+  lk_node_keys *keys = NULL;
   lk_audit_key *audit = NULL;
   lk_forwarder *fwd = NULL;
   lk_toolcalls *tc = NULL;
@@ -175,11 +183,24 @@ static int run(const options *o) {
     goto fail;
   if (lk_catalog_open(store, &cat, &err) != LK_OK)
     goto fail;
-  if (lk_seal_key_load_or_create(o->node_key, &key, &err) != LK_OK)
-    goto fail;
+  {
+    unsigned char sealed_pk[LK_SEAL_PUBLIC_KEY_BYTES];
+    lk_node_keys_config kcfg = {
+        .path = o->node_key,
+        .replica = is_set(o->control_plane),
+        .rotate = o->rotate_node_key,
+        .sealed_pk = is_set(o->control_plane) &&
+                             lk_replica_stored_node_key(store, sealed_pk)
+                         ? sealed_pk
+                         : NULL,
+    };
+    if (lk_node_keys_open(&kcfg, &keys, &err) != LK_OK)
+      goto fail;
+  }
   if (lk_audit_key_new(&audit, &err) != LK_OK)
     goto fail;
-  if (!is_set(o->control_plane) && derive_audit_key(key, audit, &err) != LK_OK)
+  if (!is_set(o->control_plane) &&
+      derive_audit_key(lk_node_keys_standalone_key(keys), audit, &err) != LK_OK)
     goto fail;
   lk_forward_opts fo = {.max_response_bytes = (size_t)o->max_response_bytes,
                         .max_connections = 64,
@@ -192,12 +213,10 @@ static int run(const options *o) {
         .token_file = o->control_plane_token_file,
         .tls_ca = o->tls_ca,
         .agent_id = o->agent_id,
+        .keys = keys,
         .max_staleness_ms = o->max_staleness_ms,
-        .node_key = key,
         .audit = audit,
     };
-    if (lk_seal_key_public(key, rcfg.node_public_key, &err) != LK_OK)
-      goto fail;
     if (lk_replica_start(&rcfg, store, &replica, &err) != LK_OK)
       goto fail;
   }
@@ -217,7 +236,7 @@ static int run(const options *o) {
       goto fail;
     tcfg.agent_token = agent_token;
   }
-  if (lk_toolcalls_new(&tcfg, cat, key, fwd, &tc, &err) != LK_OK)
+  if (lk_toolcalls_new(&tcfg, cat, keys, fwd, &tc, &err) != LK_OK)
     goto fail;
   if (lk_rpc_server_new((int)o->workers, &srv, &err) != LK_OK)
     goto fail;
@@ -232,7 +251,8 @@ static int run(const options *o) {
     if (lk_token_load(o->admin_token_file, &admin.token, &err) != LK_OK) {
       goto fail;
     }
-    if (lk_admin_new(cat, key, &admin.admin, &err) != LK_OK)
+    if (lk_admin_new(cat, lk_node_keys_standalone_key(keys), &admin.admin,
+                     &err) != LK_OK)
       goto fail;
     lk_admin_auditor auditor = {hash_with_audit_key, audit};
     lk_admin_set_auditor(admin.admin, auditor);
@@ -258,7 +278,16 @@ static int run(const options *o) {
   }
 
   int sig = 0;
-  sigwait(&sigs, &sig);
+  for (;;) {
+    sigwait(&sigs, &sig);
+    if (sig != SIGHUP || replica == NULL)
+      break;
+    /* Replica mode: SIGHUP starts a node key rotation; calls go on. */
+    if (lk_node_keys_rotate(keys, &err) != LK_OK) {
+      lk_log(LK_LOG_ERROR, "node_key.rotate_failed",
+             "SIGHUP: cannot start a node key rotation: %s", err.msg);
+    }
+  }
   lk_log(LK_LOG_INFO, "stopping", "signal %d: draining in-flight calls", sig);
   rc = 0;
   goto cleanup;
@@ -279,7 +308,7 @@ cleanup:
   lk_token_destroy(admin.token);
   lk_token_destroy(agent_token);
   lk_audit_key_destroy(audit);
-  lk_seal_key_destroy(key);
+  lk_node_keys_destroy(keys);
   lk_catalog_destroy(cat);
   if (store != NULL) {
     lk_err ferr;
@@ -324,6 +353,9 @@ int main(int argc, char **argv) {
        "file holding the node token the control plane expects (replica)"},
       {"tls-ca", LK_FLAG_STRING, &o.tls_ca,
        "root certificates (PEM) to verify the control plane; TLS when set"},
+      {"rotate-node-key", LK_FLAG_BOOL, &o.rotate_node_key,
+       "start a node key rotation: create <node-key>.next and have the "
+       "control plane re-seal to it (replica; SIGHUP does it at run time)"},
       {"max-staleness", LK_FLAG_DURATION_MS, &o.max_staleness_ms,
        "refuse calls after this long without contact (replica; 0 = off)"},
       {"allow-insecure-vendors", LK_FLAG_BOOL, &o.allow_insecure_vendors,
@@ -360,6 +392,11 @@ int main(int argc, char **argv) {
     usage_error =
         "--control-plane-token-file, --tls-ca and --max-staleness apply to "
         "replica mode only: add --control-plane ADDR";
+  } else if (!is_set(o.control_plane) && o.rotate_node_key) {
+    usage_error =
+        "--rotate-node-key applies to replica mode only (--control-plane "
+        "ADDR): a standalone sidecar's credentials are sealed under its node "
+        "key and no control plane would re-seal them";
   } else if (o.admin_listen != NULL && o.admin_listen[0] != '\0' &&
              (o.admin_token_file == NULL || o.admin_token_file[0] == '\0')) {
     usage_error = "--admin-listen needs --admin-token-file";

@@ -300,8 +300,12 @@ struct lk_replica_applier {
   int awaiting_snapshot; /* a NACK was answered: skip until a snapshot */
   int track_node_key;
   unsigned char node_pk[LK_SEAL_PUBLIC_KEY_BYTES];
-  const lk_seal_key *node_key; /* opens audit keys; NULL = refuse them */
-  lk_audit_key *audit;         /* gets each stored audit key, or NULL */
+  /* The store records node_pk as the key its secrets are sealed to. */
+  _Atomic int sealed_to_node_key;
+  /* The store records another key: only a snapshot may be applied. */
+  int key_mismatch;
+  lk_node_keys *keys;  /* opens audit keys; NULL = refuse them */
+  lk_audit_key *audit; /* gets each stored audit key, or NULL */
   /* An accepted audit key not yet stored: plaintext and the SealedValue
    * encoding to store, written by the next commit. */
   lk_secret *audit_pt;
@@ -332,14 +336,23 @@ static void drop_audit(lk_replica_applier *a) {
   a->audit_enc_len = 0;
 }
 
-/* Opens a sealed audit key with the node key into guarded memory. */
-static lk_status open_audit_key(const lk_seal_key *node_key,
+/* Opens a sealed audit key into guarded memory: with the node key whose
+ * public key is pk, or with pk NULL the way calls open credentials (the
+ * key the replica is sealed to, then during a rotation the other one). */
+static lk_status open_audit_key(lk_node_keys *keys, const unsigned char *pk,
                                 const Latchkey__V1__SealedValue *s,
                                 lk_secret **out, lk_err *err) {
-  lk_status st = lk_unseal_from_node(
-      node_key, LK_AUDIT_SEAL_ID, LK_AUDIT_SEAL_FIELD,
-      s->ephemeral_public_key.data, s->ephemeral_public_key.len, s->nonce.data,
-      s->nonce.len, s->ciphertext.data, s->ciphertext.len, out, err);
+  lk_status st =
+      pk != NULL ? lk_node_keys_unseal_from_key(
+                       keys, pk, LK_AUDIT_SEAL_ID, LK_AUDIT_SEAL_FIELD,
+                       s->ephemeral_public_key.data,
+                       s->ephemeral_public_key.len, s->nonce.data, s->nonce.len,
+                       s->ciphertext.data, s->ciphertext.len, out, err)
+                 : lk_node_keys_unseal_from_node(
+                       keys, LK_AUDIT_SEAL_ID, LK_AUDIT_SEAL_FIELD,
+                       s->ephemeral_public_key.data,
+                       s->ephemeral_public_key.len, s->nonce.data, s->nonce.len,
+                       s->ciphertext.data, s->ciphertext.len, out, err);
   if (st == LK_OK && lk_secret_len(*out) != LK_AUDIT_KEY_BYTES) {
     lk_secret_free(*out);
     *out = NULL;
@@ -349,8 +362,10 @@ static lk_status open_audit_key(const lk_seal_key *node_key,
   return st;
 }
 
-/* Checks and opens batch rev's audit key and makes it the one to store
- * next (replacing one not yet stored). */
+/* Checks and opens batch rev's audit key with the node key this stream
+ * presents (never another one the sidecar holds: what is stored must
+ * open with the key meta/node_public_key will name) and makes it the one
+ * to store next (replacing one not yet stored). */
 static lk_status take_audit_key(lk_replica_applier *a, int64_t rev,
                                 const Latchkey__V1__SealedValue *s,
                                 lk_err *err) {
@@ -369,16 +384,21 @@ static lk_status take_audit_key(lk_replica_applier *a, int64_t rev,
                    "ciphertext)",
                    (long long)rev);
   }
-  if (a->node_key == NULL) {
+  if (a->keys == NULL) {
     return lk_fail(err, LK_FAILED_PRECONDITION,
                    "batch %lld carries an audit key, and this replica has no "
                    "node key to open it with",
                    (long long)rev);
   }
-  if ((st = open_audit_key(a->node_key, s, &pt, &why)) != LK_OK) {
+  unsigned char pk[LK_SEAL_PUBLIC_KEY_BYTES];
+  if (a->track_node_key)
+    memcpy(pk, a->node_pk, sizeof(pk));
+  else
+    lk_node_keys_presented(a->keys, pk);
+  if ((st = open_audit_key(a->keys, pk, s, &pt, &why)) != LK_OK) {
     return lk_fail(err, st,
-                   "batch %lld: audit_key does not open with this node's key "
-                   "(%s)",
+                   "batch %lld: audit_key does not open with the node key "
+                   "this replica presents (%s)",
                    (long long)rev, why.msg);
   }
   Latchkey__V1__SealedValue keep = LATCHKEY__V1__SEALED_VALUE__INIT;
@@ -412,7 +432,23 @@ static void drop_snapshot(lk_replica_applier *a) {
   a->in_snapshot = 0;
 }
 
-/* Returns 1 when the store records a node key other than node_pk. */
+int lk_replica_stored_node_key(lk_store *store, unsigned char pk[32]) {
+  unsigned char *val = NULL;
+  size_t len = 0;
+  lk_err ignored;
+  if (lk_store_get(store, LK_REPLICA_NODE_KEY_KEY, &val, &len, &ignored) !=
+      LK_OK) {
+    return 0;
+  }
+  int found = len == LK_SEAL_PUBLIC_KEY_BYTES;
+  if (found)
+    memcpy(pk, val, LK_SEAL_PUBLIC_KEY_BYTES);
+  lk_store_value_free(val, len);
+  return found;
+}
+
+/* Returns 1 when the store records a node key other than node_pk (or a
+ * record that is no key at all). */
 static int node_key_changed(lk_store *store, const unsigned char *node_pk) {
   unsigned char *val = NULL;
   size_t len = 0;
@@ -426,13 +462,14 @@ static int node_key_changed(lk_store *store, const unsigned char *node_pk) {
   return changed;
 }
 
-lk_status lk_replica_applier_new(lk_store *store, const unsigned char *node_pk,
-                                 lk_replica_applier **out, lk_err *err) {
-  *out = NULL;
+/* Reads the applied revision and what the store says about a->node_pk into
+ * a; the revision reads 0 when the secrets are sealed to another key. */
+static lk_status load_state(lk_replica_applier *a, lk_err *err) {
   unsigned char *val = NULL;
   size_t len = 0;
   int64_t rev = 0;
-  lk_status st = lk_store_get(store, LK_REPLICA_REVISION_KEY, &val, &len, err);
+  lk_status st =
+      lk_store_get(a->store, LK_REPLICA_REVISION_KEY, &val, &len, err);
   if (st == LK_NOT_FOUND) {
     st = LK_OK;
   } else if (st == LK_OK) {
@@ -449,13 +486,30 @@ lk_status lk_replica_applier_new(lk_store *store, const unsigned char *node_pk,
   lk_store_value_free(val, len);
   if (st != LK_OK)
     return st;
-  if (node_pk != NULL && rev > 0 && node_key_changed(store, node_pk)) {
+  a->key_mismatch = 0;
+  atomic_store(&a->sealed_to_node_key, 0);
+  if (a->track_node_key) {
+    unsigned char stored[LK_SEAL_PUBLIC_KEY_BYTES];
+    a->key_mismatch = node_key_changed(a->store, a->node_pk);
+    atomic_store(&a->sealed_to_node_key,
+                 lk_replica_stored_node_key(a->store, stored) &&
+                     lk_ct_equal(stored, sizeof(stored), a->node_pk,
+                                 sizeof(a->node_pk)));
+  }
+  if (a->key_mismatch && rev > 0) {
     lk_log(LK_LOG_WARN, "sync_node_key_changed",
            "the replica at revision %lld is sealed to another node key: "
            "asking the control plane for a full snapshot",
            (long long)rev);
     rev = 0;
   }
+  atomic_store(&a->revision, rev);
+  return LK_OK;
+}
+
+lk_status lk_replica_applier_new(lk_store *store, const unsigned char *node_pk,
+                                 lk_replica_applier **out, lk_err *err) {
+  *out = NULL;
   lk_replica_applier *a = calloc(1, sizeof(*a));
   if (a == NULL)
     return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
@@ -464,9 +518,27 @@ lk_status lk_replica_applier_new(lk_store *store, const unsigned char *node_pk,
     a->track_node_key = 1;
     memcpy(a->node_pk, node_pk, sizeof(a->node_pk));
   }
-  atomic_store(&a->revision, rev);
+  lk_status st = load_state(a, err);
+  if (st != LK_OK) {
+    free(a);
+    return st;
+  }
   *out = a;
   return LK_OK;
+}
+
+lk_status lk_replica_applier_set_node_key(lk_replica_applier *a,
+                                          const unsigned char node_pk[32],
+                                          lk_err *err) {
+  drop_snapshot(a);
+  a->awaiting_snapshot = 0;
+  a->track_node_key = 1;
+  memcpy(a->node_pk, node_pk, sizeof(a->node_pk));
+  return load_state(a, err);
+}
+
+int lk_replica_applier_sealed_to_node_key(const lk_replica_applier *a) {
+  return atomic_load(&((lk_replica_applier *)a)->sealed_to_node_key);
 }
 
 void lk_replica_applier_destroy(lk_replica_applier *a) {
@@ -478,13 +550,13 @@ void lk_replica_applier_destroy(lk_replica_applier *a) {
 }
 
 lk_status lk_replica_applier_use_audit(lk_replica_applier *a,
-                                       const lk_seal_key *node_key,
-                                       lk_audit_key *audit, lk_err *err) {
+                                       lk_node_keys *keys, lk_audit_key *audit,
+                                       lk_err *err) {
   unsigned char *val = NULL;
   size_t len = 0;
-  a->node_key = node_key;
+  a->keys = keys;
   a->audit = audit;
-  if (node_key == NULL || audit == NULL)
+  if (keys == NULL || audit == NULL)
     return LK_OK;
   lk_status st =
       lk_store_get(a->store, LK_REPLICA_AUDIT_KEY_KEY, &val, &len, err);
@@ -501,7 +573,7 @@ lk_status lk_replica_applier_use_audit(lk_replica_applier *a,
       latchkey__v1__sealed_value__unpack(NULL, len, val);
   if (s == NULL) {
     lk_fail(&why, LK_INVALID_ARGUMENT, "it is not a SealedValue");
-  } else if (open_audit_key(node_key, s, &pt, &why) == LK_OK) {
+  } else if (open_audit_key(keys, NULL, s, &pt, &why) == LK_OK) {
     st = lk_audit_key_set(audit, lk_secret_data(pt), lk_secret_len(pt), err);
   }
   if (why.msg[0] != '\0') {
@@ -553,10 +625,24 @@ static lk_status commit(lk_replica_applier *a, lk_store_batch *b, int64_t rev,
   if (a->audit_enc != NULL) {
     lk_store_batch_put(b, LK_REPLICA_AUDIT_KEY_KEY, a->audit_enc,
                        a->audit_enc_len);
+  } else if (a->key_mismatch) {
+    /* A snapshot moves the store to node_pk without a new audit key: the
+     * stored one is sealed to the old key, which a rotation wipes. */
+    lk_store_batch_delete(b, LK_REPLICA_AUDIT_KEY_KEY);
+    lk_log(LK_LOG_WARN, "sync_audit_key_dropped",
+           "the snapshot at revision %lld moves the replica to another node "
+           "key and brought no audit key: the stored one (sealed to the old "
+           "key) is removed; the control plane sends it again on the next "
+           "stream",
+           (long long)rev);
   }
   lk_status st = lk_store_write(a->store, b, err);
   if (st == LK_OK) {
     atomic_store(&a->revision, rev);
+    /* Every secret now stored came sealed to node_pk (a snapshot replaced
+     * the rest, or there was no mismatch to begin with). */
+    a->key_mismatch = 0;
+    atomic_store(&a->sealed_to_node_key, a->track_node_key);
     if (a->audit_enc != NULL)
       audit_stored(a);
   }
@@ -746,6 +832,13 @@ static lk_status handle_batch(lk_replica_applier *a,
                    "revision it brings the replica to",
                    (long long)b->revision);
   }
+  if (a->key_mismatch) {
+    return lk_fail(err, LK_FAILED_PRECONDITION,
+                   "batch %lld is not a snapshot, but the replica's secrets "
+                   "are sealed to another node key: a snapshot sealed to the "
+                   "key this sidecar presents must come first",
+                   (long long)b->revision);
+  }
   *reply = LK_REPLICA_REPLY_ACK;
   if (b->revision <= lk_replica_applier_revision(a))
     return LK_OK; /* already applied: ACK again, change nothing */
@@ -795,8 +888,12 @@ lk_status lk_replica_applier_handle(lk_replica_applier *a,
   }
   st = handle_batch(a, b, reply, err);
   /* A batch that wrote nothing (a heartbeat, one already applied) stores
-   * its audit key alone; a snapshot part keeps it for the snapshot. */
-  if (st == LK_OK && a->audit_enc != NULL && !a->in_snapshot)
+   * its audit key alone; a snapshot part keeps it for the snapshot, and so
+   * does a heartbeat while the store is sealed to another node key: the
+   * audit key must land with the snapshot that moves meta/node_public_key
+   * to the key it is sealed to. */
+  if (st == LK_OK && a->audit_enc != NULL && !a->in_snapshot &&
+      !a->key_mismatch)
     st = commit_audit_only(a, err);
 done:
   if (b != NULL)
@@ -818,6 +915,8 @@ struct lk_replica {
   char *pem;         /* root certificates, NULL = plaintext */
   char *tls_ca;      /* --tls-ca file name (messages), NULL = plaintext */
   lk_secret *bearer; /* "Bearer <token>" */
+  lk_node_keys *keys;
+  /* Stream thread: the key presented and the applier's (the same). */
   unsigned char node_pk[LK_SEAL_PUBLIC_KEY_BYTES];
   int64_t max_staleness_ms;
   lk_replica_applier *applier;
@@ -1057,6 +1156,11 @@ static void on_message(stream *s, grpc_byte_buffer *bb) {
     start_recv(s);
     return;
   }
+  if (st == LK_OK && reply == LK_REPLICA_REPLY_ACK &&
+      lk_replica_applier_sealed_to_node_key(r->applier)) {
+    /* Durable: a rotation to this key may finish. */
+    lk_node_keys_replica_sealed(r->keys, r->node_pk);
+  }
   if (reply == LK_REPLICA_REPLY_NACK) {
     lk_log(LK_LOG_WARN, "sync_nack",
            "refused batch %lld (%s): %s; replica stays at revision %lld "
@@ -1170,6 +1274,36 @@ static int open_stream(stream *s) {
   return 0;
 }
 
+/* Returns 1 when the node keys now present another key than the one this
+ * stream was opened with (a rotation started at run time). */
+static int node_key_moved(lk_replica *r) {
+  unsigned char pk[LK_SEAL_PUBLIC_KEY_BYTES];
+  lk_node_keys_presented(r->keys, pk);
+  return !lk_ct_equal(pk, sizeof(pk), r->node_pk, sizeof(r->node_pk));
+}
+
+/* Before a connection attempt: takes the key to present from the node
+ * keys, and when it moved, shows it to the applier, which then asks for a
+ * snapshot unless the replica is sealed to it already. */
+static void take_node_key(lk_replica *r) {
+  unsigned char pk[LK_SEAL_PUBLIC_KEY_BYTES];
+  lk_node_keys_presented(r->keys, pk);
+  if (lk_ct_equal(pk, sizeof(pk), r->node_pk, sizeof(r->node_pk)))
+    return;
+  char fp[LK_SEAL_FINGERPRINT_CHARS + 1];
+  lk_seal_fingerprint(pk, fp);
+  memcpy(r->node_pk, pk, sizeof(pk));
+  lk_err err;
+  lk_err_clear(&err);
+  if (lk_replica_applier_set_node_key(r->applier, pk, &err) != LK_OK) {
+    lk_log(LK_LOG_ERROR, "sync_internal",
+           "cannot re-read the replica for node key %s: %s", fp, err.msg);
+  }
+  lk_log(LK_LOG_INFO, "sync_node_key_presented",
+         "presenting node key %s to control plane %s from revision %lld", fp,
+         r->address, (long long)lk_replica_applier_revision(r->applier));
+}
+
 /* Runs one connection attempt until its call is over. Returns 1 when the
  * stream accepted a batch and did not end waiting for a snapshot after a
  * NACK (the next attempt may come quickly), else 0. */
@@ -1182,6 +1316,7 @@ static int run_stream(lk_replica *r) {
   grpc_metadata_array_init(&s.initial_md);
   grpc_metadata_array_init(&s.trailing_md);
   lk_replica_applier_reset(r->applier);
+  take_node_key(r);
   lk_log(LK_LOG_DEBUG, "sync_connecting",
          "connecting to control plane %s as agent %s from revision %lld",
          r->address, r->agent_id,
@@ -1202,6 +1337,13 @@ static int run_stream(lk_replica *r) {
       begin_resync(&s);
     if (s.closing && lk_now_ms() >= s.close_deadline_ms)
       cancel(&s);
+    if (!s.cancelled && node_key_moved(r)) {
+      lk_log(LK_LOG_INFO, "sync_rekey",
+             "the node key to present changed: reconnecting to control "
+             "plane %s with it",
+             r->address);
+      cancel(&s);
+    }
     grpc_event ev = grpc_completion_queue_next(r->cq, deadline, NULL);
     if (ev.type == GRPC_QUEUE_TIMEOUT)
       continue;
@@ -1475,6 +1617,9 @@ lk_status lk_replica_start(const lk_replica_config *cfg, lk_store *store,
     return lk_fail(err, LK_INVALID_ARGUMENT,
                    "--control-plane needs --control-plane-token-file");
   }
+  if (cfg->keys == NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "replica: no node keys");
+  }
   if (cfg->max_staleness_ms < 0) {
     return lk_fail(err, LK_INVALID_ARGUMENT,
                    "--max-staleness must not be negative");
@@ -1488,7 +1633,8 @@ lk_status lk_replica_start(const lk_replica_config *cfg, lk_store *store,
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&r->cv, &ca);
   pthread_condattr_destroy(&ca);
-  memcpy(r->node_pk, cfg->node_public_key, sizeof(r->node_pk));
+  r->keys = cfg->keys;
+  lk_node_keys_presented(r->keys, r->node_pk);
   r->max_staleness_ms = cfg->max_staleness_ms;
   atomic_store(&r->contact_ms, lk_now_ms());
   r->address = strdup(cfg->control_plane);
@@ -1509,7 +1655,7 @@ lk_status lk_replica_start(const lk_replica_config *cfg, lk_store *store,
   }
   if ((st = lk_replica_applier_new(store, r->node_pk, &r->applier, err)) !=
           LK_OK ||
-      (st = lk_replica_applier_use_audit(r->applier, cfg->node_key, cfg->audit,
+      (st = lk_replica_applier_use_audit(r->applier, cfg->keys, cfg->audit,
                                          err)) != LK_OK)
     goto fail;
   grpc_init();

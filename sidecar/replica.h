@@ -45,12 +45,15 @@
  *   lib/audit.h) must be sealed to this node's key (32-byte
  *   ephemeral_public_key, 24-byte nonce, a ciphertext of 32 + 16 bytes)
  *   for cred id LK_AUDIT_SEAL_ID and field LK_AUDIT_SEAL_FIELD, and open
- *   with the node key given to lk_replica_applier_use_audit to exactly 32
- *   bytes; otherwise the batch is NACKed. It is stored as a SealedValue
- *   (those three fields) under "meta/audit_key", in the WriteBatch of the
- *   batch that carried it, or of the snapshot that batch began; when that
- *   batch writes nothing (a heartbeat, a batch already applied), in a
- *   WriteBatch of its own. Once stored it is handed to the audit key
+ *   to exactly 32 bytes with the node key this stream presents (the
+ *   applier's node key; during a rotation the next key, never the other
+ *   one held); otherwise the batch is NACKed. It is stored as a
+ *   SealedValue (those three fields) under "meta/audit_key", in the
+ *   WriteBatch of the batch that carried it, or of the snapshot that batch
+ *   began; when that batch writes nothing (a heartbeat, a batch already
+ *   applied), in a WriteBatch of its own, except while the store is
+ *   sealed to another node key: then it waits for the snapshot, whose
+ *   WriteBatch stores it. Once stored it is handed to the audit key
  *   holder. A NACKed batch's audit key is dropped with the batch.
  * - After a NACK the applier waits for a snapshot: the control plane
  *   answers a NACK with one, and a later incremental batch must not be
@@ -63,9 +66,18 @@
  * The applied revision is stored under "meta/revision" as 8 bytes
  * big-endian (absent = 0, nothing applied), and the node public key the
  * replica's secrets are sealed to under "meta/node_public_key" (32 bytes),
- * both written with every batch. When the node key file changed since,
- * the applier reports revision 0, so the control plane sends a snapshot
- * sealed to the new key, which replaces everything.
+ * both written with every batch. When the applier is given another node
+ * key than the stored one (the key file changed, or a rotation presents
+ * its next key: sidecar/node_keys), it reports revision 0, so the control
+ * plane sends a snapshot sealed to the new key, which replaces everything;
+ * until that snapshot lands an incremental batch is NACKed
+ * (FAILED_PRECONDITION), so the stored key always names the key of every
+ * stored secret, the audit key included: a snapshot that moves the store
+ * to another node key without an audit key for it deletes meta/audit_key
+ * (the next stream brings it again). After each ACKed commit the replica tells
+ * the node keys (lk_node_keys_replica_sealed), which finish a rotation to that
+ * key. While the replica streams, a change of the key to present (SIGHUP) ends
+ * the stream, and the next one presents the new key.
  *
  * Staleness (--max-staleness, 0 = off). The replica's contact clock is the
  * CLOCK_MONOTONIC time of the last batch it accepted from a control plane
@@ -92,6 +104,7 @@
 #include "lib/seal.h"
 #include "lib/status.h"
 #include "lib/store.h"
+#include "sidecar/node_keys.h"
 
 /* Largest Sync message accepted from the control plane. */
 #define LK_REPLICA_MAX_MESSAGE_BYTES (64u * 1024u * 1024u)
@@ -134,16 +147,19 @@ lk_status lk_replica_applier_new(lk_store *store, const unsigned char *node_pk,
 void lk_replica_applier_destroy(lk_replica_applier *a);
 
 /* Lets the applier accept audit keys (see above): they are opened with
- * node_key and, once stored, set in audit (NULL = stored only). Also
- * loads the audit key already stored, when there is one, into audit, so a
- * restarted replica hashes before it reconnects; a stored key that does
- * not open (the node key file changed) is logged and left for the next
- * stream to replace. Both are borrowed and must outlive the applier.
+ * the key of keys whose public key is the applier's node key (the one the
+ * stream presents; lk_node_keys_unseal_from_key) and, once stored, set in
+ * audit (NULL = stored only). Also loads the audit key already stored,
+ * when there is one, into audit, so a restarted replica hashes before it
+ * reconnects, at any step of a node key rotation: it is opened the way
+ * calls open credentials (lk_node_keys_unseal_from_node: the key
+ * meta/node_public_key names, then the other one held). A stored key that
+ * does not open (the node key file changed) is logged and left for the
+ * next stream to replace. Both are borrowed and must outlive the applier.
  * Without this call a batch carrying an audit key is NACKed. Returns the
  * store's status when it cannot be read. */
 lk_status lk_replica_applier_use_audit(lk_replica_applier *a,
-                                       const lk_seal_key *node_key,
-                                       lk_audit_key *audit,
+                                       lk_node_keys *keys, lk_audit_key *audit,
                                        lk_err *err) LK_MUST_CHECK;
 
 /* Returns the applied revision (0 = nothing applied). Thread-safe. */
@@ -154,9 +170,11 @@ int64_t lk_replica_applier_revision(const lk_replica_applier *a);
  * NONE, ACK and SKIP; on NACK the refusal's status, with the reason in
  * err: LK_INVALID_ARGUMENT for a malformed batch, key or record,
  * LK_RESOURCE_EXHAUSTED for a message or snapshot over its cap,
- * LK_FAILED_PRECONDITION for an audit key that does not open with the node
- * key (or when there is no node key to open it with),
- * LK_UNAVAILABLE (or the store's status) when the store write fails. */
+ * LK_FAILED_PRECONDITION for an incremental batch while the store is
+ * sealed to another node key, or for an audit key that does not open with
+ * the node key the applier presents (or when there are no node keys to
+ * open it with), LK_UNAVAILABLE (or the store's status) when the store
+ * write fails. */
 lk_status lk_replica_applier_handle(lk_replica_applier *a,
                                     const unsigned char *msg, size_t len,
                                     lk_replica_reply *reply, int64_t *revision,
@@ -166,6 +184,25 @@ lk_status lk_replica_applier_handle(lk_replica_applier *a,
  * waiting for the snapshot an earlier NACK asked for. */
 void lk_replica_applier_reset(lk_replica_applier *a);
 
+/* Starts over for a new stream presenting node_pk (32 bytes, copied): as
+ * lk_replica_applier_reset, then re-reads the store as
+ * lk_replica_applier_new does, so the revision reads 0 when the store is
+ * sealed to another key. Not thread-safe with handle. LK_FAILED_PRECONDITION
+ * as lk_replica_applier_new. */
+lk_status lk_replica_applier_set_node_key(lk_replica_applier *a,
+                                          const unsigned char node_pk[32],
+                                          lk_err *err) LK_MUST_CHECK;
+
+/* Returns 1 when the store records the applier's node key as the one its
+ * secrets are sealed to (a batch was committed with it); else 0, also
+ * when the applier tracks no key. Thread-safe. */
+int lk_replica_applier_sealed_to_node_key(const lk_replica_applier *a);
+
+/* Copies the node public key the store's secrets are sealed to
+ * (meta/node_public_key) into pk and returns 1; returns 0, pk untouched,
+ * when none (or no 32-byte key) is recorded. */
+int lk_replica_stored_node_key(lk_store *store, unsigned char pk[32]);
+
 /* ---- the replica ----------------------------------------------------------
  */
 
@@ -174,10 +211,12 @@ typedef struct {
   const char *token_file;    /* node token, sent as "Bearer <token>" */
   const char *tls_ca;        /* root PEM file; NULL = plaintext channel */
   const char *agent_id;      /* this sidecar's agent */
-  unsigned char node_public_key[32]; /* X25519, lk_seal_key_public */
-  int64_t max_staleness_ms;          /* 0 = off */
-  const lk_seal_key *node_key;       /* opens the audit key; borrowed */
-  lk_audit_key *audit; /* receives it; borrowed, NULL = not kept */
+  /* The key to present (asked before each connection) and to tell about
+   * commits, which also opens audit keys; borrowed, must outlive the
+   * replica. */
+  lk_node_keys *keys;
+  int64_t max_staleness_ms; /* 0 = off */
+  lk_audit_key *audit; /* receives the audit key; borrowed, NULL = not kept */
 } lk_replica_config;
 
 typedef struct lk_replica lk_replica;
@@ -187,8 +226,8 @@ typedef struct lk_replica lk_replica;
  * reconnects (jittered backoff from LK_REPLICA_BACKOFF_INITIAL_MS doubling
  * to LK_REPLICA_BACKOFF_MAX_MS) until lk_replica_stop. store is borrowed
  * and must outlive the replica; cfg strings are copied. Returns at once:
- * it never waits for a control plane. With cfg->node_key set, audit keys
- * are accepted (lk_replica_applier_use_audit). LK_INVALID_ARGUMENT or
+ * it never waits for a control plane. Audit keys are accepted and opened
+ * with cfg->keys (lk_replica_applier_use_audit). LK_INVALID_ARGUMENT or
  * LK_FAILED_PRECONDITION naming the flag or file that is wrong. */
 lk_status lk_replica_start(const lk_replica_config *cfg, lk_store *store,
                            lk_replica **out, lk_err *err) LK_MUST_CHECK;

@@ -43,7 +43,7 @@ static const char *const methods[] = {
 struct lk_toolcalls {
   lk_toolcalls_config cfg;
   lk_catalog *cat;
-  const lk_seal_key *key;
+  lk_node_keys *keys;
   lk_forwarder *fwd;
 };
 
@@ -84,7 +84,7 @@ const char *const *lk_toolcalls_methods(size_t *n) {
 }
 
 lk_status lk_toolcalls_new(const lk_toolcalls_config *cfg, lk_catalog *cat,
-                           const lk_seal_key *key, lk_forwarder *fwd,
+                           lk_node_keys *keys, lk_forwarder *fwd,
                            lk_toolcalls **out, lk_err *err) {
   *out = NULL;
   if (cfg->agent_id == NULL || !lk_catalog_valid_id(cfg->agent_id)) {
@@ -97,7 +97,7 @@ lk_status lk_toolcalls_new(const lk_toolcalls_config *cfg, lk_catalog *cat,
     return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   t->cfg = *cfg;
   t->cat = cat;
-  t->key = key;
+  t->keys = keys;
   t->fwd = fwd;
   *out = t;
   return LK_OK;
@@ -262,16 +262,18 @@ static lk_status unseal_fields(lk_toolcalls *t,
                        "update the credential",
                        cred->id, f->name);
       }
-      /* Replicated values are sealed to this node's public key. */
+      /* Replicated values are sealed to this node's public key (the one
+       * the replica is on, which a rotation changes). */
       lk_status st =
           s->ephemeral_public_key.len > 0
-              ? lk_unseal_from_node(
-                    t->key, cred->id, f->name, s->ephemeral_public_key.data,
+              ? lk_node_keys_unseal_from_node(
+                    t->keys, cred->id, f->name, s->ephemeral_public_key.data,
                     s->ephemeral_public_key.len, s->nonce.data, s->nonce.len,
                     s->ciphertext.data, s->ciphertext.len, &value, err)
-              : lk_unseal(t->key, s->key_id, cred->id, f->name, s->nonce.data,
-                          s->nonce.len, s->ciphertext.data, s->ciphertext.len,
-                          &value, err);
+              : lk_node_keys_unseal(t->keys, s->key_id, cred->id, f->name,
+                                    s->nonce.data, s->nonce.len,
+                                    s->ciphertext.data, s->ciphertext.len,
+                                    &value, err);
       if (st != LK_OK)
         return st;
     } else {
@@ -764,6 +766,9 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
     goto fail;
 
   if (tool->credential_type[0] != '\0') {
+    /* Taken before the record is read, so a rotation finishing after
+     * that read shows (see the retry below). */
+    uint64_t key_generation = lk_node_keys_generation(t->keys);
     st = resolve(t, budget->id, tool, &cred, &err);
     if (st == LK_NOT_FOUND) {
       reply_missing(t, call, budget->id, tool, op->name, start_us, &err);
@@ -775,6 +780,19 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
     if (st != LK_OK)
       goto fail;
     st = unseal_fields(t, cred, fields, &n_fields, &err);
+    if (st == LK_FAILED_PRECONDITION &&
+        lk_node_keys_generation(t->keys) != key_generation) {
+      /* A node key rotation finished between reading the credential and
+       * opening it: the record read may be sealed to the key just wiped,
+       * and the store now holds it sealed to the new one. Once more. */
+      wipe_fields(fields, n_fields);
+      n_fields = 0;
+      lk_catalog_free_credential(cred);
+      cred = NULL;
+      st = resolve(t, budget->id, tool, &cred, &err);
+      if (st == LK_OK)
+        st = unseal_fields(t, cred, fields, &n_fields, &err);
+    }
     if (st != LK_OK)
       goto fail;
   }

@@ -29,6 +29,7 @@
 #include "lib/status.h"
 #include "lib/token.h"
 #include "sidecar/forward.h"
+#include "sidecar/node_keys.h"
 
 typedef struct {
   const char *agent_id;           /* this sidecar's agent */
@@ -49,10 +50,11 @@ typedef struct {
 
 typedef struct lk_toolcalls lk_toolcalls;
 
-/* Creates the service over the catalog, node key and forwarder (all
- * borrowed; they must outlive it). cfg strings are borrowed too. */
+/* Creates the service over the catalog, node keys (which may rotate
+ * under it) and forwarder (all borrowed; they must outlive it). cfg
+ * strings are borrowed too. */
 lk_status lk_toolcalls_new(const lk_toolcalls_config *cfg, lk_catalog *cat,
-                           const lk_seal_key *key, lk_forwarder *fwd,
+                           lk_node_keys *keys, lk_forwarder *fwd,
                            lk_toolcalls **out, lk_err *err) LK_MUST_CHECK;
 
 /* Frees the service; NULL is ignored. In-flight calls must be done. */

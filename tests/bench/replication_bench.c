@@ -65,6 +65,7 @@
 #include "lib/status.h"
 #include "lib/store.h"
 #include "lib/token.h"
+#include "sidecar/node_keys.h"
 #include "sidecar/replica.h"
 
 #define TOKEN "bench-node-token-0123456789abcdef0123"
@@ -351,7 +352,7 @@ typedef struct {
   lk_store *store;
   lk_catalog *cat;
   lk_keyring *kr;
-  lk_seal_key *node;
+  lk_node_keys *node;
   unsigned char node_pk[32];
   lk_token *token;
   lk_sync_server *sync;
@@ -497,10 +498,11 @@ static lk_status server_start(server *sv, const char *tmp, int round,
     return st;
   }
   snprintf(path, sizeof(path), "%s/node.key", sv->dir);
-  if ((st = lk_seal_key_load_or_create(path, &sv->node, err)) != LK_OK ||
-      (st = lk_seal_key_public(sv->node, sv->node_pk, err)) != LK_OK) {
+  lk_node_keys_config kcfg = {.path = path, .replica = 1};
+  if ((st = lk_node_keys_open(&kcfg, &sv->node, err)) != LK_OK) {
     return st;
   }
+  lk_node_keys_presented(sv->node, sv->node_pk);
   snprintf(path, sizeof(path), "%s/token", sv->dir);
   if ((st = write_file(path, TOKEN "\n", err)) != LK_OK ||
       (st = lk_token_load(path, &sv->token, err)) != LK_OK ||
@@ -523,7 +525,7 @@ static void server_stop(server *sv) {
   lk_rpc_server_destroy(sv->srv);
   lk_sync_server_destroy(sv->sync);
   lk_token_destroy(sv->token);
-  lk_seal_key_destroy(sv->node);
+  lk_node_keys_destroy(sv->node);
   lk_keyring_destroy(sv->kr);
   lk_catalog_destroy(sv->cat);
   lk_store_close(sv->store);

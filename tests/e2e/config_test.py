@@ -74,6 +74,25 @@ class ConfigTest(harness.StackTestCase):
     def test_unknown_flag_refuses_to_start(self):
         self._start_fails(self.lk.daemon_args() + ["--no-such-flag"])
 
+    def test_rotate_node_key_in_standalone_mode_is_a_usage_error(self):
+        for args, env in (
+                (self.lk.daemon_args() + ["--rotate-node-key"], None),
+                (self.lk.daemon_args(), dict(self.lk.daemon_env(),
+                                             LATCHKEY_ROTATE_NODE_KEY="1"))):
+            proc = self._start_fails(args, env)
+            self.assertEqual(proc.returncode, 2)
+            self.assertIn(b"--rotate-node-key applies to replica mode only",
+                          proc.stderr)
+            self.assertFalse(os.path.exists(self.lk.node_key + ".next"))
+
+    def test_help_lists_rotate_node_key_and_its_variable(self):
+        proc = subprocess.run([harness.latchkeyd_path(), "--help"],
+                              capture_output=True, timeout=30)
+        self.assertEqual(proc.returncode, 0)
+        help_text = proc.stdout + proc.stderr
+        self.assertIn(b"--rotate-node-key", help_text)
+        self.assertIn(b"LATCHKEY_ROTATE_NODE_KEY", help_text)
+
 
 if __name__ == "__main__":
     harness.main()

@@ -3,12 +3,21 @@
  * prints what it holds, so a Python test that kills latchkeyd can check
  * the store is exactly one revision's content (replica_crash_test).
  *
- * usage: replica_inspect DATA_DIR
+ * usage: replica_inspect DATA_DIR [NODE_KEY_FILE]
  * stdout: one JSON object:
  *   {"revision": N,            (meta/revision; 0 when absent)
  *    "prefixes": {"tool/": {"count": N, "invalid": N, "sha256": "<hex>"},
  *                 ... type/, cred/, budget/, bind/},
- *    "foreign": N}             (keys under no catalog prefix and not meta/)
+ *    "foreign": N,             (keys under no catalog prefix and not meta/)
+ *    "node_key": "<fp>",       (lk_seal_fingerprint of meta/node_public_key;
+ *                               "" when absent)
+ *    "sealed": {"opens": N, "fails": N}}   (only with NODE_KEY_FILE)
+ *
+ * With NODE_KEY_FILE (a node key file, never created here) every secret
+ * field of every cred/ record is opened with lk_unseal_from_node under
+ * that key (node_key_rotation_test: all of them are sealed to the new
+ * key); the plaintext goes to guarded memory, freed (wiped) at once, and
+ * is never printed.
  *
  * sha256 covers the prefix's records in key order, each as a 4-byte
  * big-endian key length, the key, a 4-byte big-endian value length and
@@ -28,11 +37,13 @@
 
 #include "latchkey/v1/types.pb-c.h"
 #include "lib/catalog.h"
+#include "lib/seal.h"
 #include "lib/secret.h"
 #include "lib/status.h"
 #include "lib/store.h"
 
 #define REVISION_KEY "meta/revision"
+#define NODE_KEY_KEY "meta/node_public_key"
 
 typedef struct {
   const char *prefix;
@@ -101,6 +112,58 @@ static int count_foreign(void *ctx, const char *key, size_t key_len,
   return 0;
 }
 
+typedef struct {
+  const lk_seal_key *key;
+  size_t opens;
+  size_t fails;
+} seal_count;
+
+/* Counts the secret fields of one cred/ record that open under the key. */
+static int count_sealed(void *ctx, const char *key, size_t key_len,
+                        const unsigned char *val, size_t val_len) {
+  (void)key;
+  (void)key_len;
+  seal_count *sc = ctx;
+  Latchkey__V1__Credential *c =
+      latchkey__v1__credential__unpack(NULL, val_len, val);
+  if (c == NULL)
+    return 0;
+  for (size_t i = 0; i < c->n_fields; i++) {
+    const Latchkey__V1__FieldValue *f = c->fields[i];
+    if (!f->secret)
+      continue;
+    const Latchkey__V1__SealedValue *sv = f->sealed;
+    lk_secret *pt = NULL;
+    lk_err err;
+    if (sv != NULL &&
+        lk_unseal_from_node(
+            sc->key, c->id, f->name, sv->ephemeral_public_key.data,
+            sv->ephemeral_public_key.len, sv->nonce.data, sv->nonce.len,
+            sv->ciphertext.data, sv->ciphertext.len, &pt, &err) == LK_OK) {
+      sc->opens++;
+    } else {
+      sc->fails++;
+    }
+    lk_secret_free(pt);
+  }
+  latchkey__v1__credential__free_unpacked(c, NULL);
+  return 0;
+}
+
+/* Writes the fingerprint of meta/node_public_key into fp ("" when none). */
+static void read_node_key(lk_store *store,
+                          char fp[LK_SEAL_FINGERPRINT_CHARS + 1]) {
+  unsigned char *val = NULL;
+  size_t len = 0;
+  lk_err err;
+  fp[0] = '\0';
+  if (lk_store_get(store, NODE_KEY_KEY, &val, &len, &err) != LK_OK)
+    return;
+  if (len == LK_SEAL_PUBLIC_KEY_BYTES)
+    lk_seal_fingerprint(val, fp);
+  lk_store_value_free(val, len);
+}
+
 /* Reads meta/revision: 0 when absent, -1 (with a message) when malformed. */
 static int64_t read_revision(lk_store *store, lk_err *err) {
   unsigned char *val = NULL;
@@ -137,15 +200,23 @@ int main(int argc, char **argv) {
   };
   size_t n_sums = sizeof(sums) / sizeof(sums[0]);
   foreign_ctx fc = {sums, n_sums, 0};
+  lk_seal_key *node_key = NULL;
+  seal_count sc = {NULL, 0, 0};
+  char node_fp[LK_SEAL_FINGERPRINT_CHARS + 1];
 
-  if (argc != 2) {
-    fprintf(stderr, "usage: replica_inspect DATA_DIR\n");
+  if (argc != 2 && argc != 3) {
+    fprintf(stderr, "usage: replica_inspect DATA_DIR [NODE_KEY_FILE]\n");
     goto done;
   }
   if (lk_secret_init() != LK_OK) {
     fprintf(stderr, "replica_inspect: cannot initialize libsodium\n");
     goto done;
   }
+  if (argc == 3 && lk_seal_key_load(argv[2], &node_key, &err) != LK_OK) {
+    fprintf(stderr, "replica_inspect: %s\n", err.msg);
+    goto done;
+  }
+  sc.key = node_key;
   if (lk_store_open(argv[1], &store, &err) != LK_OK) {
     fprintf(stderr, "replica_inspect: %s\n", err.msg);
     goto done;
@@ -178,9 +249,21 @@ int main(int argc, char **argv) {
            i == 0 ? "" : ", ", sums[i].prefix, sums[i].count, sums[i].invalid,
            hex);
   }
-  printf("}, \"foreign\": %zu}\n", fc.foreign);
+  if (node_key != NULL &&
+      lk_store_scan(store, "cred/", count_sealed, &sc, &err) != LK_OK) {
+    fprintf(stderr, "replica_inspect: %s\n", err.msg);
+    goto done;
+  }
+  read_node_key(store, node_fp);
+  printf("}, \"foreign\": %zu, \"node_key\": \"%s\"", fc.foreign, node_fp);
+  if (node_key != NULL) {
+    printf(", \"sealed\": {\"opens\": %zu, \"fails\": %zu}", sc.opens,
+           sc.fails);
+  }
+  printf("}\n");
   rc = fflush(stdout) == 0 ? 0 : 1;
 done:
+  lk_seal_key_destroy(node_key);
   lk_store_close(store);
   return rc;
 }

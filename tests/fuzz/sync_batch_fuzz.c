@@ -44,6 +44,7 @@
 #include "lib/seal.h"
 #include "lib/status.h"
 #include "lib/store.h"
+#include "sidecar/node_keys.h"
 #include "sidecar/replica.h"
 #include "tests/fuzz/fuzz_target.h"
 
@@ -57,7 +58,7 @@ static const char *const allowed_prefixes[] = {"tool/", "type/", "cred/",
                                                "budget/", "bind/"};
 
 static lk_store *store;
-static lk_seal_key *node_key;
+static lk_node_keys *node_keys;
 static unsigned char node_pk[32];
 static char key_dir[1024];
 
@@ -78,8 +79,8 @@ static int remove_entry(const char *path, const struct stat *sb, int flag,
 static void close_store(void) {
   lk_store_close(store);
   store = NULL;
-  lk_seal_key_destroy(node_key);
-  node_key = NULL;
+  lk_node_keys_destroy(node_keys);
+  node_keys = NULL;
   if (key_dir[0] != '\0') {
     nftw(key_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
   }
@@ -116,7 +117,11 @@ static void open_node_key(void) {
   check(fd >= 0);
   check(write(fd, text, (size_t)n) == n);
   close(fd);
-  check(lk_seal_key_load_or_create(path, &node_key, &err) == LK_OK);
+  lk_node_keys_config cfg = {.path = path, .replica = 1};
+  check(lk_node_keys_open(&cfg, &node_keys, &err) == LK_OK);
+  unsigned char shown[32];
+  lk_node_keys_presented(node_keys, shown);
+  check(memcmp(shown, node_pk, sizeof(shown)) == 0);
 }
 
 /* Opens the process's in-memory store on first use. */
@@ -227,11 +232,11 @@ static void audit_digest(lk_audit_key *holder,
       latchkey__v1__sealed_value__unpack(NULL, len, val);
   check(s != NULL);
   lk_secret *pt = NULL;
-  check(lk_unseal_from_node(node_key, LK_AUDIT_SEAL_ID, LK_AUDIT_SEAL_FIELD,
-                            s->ephemeral_public_key.data,
-                            s->ephemeral_public_key.len, s->nonce.data,
-                            s->nonce.len, s->ciphertext.data, s->ciphertext.len,
-                            &pt, &err) == LK_OK);
+  check(lk_node_keys_unseal_from_key(
+            node_keys, node_pk, LK_AUDIT_SEAL_ID, LK_AUDIT_SEAL_FIELD,
+            s->ephemeral_public_key.data, s->ephemeral_public_key.len,
+            s->nonce.data, s->nonce.len, s->ciphertext.data, s->ciphertext.len,
+            &pt, &err) == LK_OK);
   check(lk_secret_len(pt) == LK_AUDIT_KEY_BYTES);
   char want[LK_AUDIT_HEX_BYTES];
   char got[LK_AUDIT_HEX_BYTES];
@@ -309,7 +314,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   clear_store();
   check(lk_audit_key_new(&holder, &err) == LK_OK);
   check(lk_replica_applier_new(store, node_pk, &a, &err) == LK_OK);
-  check(lk_replica_applier_use_audit(a, node_key, holder, &err) == LK_OK);
+  check(lk_replica_applier_use_audit(a, node_keys, holder, &err) == LK_OK);
   check(lk_replica_applier_revision(a) == 0);
 
   size_t off = 0;

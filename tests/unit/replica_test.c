@@ -8,12 +8,22 @@
  * missing revision, oversized message) is NACKed with the exact status and
  * applies nothing, after a NACK batches are skipped until a snapshot
  * begins, a snapshot in parts is applied at its end as a replacement that
- * keeps non-catalog keys, and a changed node key resets the revision to 0.
- * Audit keys (with a real node key): one sealed to this node is stored
- * sealed under meta/audit_key in the WriteBatch of its batch (alone for a
- * heartbeat, at the end for a snapshot) and handed to the holder, and is
- * loaded again at start; one sealed to another node, malformed, or sent to
- * an applier without a node key is NACKed with nothing applied.
+ * keeps non-catalog keys, and a changed node key resets the revision to 0
+ * (at open or between streams, lk_replica_applier_set_node_key) and
+ * refuses incremental batches (FAILED_PRECONDITION) until a snapshot
+ * sealed to the new key has replaced the replica.
+ * Audit keys (with real node key files, sidecar/node_keys): one sealed to
+ * this node is stored sealed under meta/audit_key in the WriteBatch of its
+ * batch (alone for a heartbeat, at the end for a snapshot) and handed to
+ * the holder, and is loaded again at start; one sealed to another node,
+ * malformed, or sent to an applier without node keys is NACKed with
+ * nothing applied. Across a node key rotation: the new stream's audit key
+ * must be sealed to the presented next key (one sealed to the old key is
+ * NACKed), lands in the snapshot's WriteBatch with the new
+ * meta/node_public_key (a heartbeat's waits for it), a snapshot without
+ * one drops the stale stored key, and a replica restarted before the
+ * snapshot, after it, and after the old key is gone opens its stored
+ * audit key before any stream.
  */
 #include <ftw.h>
 #include <setjmp.h>
@@ -34,7 +44,9 @@
 #include "latchkey/v1/types.pb-c.h"
 #include "lib/audit.h"
 #include "lib/seal.h"
+#include "lib/secret.h"
 #include "lib/store.h"
+#include "sidecar/node_keys.h"
 #include "sidecar/replica.h"
 
 #define MAX_RECORDS 16
@@ -649,6 +661,80 @@ static void changed_node_key_restarts_from_revision_zero(void **state) {
   assert_int_equal(lk_replica_applier_revision(f->a), 3);
 }
 
+static void incremental_batch_over_another_node_key_is_nacked(void **state) {
+  fx *f = *state;
+  seed(f, 5);
+  lk_replica_applier_destroy(f->a);
+  unsigned char other[32] = {9};
+  lk_err err;
+  assert_int_equal(lk_replica_applier_new(f->store, other, &f->a, &err), LK_OK);
+  assert_false(lk_replica_applier_sealed_to_node_key(f->a));
+  /* A batch sealed to the new key must not land among records sealed to
+   * the old one, nor record the new key over them. */
+  batch x;
+  batch_init(&x, 6);
+  put_tool(&x, "news");
+  expect_nack(f, &x, LK_FAILED_PRECONDITION,
+              "sealed to another node key: a snapshot sealed to the key");
+  assert_false(has_key(f, "tool/news"));
+  unsigned char stored[32];
+  assert_true(lk_replica_stored_node_key(f->store, stored));
+  assert_memory_equal(stored, node_pk, 32);
+  /* The snapshot replaces everything and records the new key. */
+  batch_init(&x, 7);
+  x.b.snapshot_begin = 1;
+  x.b.snapshot_end = 1;
+  put_budget(&x);
+  put_credential(&x, 0);
+  expect_ack(f, &x, 7);
+  assert_true(lk_replica_applier_sealed_to_node_key(f->a));
+  assert_true(lk_replica_stored_node_key(f->store, stored));
+  assert_memory_equal(stored, other, 32);
+  /* Incremental batches apply again. */
+  batch_init(&x, 8);
+  put_tool(&x, "news");
+  expect_ack(f, &x, 8);
+  assert_true(has_key(f, "tool/news"));
+}
+
+static void set_node_key_between_streams_asks_for_a_snapshot(void **state) {
+  fx *f = *state;
+  seed(f, 5);
+  assert_true(lk_replica_applier_sealed_to_node_key(f->a));
+  unsigned char next[32] = {7, 7};
+  lk_err err;
+  assert_int_equal(lk_replica_applier_set_node_key(f->a, next, &err), LK_OK);
+  assert_int_equal(lk_replica_applier_revision(f->a), 0);
+  assert_false(lk_replica_applier_sealed_to_node_key(f->a));
+  /* Back to the key the store is sealed to: resume from its revision. */
+  assert_int_equal(lk_replica_applier_set_node_key(f->a, node_pk, &err), LK_OK);
+  assert_int_equal(lk_replica_applier_revision(f->a), 5);
+  assert_true(lk_replica_applier_sealed_to_node_key(f->a));
+  /* A snapshot under the next key moves the store to it. */
+  assert_int_equal(lk_replica_applier_set_node_key(f->a, next, &err), LK_OK);
+  batch x;
+  batch_init(&x, 4);
+  x.b.snapshot_begin = 1;
+  x.b.snapshot_end = 1;
+  put_budget(&x);
+  expect_ack(f, &x, 4);
+  assert_true(lk_replica_applier_sealed_to_node_key(f->a));
+  assert_false(has_key(f, "cred/c1"));
+  unsigned char stored[32];
+  assert_true(lk_replica_stored_node_key(f->store, stored));
+  assert_memory_equal(stored, next, 32);
+}
+
+static void empty_store_records_no_node_key(void **state) {
+  fx *f = *state;
+  unsigned char stored[32] = {0};
+  assert_false(lk_replica_stored_node_key(f->store, stored));
+  assert_false(lk_replica_applier_sealed_to_node_key(f->a));
+  /* A record that is no 32-byte key counts as none. */
+  put_store(f, LK_REPLICA_NODE_KEY_KEY, "short", 5);
+  assert_false(lk_replica_stored_node_key(f->store, stored));
+}
+
 static void malformed_stored_revision_is_refused(void **state) {
   fx *f = *state;
   lk_replica_applier_destroy(f->a);
@@ -668,37 +754,52 @@ static const unsigned char audit_bytes[32] = {
     'i', 't', '-', 'k', 'e', 'y', 9,   8,   7,   6,   5,
     4,   3,   2,   1,   0,   1,   2,   3,   4,   5};
 
-/* A real node key under f's dir (name picks the file), and its applier
- * over f's store with an audit key holder. */
+/* Real node keys under f's dir (name picks the file), opened as latchkeyd
+ * opens them (with the key the store records as sealed to), and an audit
+ * key holder. */
 typedef struct {
-  lk_seal_key *key;
-  unsigned char pk[32];
+  char path[1200];
+  lk_node_keys *keys;
+  unsigned char pk[32]; /* the key presented */
   lk_audit_key *audit;
 } node;
 
-static void node_open(fx *f, node *n, const char *name) {
-  char path[1200];
+/* Opens n's keys at f->dir/name.key; rotate as --rotate-node-key. */
+static void node_open_rotating(fx *f, node *n, const char *name, int rotate) {
   lk_err err;
-  snprintf(path, sizeof(path), "%s/%s.key", f->dir, name);
-  if (lk_seal_key_load_or_create(path, &n->key, &err) != LK_OK ||
-      lk_seal_key_public(n->key, n->pk, &err) != LK_OK ||
+  unsigned char sealed_pk[32];
+  snprintf(n->path, sizeof(n->path), "%s/%s.key", f->dir, name);
+  lk_node_keys_config cfg = {
+      .path = n->path,
+      .replica = 1,
+      .rotate = rotate,
+      .sealed_pk =
+          lk_replica_stored_node_key(f->store, sealed_pk) ? sealed_pk : NULL,
+  };
+  if (lk_node_keys_open(&cfg, &n->keys, &err) != LK_OK ||
       lk_audit_key_new(&n->audit, &err) != LK_OK) {
     fail_msg("node key: %s", err.msg);
   }
+  lk_node_keys_presented(n->keys, n->pk);
+}
+
+static void node_open(fx *f, node *n, const char *name) {
+  node_open_rotating(f, n, name, 0);
 }
 
 static void node_close(node *n) {
   lk_audit_key_destroy(n->audit);
-  lk_seal_key_destroy(n->key);
+  lk_node_keys_destroy(n->keys);
 }
 
-/* Replaces f's applier with one sealed to n that accepts audit keys. */
+/* Replaces f's applier with one presenting n's key that accepts audit
+ * keys (as lk_replica_start sets it up). */
 static void use_node(fx *f, node *n) {
   lk_err err;
   lk_replica_applier_destroy(f->a);
   f->a = NULL;
   if (lk_replica_applier_new(f->store, n->pk, &f->a, &err) != LK_OK ||
-      lk_replica_applier_use_audit(f->a, n->key, n->audit, &err) != LK_OK) {
+      lk_replica_applier_use_audit(f->a, n->keys, n->audit, &err) != LK_OK) {
     fail_msg("applier: %s", err.msg);
   }
 }
@@ -860,7 +961,7 @@ static void bad_audit_keys_are_nacked_and_nothing_applies(void **state) {
   assert_false(has_key(f, LK_REPLICA_AUDIT_KEY_KEY));
   assert_false(lk_audit_key_ready(n.audit));
 
-  /* An applier given no node key cannot open one. */
+  /* An applier given no node keys cannot open one. */
   lk_err err;
   lk_replica_applier_destroy(f->a);
   f->a = NULL;
@@ -898,6 +999,228 @@ static void stored_audit_key_of_another_node_key_is_ignored(void **state) {
   node_close(&n);
 }
 
+/* ---- audit keys across a node key rotation ----------------------------- */
+
+/* Returns 1 when meta/audit_key opens, with the held key whose public key
+ * is pk and no other, to audit_bytes; 0 when it does not open; fails the
+ * test when there is none. */
+static int stored_audit_opens_with(fx *f, node *n, const unsigned char pk[32]) {
+  unsigned char *val = NULL;
+  size_t len = 0;
+  lk_err err;
+  lk_secret *pt = NULL;
+  assert_int_equal(
+      lk_store_get(f->store, LK_REPLICA_AUDIT_KEY_KEY, &val, &len, &err),
+      LK_OK);
+  Latchkey__V1__SealedValue *sv =
+      latchkey__v1__sealed_value__unpack(NULL, len, val);
+  assert_non_null(sv);
+  lk_status st = lk_node_keys_unseal_from_key(
+      n->keys, pk, LK_AUDIT_SEAL_ID, LK_AUDIT_SEAL_FIELD,
+      sv->ephemeral_public_key.data, sv->ephemeral_public_key.len,
+      sv->nonce.data, sv->nonce.len, sv->ciphertext.data, sv->ciphertext.len,
+      &pt, &err);
+  if (st == LK_OK) {
+    assert_int_equal(lk_secret_len(pt), sizeof(audit_bytes));
+    assert_memory_equal(lk_secret_data(pt), audit_bytes, sizeof(audit_bytes));
+  }
+  lk_secret_free(pt);
+  latchkey__v1__sealed_value__free_unpacked(sv, NULL);
+  lk_store_value_free(val, len);
+  return st == LK_OK;
+}
+
+static void assert_stored_node_key(fx *f, const unsigned char pk[32]) {
+  unsigned char stored[32];
+  assert_true(lk_replica_stored_node_key(f->store, stored));
+  assert_memory_equal(stored, pk, 32);
+}
+
+/* Brings n's replica to revision 4 with the audit key sealed to its key,
+ * then starts a rotation (SIGHUP) and has the applier present the next
+ * key as the next stream does; returns both public keys. */
+static void rotate_after_revision_4(fx *f, node *n, unsigned char old_pk[32],
+                                    unsigned char next_pk[32]) {
+  sealed_audit s;
+  batch x;
+  lk_err err;
+  use_node(f, n);
+  memcpy(old_pk, n->pk, 32);
+  seal_audit(&s, old_pk, LK_AUDIT_SEAL_ID);
+  batch_init(&x, 4);
+  put_tool(&x, "weather");
+  x.b.audit_key = &s.sv;
+  expect_ack(f, &x, 4);
+  free(s.ct);
+  assert_true(stored_audit_opens_with(f, n, old_pk));
+  assert_int_equal(lk_node_keys_rotate(n->keys, &err), LK_OK);
+  lk_node_keys_presented(n->keys, next_pk);
+  assert_memory_not_equal(next_pk, old_pk, 32);
+  lk_replica_applier_reset(f->a);
+  assert_int_equal(lk_replica_applier_set_node_key(f->a, next_pk, &err), LK_OK);
+  memcpy(n->pk, next_pk, 32);
+  assert_int_equal(lk_replica_applier_revision(f->a), 0);
+}
+
+static void rotation_audit_key_lands_sealed_to_the_next_key_with_the_snapshot(
+    void **state) {
+  fx *f = *state;
+  node n;
+  sealed_audit to_old, to_next;
+  batch x;
+  unsigned char old_pk[32], next_pk[32];
+  node_open(f, &n, "rot1");
+  rotate_after_revision_4(f, &n, old_pk, next_pk);
+  seal_audit(&to_old, old_pk, LK_AUDIT_SEAL_ID);
+  seal_audit(&to_next, next_pk, LK_AUDIT_SEAL_ID);
+
+  /* The new stream must bring it sealed to the key it presented: one
+   * sealed to the old key (which this sidecar still holds) is refused. */
+  batch_init(&x, 6);
+  x.b.snapshot_begin = 1;
+  x.b.snapshot_end = 1;
+  put_tool(&x, "weather");
+  x.b.audit_key = &to_old.sv;
+  expect_nack(f, &x, LK_FAILED_PRECONDITION,
+              "does not open with the node key this replica presents");
+  assert_stored_node_key(f, old_pk);
+  assert_true(stored_audit_opens_with(f, &n, old_pk));
+
+  /* Sealed to the next key on the snapshot's first part: nothing is
+   * written until the snapshot's end, and then the audit key, the
+   * records and meta/node_public_key move together. */
+  batch_init(&x, 6);
+  x.b.snapshot_begin = 1;
+  put_tool(&x, "weather");
+  x.b.audit_key = &to_next.sv;
+  expect_reply(f, &x, LK_REPLICA_REPLY_NONE);
+  assert_stored_node_key(f, old_pk);
+  assert_true(stored_audit_opens_with(f, &n, old_pk));
+  assert_false(stored_audit_opens_with(f, &n, next_pk));
+  batch_init(&x, 6);
+  x.b.snapshot_end = 1;
+  put_budget(&x);
+  expect_ack(f, &x, 6);
+  assert_stored_node_key(f, next_pk);
+  assert_true(has_key(f, "budget/main"));
+  assert_true(stored_audit_opens_with(f, &n, next_pk));
+  assert_false(stored_audit_opens_with(f, &n, old_pk));
+  assert_true(lk_replica_applier_sealed_to_node_key(f->a));
+  assert_holder_has_the_key(&n);
+
+  /* The rotation finishes (old key wiped): the stored key still opens. */
+  lk_node_keys_replica_sealed(n.keys, next_pk);
+  assert_false(lk_node_keys_rotating(n.keys));
+  assert_true(stored_audit_opens_with(f, &n, next_pk));
+  free(to_old.ct);
+  free(to_next.ct);
+  node_close(&n);
+}
+
+static void rotation_heartbeats_audit_key_waits_for_the_snapshot(void **state) {
+  fx *f = *state;
+  node n;
+  sealed_audit to_next;
+  batch x;
+  unsigned char old_pk[32], next_pk[32];
+  node_open(f, &n, "rot2");
+  rotate_after_revision_4(f, &n, old_pk, next_pk);
+  seal_audit(&to_next, next_pk, LK_AUDIT_SEAL_ID);
+  batch_init(&x, 4);
+  x.b.heartbeat = 1;
+  x.b.audit_key = &to_next.sv;
+  expect_reply(f, &x, LK_REPLICA_REPLY_NONE);
+  /* Not stored alone over a store still sealed to the old key. */
+  assert_stored_node_key(f, old_pk);
+  assert_true(stored_audit_opens_with(f, &n, old_pk));
+  batch_init(&x, 6);
+  x.b.snapshot_begin = 1;
+  x.b.snapshot_end = 1;
+  put_tool(&x, "weather");
+  expect_ack(f, &x, 6);
+  assert_stored_node_key(f, next_pk);
+  assert_true(stored_audit_opens_with(f, &n, next_pk));
+  assert_holder_has_the_key(&n);
+  free(to_next.ct);
+  node_close(&n);
+}
+
+static void rotation_snapshot_without_audit_key_drops_the_stale_one(
+    void **state) {
+  fx *f = *state;
+  node n;
+  batch x;
+  unsigned char old_pk[32], next_pk[32];
+  node_open(f, &n, "rot3");
+  rotate_after_revision_4(f, &n, old_pk, next_pk);
+  batch_init(&x, 6);
+  x.b.snapshot_begin = 1;
+  x.b.snapshot_end = 1;
+  put_tool(&x, "weather");
+  expect_ack(f, &x, 6);
+  assert_stored_node_key(f, next_pk);
+  /* Sealed to a key about to be wiped: gone with the snapshot. The key
+   * already in memory keeps hashing until the next stream brings it. */
+  assert_false(has_key(f, LK_REPLICA_AUDIT_KEY_KEY));
+  assert_holder_has_the_key(&n);
+  node_close(&n);
+}
+
+static void restart_at_any_step_of_a_rotation_opens_the_stored_audit_key(
+    void **state) {
+  fx *f = *state;
+  node n;
+  sealed_audit to_next;
+  batch x;
+  unsigned char old_pk[32], next_pk[32], file_pk[32];
+  char next_path[1300];
+  struct stat sb;
+  node_open(f, &n, "rot4");
+  snprintf(next_path, sizeof(next_path), "%s%s", n.path,
+           LK_NODE_KEYS_NEXT_SUFFIX);
+  rotate_after_revision_4(f, &n, old_pk, next_pk);
+
+  /* Killed before the snapshot: meta/node_public_key names the old key,
+   * the key file still holds it, the next key is presented. */
+  node_close(&n);
+  node_open(f, &n, "rot4");
+  assert_true(lk_node_keys_rotating(n.keys));
+  assert_memory_equal(n.pk, next_pk, 32);
+  use_node(f, &n);
+  assert_int_equal(lk_replica_applier_revision(f->a), 0);
+  assert_holder_has_the_key(&n);
+
+  /* The snapshot sealed to the next key lands, and the sidecar is killed
+   * before it renames the key file. */
+  seal_audit(&to_next, next_pk, LK_AUDIT_SEAL_ID);
+  batch_init(&x, 6);
+  x.b.snapshot_begin = 1;
+  x.b.snapshot_end = 1;
+  put_tool(&x, "weather");
+  x.b.audit_key = &to_next.sv;
+  expect_ack(f, &x, 6);
+  assert_int_equal(stat(next_path, &sb), 0);
+  node_close(&n);
+  node_open(f, &n, "rot4"); /* finishes the rotation at open */
+  assert_false(lk_node_keys_rotating(n.keys));
+  assert_int_equal(stat(next_path, &sb), -1);
+  assert_memory_equal(n.pk, next_pk, 32);
+  use_node(f, &n);
+  assert_int_equal(lk_replica_applier_revision(f->a), 6);
+  assert_holder_has_the_key(&n);
+
+  /* Restarted again, the old key long gone from disk and memory. */
+  node_close(&n);
+  node_open(f, &n, "rot4");
+  lk_node_keys_presented(n.keys, file_pk);
+  assert_memory_equal(file_pk, next_pk, 32);
+  use_node(f, &n);
+  assert_int_equal(lk_replica_applier_revision(f->a), 6);
+  assert_holder_has_the_key(&n);
+  free(to_next.ct);
+  node_close(&n);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void) {
@@ -923,12 +1246,19 @@ int main(void) {
       T(snapshot_with_deletes_or_no_beginning_is_nacked),
       T(bad_part_drops_the_whole_snapshot),
       T(changed_node_key_restarts_from_revision_zero),
+      T(incremental_batch_over_another_node_key_is_nacked),
+      T(set_node_key_between_streams_asks_for_a_snapshot),
+      T(empty_store_records_no_node_key),
       T(malformed_stored_revision_is_refused),
       T(audit_key_is_stored_with_its_batch_and_handed_over),
       T(audit_key_on_a_heartbeat_or_resent_batch_is_stored_alone),
       T(audit_key_with_a_snapshot_is_stored_at_its_end),
       T(bad_audit_keys_are_nacked_and_nothing_applies),
       T(stored_audit_key_of_another_node_key_is_ignored),
+      T(rotation_audit_key_lands_sealed_to_the_next_key_with_the_snapshot),
+      T(rotation_heartbeats_audit_key_waits_for_the_snapshot),
+      T(rotation_snapshot_without_audit_key_drops_the_stale_one),
+      T(restart_at_any_step_of_a_rotation_opens_the_stored_audit_key),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

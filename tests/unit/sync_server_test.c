@@ -17,7 +17,9 @@
  * ahead waits; a replica behind resumes, through the history source (a
  * copy of the catalog at its revision), with one ordinary batch of exactly
  * what changed since, and gets a snapshot when that history is compacted
- * away; a NACK brings a snapshot; a large snapshot, or a change too
+ * away; a NACK brings a snapshot; a new node key gets a full snapshot
+ * re-sealed to it (have_revision 0, or a key other than the agent's last
+ * stream's, which never resumes); a large snapshot, or a change too
  * large for one message, comes as a snapshot split into messages of at
  * most 4 MiB. The first batch of every stream (a snapshot's first part, a
  * resume's heartbeat) carries the key ring's audit key sealed to the node
@@ -1163,6 +1165,92 @@ static void test_nack_brings_a_snapshot(void **state) {
   client_done(&c);
 }
 
+/* Says hello presenting node key pk instead of the fixture's. */
+static void send_hello_with_key(client *c, const char *agent,
+                                const unsigned char pk[32], int64_t have) {
+  Latchkey__V1__SyncRequest req = LATCHKEY__V1__SYNC_REQUEST__INIT;
+  req.agent_id = (char *)agent;
+  req.node_public_key.data = (unsigned char *)pk;
+  req.node_public_key.len = 32;
+  req.have_revision = have;
+  client_send(c, &req);
+}
+
+/* Returns the status of opening cred/w1's api_key in got under key. */
+static lk_status open_w1_with(const msg *got, size_t n,
+                              const lk_seal_key *key) {
+  const Latchkey__V1__SyncRecord *r = find_put(got, n, "cred/w1");
+  assert_non_null(r);
+  Latchkey__V1__Credential *cred =
+      latchkey__v1__credential__unpack(NULL, r->value.len, r->value.data);
+  assert_non_null(cred);
+  const Latchkey__V1__SealedValue *sv = cred->fields[0]->sealed;
+  assert_non_null(sv);
+  lk_secret *pt = NULL;
+  lk_err err;
+  lk_status st = lk_unseal_from_node(
+      key, "w1", "api_key", sv->ephemeral_public_key.data,
+      sv->ephemeral_public_key.len, sv->nonce.data, sv->nonce.len,
+      sv->ciphertext.data, sv->ciphertext.len, &pt, &err);
+  if (st == LK_OK) {
+    assert_int_equal(lk_secret_len(pt), strlen(CANARY));
+    assert_memory_equal(lk_secret_data(pt), CANARY, strlen(CANARY));
+  }
+  lk_secret_free(pt);
+  latchkey__v1__credential__free_unpacked(cred, NULL);
+  return st;
+}
+
+static void test_new_node_key_gets_a_snapshot_sealed_to_it(void **state) {
+  fx *f = *state;
+  client c;
+  msg got[8];
+  char path[1200];
+  lk_err err;
+  lk_seal_key *next = NULL;
+  unsigned char next_pk[32];
+  snprintf(path, sizeof(path), "%s/next.key", f->dir);
+  assert_int_equal(lk_seal_key_load_or_create(path, &next, &err), LK_OK);
+  assert_int_equal(lk_seal_key_public(next, next_pk, &err), LK_OK);
+  lk_sync_server_changed(f->sync, 3);
+  client_open(f, &c, "Bearer " TOKEN);
+  send_hello(f, &c, "agent-a", 0);
+  size_t n = recv_snapshot(&c, got, 8);
+  assert_int_equal(open_w1_with(got, n, f->node), LK_OK);
+  for (size_t i = 0; i < n; i++) {
+    msg_free(&got[i]);
+  }
+  send_ack(&c, 3, 0, NULL);
+  client_done(&c);
+
+  /* A rotated sidecar presents its new key with have_revision 0: a full
+   * snapshot, every secret re-sealed to the new key only. */
+  client_open(f, &c, "Bearer " TOKEN);
+  send_hello_with_key(&c, "agent-a", next_pk, 0);
+  n = recv_snapshot(&c, got, 8);
+  assert_int_equal(got[0].b->revision, 3);
+  expect_snapshot(got, n, k_scope_a);
+  assert_int_equal(open_w1_with(got, n, next), LK_OK);
+  assert_int_equal(open_w1_with(got, n, f->node), LK_FAILED_PRECONDITION);
+  for (size_t i = 0; i < n; i++) {
+    msg_free(&got[i]);
+  }
+  client_done(&c);
+
+  /* A key other than the agent's last stream's never resumes, even when
+   * the hello claims the current revision: what it holds is sealed to
+   * another key. */
+  client_open(f, &c, "Bearer " TOKEN);
+  send_hello(f, &c, "agent-a", 3);
+  n = recv_snapshot(&c, got, 8);
+  assert_int_equal(open_w1_with(got, n, f->node), LK_OK);
+  for (size_t i = 0; i < n; i++) {
+    msg_free(&got[i]);
+  }
+  client_done(&c);
+  lk_seal_key_destroy(next);
+}
+
 /* Adds n tools needing no credential, each with a description of size
  * bytes (so they are in every scope with a budget). */
 static void put_big_tools(fx *f, const char *prefix, int n, size_t size) {
@@ -1256,6 +1344,7 @@ int main(void) {
       T(test_replica_behind_resumes_with_one_batch),
       T(test_compacted_history_gives_a_snapshot),
       T(test_nack_brings_a_snapshot),
+      T(test_new_node_key_gets_a_snapshot_sealed_to_it),
       T(test_large_snapshot_is_split_into_4mib_messages),
       T(test_change_over_one_message_comes_as_snapshot),
   };
