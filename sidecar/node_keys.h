@@ -43,6 +43,10 @@
  * A call that read its record before a rotation finished and tries to
  * open it after (the old key gone) sees lk_node_keys_generation move and
  * reads the record again (sidecar/toolcalls).
+ * The replica's stored audit key opens the same way at start; an audit
+ * key arriving on a stream opens only with the key that stream presented
+ * (lk_node_keys_unseal_from_key), so what the replica stores is sealed to
+ * the key its snapshot records (sidecar/replica).
  *
  * Standalone mode never rotates (its values are sealed under the key file
  * itself, with a key id, and no control plane would re-seal them): PATH.next
