@@ -2,7 +2,8 @@
  * latchkeyctl.c - the admin and test CLI: argument parsing and output.
  *
  * Why it looks like this: every command is "parse argv into one request
- * message, make one unary RPC (rpc.c), print the answer" - a table or a
+ * message, make one unary RPC (rpc.c; the agent commands tools and call
+ * through the C client library, clients/c), print the answer" - a table or a
  * readable block for people, the response message as one JSON document
  * (convert.c) with --json for scripts. Commands live in one table so the
  * parser, the usage text and the dispatch cannot disagree.
@@ -15,9 +16,9 @@
  * carries one), are read into lk_secret memory (lib/secret.h) that is
  * wiped as soon as it is parsed, and every later copy is wiped on free:
  * jansson allocates through wiping functions installed in main, the request
- * message is freed by lk_convert_message_free, and rpc.c packs into
- * lk_secret memory. Token files are read the same way, core dumps are off,
- * and nothing here prints a value it read from stdin or a token file.
+ * message is freed by lk_convert_message_free, and rpc.c (like clients/c)
+ * packs into lk_secret memory. Token files are read the same way, core dumps
+ * are off, and nothing here prints a value it read from stdin or a token file.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -33,6 +34,8 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "clients/c/latchkey_client.h"
+#include "clients/c/latchkey_client_internal.h"
 #include "clients/cli/convert.h"
 #include "clients/cli/rpc.h"
 #include "latchkey/v1/admin.pb-c.h"
@@ -610,6 +613,75 @@ static endpoint sidecar_endpoint(const args *a) {
     e.token_file = NULL;
   }
   return e;
+}
+
+/* Prints a clients/c error as "latchkeyctl: CODE: details" (the codes
+ * carry the same names as lk_status); returns 1. */
+static int fail_client(const lk_client_error *ce) {
+  lk_err err;
+  lk_status st;
+
+  switch (ce->code) {
+    case LK_CLIENT_NOT_FOUND:
+      st = LK_NOT_FOUND;
+      break;
+    case LK_CLIENT_INVALID_ARGUMENT:
+      st = LK_INVALID_ARGUMENT;
+      break;
+    case LK_CLIENT_PERMISSION_DENIED:
+      st = LK_PERMISSION_DENIED;
+      break;
+    case LK_CLIENT_FAILED_PRECONDITION:
+      st = LK_FAILED_PRECONDITION;
+      break;
+    case LK_CLIENT_UNAUTHENTICATED:
+      st = LK_UNAUTHENTICATED;
+      break;
+    case LK_CLIENT_DEADLINE_EXCEEDED:
+      st = LK_DEADLINE_EXCEEDED;
+      break;
+    case LK_CLIENT_UNAVAILABLE:
+      st = LK_UNAVAILABLE;
+      break;
+    case LK_CLIENT_RESOURCE_EXHAUSTED:
+      st = LK_RESOURCE_EXHAUSTED;
+      break;
+    default:
+      st = LK_INTERNAL;
+      break;
+  }
+  lk_fail(&err, st, "%s", ce->message);
+  return fail(&err);
+}
+
+/* Opens the clients/c client of the sidecar a names, sending the agent
+ * token file's token (read into guarded memory, wiped once the client has
+ * its own copy) with a deadline of deadline_ms per call; on failure prints
+ * the error and returns 1, else 0. */
+static int open_sidecar(const args *a, int64_t deadline_ms, lk_client **out) {
+  endpoint e = sidecar_endpoint(a);
+  lk_secret *token = NULL;
+  lk_client_opts opts;
+  lk_client_error cerr;
+  lk_err err;
+  int rc = 0;
+
+  *out = NULL;
+  lk_err_clear(&err);
+  if (e.token_file != NULL &&
+      read_token_file(e.token_file, &token, &err) != LK_OK) {
+    return fail(&err);
+  }
+  memset(&opts, 0, sizeof(opts));
+  opts.agent_token = token != NULL ? lk_secret_str(token) : NULL;
+  opts.timeout_ms = (long)deadline_ms;
+  opts.tls_ca = e.tls_ca;
+  opts.max_response_bytes = LK_RPC_MAX_RESPONSE_BYTES;
+  if (lk_client_open(e.address, &opts, out, &cerr) != LK_CLIENT_OK) {
+    rc = fail_client(&cerr);
+  }
+  lk_secret_free(token);
+  return rc;
 }
 
 /* ---- output -------------------------------------------------------------- */
@@ -1716,9 +1788,9 @@ static int parse_timeout(const args *a, int64_t dflt, int64_t *ms) {
 }
 
 static int cmd_tools(cli *c, const args *a) {
-  Latchkey__V1__ListToolsRequest req = LATCHKEY__V1__LIST_TOOLS_REQUEST__INIT;
-  ProtobufCMessage *resp = NULL;
-  const Latchkey__V1__ListToolsResponse *list;
+  lk_client *client = NULL;
+  lk_client_tools *list = NULL;
+  lk_client_error cerr;
   const char *budget = opt_get(a, "budget");
   int64_t deadline;
   size_t i;
@@ -1732,26 +1804,26 @@ static int cmd_tools(cli *c, const args *a) {
   if (rc != 0) {
     return rc;
   }
-  req.budget_id = (char *)budget;
-  rc = call_endpoint(sidecar_endpoint(a), "/latchkey.v1.ToolCalls/ListTools",
-                     &req.base, &latchkey__v1__list_tools_response__descriptor,
-                     deadline, &resp);
+  rc = open_sidecar(a, deadline, &client);
   if (rc != 0) {
     goto done;
   }
-  if (c->json) {
-    rc = print_json(resp);
+  if (lk_client_list_tools(client, budget, &list, &cerr) != LK_CLIENT_OK) {
+    rc = fail_client(&cerr);
     goto done;
   }
-  list = (const Latchkey__V1__ListToolsResponse *)resp;
+  if (c->json) {
+    rc = print_json(lk_client_tools_message(list));
+    goto done;
+  }
   if (list->n_tools == 0) {
     print_line("", "no tools for budget ", budget);
   }
   for (i = 0; i < list->n_tools; i++) {
-    const Latchkey__V1__ToolInfo *t = list->tools[i];
+    const lk_client_tool *t = &list->tools[i];
     cell m;
     cell_reset(&m);
-    cell_addf(&m, "%s  credential_type=%s  credential_ready=%s", t->tool_id,
+    cell_addf(&m, "%s  credential_type=%s  credential_ready=%s", t->id,
               t->credential_type[0] ? t->credential_type : "-",
               t->credential_ready ? "true" : "false");
     print_line("", "", m.buf);
@@ -1759,7 +1831,7 @@ static int cmd_tools(cli *c, const args *a) {
       print_line("  ", "", t->description);
     }
     for (k = 0; k < t->n_operations; k++) {
-      const Latchkey__V1__OperationInfo *op = t->operations[k];
+      const lk_client_operation *op = &t->operations[k];
       cell_reset(&m);
       cell_addf(&m, "%s  %s %s%s%s", op->name, op->method, op->path,
                 op->description[0] ? "  " : "", op->description);
@@ -1767,11 +1839,12 @@ static int cmd_tools(cli *c, const args *a) {
     }
   }
 done:
-  lk_convert_message_free(resp);
+  lk_client_tools_free(list);
+  lk_client_close(client);
   return rc;
 }
 
-static void print_missing(const Latchkey__V1__MissingCredential *m) {
+static void print_missing(const lk_client_missing_credential *m) {
   size_t i;
   cell c;
 
@@ -1779,12 +1852,12 @@ static void print_missing(const Latchkey__V1__MissingCredential *m) {
   cell_addf(&c,
             "missing credential: budget %s has no credential bound for "
             "tool %s",
-            m->budget_id, m->tool_id);
+            m->budget, m->tool);
   print_line("", "", c.buf);
   print_line("  ", "credential type: ", m->credential_type);
   printf("  required fields:\n");
   for (i = 0; i < m->n_required_fields; i++) {
-    const Latchkey__V1__CredentialField *f = m->required_fields[i];
+    const lk_client_field *f = &m->required_fields[i];
     cell_reset(&c);
     cell_addf(&c, "%s%s", f->name, f->secret ? " (secret)" : "");
     print_line("    - ", "", c.buf);
@@ -1804,15 +1877,14 @@ static void print_missing(const Latchkey__V1__MissingCredential *m) {
 }
 
 static int cmd_call(cli *c, const args *a) {
-  Latchkey__V1__ToolCallRequest req = LATCHKEY__V1__TOOL_CALL_REQUEST__INIT;
-  ProtobufCMessage *resp = NULL;
-  const Latchkey__V1__ToolCallResponse *r;
+  lk_client *client = NULL;
+  lk_client_result *res = NULL;
+  lk_client_error cerr;
+  lk_client_code code;
   const char *budget = opt_get(a, "budget");
   const char *tool = opt_get(a, "tool");
   const char *op = opt_get(a, "op");
   const char *arguments = opt_get(a, "args");
-  unsigned char rid[8];
-  char request_id[2 * sizeof(rid) + 1];
   int64_t deadline;
   json_t *parsed = NULL;
   lk_err err;
@@ -1839,30 +1911,27 @@ static int cmd_call(cli *c, const args *a) {
         err.msg[0] ? ": " : "", err.msg);
   }
   json_decref(parsed);
-  randombytes_buf(rid, sizeof(rid));
-  sodium_bin2hex(request_id, sizeof(request_id), rid, sizeof(rid));
-  req.budget_id = (char *)budget;
-  req.tool_id = (char *)tool;
-  req.operation = (char *)op;
-  req.arguments_json = (char *)arguments;
-  req.request_id = request_id;
-  rc = call_endpoint(sidecar_endpoint(a), "/latchkey.v1.ToolCalls/Call",
-                     &req.base, &latchkey__v1__tool_call_response__descriptor,
-                     deadline, &resp);
+  rc = open_sidecar(a, deadline, &client);
   if (rc != 0) {
     goto done;
   }
-  if (c->json) {
-    rc = print_json(resp);
+  code = lk_client_call(client, budget, tool, op, arguments, &res, &cerr);
+  if (code != LK_CLIENT_OK && code != LK_CLIENT_MISSING_CREDENTIAL) {
+    rc = fail_client(&cerr);
     goto done;
   }
-  r = (const Latchkey__V1__ToolCallResponse *)resp;
-  if (r->outcome_case == LATCHKEY__V1__TOOL_CALL_RESPONSE__OUTCOME_RESULT &&
-      r->result != NULL) {
-    const Latchkey__V1__ToolResult *res = r->result;
+  if (c->json) {
+    rc = print_json(lk_client_result_message(res));
+    goto done;
+  }
+  if (res->missing_credential != NULL) {
+    print_missing(res->missing_credential);
+    fprintf(stderr, "[latchkey] missing_credential request_id=%s\n",
+            res->request_id);
+  } else {
     cell ct;
-    if (res->body.len > 0 &&
-        fwrite(res->body.data, 1, res->body.len, stdout) != res->body.len) {
+    if (res->body_len > 0 &&
+        fwrite(res->body, 1, res->body_len, stdout) != res->body_len) {
       rc = EXIT_CALL_FAILED;
     }
     fflush(stdout);
@@ -1872,21 +1941,11 @@ static int cmd_call(cli *c, const args *a) {
             "[latchkey] http_status=%d redacted=%s content_type=%s "
             "request_id=%s\n",
             res->http_status, res->redacted ? "true" : "false",
-            ct.len ? ct.buf : "-", request_id);
-  } else if (r->outcome_case ==
-                 LATCHKEY__V1__TOOL_CALL_RESPONSE__OUTCOME_MISSING_CREDENTIAL &&
-             r->missing_credential != NULL) {
-    print_missing(r->missing_credential);
-    fprintf(stderr, "[latchkey] missing_credential request_id=%s\n",
-            request_id);
-  } else {
-    lk_fail(&err, LK_INTERNAL,
-            "the sidecar answered with neither a result nor a missing "
-            "credential");
-    rc = fail(&err);
+            ct.len ? ct.buf : "-", res->request_id);
   }
 done:
-  lk_convert_message_free(resp);
+  lk_client_result_free(res);
+  lk_client_close(client);
   return rc;
 }
 
