@@ -19,9 +19,8 @@
  * the common LLM APIs (^[A-Za-z0-9_-]{1,64}$) and splits back at its first
  * "__", as clients/python's latchkey.function_name makes them. Other ids
  * (a '.' in them, or too long) get the same shape with odd characters
- * replaced and a hash of the exact ids appended; Python's hash is
- * BLAKE2b-40, which libsodium cannot compute (its shortest BLAKE2b is 128
- * bits), so only those rare names differ between the two.
+ * replaced and the first 10 hex digits of SHA-256(tool NUL operation)
+ * appended, exactly as the Python and Node clients make them.
  *
  * The script and the model's arguments are untrusted input: the script is
  * read with a size cap and every member is checked before use.
@@ -44,7 +43,7 @@
 #define MAX_SHOWN 400
 #define MAX_NAME 64
 /* Hex digits of hash in a name made from odd ids come from this many
- * bytes of BLAKE2b-128. */
+ * bytes of SHA-256. */
 #define NAME_HASH_BYTES 5
 
 /* One function offered to the model: a tool's operation. */
@@ -82,11 +81,11 @@ static void function_name(const char *tool, const char *op,
   size_t olen = strlen(op);
   int plain = tlen + 2 + olen <= MAX_NAME && strstr(tool, "__") == NULL &&
               (tlen == 0 || tool[tlen - 1] != '_');
-  unsigned char digest[crypto_generichash_BYTES_MIN];
+  unsigned char digest[crypto_hash_sha256_BYTES];
   char hex[2 * NAME_HASH_BYTES + 1];
   char tool_part[MAX_NAME + 1];
   char op_part[MAX_NAME + 1];
-  crypto_generichash_state h;
+  crypto_hash_sha256_state h;
   size_t room = MAX_NAME - 2 - 1 - 2 * NAME_HASH_BYTES;
   size_t tool_room;
   size_t used;
@@ -104,10 +103,10 @@ static void function_name(const char *tool, const char *op,
     memcpy(out + tlen + 2, op, olen + 1);
     return;
   }
-  crypto_generichash_init(&h, NULL, 0, sizeof(digest));
-  crypto_generichash_update(&h, (const unsigned char *)tool, tlen + 1);
-  crypto_generichash_update(&h, (const unsigned char *)op, olen);
-  crypto_generichash_final(&h, digest, sizeof(digest));
+  crypto_hash_sha256_init(&h);
+  crypto_hash_sha256_update(&h, (const unsigned char *)tool, tlen + 1);
+  crypto_hash_sha256_update(&h, (const unsigned char *)op, olen);
+  crypto_hash_sha256_final(&h, digest);
   sodium_bin2hex(hex, sizeof(hex), digest, NAME_HASH_BYTES);
   tool_room = room / 2 > room - (olen < room ? olen : room)
                   ? room / 2

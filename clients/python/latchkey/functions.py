@@ -48,8 +48,8 @@ def function_name(tool_id: str, operation: str) -> str:
     if (_VALID_NAME.match(plain) and SEPARATOR not in tool_id
             and not tool_id.endswith("_")):
         return plain
-    digest = hashlib.blake2b((tool_id + "\0" + operation).encode("utf-8"),
-                             digest_size=5).hexdigest()
+    digest = hashlib.sha256((tool_id + "\0" + operation).encode("utf-8")
+                            ).hexdigest()[:10]
     tool_part = _ODD.sub("-", tool_id)
     op_part = _ODD.sub("-", operation)
     room = MAX_NAME_LENGTH - len(SEPARATOR) - 1 - len(digest)
