@@ -35,6 +35,7 @@
 #include <sodium.h>
 
 #include "controlplane/etcd_catalog.h"
+#include "controlplane/keyfence.h"
 #include "controlplane/reseal.h"
 #include "latchkey/v1/admin.pb-c.h"
 #include "latchkey/v1/types.pb-c.h"
@@ -115,7 +116,8 @@ static void cp_open(cp_fx *c, const world *w) {
   lk_reseal_config cfg;
   if (lk_etcd_open(g_etcd.ep, w->prefix, &c->etcd, &err) != LK_OK ||
       lk_etcd_catalog_open(c->etcd, NULL, NULL, &c->ecat, &err) != LK_OK ||
-      lk_keyring_load_or_create(w->ring, &c->kr, &err) != LK_OK) {
+      lk_keyring_load_or_create(w->ring, &c->kr, &err) != LK_OK ||
+      lk_etcd_catalog_use_fence(c->ecat, c->kr, &err) != LK_OK) {
     fail_msg("open control plane: %s", err.msg);
   }
   lk_catalog *cat = lk_etcd_catalog_catalog(c->ecat);
@@ -498,6 +500,7 @@ typedef struct {
   world *w;
   atomic_int stop;
   atomic_long updates;
+  atomic_long fenced; /* refused by the fence, then retried */
   long failures;
   char first_failure[512];
 } updater;
@@ -509,7 +512,14 @@ static void *update_loop(void *p) {
     char tok[64];
     lk_err err;
     snprintf(tok, sizeof(tok), "tok-%03zu-g%u-Zq81hD2l", i, gen);
-    if (put_cred(u->c, 0, i, NULL, tok, NULL, &err) != LK_OK) {
+    lk_status st = put_cred(u->c, 0, i, NULL, tok, NULL, &err);
+    if (st == LK_UNAVAILABLE && strcmp(err.msg, LK_KEYFENCE_RETRY_MSG) == 0) {
+      /* Sealed under the old key as the fence moved: the retry seals
+       * afresh, as a client is told to. */
+      atomic_fetch_add(&u->fenced, 1);
+      st = put_cred(u->c, 0, i, NULL, tok, NULL, &err);
+    }
+    if (st != LK_OK) {
       if (u->failures++ == 0) {
         snprintf(u->first_failure, sizeof(u->first_failure), "%s", err.msg);
       }
@@ -627,12 +637,26 @@ static void a_value_under_a_key_the_ring_lacks_is_reported_missing(
   bad.type = (char *)TYPE_ID;
   bad.n_fields = 1;
   bad.fields = fvs;
+  /* Written straight to etcd (a restored backup, say): the control
+   * plane's own commits are fenced to the ring's key. */
+  size_t blen = latchkey__v1__credential__get_packed_size(&bad);
+  unsigned char *bbuf = malloc(blen);
+  lk_etcd_txn *t = lk_etcd_txn_new();
+  lk_err err;
+  assert_non_null(bbuf);
+  assert_non_null(t);
+  latchkey__v1__credential__pack(&bad, bbuf);
+  lk_etcd_txn_put(t, "cred/bad", bbuf, blen);
+  assert_int_equal(lk_etcd_txn_commit(c.etcd, t, NULL, &err), LK_OK);
+  lk_etcd_txn_destroy(t);
+  free(bbuf);
+  /* The catalog refuses it: its value is not under the fenced key. */
   lk_catalog *cat = lk_etcd_catalog_catalog(c.ecat);
   lk_store_batch *batch = lk_store_batch_new();
-  lk_err err;
   assert_non_null(batch);
   assert_int_equal(lk_catalog_put_credential(cat, batch, &bad, &err), LK_OK);
-  assert_int_equal(lk_catalog_commit(cat, batch, &err), LK_OK);
+  assert_int_equal(lk_catalog_commit(cat, batch, &err), LK_UNAVAILABLE);
+  assert_string_equal(err.msg, LK_KEYFENCE_RETRY_MSG);
   lk_store_batch_destroy(batch);
 
   latchkey__v1__key_status__free_unpacked(rotate(&c), NULL);
@@ -652,6 +676,95 @@ static void a_value_under_a_key_the_ring_lacks_is_reported_missing(
                          "ring does not hold (first: credential bad field "
                          "token, key 77)"));
   latchkey__v1__key_status__free_unpacked(ks, NULL);
+  cp_close(&c);
+  free(w);
+}
+
+/* Commits credential "late" with its token sealed under ring kr (not
+ * refreshed) through c's catalog, the path of every Admin write. */
+static lk_status commit_sealed_with(cp_fx *c, lk_keyring *kr, lk_err *err) {
+  static const char tok[] = "late-secret-Hq2v";
+  unsigned char nonce[LK_SEAL_NONCE_BYTES];
+  unsigned char *ct = NULL;
+  size_t ct_len = 0;
+  uint32_t key_id = 0;
+  lk_status st =
+      lk_keyring_seal(kr, "late", "token", (const unsigned char *)tok,
+                      strlen(tok), &key_id, nonce, &ct, &ct_len, err);
+  if (st != LK_OK) {
+    return st;
+  }
+  Latchkey__V1__SealedValue sv = LATCHKEY__V1__SEALED_VALUE__INIT;
+  Latchkey__V1__FieldValue fv = LATCHKEY__V1__FIELD_VALUE__INIT;
+  Latchkey__V1__FieldValue *fvs[1] = {&fv};
+  Latchkey__V1__Credential cred = LATCHKEY__V1__CREDENTIAL__INIT;
+  sv.key_id = key_id;
+  sv.nonce.data = nonce;
+  sv.nonce.len = sizeof(nonce);
+  sv.ciphertext.data = ct;
+  sv.ciphertext.len = ct_len;
+  fv.name = (char *)"token";
+  fv.secret = 1;
+  fv.sealed = &sv;
+  cred.id = (char *)"late";
+  cred.type = (char *)TYPE_ID;
+  cred.n_fields = 1;
+  cred.fields = fvs;
+  lk_catalog *cat = lk_etcd_catalog_catalog(c->ecat);
+  lk_store_batch *batch = lk_store_batch_new();
+  assert_non_null(batch);
+  st = lk_catalog_put_credential(cat, batch, &cred, err);
+  if (st == LK_OK) {
+    st = lk_catalog_commit(cat, batch, err);
+  }
+  lk_store_batch_destroy(batch);
+  free(ct);
+  return st;
+}
+
+static void a_stale_ring_cannot_commit_under_a_key_the_fence_moved_past(
+    void **state) {
+  (void)state;
+  world *w = world_new();
+  cp_fx c;
+  lk_err err;
+  uint32_t fence = 0;
+  cp_open(&c, w);
+  register_type(&c);
+  create_creds(&c, w, 3);
+  /* The control plane created the fence with the active key at start. */
+  assert_int_equal(lk_keyfence_read(c.etcd, &fence, &err), LK_OK);
+  assert_int_equal(fence, 1);
+  /* Another control plane's ring, loaded before the rotation and never
+   * refreshed: a stale stat(), or a process paused after sealing. */
+  lk_keyring *stale = NULL;
+  assert_int_equal(lk_keyring_load_or_create(w->ring, &stale, &err), LK_OK);
+
+  latchkey__v1__key_status__free_unpacked(rotate(&c), NULL);
+  assert_int_equal(lk_keyfence_read(c.etcd, &fence, &err), LK_OK);
+  assert_int_equal(fence, 2);
+  /* Sealed under key 1 while the old key is still retiring: refused. */
+  assert_int_equal(commit_sealed_with(&c, stale, &err), LK_UNAVAILABLE);
+  assert_string_equal(err.msg, LK_KEYFENCE_RETRY_MSG);
+  unsigned char *v = NULL;
+  size_t n = 0;
+  assert_int_equal(lk_etcd_get(c.etcd, "cred/late", &v, &n, NULL, &err),
+                   LK_NOT_FOUND);
+
+  assert_int_equal(wait_rotation_done(&c), 2);
+  assert_ring_file_only(w->ring, 2);
+  /* And after key 1 is retired: still refused, so nothing in etcd is
+   * ever under a key the ring no longer has. */
+  assert_int_equal(commit_sealed_with(&c, stale, &err), LK_UNAVAILABLE);
+  assert_string_equal(err.msg, LK_KEYFENCE_RETRY_MSG);
+  assert_int_equal(lk_etcd_get(c.etcd, "cred/late", &v, &n, NULL, &err),
+                   LK_NOT_FOUND);
+  assert_etcd_holds(&c, w, 2, 1);
+  /* A seal under the current key goes through. */
+  assert_int_equal(commit_sealed_with(&c, c.kr, &err), LK_OK);
+  assert_int_equal(lk_etcd_get(c.etcd, "cred/late", &v, &n, NULL, &err), LK_OK);
+  lk_etcd_value_free(v, n);
+  lk_keyring_destroy(stale);
   cp_close(&c);
   free(w);
 }
@@ -693,6 +806,8 @@ int main(void) {
       cmocka_unit_test(a_rotation_cut_short_is_finished_by_the_next_start),
       cmocka_unit_test(two_control_planes_sharing_the_ring_converge),
       cmocka_unit_test(a_value_under_a_key_the_ring_lacks_is_reported_missing),
+      cmocka_unit_test(
+          a_stale_ring_cannot_commit_under_a_key_the_fence_moved_past),
       cmocka_unit_test(stopping_mid_pass_leaves_every_record_whole),
       cmocka_unit_test(destroy_accepts_null),
   };
