@@ -10,6 +10,12 @@
  * name without replacing a file another process made first, rename()
  * replaces it atomically when that is the point. The temp file is always
  * unlinked on the way out, so a failure leaves the directory as it was.
+ *
+ * Read-modify-write cycles lock "<path>.lock", a file of their own opened
+ * read-write, with an open-file-description fcntl lock: NFS turns fcntl
+ * locks into server-side byte-range locks (flock may stay host-local, and
+ * NFS's emulation of it needs a writable descriptor), and OFD locks also
+ * exclude threads of one process, which classic fcntl locks do not.
  */
 #include "lib/keyfile.h"
 
@@ -21,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -150,6 +155,28 @@ lk_status lk_keyfile_read(const char *path, const char *what, size_t max_bytes,
   return st;
 }
 
+/* Re-reads path after a replacement and checks it holds text: a writer
+ * that does not honour the lock file (another host on a file system
+ * without working locks) would otherwise go unnoticed. */
+static lk_status keyfile_check_holds(const char *path, const char *what,
+                                     const lk_secret *text, lk_err *err) {
+  lk_secret *back = NULL;
+  size_t want = lk_secret_len(text);
+  lk_status st = lk_keyfile_read(path, what, want, &back, err);
+  if (st == LK_INVALID_ARGUMENT ||
+      (st == LK_OK && (lk_secret_len(back) != want ||
+                       sodium_memcmp(lk_secret_data(back), lk_secret_data(text),
+                                     want) != 0))) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION,
+                 "%s %s changed right after it was replaced: another writer "
+                 "does not honour %s" LK_KEYFILE_LOCK_SUFFIX
+                 " (a file system without working locks?)",
+                 what, path, path);
+  }
+  lk_secret_free(back);
+  return st;
+}
+
 lk_status lk_keyfile_write(const char *path, const char *what,
                            const lk_secret *text, int replace, int *raced,
                            lk_err *err) {
@@ -157,6 +184,7 @@ lk_status lk_keyfile_write(const char *path, const char *what,
   char tmp[PATH_MAX];
   int fd = -1;
   int tmp_made = 0;
+  int replaced = 0;
   if (path == NULL || what == NULL || text == NULL || raced == NULL) {
     return lk_fail(err, LK_INVALID_ARGUMENT, "key file write: NULL argument");
   }
@@ -195,6 +223,7 @@ lk_status lk_keyfile_write(const char *path, const char *what,
       goto done;
     }
     tmp_made = 0; /* the temp name is gone: it is path now */
+    replaced = 1;
   } else if (link(tmp, path) != 0) {
     if (errno == EEXIST) {
       *raced = 1;
@@ -209,6 +238,9 @@ lk_status lk_keyfile_write(const char *path, const char *what,
                  "cannot sync the directory of %s %s: %s", what, path,
                  strerror(errno));
     goto done;
+  }
+  if (replaced) {
+    st = keyfile_check_holds(path, what, text, err);
   }
 done:
   if (fd >= 0) {
@@ -287,28 +319,38 @@ int lk_keyfile_remove_stale_temps(const char *path) {
   return removed;
 }
 
-lk_status lk_keyfile_lock_dir(const char *path, const char *what, int *lock_fd,
-                              lk_err *err) {
-  char dir[PATH_MAX];
+lk_status lk_keyfile_lock(const char *path, const char *what, int *lock_fd,
+                          lk_err *err) {
+  char lock_path[PATH_MAX];
   if (path == NULL || what == NULL || lock_fd == NULL) {
     return lk_fail(err, LK_INVALID_ARGUMENT, "key file lock: NULL argument");
   }
   *lock_fd = -1;
-  keyfile_dir_of(path, dir);
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int n =
+      snprintf(lock_path, sizeof(lock_path), "%s" LK_KEYFILE_LOCK_SUFFIX, path);
+  if (n < 0 || (size_t)n >= sizeof(lock_path)) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "%s path %s is too long", what,
+                   path);
+  }
+  /* Writable: NFS emulates locks with byte-range locks, which need it. */
+  int fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) {
     return lk_fail(err, LK_FAILED_PRECONDITION,
-                   "cannot open the directory of %s %s: %s", what, path,
-                   strerror(errno));
+                   "cannot open the lock file %s of %s %s: %s", lock_path, what,
+                   path, strerror(errno));
   }
+  struct flock fl;
+  memset(&fl, 0, sizeof(fl));
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET; /* l_start 0, l_len 0: the whole file */
   int rc;
   do {
-    rc = flock(fd, LOCK_EX);
+    rc = fcntl(fd, F_OFD_SETLKW, &fl);
   } while (rc != 0 && errno == EINTR);
   if (rc != 0) {
-    lk_status st = lk_fail(err, LK_FAILED_PRECONDITION,
-                           "cannot lock the directory of %s %s: %s", what, path,
-                           strerror(errno));
+    lk_status st =
+        lk_fail(err, LK_FAILED_PRECONDITION, "cannot lock %s for %s %s: %s",
+                lock_path, what, path, strerror(errno));
     close(fd);
     return st;
   }
@@ -320,6 +362,7 @@ void lk_keyfile_unlock(int lock_fd) {
   if (lock_fd < 0) {
     return;
   }
-  (void)flock(lock_fd, LOCK_UN);
+  /* Closing the last descriptor of the open file description releases an
+   * OFD lock. */
   close(lock_fd);
 }

@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -112,13 +113,15 @@ static void documented_hash(const unsigned char key[32], const char *value,
   sodium_bin2hex(out, 65, h, sizeof(h));
 }
 
-/* Counts the entries of dir other than "." and "..". */
+/* Counts the entries of dir other than ".", ".." and the lock file. */
 static int count_entries(const char *dir) {
   DIR *d = opendir(dir);
   assert_non_null(d);
   int n = 0;
   for (struct dirent *e = readdir(d); e != NULL; e = readdir(d)) {
-    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+    size_t l = strlen(e->d_name);
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
+        (l < 5 || strcmp(e->d_name + l - 5, ".lock") != 0)) {
       n++;
     }
   }
@@ -715,6 +718,104 @@ static void *add_thread(void *p) {
   lk_err err;
   a->st = lk_keyring_add_key(a->path, &a->id, &err);
   return NULL;
+}
+
+/* Adds ADDS_PER_PROCESS keys to path, writing each new id to fd. */
+#define ADDS_PER_PROCESS 12
+static void add_keys_and_report(const char *path, int fd) {
+  for (int i = 0; i < ADDS_PER_PROCESS; i++) {
+    lk_err err;
+    uint32_t id = 0;
+    if (lk_keyring_add_key(path, &id, &err) != LK_OK) {
+      id = 0;
+    }
+    if (write(fd, &id, sizeof(id)) != (ssize_t)sizeof(id)) {
+      _exit(3);
+    }
+  }
+}
+
+static void two_processes_adding_keys_get_distinct_consecutive_ids(
+    void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  int fds[2];
+  pid_t kids[2];
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring_destroy(load_ok(path));
+  assert_int_equal(pipe(fds), 0);
+  for (int k = 0; k < 2; k++) {
+    kids[k] = fork();
+    assert_true(kids[k] >= 0);
+    if (kids[k] == 0) {
+      close(fds[0]);
+      add_keys_and_report(path, fds[1]);
+      _exit(0);
+    }
+  }
+  close(fds[1]);
+  uint64_t seen = 0;
+  uint32_t id = 0;
+  int got = 0;
+  while (read(fds[0], &id, sizeof(id)) == (ssize_t)sizeof(id)) {
+    assert_true(id >= 2 && id < 2 + 2 * ADDS_PER_PROCESS);
+    assert_false(seen & (1ull << id)); /* no id handed out twice */
+    seen |= 1ull << id;
+    got++;
+  }
+  close(fds[0]);
+  for (int k = 0; k < 2; k++) {
+    int ws = 0;
+    assert_int_equal(waitpid(kids[k], &ws, 0), kids[k]);
+    assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+  }
+  assert_int_equal(got, 2 * ADDS_PER_PROCESS);
+  lk_keyring *kr = load_ok(path);
+  uint32_t ids[LK_KEYRING_MAX_KEYS];
+  uint32_t active = 0;
+  size_t n = lk_keyring_key_ids(kr, ids, &active);
+  assert_int_equal(n, 1 + 2 * ADDS_PER_PROCESS); /* every key is in it */
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(ids[i], i + 1);
+  }
+  assert_int_equal(active, 1 + 2 * ADDS_PER_PROCESS);
+  lk_keyring_destroy(kr);
+}
+
+static void add_key_waits_for_the_fcntl_lock_on_the_lock_file(void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  char lock_path[4300];
+  pthread_t t;
+  race_arg a;
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring_destroy(load_ok(path));
+  snprintf(lock_path, sizeof(lock_path), "%s.lock", path);
+  /* Another host holding the lock looks, over NFS, like this. */
+  int fd = open(lock_path, O_RDWR | O_CREAT, 0600);
+  assert_true(fd >= 0);
+  struct flock fl;
+  memset(&fl, 0, sizeof(fl));
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  assert_int_equal(fcntl(fd, F_OFD_SETLK, &fl), 0);
+  memset(&a, 0, sizeof(a));
+  a.path = path;
+  a.st = LK_INTERNAL;
+  assert_int_equal(pthread_create(&t, NULL, add_thread, &a), 0);
+  usleep(300 * 1000);
+  lk_keyring *kr = load_ok(path);
+  assert_int_equal(lk_keyring_active_id(kr), 1); /* still waiting */
+  lk_keyring_destroy(kr);
+  close(fd); /* releases the lock */
+  assert_int_equal(pthread_join(t, NULL), 0);
+  assert_int_equal(a.st, LK_OK);
+  assert_int_equal(a.id, 2);
+  struct stat sb;
+  assert_int_equal(stat(lock_path, &sb), 0);
+  assert_int_equal(sb.st_mode & 0777, 0600);
 }
 
 static void concurrent_add_keys_lose_no_key(void **state) {
@@ -1469,6 +1570,8 @@ int main(void) {
       cmocka_unit_test(add_key_to_a_missing_ring_is_not_found),
       cmocka_unit_test(add_key_to_a_full_ring_is_failed_precondition),
       cmocka_unit_test(concurrent_add_keys_lose_no_key),
+      cmocka_unit_test(two_processes_adding_keys_get_distinct_consecutive_ids),
+      cmocka_unit_test(add_key_waits_for_the_fcntl_lock_on_the_lock_file),
       cmocka_unit_test(
           reload_in_place_takes_the_files_keys_behind_the_same_pointer),
       cmocka_unit_test(refresh_reloads_only_when_the_file_changed),
