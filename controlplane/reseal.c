@@ -148,6 +148,15 @@ static lk_status reseal_attempt(lk_reseal *r, const char *key, uint64_t *moved,
         f->sealed->key_id == active) {
       continue;
     }
+    if (!lk_keyring_has_key(r->kr, f->sealed->key_id)) {
+      /* Nothing can open it here: leave it (GetKeyStatus counts it as
+       * "missing") and move the rest, so the old keys can still retire. */
+      lk_log(LK_LOG_WARN, "keys.reseal.missing_key",
+             "credential %s field %s is sealed under key %u, which the key "
+             "ring does not hold: left as it is; re-enter it",
+             c->id, f->name, (unsigned)f->sealed->key_id);
+      continue;
+    }
     st = lk_keyring_unseal(r->kr, f->sealed->key_id, c->id, f->name,
                            f->sealed->nonce.data, f->sealed->nonce.len,
                            f->sealed->ciphertext.data,

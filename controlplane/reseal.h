@@ -20,6 +20,9 @@
  *     mirror, which may lag) and note those with a secret value under a
  *     key other than the active one;
  *  3. for each: read it again with its mod revision, unseal each such value
+ *     (a value under a key the ring does not hold is left as it is, logged
+ *     as keys.reseal.missing_key and counted "missing" by GetKeyStatus, so
+ *     it never blocks retirement)
  *     (plaintext only in an lk_secret), seal it under the active key, and
  *     commit it in a Txn that holds only if the mod revision is unchanged,
  *     so an Admin update made meanwhile is never overwritten, and the

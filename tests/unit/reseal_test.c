@@ -680,6 +680,114 @@ static void a_value_under_a_key_the_ring_lacks_is_reported_missing(
   free(w);
 }
 
+static void a_field_under_a_missing_key_does_not_block_retirement(
+    void **state) {
+  (void)state;
+  world *w = world_new();
+  cp_fx c;
+  lk_err err;
+  cp_open(&c, w);
+  register_type(&c);
+  create_creds(&c, w, 4);
+  /* "mixed": token under key 77 (which no ring holds), key2 under key 1,
+   * written straight to etcd (a restored backup, say). */
+  static const char k2[] = "mixed-key2-Vt4pQ";
+  unsigned char nonce[LK_SEAL_NONCE_BYTES];
+  unsigned char *ct = NULL;
+  size_t ct_len = 0;
+  uint32_t key_id = 0;
+  unsigned char junk[32] = {0};
+  assert_int_equal(
+      lk_keyring_seal(c.kr, "mixed", "key2", (const unsigned char *)k2,
+                      strlen(k2), &key_id, nonce, &ct, &ct_len, &err),
+      LK_OK);
+  assert_int_equal(key_id, 1);
+  Latchkey__V1__SealedValue sv_tok = LATCHKEY__V1__SEALED_VALUE__INIT;
+  Latchkey__V1__SealedValue sv_k2 = LATCHKEY__V1__SEALED_VALUE__INIT;
+  Latchkey__V1__FieldValue tok = LATCHKEY__V1__FIELD_VALUE__INIT;
+  Latchkey__V1__FieldValue key2 = LATCHKEY__V1__FIELD_VALUE__INIT;
+  Latchkey__V1__FieldValue *fvs[2] = {&tok, &key2};
+  Latchkey__V1__Credential mixed = LATCHKEY__V1__CREDENTIAL__INIT;
+  sv_tok.key_id = 77;
+  sv_tok.nonce.data = junk;
+  sv_tok.nonce.len = LK_SEAL_NONCE_BYTES;
+  sv_tok.ciphertext.data = junk;
+  sv_tok.ciphertext.len = sizeof(junk);
+  sv_k2.key_id = key_id;
+  sv_k2.nonce.data = nonce;
+  sv_k2.nonce.len = sizeof(nonce);
+  sv_k2.ciphertext.data = ct;
+  sv_k2.ciphertext.len = ct_len;
+  tok.name = (char *)"token";
+  tok.secret = 1;
+  tok.sealed = &sv_tok;
+  key2.name = (char *)"key2";
+  key2.secret = 1;
+  key2.sealed = &sv_k2;
+  mixed.id = (char *)"bad"; /* check_cred skips the record named "bad" */
+  mixed.type = (char *)TYPE_ID;
+  mixed.n_fields = 2;
+  mixed.fields = fvs;
+  /* Sealed for "mixed": seal again for the id the record carries. */
+  free(ct);
+  assert_int_equal(
+      lk_keyring_seal(c.kr, "bad", "key2", (const unsigned char *)k2,
+                      strlen(k2), &key_id, nonce, &ct, &ct_len, &err),
+      LK_OK);
+  sv_k2.ciphertext.data = ct;
+  sv_k2.ciphertext.len = ct_len;
+  size_t blen = latchkey__v1__credential__get_packed_size(&mixed);
+  unsigned char *bbuf = malloc(blen);
+  lk_etcd_txn *t = lk_etcd_txn_new();
+  assert_non_null(bbuf);
+  assert_non_null(t);
+  latchkey__v1__credential__pack(&mixed, bbuf);
+  lk_etcd_txn_put(t, "cred/bad", bbuf, blen);
+  assert_int_equal(lk_etcd_txn_commit(c.etcd, t, NULL, &err), LK_OK);
+  lk_etcd_txn_destroy(t);
+  free(bbuf);
+  free(ct);
+
+  latchkey__v1__key_status__free_unpacked(rotate(&c), NULL);
+  assert_int_equal(wait_rotation_done(&c), 2);
+  assert_ring_file_only(w->ring, 2);
+  assert_etcd_holds(&c, w, 2, 1);
+  /* key2 moved to key 2 and opens to its value; token stayed as it was. */
+  unsigned char *v = NULL;
+  size_t n = 0;
+  assert_int_equal(lk_etcd_get(c.etcd, "cred/bad", &v, &n, NULL, &err), LK_OK);
+  Latchkey__V1__Credential *got = latchkey__v1__credential__unpack(NULL, n, v);
+  assert_non_null(got);
+  assert_int_equal(got->n_fields, 2);
+  for (size_t i = 0; i < got->n_fields; i++) {
+    const Latchkey__V1__FieldValue *f = got->fields[i];
+    if (strcmp(f->name, "token") == 0) {
+      assert_int_equal(f->sealed->key_id, 77);
+      continue;
+    }
+    assert_int_equal(f->sealed->key_id, 2);
+    lk_secret *pt = NULL;
+    assert_int_equal(
+        lk_keyring_unseal(c.kr, 2, "bad", "key2", f->sealed->nonce.data,
+                          f->sealed->nonce.len, f->sealed->ciphertext.data,
+                          f->sealed->ciphertext.len, &pt, &err),
+        LK_OK);
+    assert_int_equal(lk_secret_len(pt), strlen(k2));
+    assert_memory_equal(lk_secret_data(pt), k2, strlen(k2));
+    lk_secret_free(pt);
+  }
+  latchkey__v1__credential__free_unpacked(got, NULL);
+  lk_etcd_value_free(v, n);
+  Latchkey__V1__KeyStatus *ks = get_status(&c);
+  assert_int_equal(ks->n_keys, 2);
+  assert_int_equal(ks->keys[1]->id, 77);
+  assert_string_equal(ks->keys[1]->state, "missing");
+  assert_int_equal(ks->keys[1]->sealed_fields, 1);
+  latchkey__v1__key_status__free_unpacked(ks, NULL);
+  cp_close(&c);
+  free(w);
+}
+
 /* Commits credential "late" with its token sealed under ring kr (not
  * refreshed) through c's catalog, the path of every Admin write. */
 static lk_status commit_sealed_with(cp_fx *c, lk_keyring *kr, lk_err *err) {
@@ -808,6 +916,7 @@ int main(void) {
       cmocka_unit_test(a_value_under_a_key_the_ring_lacks_is_reported_missing),
       cmocka_unit_test(
           a_stale_ring_cannot_commit_under_a_key_the_fence_moved_past),
+      cmocka_unit_test(a_field_under_a_missing_key_does_not_block_retirement),
       cmocka_unit_test(stopping_mid_pass_leaves_every_record_whole),
       cmocka_unit_test(destroy_accepts_null),
   };
