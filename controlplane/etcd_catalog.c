@@ -373,10 +373,8 @@ static lk_status commit_to_etcd(void *ctx, lk_store_batch *b, lk_err *err) {
       lk_keyfence_expect(tc.txn, tc.fence_id);
     st = lk_etcd_txn_commit(c->etcd, tc.txn, &rev, err);
     /* The batch has no compare but the fence's. */
-    if (st == LK_FAILED_PRECONDITION && tc.fenced &&
-        lk_keyfence_check_refusal(c->etcd, c->fence_kr, tc.fence_id, err) !=
-            LK_OK)
-      st = LK_UNAVAILABLE;
+    if (st == LK_FAILED_PRECONDITION && tc.fenced)
+      st = lk_keyfence_refused(c->etcd, c->fence_kr, tc.fence_id, err);
   }
   lk_etcd_txn_destroy(tc.txn);
   if (st != LK_OK)

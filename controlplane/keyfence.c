@@ -173,24 +173,21 @@ lk_status lk_keyfence_record_key(const unsigned char *val, size_t len,
   return st;
 }
 
-lk_status lk_keyfence_check_refusal(lk_etcd *e, lk_keyring *kr, uint32_t used,
-                                    lk_err *err) {
+lk_status lk_keyfence_refused(lk_etcd *e, lk_keyring *kr, uint32_t used,
+                              lk_err *err) {
   lk_err rerr;
   uint32_t cur = 0;
   lk_err_clear(&rerr);
-  lk_status st = lk_keyfence_read(e, &cur, &rerr);
-  if (st == LK_OK && cur == used) {
-    return LK_OK; /* the fence held: some other compare failed */
-  }
-  if (st != LK_OK && st != LK_NOT_FOUND && st != LK_FAILED_PRECONDITION) {
-    return lk_fail(err, st, "%s", rerr.msg);
-  }
-  lk_log(LK_LOG_WARN, "keys.fence_refused",
-         "a write sealed under key %u was refused by the key-ring fence %s; "
-         "reloading the key ring %s",
-         (unsigned)used, lk_etcd_fence_key(e), lk_keyring_path(kr));
-  if (lk_keyfence_sync(e, kr, NULL, &rerr) != LK_OK) {
-    lk_log(LK_LOG_WARN, "keys.fence_sync_failed", "%s", rerr.msg);
+  /* A fence that names used now was behind at commit time (the file had
+   * the key first): the retry will pass, no reload is needed. */
+  if (lk_keyfence_read(e, &cur, &rerr) != LK_OK || cur != used) {
+    lk_log(LK_LOG_WARN, "keys.fence_refused",
+           "a write sealed under key %u was refused by the key-ring fence "
+           "%s; reloading the key ring %s",
+           (unsigned)used, lk_etcd_fence_key(e), lk_keyring_path(kr));
+    if (lk_keyfence_sync(e, kr, NULL, &rerr) != LK_OK) {
+      lk_log(LK_LOG_WARN, "keys.fence_sync_failed", "%s", rerr.msg);
+    }
   }
   return lk_fail(err, LK_UNAVAILABLE, LK_KEYFENCE_RETRY_MSG);
 }

@@ -72,11 +72,12 @@ lk_status lk_keyfence_record_key(const unsigned char *val, size_t len,
                                  uint32_t *key_id, int *sealed,
                                  lk_err *err) LK_MUST_CHECK;
 
-/* After a Txn that compared the fence with used failed: when the fence no
- * longer names used, syncs kr with the file and fence (lk_keyfence_sync)
- * and returns LK_UNAVAILABLE with LK_KEYFENCE_RETRY_MSG; otherwise (an
- * ordinary conflict) returns LK_OK and leaves err alone. */
-lk_status lk_keyfence_check_refusal(lk_etcd *e, lk_keyring *kr, uint32_t used,
-                                    lk_err *err) LK_MUST_CHECK;
+/* After a Txn that compared the fence with used failed: when the fence
+ * does not name used now, syncs kr with its file and the fence
+ * (lk_keyfence_sync) so a fresh seal uses the fence's key; a fence that
+ * names used now was only behind the file at commit time. Returns
+ * LK_UNAVAILABLE with LK_KEYFENCE_RETRY_MSG. */
+lk_status lk_keyfence_refused(lk_etcd *e, lk_keyring *kr, uint32_t used,
+                              lk_err *err) LK_MUST_CHECK;
 
 #endif

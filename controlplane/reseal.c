@@ -139,11 +139,15 @@ static lk_status reseal_attempt(lk_reseal *r, const char *key, uint64_t *moved,
         lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory re-sealing %s", key);
     goto done;
   }
+  /* Every field's stored value, before any may be replaced: the cleanup
+   * puts them all back, whichever field failed. */
+  for (size_t i = 0; i < n; i++) {
+    fs[i].orig = c->fields[i]->sealed;
+  }
   for (size_t i = 0; i < n; i++) {
     Latchkey__V1__FieldValue *f = c->fields[i];
     lk_secret *pt = NULL;
     uint32_t key_id = 0;
-    fs[i].orig = f->sealed;
     if (!f->secret || f->sealed == NULL || f->sealed->ciphertext.len == 0 ||
         f->sealed->key_id == active) {
       continue;
@@ -205,13 +209,11 @@ static lk_status reseal_attempt(lk_reseal *r, const char *key, uint64_t *moved,
   lk_etcd_txn_put(txn, key, buf, buf_len);
   st = lk_etcd_txn_commit(r->etcd, txn, NULL, err);
   if (st == LK_FAILED_PRECONDITION) { /* the only one a commit reports */
-    /* A refusal by the fence reloaded the ring: seal afresh and retry. */
-    if (lk_keyfence_check_refusal(r->etcd, r->kr, fence_id, err) != LK_OK) {
-      lk_log(LK_LOG_INFO, "keys.reseal.fenced",
-             "%s was sealed under key %u, which the fence no longer names: "
-             "sealing it again",
-             key, (unsigned)fence_id);
-    }
+    /* The record changed, or the fence refused the key: after a reload
+     * when the fence moved past it, read and seal again. */
+    lk_err ferr;
+    lk_status fst = lk_keyfence_refused(r->etcd, r->kr, fence_id, &ferr);
+    (void)fst; /* always "retry", which the conflict does */
     st = LK_OK;
     *conflict = 1;
     goto done;

@@ -492,9 +492,13 @@ static lk_status reseal(lk_keyring *kr, const unsigned char *pk,
                  r->key);
     goto done;
   }
+  /* Every field's stored value, before any may be replaced: the cleanup
+   * puts them all back, whichever field failed. */
+  for (size_t i = 0; i < n; i++) {
+    ns[i].orig = c->fields[i]->sealed;
+  }
   for (size_t i = 0; i < n; i++) {
     Latchkey__V1__FieldValue *f = c->fields[i];
-    ns[i].orig = f->sealed;
     if (!f->secret) {
       continue;
     }

@@ -788,6 +788,86 @@ static void a_field_under_a_missing_key_does_not_block_retirement(
   free(w);
 }
 
+static void a_value_that_does_not_open_fails_the_pass_and_leaks_nothing(
+    void **state) {
+  (void)state;
+  world *w = world_new();
+  cp_fx c;
+  lk_err err;
+  cp_open(&c, w);
+  register_type(&c);
+  create_creds(&c, w, 2);
+  /* "bad": token claims key 1 but is junk, key2 is a good value under key
+   * 1; the pass fails at token, before key2 (run under ASan, whatever the
+   * cleanup put back is freed). */
+  static const char k2[] = "bad-key2-Lm3wZ";
+  unsigned char nonce[LK_SEAL_NONCE_BYTES];
+  unsigned char *ct = NULL;
+  size_t ct_len = 0;
+  uint32_t key_id = 0;
+  unsigned char junk[40] = {1};
+  assert_int_equal(
+      lk_keyring_seal(c.kr, "bad", "key2", (const unsigned char *)k2,
+                      strlen(k2), &key_id, nonce, &ct, &ct_len, &err),
+      LK_OK);
+  Latchkey__V1__SealedValue sv_tok = LATCHKEY__V1__SEALED_VALUE__INIT;
+  Latchkey__V1__SealedValue sv_k2 = LATCHKEY__V1__SEALED_VALUE__INIT;
+  Latchkey__V1__FieldValue tok = LATCHKEY__V1__FIELD_VALUE__INIT;
+  Latchkey__V1__FieldValue key2 = LATCHKEY__V1__FIELD_VALUE__INIT;
+  Latchkey__V1__FieldValue *fvs[2] = {&tok, &key2};
+  Latchkey__V1__Credential bad = LATCHKEY__V1__CREDENTIAL__INIT;
+  sv_tok.key_id = 1;
+  sv_tok.nonce.data = junk;
+  sv_tok.nonce.len = LK_SEAL_NONCE_BYTES;
+  sv_tok.ciphertext.data = junk;
+  sv_tok.ciphertext.len = sizeof(junk);
+  sv_k2.key_id = key_id;
+  sv_k2.nonce.data = nonce;
+  sv_k2.nonce.len = sizeof(nonce);
+  sv_k2.ciphertext.data = ct;
+  sv_k2.ciphertext.len = ct_len;
+  tok.name = (char *)"token";
+  tok.secret = 1;
+  tok.sealed = &sv_tok;
+  key2.name = (char *)"key2";
+  key2.secret = 1;
+  key2.sealed = &sv_k2;
+  bad.id = (char *)"bad";
+  bad.type = (char *)TYPE_ID;
+  bad.n_fields = 2;
+  bad.fields = fvs;
+  size_t blen = latchkey__v1__credential__get_packed_size(&bad);
+  unsigned char *bbuf = malloc(blen);
+  lk_etcd_txn *t = lk_etcd_txn_new();
+  assert_non_null(bbuf);
+  assert_non_null(t);
+  latchkey__v1__credential__pack(&bad, bbuf);
+  lk_etcd_txn_put(t, "cred/bad", bbuf, blen);
+  assert_int_equal(lk_etcd_txn_commit(c.etcd, t, NULL, &err), LK_OK);
+  lk_etcd_txn_destroy(t);
+  free(bbuf);
+  free(ct);
+
+  latchkey__v1__key_status__free_unpacked(rotate(&c), NULL);
+  int64_t start = lk_now_ms();
+  for (;;) {
+    Latchkey__V1__KeyStatus *ks = get_status(&c);
+    int failed = strstr(ks->last_error, "credential bad field token") != NULL;
+    latchkey__v1__key_status__free_unpacked(ks, NULL);
+    if (failed) {
+      break;
+    }
+    if (lk_now_ms() - start > WAIT_MS) {
+      fail_msg("the pass never reported the value that does not open");
+    }
+    usleep(50 * 1000);
+  }
+  /* The key it is under is not retired: the value stays readable. */
+  assert_true(lk_keyring_has_key(c.kr, 1));
+  cp_close(&c);
+  free(w);
+}
+
 /* Commits credential "late" with its token sealed under ring kr (not
  * refreshed) through c's catalog, the path of every Admin write. */
 static lk_status commit_sealed_with(cp_fx *c, lk_keyring *kr, lk_err *err) {
@@ -917,6 +997,8 @@ int main(void) {
       cmocka_unit_test(
           a_stale_ring_cannot_commit_under_a_key_the_fence_moved_past),
       cmocka_unit_test(a_field_under_a_missing_key_does_not_block_retirement),
+      cmocka_unit_test(
+          a_value_that_does_not_open_fails_the_pass_and_leaks_nothing),
       cmocka_unit_test(stopping_mid_pass_leaves_every_record_whole),
       cmocka_unit_test(destroy_accepts_null),
   };
