@@ -41,6 +41,7 @@
 #include "lib/admin.h"
 #include "lib/etcd.h"
 #include "lib/flags.h"
+#include "lib/keyfile.h"
 #include "lib/keyring.h"
 #include "lib/log.h"
 #include "lib/rpc_server.h"
@@ -282,6 +283,12 @@ static int run(const options *o) {
   signal(SIGPIPE, SIG_IGN);
   grpc_init();
 
+  /* Before anything writes the ring: temps a killed predecessor left hold
+   * key copies, even when it had our pid (PID 1 in a container). */
+  if (lk_keyfile_remove_stale_temps_at_start(o->keyring) > 0)
+    lk_log(LK_LOG_INFO, "keyring_stale_temp_removed",
+           "removed temp files of key ring %s left by a killed process",
+           o->keyring);
   if (lk_keyring_load_or_create(o->keyring, &kr, &err) != LK_OK)
     goto fail;
   if (lk_token_load(o->admin_token_file, &c.admin_token, &err) != LK_OK)

@@ -32,6 +32,31 @@
 
 #include <sodium.h>
 
+/* Longest host name part of a temp file name, NUL included. */
+#define KEYFILE_HOST_BYTES 65
+
+/* Writes this host's name into host for temp file names: letters, digits
+ * and '.' kept, anything else '_' ("_" when it has none), so it never
+ * holds the '-' that ends it or a '/'. */
+static void keyfile_host(char host[KEYFILE_HOST_BYTES]) {
+  char raw[256];
+  size_t n = 0;
+  if (gethostname(raw, sizeof(raw)) != 0) {
+    raw[0] = '\0';
+  }
+  raw[sizeof(raw) - 1] = '\0';
+  for (; raw[n] != '\0' && n < KEYFILE_HOST_BYTES - 1; n++) {
+    char ch = raw[n];
+    int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+             (ch >= '0' && ch <= '9') || ch == '.';
+    host[n] = ok ? ch : '_';
+  }
+  if (n == 0) {
+    host[n++] = '_';
+  }
+  host[n] = '\0';
+}
+
 /* Writes the directory holding path into dir (PATH_MAX bytes). */
 static void keyfile_dir_of(const char *path, char dir[PATH_MAX]) {
   const char *slash = strrchr(path, '/');
@@ -189,8 +214,10 @@ lk_status lk_keyfile_write(const char *path, const char *what,
     return lk_fail(err, LK_INVALID_ARGUMENT, "key file write: NULL argument");
   }
   *raced = 0;
-  int n = snprintf(tmp, sizeof(tmp), "%s.tmp-%ld-%08x", path, (long)getpid(),
-                   (unsigned)randombytes_random());
+  char host[KEYFILE_HOST_BYTES];
+  keyfile_host(host);
+  int n = snprintf(tmp, sizeof(tmp), "%s.tmp-%s-%ld-%08x", path, host,
+                   (long)getpid(), (unsigned)randombytes_random());
   if (n < 0 || (size_t)n >= sizeof(tmp)) {
     st =
         lk_fail(err, LK_INVALID_ARGUMENT, "%s path %s is too long", what, path);
@@ -270,30 +297,55 @@ lk_status lk_keyfile_promote(const char *from, const char *to, const char *what,
   return LK_OK;
 }
 
-/* Returns the pid of a temp file name "<base>.tmp-<pid>-<8 hex>" of the
- * file named base, or 0 when name is not one. */
-static long keyfile_temp_pid(const char *name, const char *base) {
+/* Returns the pid of a temp file name "<base>.tmp-<host>-<pid>-<8 hex>"
+ * (or, from before temp names carried the host, "<base>.tmp-<pid>-<8
+ * hex>") of the file named base, or 0 when name is not one; *same_host is
+ * 0 when host is not this host's keyfile_host. */
+static long keyfile_temp_pid(const char *name, const char *base,
+                             const char *host, int *same_host) {
   size_t bl = strlen(base);
+  size_t nl = strlen(name);
+  *same_host = 1;
   if (strncmp(name, base, bl) != 0 || strncmp(name + bl, ".tmp-", 5) != 0) {
     return 0;
   }
-  char *end = NULL;
-  errno = 0;
-  long pid = strtol(name + bl + 5, &end, 10);
-  if (errno != 0 || pid <= 0 || end[0] != '-' || strlen(end + 1) != 8 ||
-      strspn(end + 1, "0123456789abcdef") != 8) {
+  const char *mid = name + bl + 5; /* [host-]pid-hex */
+  if (nl < bl + 5 + 2 + 8 || name[nl - 9] != '-' ||
+      strspn(name + nl - 8, "0123456789abcdef") != 8) {
     return 0;
   }
-  return pid;
+  const char *pid_end = name + nl - 9;
+  const char *pid_start = pid_end;
+  while (pid_start > mid && pid_start[-1] >= '0' && pid_start[-1] <= '9') {
+    pid_start--;
+  }
+  if (pid_start == pid_end || pid_end - pid_start > 10) {
+    return 0;
+  }
+  if (pid_start != mid) { /* a host part: "<host>-" */
+    size_t hl = (size_t)(pid_start - mid) - 1;
+    if (pid_start[-1] != '-' || hl == 0) {
+      return 0;
+    }
+    *same_host = hl == strlen(host) && memcmp(mid, host, hl) == 0;
+  }
+  long pid = 0;
+  for (const char *p = pid_start; p < pid_end; p++) {
+    pid = pid * 10 + (*p - '0');
+  }
+  return pid > 0 && pid <= INT_MAX ? pid : 0;
 }
 
-int lk_keyfile_remove_stale_temps(const char *path) {
+/* Removes the stale temps beside path; see the two callers' contracts. */
+static int keyfile_remove_temps(const char *path, int own_pid_stale) {
   char dir[PATH_MAX];
   char victim[PATH_MAX];
+  char host[KEYFILE_HOST_BYTES];
   int removed = 0;
   if (path == NULL) {
     return 0;
   }
+  keyfile_host(host);
   const char *slash = strrchr(path, '/');
   const char *base = slash != NULL ? slash + 1 : path;
   keyfile_dir_of(path, dir);
@@ -303,11 +355,16 @@ int lk_keyfile_remove_stale_temps(const char *path) {
   }
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
-    long pid = keyfile_temp_pid(e->d_name, base);
-    if (pid == 0) {
-      continue;
+    int same_host = 0;
+    long pid = keyfile_temp_pid(e->d_name, base, host, &same_host);
+    if (pid == 0 || !same_host) {
+      continue; /* another host's writer may be alive */
     }
-    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) {
+    /* A container's process restarted as PID 1 again sees its own pid in
+     * the temps of its killed predecessor. */
+    int own = (pid_t)pid == getpid();
+    if ((own && !own_pid_stale) ||
+        (!own && (kill((pid_t)pid, 0) == 0 || errno != ESRCH))) {
       continue; /* its writer is alive, or may be (EPERM) */
     }
     int n = snprintf(victim, sizeof(victim), "%s/%s", dir, e->d_name);
@@ -317,6 +374,14 @@ int lk_keyfile_remove_stale_temps(const char *path) {
   }
   closedir(d);
   return removed;
+}
+
+int lk_keyfile_remove_stale_temps(const char *path) {
+  return keyfile_remove_temps(path, 0);
+}
+
+int lk_keyfile_remove_stale_temps_at_start(const char *path) {
+  return keyfile_remove_temps(path, 1);
 }
 
 lk_status lk_keyfile_lock(const char *path, const char *what, int *lock_fd,

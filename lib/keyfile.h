@@ -31,7 +31,8 @@
 lk_status lk_keyfile_read(const char *path, const char *what, size_t max_bytes,
                           lk_secret **image, lk_err *err) LK_MUST_CHECK;
 
-/* Writes text to a fresh 0600 temp file beside path, fsyncs it and gives it
+/* Writes text to a fresh 0600 temp file beside path
+ * ("<path>.tmp-<host>-<pid>-<8 hex>"), fsyncs it and gives it
  * the name path, then fsyncs the directory. With replace 0 the name is
  * taken with link(), which never replaces an existing file: when path
  * exists nothing is changed and *raced is set to 1. With replace 1 the temp
@@ -54,10 +55,18 @@ lk_status lk_keyfile_promote(const char *from, const char *to, const char *what,
 
 /* Removes the temp files lk_keyfile_write left beside path when the
  * process writing them died (SIGKILL between creating and unlinking one):
- * names "<path>.tmp-<pid>-<hex>" whose pid is no live process. A live
- * writer's temp file is kept. Returns how many were removed; failures are
- * ignored (the next call tries again). */
+ * names "<path>.tmp-<host>-<pid>-<hex>" (or, older, "<path>.tmp-<pid>-
+ * <hex>") made on this host whose pid is no live process. A live
+ * writer's temp file, one of this process, and one made on another host
+ * (sharing the directory over NFS) are kept. Returns how many were
+ * removed; failures are ignored (the next call tries again). */
 int lk_keyfile_remove_stale_temps(const char *path);
+
+/* lk_keyfile_remove_stale_temps, except that temps named with this
+ * process's own pid are stale too: a restarted container's process is
+ * often PID 1 again, like the one that was killed. Call it only at start,
+ * before this process writes path. */
+int lk_keyfile_remove_stale_temps_at_start(const char *path);
 
 /* Appended to a key file's path to name its lock file. */
 #define LK_KEYFILE_LOCK_SUFFIX ".lock"

@@ -619,6 +619,11 @@ done:
   lk_secret_free(text);
   lk_keyring_destroy(kr);
   lk_keyfile_unlock(lock_fd);
+  /* A copy of the ring a killed writer left beside it holds keys. */
+  if (lk_keyfile_remove_stale_temps(path) > 0) {
+    lk_log(LK_LOG_INFO, "keyring_stale_temp_removed",
+           "removed temp files of key ring %s left by a killed process", path);
+  }
   return st;
 }
 
@@ -869,6 +874,11 @@ done:
   lk_secret_free(text);
   lk_keyring_destroy(kr);
   lk_keyfile_unlock(lock_fd);
+  /* A copy of the ring a killed writer left beside it holds keys. */
+  if (lk_keyfile_remove_stale_temps(path) > 0) {
+    lk_log(LK_LOG_INFO, "keyring_stale_temp_removed",
+           "removed temp files of key ring %s left by a killed process", path);
+  }
   return st;
 }
 

@@ -36,6 +36,7 @@
 #include <cmocka.h>
 #include <sodium.h>
 
+#include "lib/keyfile.h"
 #include "lib/keyring.h"
 
 static char tmp_root[1024];
@@ -818,6 +819,90 @@ static void add_key_waits_for_the_fcntl_lock_on_the_lock_file(void **state) {
   assert_int_equal(sb.st_mode & 0777, 0600);
 }
 
+/* This host's name as lk_keyfile_write puts it in temp names. */
+static void temp_host(char out[65]) {
+  char raw[256] = {0};
+  size_t n = 0;
+  assert_int_equal(gethostname(raw, sizeof(raw) - 1), 0);
+  for (; raw[n] != '\0' && n < 64; n++) {
+    char ch = raw[n];
+    int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+             (ch >= '0' && ch <= '9') || ch == '.';
+    out[n] = ok ? ch : '_';
+  }
+  if (n == 0) {
+    out[n++] = '_';
+  }
+  out[n] = '\0';
+}
+
+static void touch(const char *path) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  assert_true(fd >= 0);
+  close(fd);
+}
+
+static int exists(const char *path) {
+  struct stat sb;
+  return stat(path, &sb) == 0;
+}
+
+static void add_and_remove_key_remove_temps_left_by_killed_writers(
+    void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  char host[65];
+  char dead_old[4400], dead_here[4400], dead_there[4400], live[4400];
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring_destroy(load_ok(path));
+  temp_host(host);
+  /* pid 2^22 + 1 is above the largest pid Linux allows: its writer died.
+   * Old-style and host-named ones go; another host's and a live
+   * process's (our parent) stay. */
+  snprintf(dead_old, sizeof(dead_old), "%s.tmp-4194305-0badc0de", path);
+  snprintf(dead_here, sizeof(dead_here), "%s.tmp-%s-4194305-0badc0df", path,
+           host);
+  snprintf(dead_there, sizeof(dead_there),
+           "%s.tmp-some-other.host-4194305-0badc0d0", path);
+  snprintf(live, sizeof(live), "%s.tmp-%s-%d-0badc0d1", path, host,
+           (int)getppid());
+  const char *made[] = {dead_old, dead_here, dead_there, live};
+  for (int i = 0; i < 4; i++) {
+    touch(made[i]);
+  }
+  assert_int_equal(add_ok(path), 2);
+  assert_false(exists(dead_old));
+  assert_false(exists(dead_here));
+  assert_true(exists(dead_there));
+  assert_true(exists(live));
+  touch(dead_here);
+  lk_err err;
+  assert_int_equal(lk_keyring_remove_key(path, 1, &err), LK_OK);
+  assert_false(exists(dead_here));
+  assert_true(exists(live));
+}
+
+static void temps_named_with_our_own_pid_are_stale_only_at_start(void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  char host[65];
+  char own[4400];
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring_destroy(load_ok(path));
+  temp_host(host);
+  /* A restarted container's process is PID 1 again: the temp its killed
+   * predecessor left carries the pid it has now. */
+  snprintf(own, sizeof(own), "%s.tmp-%s-%d-0badc0de", path, host,
+           (int)getpid());
+  touch(own);
+  assert_int_equal(lk_keyfile_remove_stale_temps(path), 0);
+  assert_true(exists(own)); /* could be a write of ours in flight */
+  assert_int_equal(lk_keyfile_remove_stale_temps_at_start(path), 1);
+  assert_false(exists(own));
+}
+
 static void concurrent_add_keys_lose_no_key(void **state) {
   (void)state;
   char dir[4096];
@@ -1572,6 +1657,8 @@ int main(void) {
       cmocka_unit_test(concurrent_add_keys_lose_no_key),
       cmocka_unit_test(two_processes_adding_keys_get_distinct_consecutive_ids),
       cmocka_unit_test(add_key_waits_for_the_fcntl_lock_on_the_lock_file),
+      cmocka_unit_test(add_and_remove_key_remove_temps_left_by_killed_writers),
+      cmocka_unit_test(temps_named_with_our_own_pid_are_stale_only_at_start),
       cmocka_unit_test(
           reload_in_place_takes_the_files_keys_behind_the_same_pointer),
       cmocka_unit_test(refresh_reloads_only_when_the_file_changed),
