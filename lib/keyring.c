@@ -665,7 +665,17 @@ static lk_status ring_attach(lk_keyring *kr, const char *path,
     return lk_fail(err, LK_RESOURCE_EXHAUSTED,
                    "out of memory for the key ring");
   }
-  if (pthread_rwlock_init(&h->lock, NULL) != 0) {
+  /* Writer-preferring (glibc): a steady stream of seals and unseals must
+   * not keep a reload (a rotation arriving) waiting forever. */
+  pthread_rwlockattr_t attr;
+  int rc = pthread_rwlockattr_init(&attr);
+  if (rc == 0) {
+    pthread_rwlockattr_setkind_np(&attr,
+                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    rc = pthread_rwlock_init(&h->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+  }
+  if (rc != 0) {
     free(h->path);
     free(h);
     return lk_fail(err, LK_INTERNAL, "cannot create the key ring lock");

@@ -31,6 +31,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1266,6 +1267,73 @@ static void seal_and_unseal_keep_working_during_reloads(void **state) {
 
 /* Seals with libsodium under a hand-written ring's keys, following
  * keyring.h's associated data, and checks both directions. */
+typedef struct {
+  lk_keyring *kr;
+  atomic_int *stop;
+} busy_arg;
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Seals large values back to back until told to stop, or for 5 s at most
+ * (so a starved reload fails the test instead of hanging it). */
+static void *busy_sealer(void *p) {
+  busy_arg *a = p;
+  size_t len = LK_SEAL_MAX_PT_BYTES;
+  unsigned char *pt = calloc(1, len);
+  int64_t until = now_ms() + 5000;
+  assert_non_null(pt);
+  while (!atomic_load(a->stop) && now_ms() < until) {
+    uint32_t id = 0;
+    unsigned char nonce[LK_SEAL_NONCE_BYTES];
+    unsigned char *ct = NULL;
+    size_t ct_len = 0;
+    lk_err err;
+    if (lk_keyring_seal(a->kr, "cred-1", "api_key", pt, len, &id, nonce, &ct,
+                        &ct_len, &err) == LK_OK) {
+      free(ct);
+    }
+  }
+  free(pt);
+  return NULL;
+}
+
+static void reload_is_not_starved_by_a_stream_of_seals(void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  enum { READERS = 8 };
+  pthread_t t[READERS];
+  busy_arg a;
+  atomic_int stop = 0;
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring *kr = load_ok(path);
+  a.kr = kr;
+  a.stop = &stop;
+  for (int i = 0; i < READERS; i++) {
+    assert_int_equal(pthread_create(&t[i], NULL, busy_sealer, &a), 0);
+  }
+  usleep(100 * 1000); /* the readers overlap all the time now */
+  assert_int_equal(add_ok(path), 2);
+  lk_err err;
+  int64_t t0 = now_ms();
+  assert_int_equal(lk_keyring_reload(kr, &err), LK_OK);
+  int64_t took = now_ms() - t0;
+  atomic_store(&stop, 1);
+  for (int i = 0; i < READERS; i++) {
+    assert_int_equal(pthread_join(t[i], NULL), 0);
+  }
+  assert_int_equal(lk_keyring_active_id(kr), 2);
+  /* With readers preferred it waits until they all stop (never, here). */
+  if (took > 2000) {
+    fail_msg("reload waited %lld ms behind the readers", (long long)took);
+  }
+  lk_keyring_destroy(kr);
+}
+
 static void documented_format_interoperates(void **state) {
   (void)state;
   char path[4096];
@@ -1666,6 +1734,7 @@ int main(void) {
       cmocka_unit_test(remove_key_drops_exactly_that_key_from_the_file),
       cmocka_unit_test(removing_the_active_or_an_unknown_key_is_refused),
       cmocka_unit_test(seal_and_unseal_keep_working_during_reloads),
+      cmocka_unit_test(reload_is_not_starved_by_a_stream_of_seals),
       cmocka_unit_test(documented_format_interoperates),
       cmocka_unit_test(audit_hash_is_the_documented_keyed_blake2b),
       cmocka_unit_test(audit_hash_is_stable_across_add_key),
