@@ -17,12 +17,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "controlplane/keyfence.h"
 #include "lib/log.h"
 #include "lib/secret.h"
 #include "lib/store.h"
 
 #define COMMIT_VISIBLE_TIMEOUT_S 10
 #define MAX_KEY 4096
+#define CRED_PREFIX "cred/"
 
 struct lk_etcd_catalog {
   lk_etcd *etcd;
@@ -30,6 +32,7 @@ struct lk_etcd_catalog {
   lk_catalog *cat;
   lk_etcd_catalog_change_fn on_change;
   void *ctx;
+  lk_keyring *fence_kr; /* set before serving: commits compare the fence */
   lk_etcd_watch *watch;
   lk_store_batch *pending; /* watch thread only */
   size_t pending_ops;
@@ -257,8 +260,38 @@ static void *supervisor_main(void *arg) {
 typedef struct {
   lk_etcd_txn *txn;
   int bad;
-  int puts; /* the batch puts at least one key */
+  int puts;           /* the batch puts at least one key */
+  lk_keyring *kr;     /* the fence's ring, or NULL */
+  int fenced;         /* fence_id is set */
+  uint32_t fence_id;  /* the key the batch's sealed values are under */
+  lk_status fence_st; /* a record that cannot be fenced */
+  lk_err fence_err;
 } txn_ctx;
+
+/* Notes the key a credential record put by the batch is sealed under:
+ * every record in one Txn must agree, as the fence has one value. */
+static void txn_note_key(txn_ctx *tc, const char *key, const unsigned char *val,
+                         size_t len) {
+  uint32_t id = 0;
+  int sealed = 0;
+  if (tc->kr == NULL || tc->fence_st != LK_OK ||
+      strncmp(key, CRED_PREFIX, sizeof(CRED_PREFIX) - 1) != 0) {
+    return;
+  }
+  tc->fence_st = lk_keyfence_record_key(val, len, &id, &sealed, &tc->fence_err);
+  if (tc->fence_st != LK_OK || !sealed) {
+    return;
+  }
+  if (tc->fenced && id != tc->fence_id) {
+    tc->fence_st = lk_fail(&tc->fence_err, LK_FAILED_PRECONDITION,
+                           "one commit holds values sealed under key ring "
+                           "keys %u and %u",
+                           (unsigned)tc->fence_id, (unsigned)id);
+    return;
+  }
+  tc->fenced = 1;
+  tc->fence_id = id;
+}
 
 static int copy_key(const char *key, size_t len, char out[MAX_KEY]) {
   if (len >= MAX_KEY)
@@ -277,6 +310,7 @@ static void txn_put(void *ctx, const char *key, size_t key_len,
     return;
   }
   tc->puts = 1;
+  txn_note_key(tc, k, val, val_len);
   lk_etcd_txn_put(tc->txn, k, val, val_len);
 }
 
@@ -322,15 +356,25 @@ static lk_status commit_to_etcd(void *ctx, lk_store_batch *b, lk_err *err) {
   lk_status st = lk_store_batch_status(b, err);
   if (st != LK_OK)
     return st;
-  txn_ctx tc = {lk_etcd_txn_new(), 0, 0};
+  txn_ctx tc;
+  memset(&tc, 0, sizeof(tc));
+  tc.txn = lk_etcd_txn_new();
+  tc.kr = c->fence_kr;
   if (tc.txn == NULL)
     return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   lk_store_batch_iterate(b, txn_put, txn_delete, &tc);
   int64_t rev = 0;
   if (tc.bad) {
     st = lk_fail(err, LK_INVALID_ARGUMENT, "a key in the batch is too long");
+  } else if (tc.fence_st != LK_OK) {
+    st = lk_fail(err, tc.fence_st, "%s", tc.fence_err.msg);
   } else {
+    if (tc.fenced)
+      lk_keyfence_expect(tc.txn, tc.fence_id);
     st = lk_etcd_txn_commit(c->etcd, tc.txn, &rev, err);
+    /* The batch has no compare but the fence's. */
+    if (st == LK_FAILED_PRECONDITION && tc.fenced)
+      st = lk_keyfence_refused(c->etcd, c->fence_kr, tc.fence_id, err);
   }
   lk_etcd_txn_destroy(tc.txn);
   if (st != LK_OK)
@@ -401,6 +445,14 @@ lk_status lk_etcd_catalog_open(lk_etcd *etcd,
   }
   *out = c;
   return LK_OK;
+}
+
+lk_status lk_etcd_catalog_use_fence(lk_etcd_catalog *c, lk_keyring *kr,
+                                    lk_err *err) {
+  lk_status st = lk_keyfence_sync(c->etcd, kr, NULL, err);
+  if (st == LK_OK)
+    c->fence_kr = kr;
+  return st;
 }
 
 lk_catalog *lk_etcd_catalog_catalog(const lk_etcd_catalog *c) {

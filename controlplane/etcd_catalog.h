@@ -24,6 +24,7 @@
 
 #include "lib/catalog.h"
 #include "lib/etcd.h"
+#include "lib/keyring.h"
 #include "lib/status.h"
 #include "lib/store.h"
 
@@ -39,6 +40,19 @@ lk_status lk_etcd_catalog_open(lk_etcd *etcd,
                                lk_etcd_catalog_change_fn on_change, void *ctx,
                                lk_etcd_catalog **out,
                                lk_err *err) LK_MUST_CHECK;
+
+/* Makes every later commit that puts a credential record with sealed
+ * values compare the key-ring fence (controlplane/keyfence) with the key
+ * those values are under; first syncs the fence with the file of kr
+ * (borrowed; it must outlive the catalog) by lk_keyfence_sync, creating
+ * it when absent. A commit the fence refuses reloads kr and fails
+ * LK_UNAVAILABLE with LK_KEYFENCE_RETRY_MSG (the caller retries, sealing
+ * afresh); a record with values under more than one key, or a batch
+ * mixing keys, fails LK_FAILED_PRECONDITION unsent. The
+ * control plane calls it once, before it serves. Errors of
+ * lk_keyfence_sync. */
+lk_status lk_etcd_catalog_use_fence(lk_etcd_catalog *c, lk_keyring *kr,
+                                    lk_err *err) LK_MUST_CHECK;
 
 /* Returns the catalog reading the mirror and committing to etcd. */
 lk_catalog *lk_etcd_catalog_catalog(const lk_etcd_catalog *c);

@@ -16,7 +16,9 @@
  * one key ring file; each refreshes its in-memory ring from the file
  * before it seals, and runs a re-sealer that finishes any rotation it
  * finds in the file, so a rotation survives the crash of the replica that
- * started it.
+ * started it. The key-ring fence (controlplane/keyfence), an etcd key
+ * beside --etcd-prefix, makes etcd refuse any credential sealed under a
+ * key older than the one it names.
  *
  * Startup order: core dumps off and libsodium up, then the --tls-cert and
  * --tls-key pair (a bad one exits 2 with one line naming the flag, before
@@ -39,6 +41,7 @@
 #include "lib/admin.h"
 #include "lib/etcd.h"
 #include "lib/flags.h"
+#include "lib/keyfile.h"
 #include "lib/keyring.h"
 #include "lib/log.h"
 #include "lib/rpc_server.h"
@@ -280,6 +283,12 @@ static int run(const options *o) {
   signal(SIGPIPE, SIG_IGN);
   grpc_init();
 
+  /* Before anything writes the ring: temps a killed predecessor left hold
+   * key copies, even when it had our pid (PID 1 in a container). */
+  if (lk_keyfile_remove_stale_temps_at_start(o->keyring) > 0)
+    lk_log(LK_LOG_INFO, "keyring_stale_temp_removed",
+           "removed temp files of key ring %s left by a killed process",
+           o->keyring);
   if (lk_keyring_load_or_create(o->keyring, &kr, &err) != LK_OK)
     goto fail;
   if (lk_token_load(o->admin_token_file, &c.admin_token, &err) != LK_OK)
@@ -292,6 +301,10 @@ static int run(const options *o) {
       LK_OK) {
     goto fail;
   }
+  /* Creates the key-ring fence when absent; every credential commit then
+   * compares it (controlplane/keyfence). */
+  if (lk_etcd_catalog_use_fence(c.ecat, kr, &err) != LK_OK)
+    goto fail;
   lk_catalog *cat = lk_etcd_catalog_catalog(c.ecat);
   lk_admin_sealer sealer = lk_reseal_admin_sealer(kr);
   if (lk_admin_new_with_sealer(cat, sealer, &c.admin, &err) != LK_OK)
@@ -376,7 +389,8 @@ int main(int argc, char **argv) {
       {"etcd", LK_FLAG_STRING, &o.etcd,
        "etcd endpoints, comma-separated host:port"},
       {"etcd-prefix", LK_FLAG_STRING, &o.etcd_prefix,
-       "key prefix of the catalog in etcd"},
+       "key prefix of the catalog in etcd (the key-ring fence is the key "
+       "beside it: last byte replaced by '.', then keyring-fence)"},
       {"keyring", LK_FLAG_STRING, &o.keyring,
        "key ring file, created 0600 on first start"},
       {"admin-token-file", LK_FLAG_STRING, &o.admin_token_file,

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "controlplane/keyfence.h"
 #include "latchkey/v1/types.pb-c.h"
 #include "lib/clock.h"
 #include "lib/log.h"
@@ -110,6 +111,7 @@ static lk_status reseal_attempt(lk_reseal *r, const char *key, uint64_t *moved,
   unsigned char *buf = NULL;
   size_t buf_len = 0;
   lk_etcd_txn *txn = NULL;
+  uint32_t fence_id = 0; /* the key this attempt sealed under */
 
   *conflict = 0;
   /* Another control plane may have rotated again: seal under the newest. */
@@ -137,13 +139,26 @@ static lk_status reseal_attempt(lk_reseal *r, const char *key, uint64_t *moved,
         lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory re-sealing %s", key);
     goto done;
   }
+  /* Every field's stored value, before any may be replaced: the cleanup
+   * puts them all back, whichever field failed. */
+  for (size_t i = 0; i < n; i++) {
+    fs[i].orig = c->fields[i]->sealed;
+  }
   for (size_t i = 0; i < n; i++) {
     Latchkey__V1__FieldValue *f = c->fields[i];
     lk_secret *pt = NULL;
     uint32_t key_id = 0;
-    fs[i].orig = f->sealed;
     if (!f->secret || f->sealed == NULL || f->sealed->ciphertext.len == 0 ||
         f->sealed->key_id == active) {
+      continue;
+    }
+    if (!lk_keyring_has_key(r->kr, f->sealed->key_id)) {
+      /* Nothing can open it here: leave it (GetKeyStatus counts it as
+       * "missing") and move the rest, so the old keys can still retire. */
+      lk_log(LK_LOG_WARN, "keys.reseal.missing_key",
+             "credential %s field %s is sealed under key %u, which the key "
+             "ring does not hold: left as it is; re-enter it",
+             c->id, f->name, (unsigned)f->sealed->key_id);
       continue;
     }
     st = lk_keyring_unseal(r->kr, f->sealed->key_id, c->id, f->name,
@@ -160,6 +175,12 @@ static lk_status reseal_attempt(lk_reseal *r, const char *key, uint64_t *moved,
     if (st != LK_OK) {
       goto done;
     }
+    if (changed > 0 && key_id != fence_id) {
+      /* The ring reloaded between two fields: read and seal again. */
+      *conflict = 1;
+      goto done;
+    }
+    fence_id = key_id;
     latchkey__v1__sealed_value__init(&fs[i].sv);
     fs[i].sv.key_id = key_id;
     fs[i].sv.nonce.data = fs[i].nonce;
@@ -181,10 +202,19 @@ static lk_status reseal_attempt(lk_reseal *r, const char *key, uint64_t *moved,
     goto done;
   }
   latchkey__v1__credential__pack(c, buf);
+  /* The fence vouches for the key this attempt sealed under; values it
+   * left as they are stay as etcd holds them (the mod revision compare). */
   lk_etcd_txn_expect_mod_revision(txn, key, mod_revision);
+  lk_keyfence_expect(txn, fence_id);
   lk_etcd_txn_put(txn, key, buf, buf_len);
   st = lk_etcd_txn_commit(r->etcd, txn, NULL, err);
   if (st == LK_FAILED_PRECONDITION) { /* the only one a commit reports */
+    /* The record changed, or the fence refused the key: after a reload
+     * when the fence moved past it, read and seal again. */
+    lk_err ferr;
+    lk_status fst = lk_keyfence_refused(r->etcd, r->kr, fence_id, &ferr);
+    (void)fst; /* always "retry", which the conflict does */
+    st = LK_OK;
     *conflict = 1;
     goto done;
   }
@@ -436,6 +466,23 @@ static int64_t run_once(lk_reseal *r) {
     return r->poll_ms;
   }
   set_resealing(r, 1);
+  /* The pass below decides retirement only if it starts after the fence
+   * names the active key: from then on etcd refuses every write sealed
+   * under an older key, so what the pass finds is all there will be. */
+  uint32_t fence = 0;
+  if (lk_keyfence_advance(r->etcd, active, &fence, &err) != LK_OK) {
+    lk_log(LK_LOG_WARN, "keys.fence_failed", "%s", err.msg);
+    set_error(r, err.msg);
+    return backoff(r);
+  }
+  if (fence != active) { /* the fence is ahead: our ring is stale */
+    if (lk_keyfence_sync(r->etcd, r->kr, NULL, &err) != LK_OK) {
+      lk_log(LK_LOG_WARN, "keys.fence_failed", "%s", err.msg);
+      set_error(r, err.msg);
+      return backoff(r);
+    }
+    return 0;
+  }
   if (run_pass(r, active, &res, &err) != LK_OK) {
     lk_log(LK_LOG_WARN, "keys.reseal.failed", "pass failed: %s", err.msg);
     set_error(r, err.msg);
@@ -632,6 +679,12 @@ lk_status lk_reseal_rotate(lk_reseal *r, uint32_t *new_id, lk_err *err) {
   /* Reload rather than refresh: the new key must be in use on return. */
   if ((st = lk_keyring_reload(r->kr, err)) != LK_OK) {
     return st;
+  }
+  /* The file holds the new key, so the fence may name it: from now on no
+   * write sealed under an older key lands in etcd. */
+  uint32_t fence = 0;
+  if ((st = lk_keyfence_advance(r->etcd, id, &fence, err)) != LK_OK) {
+    return st; /* the re-sealer moves the fence before it retires */
   }
   pthread_mutex_lock(&r->mu);
   r->kicked = 1;

@@ -20,18 +20,24 @@
  *     mirror, which may lag) and note those with a secret value under a
  *     key other than the active one;
  *  3. for each: read it again with its mod revision, unseal each such value
+ *     (a value under a key the ring does not hold is left as it is, logged
+ *     as keys.reseal.missing_key and counted "missing" by GetKeyStatus, so
+ *     it never blocks retirement)
  *     (plaintext only in an lk_secret), seal it under the active key, and
  *     commit it in a Txn that holds only if the mod revision is unchanged,
- *     so an Admin update made meanwhile is never overwritten: on a conflict
- *     it reads again and retries. A `keys.reseal.progress` log line gives
- *     done/total at most once a second;
- *  4. a pass that finds nothing under a retiring key, started at least the
- *     grace period after this process first saw the active key and after
- *     its last pass that re-sealed anything, removes the retiring keys from
- *     the file (lk_keyring_remove_key) and reloads. The grace period lets a
- *     write that another control plane sealed under the old key just before
- *     it saw the new file land in etcd first (its Txn can take up to
- *     LK_ETCD_DEADLINE_MS), so a later pass finds it. Admin updates keep no
+ *     so an Admin update made meanwhile is never overwritten, and the
+ *     fence names the key it sealed under: on a conflict it reads again
+ *     and retries (after a fence refusal, with the ring reloaded). A
+ * `keys.reseal.progress` log line gives done/total at most once a second;
+ *  4. a pass that finds nothing under a retiring key, started after the
+ *     key-ring fence (controlplane/keyfence) names the active key, and at
+ *     least the grace period after this process first saw the active key
+ *     and after its last pass that re-sealed anything, removes the
+ *     retiring keys from the file (lk_keyring_remove_key) and reloads.
+ *     Every credential Txn compares the fence with the key it was sealed
+ *     under, so once the fence names the active key no write under an
+ *     older one can land: what the pass finds is all there will ever be.
+ *     The grace period is extra margin only. Admin updates keep no
  *     value under an old key either: the control plane's sealer
  *     (lk_reseal_admin_sealer) re-seals the fields an update keeps.
  *
@@ -91,9 +97,9 @@ lk_status lk_reseal_start(const lk_reseal_config *cfg, lk_reseal **out,
  * Call before the etcd client, catalog or key ring go away. */
 void lk_reseal_destroy(lk_reseal *r);
 
-/* Adds a new active key to the key ring file, reloads the ring and starts
- * re-sealing under the new key; *new_id (may be NULL) receives its id.
- * Errors of lk_keyring_add_key and lk_keyring_reload. */
+/* Adds a new active key to the key ring file, reloads the ring, moves the
+ * key-ring fence to it and starts re-sealing under the new key; *new_id (may be
+ * NULL) receives its id. Errors of lk_keyring_add_key and lk_keyring_reload. */
 lk_status lk_reseal_rotate(lk_reseal *r, uint32_t *new_id,
                            lk_err *err) LK_MUST_CHECK;
 

@@ -492,9 +492,13 @@ static lk_status reseal(lk_keyring *kr, const unsigned char *pk,
                  r->key);
     goto done;
   }
+  /* Every field's stored value, before any may be replaced: the cleanup
+   * puts them all back, whichever field failed. */
+  for (size_t i = 0; i < n; i++) {
+    ns[i].orig = c->fields[i]->sealed;
+  }
   for (size_t i = 0; i < n; i++) {
     Latchkey__V1__FieldValue *f = c->fields[i];
-    ns[i].orig = f->sealed;
     if (!f->secret) {
       continue;
     }
@@ -564,22 +568,19 @@ done:
 }
 
 /* The value to ship for r to u: the stored encoding, or for a credential
- * a re-sealed copy in *owned. A failure is logged; the caller skips r. */
+ * a re-sealed copy in *owned. Errors of reseal (the caller decides what
+ * a record that cannot be shipped means). */
 static lk_status ship_value(lk_sync_server *s, sub *u, const lk_scope_record *r,
                             const unsigned char **val, size_t *len,
-                            unsigned char **owned) {
-  lk_err err;
+                            unsigned char **owned, lk_err *err) {
   *owned = NULL;
   if (strncmp(r->key, "cred/", 5) != 0) {
     *val = r->value;
     *len = r->len;
     return LK_OK;
   }
-  lk_status st = reseal(s->kr, u->pk, r, owned, len, &err);
+  lk_status st = reseal(s->kr, u->pk, r, owned, len, err);
   if (st != LK_OK) {
-    lk_log(LK_LOG_ERROR, "sync_reseal_failed",
-           "agent %s peer %llu: %s is left out of this batch: %s", u->agent,
-           (unsigned long long)u->peer, r->key, err.msg);
     return st;
   }
   *val = *owned;
@@ -653,8 +654,20 @@ static lk_status send_snapshot(lk_sync_server *s, sub *u, const lk_scope *sc,
     unsigned char *owned = NULL;
     size_t len = 0;
     lk_scope_at(sc, i, &r);
-    if (ship_value(s, u, &r, &val, &len, &owned) != LK_OK) {
-      continue;
+    lk_err serr;
+    if (ship_value(s, u, &r, &val, &len, &owned, &serr) != LK_OK) {
+      /* Left out, the record would be deleted from the replica by this
+       * snapshot (a mirror lagging a key retirement, say): withhold the
+       * whole snapshot instead; the replica keeps what it has and
+       * reconnects. */
+      lk_log(LK_LOG_ERROR, "sync_reseal_failed",
+             "agent %s peer %llu: %s cannot be re-sealed for the replica: %s",
+             u->agent, (unsigned long long)u->peer, r.key, serr.msg);
+      st = lk_fail(err, LK_FAILED_PRECONDITION,
+                   "the snapshot is withheld: %s cannot be re-sealed for this "
+                   "replica (%s); the replica keeps what it has and retries",
+                   r.key, serr.msg);
+      goto done;
     }
     if (put_size(r.key, len) + BATCH_OVERHEAD > LK_SYNC_MAX_MESSAGE_BYTES) {
       lk_log(LK_LOG_ERROR, "sync_record_too_large",
@@ -764,7 +777,13 @@ static lk_status send_diff(lk_sync_server *s, sub *u, const lk_scope *sc,
     const unsigned char *val = NULL;
     unsigned char *owned = NULL;
     size_t len = 0;
-    int ok = ship_value(s, u, &r, &val, &len, &owned) == LK_OK;
+    lk_err serr;
+    int ok = ship_value(s, u, &r, &val, &len, &owned, &serr) == LK_OK;
+    if (!ok) {
+      lk_log(LK_LOG_ERROR, "sync_reseal_failed",
+             "agent %s peer %llu: %s is left out of this batch: %s", u->agent,
+             (unsigned long long)u->peer, r.key, serr.msg);
+    }
     if (ok &&
         put_size(r.key, len) + BATCH_OVERHEAD > LK_SYNC_MAX_MESSAGE_BYTES) {
       lk_log(LK_LOG_ERROR, "sync_record_too_large",

@@ -72,6 +72,8 @@
 
 /* Relative keys and prefixes longer than this are refused. */
 #define MAX_KEY_BYTES 4096u
+/* What follows the changed last byte of the prefix in the fence key. */
+#define FENCE_NAME "keyring-fence"
 #define MAX_ENDPOINT_BYTES 256u
 /* How far past a call's deadline we wait for grpc to report it. */
 #define CQ_GRACE_MS 5000
@@ -95,6 +97,8 @@ struct lk_etcd {
   atomic_size_t current;
   char *prefix;
   size_t prefix_len;
+  char *fence; /* the one key outside the prefix: see lk_etcd_fence_key */
+  size_t fence_len;
   int64_t deadline_ms;
 };
 
@@ -138,8 +142,15 @@ static gpr_timespec ms_from_now(int64_t ms) {
                       gpr_time_from_millis(ms, GPR_TIMESPAN));
 }
 
-/* Returns prefix + rel as a malloc'd NUL-terminated key, or NULL. */
+/* Returns prefix + rel (or the fence key for LK_ETCD_FENCE_KEY) as a
+ * malloc'd NUL-terminated key, or NULL. */
 static char *full_key(const lk_etcd *e, const char *rel, size_t *len) {
+  if (strcmp(rel, LK_ETCD_FENCE_KEY) == 0) {
+    char *f = strdup(e->fence);
+    if (f != NULL)
+      *len = e->fence_len;
+    return f;
+  }
   size_t rl = strlen(rel);
   char *k = malloc(e->prefix_len + rl + 1);
   if (k == NULL)
@@ -581,6 +592,17 @@ lk_status lk_etcd_open(const char *endpoints, const char *prefix, lk_etcd **out,
     goto cleanup;
   }
   e->prefix_len = strlen(prefix);
+  /* The prefix with its last byte changed, then the name: it differs from
+   * every key under the prefix at the prefix's last byte. */
+  e->fence_len = e->prefix_len - 1 + 1 + sizeof(FENCE_NAME) - 1;
+  e->fence = malloc(e->fence_len + 1);
+  if (e->fence == NULL) {
+    rc = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    goto cleanup;
+  }
+  memcpy(e->fence, prefix, e->prefix_len - 1);
+  e->fence[e->prefix_len - 1] = prefix[e->prefix_len - 1] == '.' ? '_' : '.';
+  memcpy(e->fence + e->prefix_len, FENCE_NAME, sizeof(FENCE_NAME));
   const char *p = endpoints;
   for (;;) {
     const char *comma = strchr(p, ',');
@@ -644,6 +666,7 @@ void lk_etcd_close(lk_etcd *e) {
     free(e->endpoints[i]);
   }
   free(e->prefix);
+  free(e->fence);
   free(e);
   grpc_shutdown();
 }
@@ -692,6 +715,10 @@ cleanup:
   msg_free(r);
   free(full);
   return rc;
+}
+
+const char *lk_etcd_fence_key(const lk_etcd *e) {
+  return e->fence;
 }
 
 void lk_etcd_value_free(unsigned char *val, size_t len) {
@@ -843,6 +870,8 @@ typedef struct {
 typedef struct {
   char *key; /* relative */
   int64_t mod_revision;
+  unsigned char *val; /* a value compare when non-NULL */
+  size_t len;
 } txn_cmp;
 
 struct lk_etcd_txn {
@@ -921,6 +950,39 @@ void lk_etcd_txn_expect_mod_revision(lk_etcd_txn *t, const char *key,
   t->n_cmps++;
 }
 
+void lk_etcd_txn_expect_value(lk_etcd_txn *t, const char *key,
+                              const unsigned char *val, size_t len) {
+  if (t == NULL)
+    return;
+  if (t->poison == LK_OK && t->n_cmps == LK_ETCD_MAX_TXN_OPS) {
+    txn_poison(t, LK_INVALID_ARGUMENT,
+               "etcd txn has more than %d compares (etcd --max-txn-ops)",
+               LK_ETCD_MAX_TXN_OPS);
+    return;
+  }
+  if (t->poison == LK_OK && val == NULL && len > 0) {
+    txn_poison(t, LK_INVALID_ARGUMENT, "etcd txn expects NULL with length %zu",
+               len);
+    return;
+  }
+  char *k = txn_key(t, key, len);
+  if (k == NULL)
+    return;
+  unsigned char *copy = malloc(len > 0 ? len : 1);
+  if (copy == NULL) {
+    free(k);
+    txn_poison(t, LK_RESOURCE_EXHAUSTED, "out of memory building an etcd txn");
+    return;
+  }
+  if (len > 0)
+    memcpy(copy, val, len);
+  t->cmps[t->n_cmps].key = k;
+  t->cmps[t->n_cmps].mod_revision = 0;
+  t->cmps[t->n_cmps].val = copy;
+  t->cmps[t->n_cmps].len = len;
+  t->n_cmps++;
+}
+
 static void txn_add(lk_etcd_txn *t, txn_kind kind, const char *key,
                     const unsigned char *val, size_t len) {
   if (t == NULL)
@@ -979,8 +1041,11 @@ void lk_etcd_txn_destroy(lk_etcd_txn *t) {
     if (t->ops[i].val != NULL)
       lk_wipe_free(t->ops[i].val, t->ops[i].len > 0 ? t->ops[i].len : 1);
   }
-  for (size_t i = 0; i < t->n_cmps; i++)
+  for (size_t i = 0; i < t->n_cmps; i++) {
     free(t->cmps[i].key);
+    if (t->cmps[i].val != NULL)
+      lk_wipe_free(t->cmps[i].val, t->cmps[i].len > 0 ? t->cmps[i].len : 1);
+  }
   free(t);
 }
 
@@ -1007,20 +1072,31 @@ static char *wire_key(txn_wire *w, char *k) {
   return k;
 }
 
-/* Names the first compared key whose mod revision differs from the
- * expectation, from the failure branch's reads. */
-static const char *conflict_key(const lk_etcd_txn *t,
+/* Returns 1 when compare c fails against the failure branch's read rr. */
+static int cmp_failed(const txn_cmp *c, const Etcdserverpb__RangeResponse *rr) {
+  if (c->val != NULL) {
+    return rr->n_kvs == 0 || rr->kvs[0]->value.len != c->len ||
+           (c->len > 0 && memcmp(rr->kvs[0]->value.data, c->val, c->len) != 0);
+  }
+  int64_t now = rr->n_kvs > 0 ? rr->kvs[0]->mod_revision : 0;
+  return now != c->mod_revision;
+}
+
+/* Names the first compared key whose compare failed, from the failure
+ * branch's reads (the fence by its full name). */
+static const char *conflict_key(const lk_etcd *e, const lk_etcd_txn *t,
                                 const Etcdserverpb__TxnResponse *r) {
+  const char *k = t->n_cmps > 0 ? t->cmps[0].key : "?";
   for (size_t i = 0; i < t->n_cmps && i < r->n_responses; i++) {
     const Etcdserverpb__ResponseOp *op = r->responses[i];
     if (op->response_case != ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_RANGE)
       continue;
-    const Etcdserverpb__RangeResponse *rr = op->response_range;
-    int64_t now = rr->n_kvs > 0 ? rr->kvs[0]->mod_revision : 0;
-    if (now != t->cmps[i].mod_revision)
-      return t->cmps[i].key;
+    if (cmp_failed(&t->cmps[i], op->response_range)) {
+      k = t->cmps[i].key;
+      break;
+    }
   }
-  return t->n_cmps > 0 ? t->cmps[0].key : "?";
+  return strcmp(k, LK_ETCD_FENCE_KEY) == 0 ? e->fence : k;
 }
 
 lk_status lk_etcd_txn_commit(lk_etcd *e, lk_etcd_txn *t, int64_t *revision,
@@ -1043,16 +1119,23 @@ lk_status lk_etcd_txn_commit(lk_etcd *e, lk_etcd_txn *t, int64_t *revision,
       goto oom;
     Etcdserverpb__Compare c = ETCDSERVERPB__COMPARE__INIT;
     c.result = ETCDSERVERPB__COMPARE__COMPARE_RESULT__EQUAL;
-    c.target = ETCDSERVERPB__COMPARE__COMPARE_TARGET__MOD;
     c.key.data = (uint8_t *)k;
     c.key.len = kl;
-    c.target_union_case = ETCDSERVERPB__COMPARE__TARGET_UNION_MOD_REVISION;
-    c.mod_revision = t->cmps[i].mod_revision;
+    if (t->cmps[i].val != NULL) {
+      c.target = ETCDSERVERPB__COMPARE__COMPARE_TARGET__VALUE;
+      c.target_union_case = ETCDSERVERPB__COMPARE__TARGET_UNION_VALUE;
+      c.value.data = t->cmps[i].val;
+      c.value.len = t->cmps[i].len;
+    } else {
+      c.target = ETCDSERVERPB__COMPARE__COMPARE_TARGET__MOD;
+      c.target_union_case = ETCDSERVERPB__COMPARE__TARGET_UNION_MOD_REVISION;
+      c.mod_revision = t->cmps[i].mod_revision;
+    }
     w->cmp[i] = c;
     w->cmpp[i] = &w->cmp[i];
     Etcdserverpb__RangeRequest g = ETCDSERVERPB__RANGE_REQUEST__INIT;
     g.key = c.key;
-    g.keys_only = 1;
+    g.keys_only = t->cmps[i].val == NULL;
     w->get[i] = g;
     Etcdserverpb__RequestOp b = ETCDSERVERPB__REQUEST_OP__INIT;
     b.request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE;
@@ -1107,9 +1190,9 @@ lk_status lk_etcd_txn_commit(lk_etcd *e, lk_etcd_txn *t, int64_t *revision,
   if (rc != LK_OK)
     goto cleanup;
   if (!r->succeeded) {
-    rc =
-        lk_fail(err, LK_FAILED_PRECONDITION,
-                "conflict: %s changed concurrently; retry", conflict_key(t, r));
+    rc = lk_fail(err, LK_FAILED_PRECONDITION,
+                 "conflict: %s changed concurrently; retry",
+                 conflict_key(e, t, r));
     goto cleanup;
   }
   if (revision != NULL)

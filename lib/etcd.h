@@ -9,7 +9,10 @@
  * Contract:
  *  - Every key passed in or handed out is relative to the prefix given to
  *    lk_etcd_open; the client prepends and strips it, so nothing outside
- *    the prefix is ever visible or writable. Keys are C strings (no NUL).
+ *    the prefix is ever visible or writable, with one exception: the
+ *    relative name LK_ETCD_FENCE_KEY stands for the client's fence key
+ *    (lk_etcd_fence_key), a key outside the prefix, so no Range or Watch
+ *    of the prefix ever sees it. Keys are C strings (no NUL).
  *  - Every unary call has a deadline (LK_ETCD_DEADLINE_MS). gRPC
  *    UNAVAILABLE or an attempt's share of the deadline running out moves
  *    on to the next endpoint at once, round after round with short pauses;
@@ -49,6 +52,10 @@
 /* At most this many comma-separated endpoints. */
 #define LK_ETCD_MAX_ENDPOINTS 16
 
+/* The relative name of the fence key (see lk_etcd_fence_key); get, put,
+ * delete and compare it like any key. */
+#define LK_ETCD_FENCE_KEY "\x01keyring-fence"
+
 typedef struct lk_etcd lk_etcd;
 typedef struct lk_etcd_txn lk_etcd_txn;
 typedef struct lk_etcd_watch lk_etcd_watch;
@@ -72,6 +79,13 @@ void lk_etcd_close(lk_etcd *e);
 lk_status lk_etcd_get(lk_etcd *e, const char *key, unsigned char **val,
                       size_t *len, int64_t *mod_revision,
                       lk_err *err) LK_MUST_CHECK;
+
+/* Returns the client's fence key, the full etcd key LK_ETCD_FENCE_KEY
+ * names: the prefix with its last byte replaced by '.' ('_' when it is a
+ * '.') followed by "keyring-fence", so "/latchkey/" gives
+ * "/latchkey.keyring-fence". It differs from every key under the prefix
+ * at the prefix's last byte, so it is never inside the prefix. */
+const char *lk_etcd_fence_key(const lk_etcd *e);
 
 /* Wipes the len bytes of a value from lk_etcd_get, then frees it; NULL ok. */
 void lk_etcd_value_free(unsigned char *val, size_t len);
@@ -102,6 +116,11 @@ lk_etcd_txn *lk_etcd_txn_new(void);
  * call: lk_etcd_txn_commit then fails and sends nothing. */
 void lk_etcd_txn_expect_mod_revision(lk_etcd_txn *t, const char *key,
                                      int64_t mod_revision);
+
+/* Adds the condition "key exists and its value is the len bytes at val"
+ * (copied; wiped when the txn is destroyed). A missing key fails it. */
+void lk_etcd_txn_expect_value(lk_etcd_txn *t, const char *key,
+                              const unsigned char *val, size_t len);
 
 /* Adds key = val (len bytes, copied; wiped when the txn is destroyed). */
 void lk_etcd_txn_put(lk_etcd_txn *t, const char *key, const unsigned char *val,

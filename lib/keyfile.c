@@ -10,6 +10,12 @@
  * name without replacing a file another process made first, rename()
  * replaces it atomically when that is the point. The temp file is always
  * unlinked on the way out, so a failure leaves the directory as it was.
+ *
+ * Read-modify-write cycles lock "<path>.lock", a file of their own opened
+ * read-write, with an open-file-description fcntl lock: NFS turns fcntl
+ * locks into server-side byte-range locks (flock may stay host-local, and
+ * NFS's emulation of it needs a writable descriptor), and OFD locks also
+ * exclude threads of one process, which classic fcntl locks do not.
  */
 #include "lib/keyfile.h"
 
@@ -21,11 +27,35 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <sodium.h>
+
+/* Longest host name part of a temp file name, NUL included. */
+#define KEYFILE_HOST_BYTES 65
+
+/* Writes this host's name into host for temp file names: letters, digits
+ * and '.' kept, anything else '_' ("_" when it has none), so it never
+ * holds the '-' that ends it or a '/'. */
+static void keyfile_host(char host[KEYFILE_HOST_BYTES]) {
+  char raw[256];
+  size_t n = 0;
+  if (gethostname(raw, sizeof(raw)) != 0) {
+    raw[0] = '\0';
+  }
+  raw[sizeof(raw) - 1] = '\0';
+  for (; raw[n] != '\0' && n < KEYFILE_HOST_BYTES - 1; n++) {
+    char ch = raw[n];
+    int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+             (ch >= '0' && ch <= '9') || ch == '.';
+    host[n] = ok ? ch : '_';
+  }
+  if (n == 0) {
+    host[n++] = '_';
+  }
+  host[n] = '\0';
+}
 
 /* Writes the directory holding path into dir (PATH_MAX bytes). */
 static void keyfile_dir_of(const char *path, char dir[PATH_MAX]) {
@@ -150,6 +180,28 @@ lk_status lk_keyfile_read(const char *path, const char *what, size_t max_bytes,
   return st;
 }
 
+/* Re-reads path after a replacement and checks it holds text: a writer
+ * that does not honour the lock file (another host on a file system
+ * without working locks) would otherwise go unnoticed. */
+static lk_status keyfile_check_holds(const char *path, const char *what,
+                                     const lk_secret *text, lk_err *err) {
+  lk_secret *back = NULL;
+  size_t want = lk_secret_len(text);
+  lk_status st = lk_keyfile_read(path, what, want, &back, err);
+  if (st == LK_INVALID_ARGUMENT ||
+      (st == LK_OK && (lk_secret_len(back) != want ||
+                       sodium_memcmp(lk_secret_data(back), lk_secret_data(text),
+                                     want) != 0))) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION,
+                 "%s %s changed right after it was replaced: another writer "
+                 "does not honour %s" LK_KEYFILE_LOCK_SUFFIX
+                 " (a file system without working locks?)",
+                 what, path, path);
+  }
+  lk_secret_free(back);
+  return st;
+}
+
 lk_status lk_keyfile_write(const char *path, const char *what,
                            const lk_secret *text, int replace, int *raced,
                            lk_err *err) {
@@ -157,12 +209,15 @@ lk_status lk_keyfile_write(const char *path, const char *what,
   char tmp[PATH_MAX];
   int fd = -1;
   int tmp_made = 0;
+  int replaced = 0;
   if (path == NULL || what == NULL || text == NULL || raced == NULL) {
     return lk_fail(err, LK_INVALID_ARGUMENT, "key file write: NULL argument");
   }
   *raced = 0;
-  int n = snprintf(tmp, sizeof(tmp), "%s.tmp-%ld-%08x", path, (long)getpid(),
-                   (unsigned)randombytes_random());
+  char host[KEYFILE_HOST_BYTES];
+  keyfile_host(host);
+  int n = snprintf(tmp, sizeof(tmp), "%s.tmp-%s-%ld-%08x", path, host,
+                   (long)getpid(), (unsigned)randombytes_random());
   if (n < 0 || (size_t)n >= sizeof(tmp)) {
     st =
         lk_fail(err, LK_INVALID_ARGUMENT, "%s path %s is too long", what, path);
@@ -195,6 +250,7 @@ lk_status lk_keyfile_write(const char *path, const char *what,
       goto done;
     }
     tmp_made = 0; /* the temp name is gone: it is path now */
+    replaced = 1;
   } else if (link(tmp, path) != 0) {
     if (errno == EEXIST) {
       *raced = 1;
@@ -209,6 +265,9 @@ lk_status lk_keyfile_write(const char *path, const char *what,
                  "cannot sync the directory of %s %s: %s", what, path,
                  strerror(errno));
     goto done;
+  }
+  if (replaced) {
+    st = keyfile_check_holds(path, what, text, err);
   }
 done:
   if (fd >= 0) {
@@ -238,30 +297,55 @@ lk_status lk_keyfile_promote(const char *from, const char *to, const char *what,
   return LK_OK;
 }
 
-/* Returns the pid of a temp file name "<base>.tmp-<pid>-<8 hex>" of the
- * file named base, or 0 when name is not one. */
-static long keyfile_temp_pid(const char *name, const char *base) {
+/* Returns the pid of a temp file name "<base>.tmp-<host>-<pid>-<8 hex>"
+ * (or, from before temp names carried the host, "<base>.tmp-<pid>-<8
+ * hex>") of the file named base, or 0 when name is not one; *same_host is
+ * 0 when host is not this host's keyfile_host. */
+static long keyfile_temp_pid(const char *name, const char *base,
+                             const char *host, int *same_host) {
   size_t bl = strlen(base);
+  size_t nl = strlen(name);
+  *same_host = 1;
   if (strncmp(name, base, bl) != 0 || strncmp(name + bl, ".tmp-", 5) != 0) {
     return 0;
   }
-  char *end = NULL;
-  errno = 0;
-  long pid = strtol(name + bl + 5, &end, 10);
-  if (errno != 0 || pid <= 0 || end[0] != '-' || strlen(end + 1) != 8 ||
-      strspn(end + 1, "0123456789abcdef") != 8) {
+  const char *mid = name + bl + 5; /* [host-]pid-hex */
+  if (nl < bl + 5 + 2 + 8 || name[nl - 9] != '-' ||
+      strspn(name + nl - 8, "0123456789abcdef") != 8) {
     return 0;
   }
-  return pid;
+  const char *pid_end = name + nl - 9;
+  const char *pid_start = pid_end;
+  while (pid_start > mid && pid_start[-1] >= '0' && pid_start[-1] <= '9') {
+    pid_start--;
+  }
+  if (pid_start == pid_end || pid_end - pid_start > 10) {
+    return 0;
+  }
+  if (pid_start != mid) { /* a host part: "<host>-" */
+    size_t hl = (size_t)(pid_start - mid) - 1;
+    if (pid_start[-1] != '-' || hl == 0) {
+      return 0;
+    }
+    *same_host = hl == strlen(host) && memcmp(mid, host, hl) == 0;
+  }
+  long pid = 0;
+  for (const char *p = pid_start; p < pid_end; p++) {
+    pid = pid * 10 + (*p - '0');
+  }
+  return pid > 0 && pid <= INT_MAX ? pid : 0;
 }
 
-int lk_keyfile_remove_stale_temps(const char *path) {
+/* Removes the stale temps beside path; see the two callers' contracts. */
+static int keyfile_remove_temps(const char *path, int own_pid_stale) {
   char dir[PATH_MAX];
   char victim[PATH_MAX];
+  char host[KEYFILE_HOST_BYTES];
   int removed = 0;
   if (path == NULL) {
     return 0;
   }
+  keyfile_host(host);
   const char *slash = strrchr(path, '/');
   const char *base = slash != NULL ? slash + 1 : path;
   keyfile_dir_of(path, dir);
@@ -271,11 +355,16 @@ int lk_keyfile_remove_stale_temps(const char *path) {
   }
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
-    long pid = keyfile_temp_pid(e->d_name, base);
-    if (pid == 0) {
-      continue;
+    int same_host = 0;
+    long pid = keyfile_temp_pid(e->d_name, base, host, &same_host);
+    if (pid == 0 || !same_host) {
+      continue; /* another host's writer may be alive */
     }
-    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) {
+    /* A container's process restarted as PID 1 again sees its own pid in
+     * the temps of its killed predecessor. */
+    int own = (pid_t)pid == getpid();
+    if ((own && !own_pid_stale) ||
+        (!own && (kill((pid_t)pid, 0) == 0 || errno != ESRCH))) {
       continue; /* its writer is alive, or may be (EPERM) */
     }
     int n = snprintf(victim, sizeof(victim), "%s/%s", dir, e->d_name);
@@ -287,28 +376,46 @@ int lk_keyfile_remove_stale_temps(const char *path) {
   return removed;
 }
 
-lk_status lk_keyfile_lock_dir(const char *path, const char *what, int *lock_fd,
-                              lk_err *err) {
-  char dir[PATH_MAX];
+int lk_keyfile_remove_stale_temps(const char *path) {
+  return keyfile_remove_temps(path, 0);
+}
+
+int lk_keyfile_remove_stale_temps_at_start(const char *path) {
+  return keyfile_remove_temps(path, 1);
+}
+
+lk_status lk_keyfile_lock(const char *path, const char *what, int *lock_fd,
+                          lk_err *err) {
+  char lock_path[PATH_MAX];
   if (path == NULL || what == NULL || lock_fd == NULL) {
     return lk_fail(err, LK_INVALID_ARGUMENT, "key file lock: NULL argument");
   }
   *lock_fd = -1;
-  keyfile_dir_of(path, dir);
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int n =
+      snprintf(lock_path, sizeof(lock_path), "%s" LK_KEYFILE_LOCK_SUFFIX, path);
+  if (n < 0 || (size_t)n >= sizeof(lock_path)) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "%s path %s is too long", what,
+                   path);
+  }
+  /* Writable: NFS emulates locks with byte-range locks, which need it. */
+  int fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) {
     return lk_fail(err, LK_FAILED_PRECONDITION,
-                   "cannot open the directory of %s %s: %s", what, path,
-                   strerror(errno));
+                   "cannot open the lock file %s of %s %s: %s", lock_path, what,
+                   path, strerror(errno));
   }
+  struct flock fl;
+  memset(&fl, 0, sizeof(fl));
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET; /* l_start 0, l_len 0: the whole file */
   int rc;
   do {
-    rc = flock(fd, LOCK_EX);
+    rc = fcntl(fd, F_OFD_SETLKW, &fl);
   } while (rc != 0 && errno == EINTR);
   if (rc != 0) {
-    lk_status st = lk_fail(err, LK_FAILED_PRECONDITION,
-                           "cannot lock the directory of %s %s: %s", what, path,
-                           strerror(errno));
+    lk_status st =
+        lk_fail(err, LK_FAILED_PRECONDITION, "cannot lock %s for %s %s: %s",
+                lock_path, what, path, strerror(errno));
     close(fd);
     return st;
   }
@@ -320,6 +427,7 @@ void lk_keyfile_unlock(int lock_fd) {
   if (lock_fd < 0) {
     return;
   }
-  (void)flock(lock_fd, LOCK_UN);
+  /* Closing the last descriptor of the open file description releases an
+   * OFD lock. */
   close(lock_fd);
 }

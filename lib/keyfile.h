@@ -31,13 +31,16 @@
 lk_status lk_keyfile_read(const char *path, const char *what, size_t max_bytes,
                           lk_secret **image, lk_err *err) LK_MUST_CHECK;
 
-/* Writes text to a fresh 0600 temp file beside path, fsyncs it and gives it
+/* Writes text to a fresh 0600 temp file beside path
+ * ("<path>.tmp-<host>-<pid>-<8 hex>"), fsyncs it and gives it
  * the name path, then fsyncs the directory. With replace 0 the name is
  * taken with link(), which never replaces an existing file: when path
  * exists nothing is changed and *raced is set to 1. With replace 1 the temp
  * file is rename()d over path, so readers see the old file or the new one,
- * never a mix. LK_FAILED_PRECONDITION when any step fails; no temp file is
- * left behind. */
+ * never a mix, and then read back: a file that does not hold text (a
+ * writer ignoring the lock file) is LK_FAILED_PRECONDITION.
+ * LK_FAILED_PRECONDITION when any step fails; no temp file is left
+ * behind. */
 lk_status lk_keyfile_write(const char *path, const char *what,
                            const lk_secret *text, int replace, int *raced,
                            lk_err *err) LK_MUST_CHECK;
@@ -52,20 +55,32 @@ lk_status lk_keyfile_promote(const char *from, const char *to, const char *what,
 
 /* Removes the temp files lk_keyfile_write left beside path when the
  * process writing them died (SIGKILL between creating and unlinking one):
- * names "<path>.tmp-<pid>-<hex>" whose pid is no live process. A live
- * writer's temp file is kept. Returns how many were removed; failures are
- * ignored (the next call tries again). */
+ * names "<path>.tmp-<host>-<pid>-<hex>" (or, older, "<path>.tmp-<pid>-
+ * <hex>") made on this host whose pid is no live process. A live
+ * writer's temp file, one of this process, and one made on another host
+ * (sharing the directory over NFS) are kept. Returns how many were
+ * removed; failures are ignored (the next call tries again). */
 int lk_keyfile_remove_stale_temps(const char *path);
 
-/* Takes an exclusive advisory lock (flock) on the directory holding path,
- * blocking until it is free, so read-modify-write cycles of key files in
- * that directory run one at a time across threads and processes; *lock_fd
- * receives the lock for lk_keyfile_unlock. LK_FAILED_PRECONDITION when the
- * directory cannot be opened or locked. */
-lk_status lk_keyfile_lock_dir(const char *path, const char *what, int *lock_fd,
-                              lk_err *err) LK_MUST_CHECK;
+/* lk_keyfile_remove_stale_temps, except that temps named with this
+ * process's own pid are stale too: a restarted container's process is
+ * often PID 1 again, like the one that was killed. Call it only at start,
+ * before this process writes path. */
+int lk_keyfile_remove_stale_temps_at_start(const char *path);
 
-/* Releases a lock taken by lk_keyfile_lock_dir; a negative fd is a no-op. */
+/* Appended to a key file's path to name its lock file. */
+#define LK_KEYFILE_LOCK_SUFFIX ".lock"
+
+/* Takes an exclusive lock for the key file at path, blocking until it is
+ * free, so read-modify-write cycles of it run one at a time across
+ * threads, processes and (on NFS) hosts: an open-file-description fcntl
+ * write lock (F_OFD_SETLKW) on "<path>.lock", created 0600 and opened
+ * read-write. *lock_fd receives the lock for lk_keyfile_unlock.
+ * LK_FAILED_PRECONDITION when the lock file cannot be opened or locked. */
+lk_status lk_keyfile_lock(const char *path, const char *what, int *lock_fd,
+                          lk_err *err) LK_MUST_CHECK;
+
+/* Releases a lock taken by lk_keyfile_lock; a negative fd is a no-op. */
 void lk_keyfile_unlock(int lock_fd);
 
 #endif

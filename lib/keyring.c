@@ -9,11 +9,11 @@
  * lib/keyfile, shared with the node key.
  *
  * Rotation is a read-modify-write of the file: lk_keyring_add_key takes
- * an exclusive lock on the file's directory, re-reads and re-validates the
- * file under it, and replaces it with rename(), so two rotations cannot
- * lose each other's key and a reader sees the old ring or the new one.
- * Creation instead link()s the new file into place, so two control planes
- * starting at once share the first ring rather than one replacing the
+ * the file's exclusive lock (lk_keyfile_lock: "<file>.lock"), re-reads and
+ * re-validates the file under it, and replaces it with rename(), so two
+ * rotations cannot lose each other's key and a reader sees the old ring or the
+ * new one. Creation instead link()s the new file into place, so two control
+ * planes starting at once share the first ring rather than one replacing the
  * other's.
  *
  * Every byte of key material or file text is in an lk_secret or
@@ -23,7 +23,7 @@
  * The audit key (the "audit" line) is a key of its own, not derived from a
  * sealing key, so audit hashes survive rotation. A ring file older than
  * the audit line is upgraded the way a rotation writes: under the
- * directory lock, re-read, and replaced with rename().
+ * file's lock, re-read, and replaced with rename().
  *
  * Reloading in place: a ring loaded by lk_keyring_load_or_create carries a
  * ring_handle (its path, the identity of the file it last read, a
@@ -487,7 +487,7 @@ done:
 }
 
 /* Adds an audit line to the key ring file at path when it has none, under
- * the directory lock (re-read there, so a concurrent upgrade or rotation
+ * the file's lock (re-read there, so a concurrent upgrade or rotation
  * is kept), replacing the file atomically. The line holds keep (KEY_BYTES)
  * when it is not NULL, else a fresh random key. */
 static lk_status ring_upgrade(const char *path, const unsigned char *keep,
@@ -497,7 +497,7 @@ static lk_status ring_upgrade(const char *path, const unsigned char *keep,
   lk_keyring *kr = NULL;
   lk_secret *text = NULL;
   int raced = 0;
-  if ((st = lk_keyfile_lock_dir(path, RING_WHAT, &lock_fd, err)) != LK_OK ||
+  if ((st = lk_keyfile_lock(path, RING_WHAT, &lock_fd, err)) != LK_OK ||
       (st = ring_read(path, &kr, err)) != LK_OK || kr->has_audit) {
     goto done;
   }
@@ -591,7 +591,7 @@ lk_status lk_keyring_add_key(const char *path, uint32_t *new_id, lk_err *err) {
   if (lk_secret_init() != LK_OK) {
     return lk_fail(err, LK_INTERNAL, "libsodium failed to initialize");
   }
-  if ((st = lk_keyfile_lock_dir(path, RING_WHAT, &lock_fd, err)) != LK_OK ||
+  if ((st = lk_keyfile_lock(path, RING_WHAT, &lock_fd, err)) != LK_OK ||
       (st = ring_read(path, &kr, err)) != LK_OK) {
     goto done;
   }
@@ -619,6 +619,11 @@ done:
   lk_secret_free(text);
   lk_keyring_destroy(kr);
   lk_keyfile_unlock(lock_fd);
+  /* A copy of the ring a killed writer left beside it holds keys. */
+  if (lk_keyfile_remove_stale_temps(path) > 0) {
+    lk_log(LK_LOG_INFO, "keyring_stale_temp_removed",
+           "removed temp files of key ring %s left by a killed process", path);
+  }
   return st;
 }
 
@@ -660,7 +665,17 @@ static lk_status ring_attach(lk_keyring *kr, const char *path,
     return lk_fail(err, LK_RESOURCE_EXHAUSTED,
                    "out of memory for the key ring");
   }
-  if (pthread_rwlock_init(&h->lock, NULL) != 0) {
+  /* Writer-preferring (glibc): a steady stream of seals and unseals must
+   * not keep a reload (a rotation arriving) waiting forever. */
+  pthread_rwlockattr_t attr;
+  int rc = pthread_rwlockattr_init(&attr);
+  if (rc == 0) {
+    pthread_rwlockattr_setkind_np(&attr,
+                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    rc = pthread_rwlock_init(&h->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+  }
+  if (rc != 0) {
     free(h->path);
     free(h);
     return lk_fail(err, LK_INTERNAL, "cannot create the key ring lock");
@@ -843,7 +858,7 @@ lk_status lk_keyring_remove_key(const char *path, uint32_t id, lk_err *err) {
   if (lk_secret_init() != LK_OK) {
     return lk_fail(err, LK_INTERNAL, "libsodium failed to initialize");
   }
-  if ((st = lk_keyfile_lock_dir(path, RING_WHAT, &lock_fd, err)) != LK_OK ||
+  if ((st = lk_keyfile_lock(path, RING_WHAT, &lock_fd, err)) != LK_OK ||
       (st = ring_read(path, &kr, err)) != LK_OK) {
     goto done;
   }
@@ -869,6 +884,11 @@ done:
   lk_secret_free(text);
   lk_keyring_destroy(kr);
   lk_keyfile_unlock(lock_fd);
+  /* A copy of the ring a killed writer left beside it holds keys. */
+  if (lk_keyfile_remove_stale_temps(path) > 0) {
+    lk_log(LK_LOG_INFO, "keyring_stale_temp_removed",
+           "removed temp files of key ring %s left by a killed process", path);
+  }
   return st;
 }
 

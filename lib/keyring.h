@@ -130,12 +130,13 @@ lk_status lk_keyring_unseal(const lk_keyring *kr, uint32_t key_id,
 /* Adds a new active key to the key ring file at path and marks the
  * previously active key retiring (adding an audit line when the file has
  * none; the audit key is kept), in one atomic replacement of the file
- * (temp file 0600, fsync, rename); concurrent calls on one directory run
- * one at a time. Sets *new_id to the new key's id. LK_NOT_FOUND when the
- * file does not exist; LK_FAILED_PRECONDITION when it is group/other
- * accessible, cannot be read or written, already holds LK_KEYRING_MAX_KEYS
- * keys or its highest id is 4294967295; LK_INVALID_ARGUMENT naming the
- * path when it is malformed. */
+ * (temp file 0600, fsync, rename, read back); concurrent calls on one
+ * file run one at a time, across processes and hosts, under an fcntl lock
+ * on "<path>.lock" (lk_keyfile_lock), which they create 0600. Sets *new_id to
+ * the new key's id. LK_NOT_FOUND when the file does not exist;
+ * LK_FAILED_PRECONDITION when it is group/other accessible, cannot be read or
+ * written, already holds LK_KEYRING_MAX_KEYS keys or its highest id is
+ * 4294967295; LK_INVALID_ARGUMENT naming the path when it is malformed. */
 lk_status lk_keyring_add_key(const char *path, uint32_t *new_id,
                              lk_err *err) LK_MUST_CHECK;
 
@@ -143,7 +144,7 @@ lk_status lk_keyring_add_key(const char *path, uint32_t *new_id,
  * replaces the ring's keys with the file's in place (the old key bytes are
  * wiped); on any failure the ring keeps its keys. A file without an audit
  * line is first given the ring's own audit key (as at load, under the
- * directory lock), so audit hashes do not change. Errors as for
+ * file's lock), so audit hashes do not change. Errors as for
  * lk_keyring_load_or_create, except that a missing file is LK_NOT_FOUND. */
 lk_status lk_keyring_reload(lk_keyring *kr, lk_err *err) LK_MUST_CHECK;
 
@@ -169,7 +170,7 @@ size_t lk_keyring_key_ids(const lk_keyring *kr,
                           uint32_t *active_id);
 
 /* Removes retiring key id from the key ring file at path, in one atomic
- * replacement of the file under the same directory lock as
+ * replacement of the file under the same lock ("<path>.lock") as
  * lk_keyring_add_key (the audit line is kept as it is); the key bytes are
  * gone from the file once it returns, and rings already loaded drop them
  * at their next reload.

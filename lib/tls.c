@@ -17,7 +17,8 @@
  *   address with the same bundle, used only to read OpenSSL's verify
  *   error; it sends its ClientHello and nothing after, and is closed when
  *   the handshake ends, so no token or request byte ever travels on it.
- * - The private key file is read into guarded memory (lib/secret.h) and
+ * - The private key file is read with open() and read() straight into
+ *   guarded memory (lib/secret.h), never through a stdio buffer, and
  *   parsed from there; OpenSSL's transient copies while decoding it are
  *   outside our reach, as are grpc's own when it loads the same file.
  * - Every file read is capped at LK_TLS_MAX_FILE_BYTES, every probe at
@@ -50,54 +51,62 @@
 
 /* ---- server files ------------------------------------------------------ */
 
-/* Reads the whole file at path (given as flag) into guarded memory. */
+/* Reads the whole file at path (given as flag) into guarded memory, with
+ * open() and read() straight into it: no stdio buffer ever holds the
+ * bytes (it would be freed unwiped). */
 static lk_status read_file(const char *path, const char *flag, lk_secret **out,
                            lk_err *err) {
   lk_status st = LK_OK;
-  unsigned char chunk[4096];
-  lk_secret_buf *b = NULL;
-  size_t n;
-  FILE *f = NULL;
+  lk_secret *buf = NULL;
+  size_t total = 0;
 
   *out = NULL;
   if (lk_secret_init() != LK_OK) {
     return lk_fail(err, LK_INTERNAL, "libsodium failed to initialize");
   }
-  f = fopen(path, "rb");
-  if (f == NULL) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
     return lk_fail(err, LK_INVALID_ARGUMENT, "cannot read %s %s: %s", flag,
                    path, strerror(errno));
   }
-  b = lk_secret_buf_new(LK_TLS_MAX_FILE_BYTES);
-  if (b == NULL) {
+  /* One byte past the cap, to tell "exactly full" from "too big". */
+  buf = lk_secret_new((size_t)LK_TLS_MAX_FILE_BYTES + 1);
+  if (buf == NULL) {
     st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory reading %s", flag);
     goto done;
   }
-  while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
-    if (lk_secret_buf_append(b, chunk, n, err) != LK_OK) {
-      st = lk_fail(err, LK_INVALID_ARGUMENT, "%s %s is larger than %d bytes",
-                   flag, path, LK_TLS_MAX_FILE_BYTES);
+  while (total <= (size_t)LK_TLS_MAX_FILE_BYTES) {
+    ssize_t got = read(fd, lk_secret_mut(buf) + total,
+                       (size_t)LK_TLS_MAX_FILE_BYTES + 1 - total);
+    if (got < 0 && errno == EINTR) {
+      continue;
+    }
+    if (got < 0) {
+      st = lk_fail(err, LK_INVALID_ARGUMENT, "cannot read %s %s: %s", flag,
+                   path, strerror(errno));
       goto done;
     }
+    if (got == 0) {
+      break;
+    }
+    total += (size_t)got;
   }
-  if (ferror(f)) {
-    st = lk_fail(err, LK_INVALID_ARGUMENT, "cannot read %s %s: %s", flag, path,
-                 strerror(errno));
+  if (total > (size_t)LK_TLS_MAX_FILE_BYTES) {
+    st = lk_fail(err, LK_INVALID_ARGUMENT, "%s %s is larger than %d bytes",
+                 flag, path, LK_TLS_MAX_FILE_BYTES);
     goto done;
   }
-  *out = lk_secret_buf_finish(b);
-  b = NULL;
+  if (total == 0) {
+    st = lk_fail(err, LK_INVALID_ARGUMENT, "%s %s is empty", flag, path);
+    goto done;
+  }
+  *out = lk_secret_from(lk_secret_data(buf), total);
   if (*out == NULL) {
     st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory reading %s", flag);
-  } else if (lk_secret_len(*out) == 0) {
-    st = lk_fail(err, LK_INVALID_ARGUMENT, "%s %s is empty", flag, path);
-    lk_secret_free(*out);
-    *out = NULL;
   }
 done:
-  lk_wipe(chunk, sizeof(chunk));
-  lk_secret_buf_free(b);
-  fclose(f);
+  lk_secret_free(buf); /* wipes */
+  close(fd);
   return st;
 }
 

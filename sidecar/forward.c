@@ -246,6 +246,9 @@ static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose,
     return CURL_SOCKET_BAD;
   if (refuse_addr(t, &a->addr, a->addrlen))
     return CURL_SOCKET_BAD;
+  /* An earlier address of the name may have been refused: this one is
+   * not, so a later failure is not reported as a refusal. */
+  t->refused = ADDR_PUBLIC;
   return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
 }
 

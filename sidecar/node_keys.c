@@ -63,10 +63,14 @@ static int is_key(const lk_seal_key *key, const unsigned char *pk) {
 }
 
 /* Removes key temp files a killed writer left beside PATH or PATH.next:
- * one may be a second name of a key this rotation retires. */
-static void remove_stale_temps(const lk_node_keys *k) {
-  int n = lk_keyfile_remove_stale_temps(k->path) +
-          lk_keyfile_remove_stale_temps(k->next_path);
+ * one may be a second name of a key this rotation retires. At open
+ * (at_start), temps named with our own pid are stale too: a restarted
+ * container is often PID 1 again. */
+static void remove_stale_temps(const lk_node_keys *k, int at_start) {
+  int n = at_start ? lk_keyfile_remove_stale_temps_at_start(k->path) +
+                         lk_keyfile_remove_stale_temps_at_start(k->next_path)
+                   : lk_keyfile_remove_stale_temps(k->path) +
+                         lk_keyfile_remove_stale_temps(k->next_path);
   if (n > 0) {
     lk_log(LK_LOG_INFO, "node_key.stale_temp_removed",
            "removed %d temp file(s) of node key %s left by a killed process", n,
@@ -106,7 +110,7 @@ static void finish_locked(lk_node_keys *k) {
   atomic_fetch_add(&k->generation, 1);
   pthread_rwlock_unlock(&k->rw);
   lk_seal_key_destroy(old); /* wipes */
-  remove_stale_temps(k);
+  remove_stale_temps(k, 0);
   lk_log(LK_LOG_INFO, "node_key.rotated",
          "node key %s rotated: old=%s new=%s; the old key is wiped from "
          "memory and its file replaced",
@@ -161,7 +165,7 @@ lk_status lk_node_keys_open(const lk_node_keys_config *cfg, lk_node_keys **out,
   memcpy(k->next_path, cfg->path, n);
   memcpy(k->next_path + n, LK_NODE_KEYS_NEXT_SUFFIX,
          sizeof(LK_NODE_KEYS_NEXT_SUFFIX));
-  remove_stale_temps(k);
+  remove_stale_temps(k, 1);
   if ((st = lk_seal_key_load_or_create(k->path, &k->cur, err)) != LK_OK) {
     goto fail;
   }

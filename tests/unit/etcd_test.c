@@ -499,6 +499,58 @@ static void txn_conflict_is_failed_precondition_naming_the_key(void **state) {
   lk_etcd_close(e);
 }
 
+static void value_compare_on_the_fence_key_outside_the_prefix(void **state) {
+  (void)state;
+  lk_etcd *e = open_client("/t-fence/");
+  lk_etcd *root = open_client("/");
+  lk_err err;
+  assert_string_equal(lk_etcd_fence_key(e), "/t-fence.keyring-fence");
+  put(e, LK_ETCD_FENCE_KEY, "7");
+  /* Stored outside the prefix, under its full name, seen by no range. */
+  expect_kv(root, "t-fence.keyring-fence", "7");
+  scan s;
+  memset(&s, 0, sizeof(s));
+  assert_int_equal(lk_etcd_range(e, "", 0, scan_fn, &s, NULL, &err), LK_OK);
+  assert_int_equal(s.n, 0);
+
+  lk_etcd_txn *t = lk_etcd_txn_new();
+  lk_etcd_txn_expect_value(t, LK_ETCD_FENCE_KEY, (const unsigned char *)"6", 1);
+  lk_etcd_txn_put(t, "cred/x", (const unsigned char *)"old", 3);
+  assert_int_equal(lk_etcd_txn_commit(e, t, NULL, &err),
+                   LK_FAILED_PRECONDITION);
+  assert_string_equal(
+      err.msg, "conflict: /t-fence.keyring-fence changed concurrently; retry");
+  lk_etcd_txn_destroy(t);
+  expect_kv(e, "cred/x", NULL);
+
+  t = lk_etcd_txn_new();
+  lk_etcd_txn_expect_value(t, LK_ETCD_FENCE_KEY, (const unsigned char *)"7", 1);
+  lk_etcd_txn_put(t, "cred/x", (const unsigned char *)"new", 3);
+  assert_int_equal(lk_etcd_txn_commit(e, t, NULL, &err), LK_OK);
+  lk_etcd_txn_destroy(t);
+  expect_kv(e, "cred/x", "new");
+
+  /* A value compare on a missing key fails. */
+  t = lk_etcd_txn_new();
+  lk_etcd_txn_expect_value(t, "absent", (const unsigned char *)"", 0);
+  lk_etcd_txn_put(t, "cred/x", (const unsigned char *)"lost", 4);
+  assert_int_equal(lk_etcd_txn_commit(e, t, NULL, &err),
+                   LK_FAILED_PRECONDITION);
+  assert_string_equal(err.msg, "conflict: absent changed concurrently; retry");
+  lk_etcd_txn_destroy(t);
+  expect_kv(e, "cred/x", "new");
+  lk_etcd_close(e);
+
+  /* A prefix without a trailing slash or ending in '.' still leaves it. */
+  e = open_client("/t-fence.");
+  assert_string_equal(lk_etcd_fence_key(e), "/t-fence_keyring-fence");
+  lk_etcd_close(e);
+  e = open_client("/lk");
+  assert_string_equal(lk_etcd_fence_key(e), "/l.keyring-fence");
+  lk_etcd_close(e);
+  lk_etcd_close(root);
+}
+
 static void txn_over_op_cap_is_refused_without_writing(void **state) {
   (void)state;
   lk_etcd *e = open_client("/t-cap/");
@@ -853,6 +905,7 @@ int main(void) {
       cmocka_unit_test(range_pages_1200_keys_in_order_at_one_revision),
       cmocka_unit_test(txn_commits_when_expectations_hold),
       cmocka_unit_test(txn_conflict_is_failed_precondition_naming_the_key),
+      cmocka_unit_test(value_compare_on_the_fence_key_outside_the_prefix),
       cmocka_unit_test(txn_over_op_cap_is_refused_without_writing),
       cmocka_unit_test(delete_and_delete_prefix_remove_exactly_their_keys),
       cmocka_unit_test(watch_sees_puts_and_deletes_in_order_and_resumes),

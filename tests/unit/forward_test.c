@@ -906,6 +906,37 @@ static void test_name_resolving_to_metadata_or_link_local_is_never_allowed(
   }
 }
 
+/* The name resolves to a metadata address (refused) and then to a
+ * loopback port where nothing listens (allowed, and the connect fails):
+ * the failure is the unreachable vendor, not a refusal. */
+static void test_refused_address_then_failed_allowed_one_is_unavailable(
+    void **state) {
+  (void)state;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  assert_true(fd >= 0);
+  struct sockaddr_in sin;
+  memset(&sin, 0, sizeof(sin));
+  sin.sin_family = AF_INET;
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+  socklen_t sl = sizeof(sin);
+  assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &sl), 0);
+  int port = ntohs(sin.sin_port);
+  char entry[128];
+  char url[256];
+  snprintf(entry, sizeof(entry), "two.test:%d:169.254.169.254,127.0.0.1", port);
+  snprintf(url, sizeof(url), "http://two.test:%d/x", port);
+  lk_forwarder *f = resolving_forwarder(entry);
+  outcome o = {0};
+  run_dest(f, url, 1, &o);
+  close(fd);
+  assert_int_equal(o.status, LK_UNAVAILABLE);
+  if (strstr(o.err.msg, "could not be reached") == NULL)
+    fail_msg("message '%s' is not the unreachable vendor's", o.err.msg);
+  outcome_clear(&o);
+  lk_forwarder_destroy(f);
+}
+
 /* The name is not in any resolver but the pinned answer, and nginx also
  * listens on 127.0.0.2: the request arrives on exactly the address the
  * name was resolved (and checked) to, with the name as Host. */
@@ -1019,6 +1050,8 @@ int main(void) {
       cmocka_unit_test(test_literal_private_hosts),
       cmocka_unit_test(test_name_resolving_to_loopback_is_refused),
       cmocka_unit_test(test_name_resolving_to_private_ranges_is_refused),
+      cmocka_unit_test(
+          test_refused_address_then_failed_allowed_one_is_unavailable),
       cmocka_unit_test(
           test_name_resolving_to_metadata_or_link_local_is_never_allowed),
       cmocka_unit_test(

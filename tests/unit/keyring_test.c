@@ -30,11 +30,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 #include <sodium.h>
 
+#include "lib/keyfile.h"
 #include "lib/keyring.h"
 
 static char tmp_root[1024];
@@ -112,13 +115,15 @@ static void documented_hash(const unsigned char key[32], const char *value,
   sodium_bin2hex(out, 65, h, sizeof(h));
 }
 
-/* Counts the entries of dir other than "." and "..". */
+/* Counts the entries of dir other than ".", ".." and the lock file. */
 static int count_entries(const char *dir) {
   DIR *d = opendir(dir);
   assert_non_null(d);
   int n = 0;
   for (struct dirent *e = readdir(d); e != NULL; e = readdir(d)) {
-    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+    size_t l = strlen(e->d_name);
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
+        (l < 5 || strcmp(e->d_name + l - 5, ".lock") != 0)) {
       n++;
     }
   }
@@ -717,6 +722,188 @@ static void *add_thread(void *p) {
   return NULL;
 }
 
+/* Adds ADDS_PER_PROCESS keys to path, writing each new id to fd. */
+#define ADDS_PER_PROCESS 12
+static void add_keys_and_report(const char *path, int fd) {
+  for (int i = 0; i < ADDS_PER_PROCESS; i++) {
+    lk_err err;
+    uint32_t id = 0;
+    if (lk_keyring_add_key(path, &id, &err) != LK_OK) {
+      id = 0;
+    }
+    if (write(fd, &id, sizeof(id)) != (ssize_t)sizeof(id)) {
+      _exit(3);
+    }
+  }
+}
+
+static void two_processes_adding_keys_get_distinct_consecutive_ids(
+    void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  int fds[2];
+  pid_t kids[2];
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring_destroy(load_ok(path));
+  assert_int_equal(pipe(fds), 0);
+  for (int k = 0; k < 2; k++) {
+    kids[k] = fork();
+    assert_true(kids[k] >= 0);
+    if (kids[k] == 0) {
+      close(fds[0]);
+      add_keys_and_report(path, fds[1]);
+      _exit(0);
+    }
+  }
+  close(fds[1]);
+  uint64_t seen = 0;
+  uint32_t id = 0;
+  int got = 0;
+  while (read(fds[0], &id, sizeof(id)) == (ssize_t)sizeof(id)) {
+    assert_true(id >= 2 && id < 2 + 2 * ADDS_PER_PROCESS);
+    assert_false(seen & (1ull << id)); /* no id handed out twice */
+    seen |= 1ull << id;
+    got++;
+  }
+  close(fds[0]);
+  for (int k = 0; k < 2; k++) {
+    int ws = 0;
+    assert_int_equal(waitpid(kids[k], &ws, 0), kids[k]);
+    assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+  }
+  assert_int_equal(got, 2 * ADDS_PER_PROCESS);
+  lk_keyring *kr = load_ok(path);
+  uint32_t ids[LK_KEYRING_MAX_KEYS];
+  uint32_t active = 0;
+  size_t n = lk_keyring_key_ids(kr, ids, &active);
+  assert_int_equal(n, 1 + 2 * ADDS_PER_PROCESS); /* every key is in it */
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(ids[i], i + 1);
+  }
+  assert_int_equal(active, 1 + 2 * ADDS_PER_PROCESS);
+  lk_keyring_destroy(kr);
+}
+
+static void add_key_waits_for_the_fcntl_lock_on_the_lock_file(void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  char lock_path[4300];
+  pthread_t t;
+  race_arg a;
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring_destroy(load_ok(path));
+  snprintf(lock_path, sizeof(lock_path), "%s.lock", path);
+  /* Another host holding the lock looks, over NFS, like this. */
+  int fd = open(lock_path, O_RDWR | O_CREAT, 0600);
+  assert_true(fd >= 0);
+  struct flock fl;
+  memset(&fl, 0, sizeof(fl));
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  assert_int_equal(fcntl(fd, F_OFD_SETLK, &fl), 0);
+  memset(&a, 0, sizeof(a));
+  a.path = path;
+  a.st = LK_INTERNAL;
+  assert_int_equal(pthread_create(&t, NULL, add_thread, &a), 0);
+  usleep(300 * 1000);
+  lk_keyring *kr = load_ok(path);
+  assert_int_equal(lk_keyring_active_id(kr), 1); /* still waiting */
+  lk_keyring_destroy(kr);
+  close(fd); /* releases the lock */
+  assert_int_equal(pthread_join(t, NULL), 0);
+  assert_int_equal(a.st, LK_OK);
+  assert_int_equal(a.id, 2);
+  struct stat sb;
+  assert_int_equal(stat(lock_path, &sb), 0);
+  assert_int_equal(sb.st_mode & 0777, 0600);
+}
+
+/* This host's name as lk_keyfile_write puts it in temp names. */
+static void temp_host(char out[65]) {
+  char raw[256] = {0};
+  size_t n = 0;
+  assert_int_equal(gethostname(raw, sizeof(raw) - 1), 0);
+  for (; raw[n] != '\0' && n < 64; n++) {
+    char ch = raw[n];
+    int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+             (ch >= '0' && ch <= '9') || ch == '.';
+    out[n] = ok ? ch : '_';
+  }
+  if (n == 0) {
+    out[n++] = '_';
+  }
+  out[n] = '\0';
+}
+
+static void touch(const char *path) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  assert_true(fd >= 0);
+  close(fd);
+}
+
+static int exists(const char *path) {
+  struct stat sb;
+  return stat(path, &sb) == 0;
+}
+
+static void add_and_remove_key_remove_temps_left_by_killed_writers(
+    void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  char host[65];
+  char dead_old[4400], dead_here[4400], dead_there[4400], live[4400];
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring_destroy(load_ok(path));
+  temp_host(host);
+  /* pid 2^22 + 1 is above the largest pid Linux allows: its writer died.
+   * Old-style and host-named ones go; another host's and a live
+   * process's (our parent) stay. */
+  snprintf(dead_old, sizeof(dead_old), "%s.tmp-4194305-0badc0de", path);
+  snprintf(dead_here, sizeof(dead_here), "%s.tmp-%s-4194305-0badc0df", path,
+           host);
+  snprintf(dead_there, sizeof(dead_there),
+           "%s.tmp-some-other.host-4194305-0badc0d0", path);
+  snprintf(live, sizeof(live), "%s.tmp-%s-%d-0badc0d1", path, host,
+           (int)getppid());
+  const char *made[] = {dead_old, dead_here, dead_there, live};
+  for (int i = 0; i < 4; i++) {
+    touch(made[i]);
+  }
+  assert_int_equal(add_ok(path), 2);
+  assert_false(exists(dead_old));
+  assert_false(exists(dead_here));
+  assert_true(exists(dead_there));
+  assert_true(exists(live));
+  touch(dead_here);
+  lk_err err;
+  assert_int_equal(lk_keyring_remove_key(path, 1, &err), LK_OK);
+  assert_false(exists(dead_here));
+  assert_true(exists(live));
+}
+
+static void temps_named_with_our_own_pid_are_stale_only_at_start(void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  char host[65];
+  char own[4400];
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring_destroy(load_ok(path));
+  temp_host(host);
+  /* A restarted container's process is PID 1 again: the temp its killed
+   * predecessor left carries the pid it has now. */
+  snprintf(own, sizeof(own), "%s.tmp-%s-%d-0badc0de", path, host,
+           (int)getpid());
+  touch(own);
+  assert_int_equal(lk_keyfile_remove_stale_temps(path), 0);
+  assert_true(exists(own)); /* could be a write of ours in flight */
+  assert_int_equal(lk_keyfile_remove_stale_temps_at_start(path), 1);
+  assert_false(exists(own));
+}
+
 static void concurrent_add_keys_lose_no_key(void **state) {
   (void)state;
   char dir[4096];
@@ -1080,6 +1267,73 @@ static void seal_and_unseal_keep_working_during_reloads(void **state) {
 
 /* Seals with libsodium under a hand-written ring's keys, following
  * keyring.h's associated data, and checks both directions. */
+typedef struct {
+  lk_keyring *kr;
+  atomic_int *stop;
+} busy_arg;
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Seals large values back to back until told to stop, or for 5 s at most
+ * (so a starved reload fails the test instead of hanging it). */
+static void *busy_sealer(void *p) {
+  busy_arg *a = p;
+  size_t len = LK_SEAL_MAX_PT_BYTES;
+  unsigned char *pt = calloc(1, len);
+  int64_t until = now_ms() + 5000;
+  assert_non_null(pt);
+  while (!atomic_load(a->stop) && now_ms() < until) {
+    uint32_t id = 0;
+    unsigned char nonce[LK_SEAL_NONCE_BYTES];
+    unsigned char *ct = NULL;
+    size_t ct_len = 0;
+    lk_err err;
+    if (lk_keyring_seal(a->kr, "cred-1", "api_key", pt, len, &id, nonce, &ct,
+                        &ct_len, &err) == LK_OK) {
+      free(ct);
+    }
+  }
+  free(pt);
+  return NULL;
+}
+
+static void reload_is_not_starved_by_a_stream_of_seals(void **state) {
+  (void)state;
+  char dir[4096];
+  char path[4200];
+  enum { READERS = 8 };
+  pthread_t t[READERS];
+  busy_arg a;
+  atomic_int stop = 0;
+  fresh_dir(dir, sizeof(dir), path, sizeof(path));
+  lk_keyring *kr = load_ok(path);
+  a.kr = kr;
+  a.stop = &stop;
+  for (int i = 0; i < READERS; i++) {
+    assert_int_equal(pthread_create(&t[i], NULL, busy_sealer, &a), 0);
+  }
+  usleep(100 * 1000); /* the readers overlap all the time now */
+  assert_int_equal(add_ok(path), 2);
+  lk_err err;
+  int64_t t0 = now_ms();
+  assert_int_equal(lk_keyring_reload(kr, &err), LK_OK);
+  int64_t took = now_ms() - t0;
+  atomic_store(&stop, 1);
+  for (int i = 0; i < READERS; i++) {
+    assert_int_equal(pthread_join(t[i], NULL), 0);
+  }
+  assert_int_equal(lk_keyring_active_id(kr), 2);
+  /* With readers preferred it waits until they all stop (never, here). */
+  if (took > 2000) {
+    fail_msg("reload waited %lld ms behind the readers", (long long)took);
+  }
+  lk_keyring_destroy(kr);
+}
+
 static void documented_format_interoperates(void **state) {
   (void)state;
   char path[4096];
@@ -1469,6 +1723,10 @@ int main(void) {
       cmocka_unit_test(add_key_to_a_missing_ring_is_not_found),
       cmocka_unit_test(add_key_to_a_full_ring_is_failed_precondition),
       cmocka_unit_test(concurrent_add_keys_lose_no_key),
+      cmocka_unit_test(two_processes_adding_keys_get_distinct_consecutive_ids),
+      cmocka_unit_test(add_key_waits_for_the_fcntl_lock_on_the_lock_file),
+      cmocka_unit_test(add_and_remove_key_remove_temps_left_by_killed_writers),
+      cmocka_unit_test(temps_named_with_our_own_pid_are_stale_only_at_start),
       cmocka_unit_test(
           reload_in_place_takes_the_files_keys_behind_the_same_pointer),
       cmocka_unit_test(refresh_reloads_only_when_the_file_changed),
@@ -1476,6 +1734,7 @@ int main(void) {
       cmocka_unit_test(remove_key_drops_exactly_that_key_from_the_file),
       cmocka_unit_test(removing_the_active_or_an_unknown_key_is_refused),
       cmocka_unit_test(seal_and_unseal_keep_working_during_reloads),
+      cmocka_unit_test(reload_is_not_starved_by_a_stream_of_seals),
       cmocka_unit_test(documented_format_interoperates),
       cmocka_unit_test(audit_hash_is_the_documented_keyed_blake2b),
       cmocka_unit_test(audit_hash_is_stable_across_add_key),

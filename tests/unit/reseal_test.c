@@ -35,6 +35,7 @@
 #include <sodium.h>
 
 #include "controlplane/etcd_catalog.h"
+#include "controlplane/keyfence.h"
 #include "controlplane/reseal.h"
 #include "latchkey/v1/admin.pb-c.h"
 #include "latchkey/v1/types.pb-c.h"
@@ -115,7 +116,8 @@ static void cp_open(cp_fx *c, const world *w) {
   lk_reseal_config cfg;
   if (lk_etcd_open(g_etcd.ep, w->prefix, &c->etcd, &err) != LK_OK ||
       lk_etcd_catalog_open(c->etcd, NULL, NULL, &c->ecat, &err) != LK_OK ||
-      lk_keyring_load_or_create(w->ring, &c->kr, &err) != LK_OK) {
+      lk_keyring_load_or_create(w->ring, &c->kr, &err) != LK_OK ||
+      lk_etcd_catalog_use_fence(c->ecat, c->kr, &err) != LK_OK) {
     fail_msg("open control plane: %s", err.msg);
   }
   lk_catalog *cat = lk_etcd_catalog_catalog(c->ecat);
@@ -498,6 +500,7 @@ typedef struct {
   world *w;
   atomic_int stop;
   atomic_long updates;
+  atomic_long fenced; /* refused by the fence, then retried */
   long failures;
   char first_failure[512];
 } updater;
@@ -509,7 +512,14 @@ static void *update_loop(void *p) {
     char tok[64];
     lk_err err;
     snprintf(tok, sizeof(tok), "tok-%03zu-g%u-Zq81hD2l", i, gen);
-    if (put_cred(u->c, 0, i, NULL, tok, NULL, &err) != LK_OK) {
+    lk_status st = put_cred(u->c, 0, i, NULL, tok, NULL, &err);
+    if (st == LK_UNAVAILABLE && strcmp(err.msg, LK_KEYFENCE_RETRY_MSG) == 0) {
+      /* Sealed under the old key as the fence moved: the retry seals
+       * afresh, as a client is told to. */
+      atomic_fetch_add(&u->fenced, 1);
+      st = put_cred(u->c, 0, i, NULL, tok, NULL, &err);
+    }
+    if (st != LK_OK) {
       if (u->failures++ == 0) {
         snprintf(u->first_failure, sizeof(u->first_failure), "%s", err.msg);
       }
@@ -627,12 +637,26 @@ static void a_value_under_a_key_the_ring_lacks_is_reported_missing(
   bad.type = (char *)TYPE_ID;
   bad.n_fields = 1;
   bad.fields = fvs;
+  /* Written straight to etcd (a restored backup, say): the control
+   * plane's own commits are fenced to the ring's key. */
+  size_t blen = latchkey__v1__credential__get_packed_size(&bad);
+  unsigned char *bbuf = malloc(blen);
+  lk_etcd_txn *t = lk_etcd_txn_new();
+  lk_err err;
+  assert_non_null(bbuf);
+  assert_non_null(t);
+  latchkey__v1__credential__pack(&bad, bbuf);
+  lk_etcd_txn_put(t, "cred/bad", bbuf, blen);
+  assert_int_equal(lk_etcd_txn_commit(c.etcd, t, NULL, &err), LK_OK);
+  lk_etcd_txn_destroy(t);
+  free(bbuf);
+  /* The catalog refuses it: its value is not under the fenced key. */
   lk_catalog *cat = lk_etcd_catalog_catalog(c.ecat);
   lk_store_batch *batch = lk_store_batch_new();
-  lk_err err;
   assert_non_null(batch);
   assert_int_equal(lk_catalog_put_credential(cat, batch, &bad, &err), LK_OK);
-  assert_int_equal(lk_catalog_commit(cat, batch, &err), LK_OK);
+  assert_int_equal(lk_catalog_commit(cat, batch, &err), LK_UNAVAILABLE);
+  assert_string_equal(err.msg, LK_KEYFENCE_RETRY_MSG);
   lk_store_batch_destroy(batch);
 
   latchkey__v1__key_status__free_unpacked(rotate(&c), NULL);
@@ -652,6 +676,283 @@ static void a_value_under_a_key_the_ring_lacks_is_reported_missing(
                          "ring does not hold (first: credential bad field "
                          "token, key 77)"));
   latchkey__v1__key_status__free_unpacked(ks, NULL);
+  cp_close(&c);
+  free(w);
+}
+
+static void a_field_under_a_missing_key_does_not_block_retirement(
+    void **state) {
+  (void)state;
+  world *w = world_new();
+  cp_fx c;
+  lk_err err;
+  cp_open(&c, w);
+  register_type(&c);
+  create_creds(&c, w, 4);
+  /* "mixed": token under key 77 (which no ring holds), key2 under key 1,
+   * written straight to etcd (a restored backup, say). */
+  static const char k2[] = "mixed-key2-Vt4pQ";
+  unsigned char nonce[LK_SEAL_NONCE_BYTES];
+  unsigned char *ct = NULL;
+  size_t ct_len = 0;
+  uint32_t key_id = 0;
+  unsigned char junk[32] = {0};
+  assert_int_equal(
+      lk_keyring_seal(c.kr, "mixed", "key2", (const unsigned char *)k2,
+                      strlen(k2), &key_id, nonce, &ct, &ct_len, &err),
+      LK_OK);
+  assert_int_equal(key_id, 1);
+  Latchkey__V1__SealedValue sv_tok = LATCHKEY__V1__SEALED_VALUE__INIT;
+  Latchkey__V1__SealedValue sv_k2 = LATCHKEY__V1__SEALED_VALUE__INIT;
+  Latchkey__V1__FieldValue tok = LATCHKEY__V1__FIELD_VALUE__INIT;
+  Latchkey__V1__FieldValue key2 = LATCHKEY__V1__FIELD_VALUE__INIT;
+  Latchkey__V1__FieldValue *fvs[2] = {&tok, &key2};
+  Latchkey__V1__Credential mixed = LATCHKEY__V1__CREDENTIAL__INIT;
+  sv_tok.key_id = 77;
+  sv_tok.nonce.data = junk;
+  sv_tok.nonce.len = LK_SEAL_NONCE_BYTES;
+  sv_tok.ciphertext.data = junk;
+  sv_tok.ciphertext.len = sizeof(junk);
+  sv_k2.key_id = key_id;
+  sv_k2.nonce.data = nonce;
+  sv_k2.nonce.len = sizeof(nonce);
+  sv_k2.ciphertext.data = ct;
+  sv_k2.ciphertext.len = ct_len;
+  tok.name = (char *)"token";
+  tok.secret = 1;
+  tok.sealed = &sv_tok;
+  key2.name = (char *)"key2";
+  key2.secret = 1;
+  key2.sealed = &sv_k2;
+  mixed.id = (char *)"bad"; /* check_cred skips the record named "bad" */
+  mixed.type = (char *)TYPE_ID;
+  mixed.n_fields = 2;
+  mixed.fields = fvs;
+  /* Sealed for "mixed": seal again for the id the record carries. */
+  free(ct);
+  assert_int_equal(
+      lk_keyring_seal(c.kr, "bad", "key2", (const unsigned char *)k2,
+                      strlen(k2), &key_id, nonce, &ct, &ct_len, &err),
+      LK_OK);
+  sv_k2.ciphertext.data = ct;
+  sv_k2.ciphertext.len = ct_len;
+  size_t blen = latchkey__v1__credential__get_packed_size(&mixed);
+  unsigned char *bbuf = malloc(blen);
+  lk_etcd_txn *t = lk_etcd_txn_new();
+  assert_non_null(bbuf);
+  assert_non_null(t);
+  latchkey__v1__credential__pack(&mixed, bbuf);
+  lk_etcd_txn_put(t, "cred/bad", bbuf, blen);
+  assert_int_equal(lk_etcd_txn_commit(c.etcd, t, NULL, &err), LK_OK);
+  lk_etcd_txn_destroy(t);
+  free(bbuf);
+  free(ct);
+
+  latchkey__v1__key_status__free_unpacked(rotate(&c), NULL);
+  assert_int_equal(wait_rotation_done(&c), 2);
+  assert_ring_file_only(w->ring, 2);
+  assert_etcd_holds(&c, w, 2, 1);
+  /* key2 moved to key 2 and opens to its value; token stayed as it was. */
+  unsigned char *v = NULL;
+  size_t n = 0;
+  assert_int_equal(lk_etcd_get(c.etcd, "cred/bad", &v, &n, NULL, &err), LK_OK);
+  Latchkey__V1__Credential *got = latchkey__v1__credential__unpack(NULL, n, v);
+  assert_non_null(got);
+  assert_int_equal(got->n_fields, 2);
+  for (size_t i = 0; i < got->n_fields; i++) {
+    const Latchkey__V1__FieldValue *f = got->fields[i];
+    if (strcmp(f->name, "token") == 0) {
+      assert_int_equal(f->sealed->key_id, 77);
+      continue;
+    }
+    assert_int_equal(f->sealed->key_id, 2);
+    lk_secret *pt = NULL;
+    assert_int_equal(
+        lk_keyring_unseal(c.kr, 2, "bad", "key2", f->sealed->nonce.data,
+                          f->sealed->nonce.len, f->sealed->ciphertext.data,
+                          f->sealed->ciphertext.len, &pt, &err),
+        LK_OK);
+    assert_int_equal(lk_secret_len(pt), strlen(k2));
+    assert_memory_equal(lk_secret_data(pt), k2, strlen(k2));
+    lk_secret_free(pt);
+  }
+  latchkey__v1__credential__free_unpacked(got, NULL);
+  lk_etcd_value_free(v, n);
+  Latchkey__V1__KeyStatus *ks = get_status(&c);
+  assert_int_equal(ks->n_keys, 2);
+  assert_int_equal(ks->keys[1]->id, 77);
+  assert_string_equal(ks->keys[1]->state, "missing");
+  assert_int_equal(ks->keys[1]->sealed_fields, 1);
+  latchkey__v1__key_status__free_unpacked(ks, NULL);
+  cp_close(&c);
+  free(w);
+}
+
+static void a_value_that_does_not_open_fails_the_pass_and_leaks_nothing(
+    void **state) {
+  (void)state;
+  world *w = world_new();
+  cp_fx c;
+  lk_err err;
+  cp_open(&c, w);
+  register_type(&c);
+  create_creds(&c, w, 2);
+  /* "bad": token claims key 1 but is junk, key2 is a good value under key
+   * 1; the pass fails at token, before key2 (run under ASan, whatever the
+   * cleanup put back is freed). */
+  static const char k2[] = "bad-key2-Lm3wZ";
+  unsigned char nonce[LK_SEAL_NONCE_BYTES];
+  unsigned char *ct = NULL;
+  size_t ct_len = 0;
+  uint32_t key_id = 0;
+  unsigned char junk[40] = {1};
+  assert_int_equal(
+      lk_keyring_seal(c.kr, "bad", "key2", (const unsigned char *)k2,
+                      strlen(k2), &key_id, nonce, &ct, &ct_len, &err),
+      LK_OK);
+  Latchkey__V1__SealedValue sv_tok = LATCHKEY__V1__SEALED_VALUE__INIT;
+  Latchkey__V1__SealedValue sv_k2 = LATCHKEY__V1__SEALED_VALUE__INIT;
+  Latchkey__V1__FieldValue tok = LATCHKEY__V1__FIELD_VALUE__INIT;
+  Latchkey__V1__FieldValue key2 = LATCHKEY__V1__FIELD_VALUE__INIT;
+  Latchkey__V1__FieldValue *fvs[2] = {&tok, &key2};
+  Latchkey__V1__Credential bad = LATCHKEY__V1__CREDENTIAL__INIT;
+  sv_tok.key_id = 1;
+  sv_tok.nonce.data = junk;
+  sv_tok.nonce.len = LK_SEAL_NONCE_BYTES;
+  sv_tok.ciphertext.data = junk;
+  sv_tok.ciphertext.len = sizeof(junk);
+  sv_k2.key_id = key_id;
+  sv_k2.nonce.data = nonce;
+  sv_k2.nonce.len = sizeof(nonce);
+  sv_k2.ciphertext.data = ct;
+  sv_k2.ciphertext.len = ct_len;
+  tok.name = (char *)"token";
+  tok.secret = 1;
+  tok.sealed = &sv_tok;
+  key2.name = (char *)"key2";
+  key2.secret = 1;
+  key2.sealed = &sv_k2;
+  bad.id = (char *)"bad";
+  bad.type = (char *)TYPE_ID;
+  bad.n_fields = 2;
+  bad.fields = fvs;
+  size_t blen = latchkey__v1__credential__get_packed_size(&bad);
+  unsigned char *bbuf = malloc(blen);
+  lk_etcd_txn *t = lk_etcd_txn_new();
+  assert_non_null(bbuf);
+  assert_non_null(t);
+  latchkey__v1__credential__pack(&bad, bbuf);
+  lk_etcd_txn_put(t, "cred/bad", bbuf, blen);
+  assert_int_equal(lk_etcd_txn_commit(c.etcd, t, NULL, &err), LK_OK);
+  lk_etcd_txn_destroy(t);
+  free(bbuf);
+  free(ct);
+
+  latchkey__v1__key_status__free_unpacked(rotate(&c), NULL);
+  int64_t start = lk_now_ms();
+  for (;;) {
+    Latchkey__V1__KeyStatus *ks = get_status(&c);
+    int failed = strstr(ks->last_error, "credential bad field token") != NULL;
+    latchkey__v1__key_status__free_unpacked(ks, NULL);
+    if (failed) {
+      break;
+    }
+    if (lk_now_ms() - start > WAIT_MS) {
+      fail_msg("the pass never reported the value that does not open");
+    }
+    usleep(50 * 1000);
+  }
+  /* The key it is under is not retired: the value stays readable. */
+  assert_true(lk_keyring_has_key(c.kr, 1));
+  cp_close(&c);
+  free(w);
+}
+
+/* Commits credential "late" with its token sealed under ring kr (not
+ * refreshed) through c's catalog, the path of every Admin write. */
+static lk_status commit_sealed_with(cp_fx *c, lk_keyring *kr, lk_err *err) {
+  static const char tok[] = "late-secret-Hq2v";
+  unsigned char nonce[LK_SEAL_NONCE_BYTES];
+  unsigned char *ct = NULL;
+  size_t ct_len = 0;
+  uint32_t key_id = 0;
+  lk_status st =
+      lk_keyring_seal(kr, "late", "token", (const unsigned char *)tok,
+                      strlen(tok), &key_id, nonce, &ct, &ct_len, err);
+  if (st != LK_OK) {
+    return st;
+  }
+  Latchkey__V1__SealedValue sv = LATCHKEY__V1__SEALED_VALUE__INIT;
+  Latchkey__V1__FieldValue fv = LATCHKEY__V1__FIELD_VALUE__INIT;
+  Latchkey__V1__FieldValue *fvs[1] = {&fv};
+  Latchkey__V1__Credential cred = LATCHKEY__V1__CREDENTIAL__INIT;
+  sv.key_id = key_id;
+  sv.nonce.data = nonce;
+  sv.nonce.len = sizeof(nonce);
+  sv.ciphertext.data = ct;
+  sv.ciphertext.len = ct_len;
+  fv.name = (char *)"token";
+  fv.secret = 1;
+  fv.sealed = &sv;
+  cred.id = (char *)"late";
+  cred.type = (char *)TYPE_ID;
+  cred.n_fields = 1;
+  cred.fields = fvs;
+  lk_catalog *cat = lk_etcd_catalog_catalog(c->ecat);
+  lk_store_batch *batch = lk_store_batch_new();
+  assert_non_null(batch);
+  st = lk_catalog_put_credential(cat, batch, &cred, err);
+  if (st == LK_OK) {
+    st = lk_catalog_commit(cat, batch, err);
+  }
+  lk_store_batch_destroy(batch);
+  free(ct);
+  return st;
+}
+
+static void a_stale_ring_cannot_commit_under_a_key_the_fence_moved_past(
+    void **state) {
+  (void)state;
+  world *w = world_new();
+  cp_fx c;
+  lk_err err;
+  uint32_t fence = 0;
+  cp_open(&c, w);
+  register_type(&c);
+  create_creds(&c, w, 3);
+  /* The control plane created the fence with the active key at start. */
+  assert_int_equal(lk_keyfence_read(c.etcd, &fence, &err), LK_OK);
+  assert_int_equal(fence, 1);
+  /* Another control plane's ring, loaded before the rotation and never
+   * refreshed: a stale stat(), or a process paused after sealing. */
+  lk_keyring *stale = NULL;
+  assert_int_equal(lk_keyring_load_or_create(w->ring, &stale, &err), LK_OK);
+
+  latchkey__v1__key_status__free_unpacked(rotate(&c), NULL);
+  assert_int_equal(lk_keyfence_read(c.etcd, &fence, &err), LK_OK);
+  assert_int_equal(fence, 2);
+  /* Sealed under key 1 while the old key is still retiring: refused. */
+  assert_int_equal(commit_sealed_with(&c, stale, &err), LK_UNAVAILABLE);
+  assert_string_equal(err.msg, LK_KEYFENCE_RETRY_MSG);
+  unsigned char *v = NULL;
+  size_t n = 0;
+  assert_int_equal(lk_etcd_get(c.etcd, "cred/late", &v, &n, NULL, &err),
+                   LK_NOT_FOUND);
+
+  assert_int_equal(wait_rotation_done(&c), 2);
+  assert_ring_file_only(w->ring, 2);
+  /* And after key 1 is retired: still refused, so nothing in etcd is
+   * ever under a key the ring no longer has. */
+  assert_int_equal(commit_sealed_with(&c, stale, &err), LK_UNAVAILABLE);
+  assert_string_equal(err.msg, LK_KEYFENCE_RETRY_MSG);
+  assert_int_equal(lk_etcd_get(c.etcd, "cred/late", &v, &n, NULL, &err),
+                   LK_NOT_FOUND);
+  assert_etcd_holds(&c, w, 2, 1);
+  /* A seal under the current key goes through. */
+  assert_int_equal(commit_sealed_with(&c, c.kr, &err), LK_OK);
+  assert_int_equal(lk_etcd_get(c.etcd, "cred/late", &v, &n, NULL, &err), LK_OK);
+  lk_etcd_value_free(v, n);
+  lk_keyring_destroy(stale);
   cp_close(&c);
   free(w);
 }
@@ -693,6 +994,11 @@ int main(void) {
       cmocka_unit_test(a_rotation_cut_short_is_finished_by_the_next_start),
       cmocka_unit_test(two_control_planes_sharing_the_ring_converge),
       cmocka_unit_test(a_value_under_a_key_the_ring_lacks_is_reported_missing),
+      cmocka_unit_test(
+          a_stale_ring_cannot_commit_under_a_key_the_fence_moved_past),
+      cmocka_unit_test(a_field_under_a_missing_key_does_not_block_retirement),
+      cmocka_unit_test(
+          a_value_that_does_not_open_fails_the_pass_and_leaks_nothing),
       cmocka_unit_test(stopping_mid_pass_leaves_every_record_whole),
       cmocka_unit_test(destroy_accepts_null),
   };

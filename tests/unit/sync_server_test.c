@@ -182,6 +182,54 @@ static void put_cred(fx *f, const char *id, const char *secret,
   free(ct);
 }
 
+/* Replaces credential id with one whose first secret field claims key
+ * ring key 77 (which no ring here holds) and whose second is a good value:
+ * re-sealing it for a node fails at the first field. */
+static void put_cred_first_field_unopenable(fx *f, const char *id) {
+  static const char good[] = "good-second-secret-Ty7";
+  Latchkey__V1__SealedValue bad_sv = LATCHKEY__V1__SEALED_VALUE__INIT;
+  Latchkey__V1__SealedValue good_sv = LATCHKEY__V1__SEALED_VALUE__INIT;
+  Latchkey__V1__FieldValue api = LATCHKEY__V1__FIELD_VALUE__INIT;
+  Latchkey__V1__FieldValue other = LATCHKEY__V1__FIELD_VALUE__INIT;
+  Latchkey__V1__FieldValue *fields[] = {&api, &other};
+  Latchkey__V1__Credential c = LATCHKEY__V1__CREDENTIAL__INIT;
+  unsigned char junk[40] = {7};
+  unsigned char nonce[LK_SEAL_NONCE_BYTES];
+  unsigned char *ct = NULL;
+  size_t ct_len = 0;
+  uint32_t key_id = 0;
+  lk_store_batch *b = lk_store_batch_new();
+  lk_err err;
+  assert_int_equal(
+      lk_keyring_seal(f->kr, id, "other", (const unsigned char *)good,
+                      strlen(good), &key_id, nonce, &ct, &ct_len, &err),
+      LK_OK);
+  bad_sv.key_id = 77;
+  bad_sv.nonce.data = junk;
+  bad_sv.nonce.len = LK_SEAL_NONCE_BYTES;
+  bad_sv.ciphertext.data = junk;
+  bad_sv.ciphertext.len = sizeof(junk);
+  good_sv.key_id = key_id;
+  good_sv.nonce.data = nonce;
+  good_sv.nonce.len = sizeof(nonce);
+  good_sv.ciphertext.data = ct;
+  good_sv.ciphertext.len = ct_len;
+  api.name = "api_key";
+  api.secret = 1;
+  api.sealed = &bad_sv;
+  other.name = "other";
+  other.secret = 1;
+  other.sealed = &good_sv;
+  c.id = (char *)id;
+  c.type = "wkey";
+  c.label = "test";
+  c.fields = fields;
+  c.n_fields = 2;
+  assert_int_equal(lk_catalog_put_credential(f->cat, b, &c, &err), LK_OK);
+  commit_ok(f, b);
+  free(ct);
+}
+
 static void put_budget(fx *f, const char *id, const char *agent) {
   Latchkey__V1__Budget bu = LATCHKEY__V1__BUDGET__INIT;
   char *agents[] = {(char *)agent};
@@ -748,6 +796,32 @@ static void test_snapshot_secret_is_sealed_to_the_node_key(void **state) {
   lk_catalog_free_credential(stored);
   latchkey__v1__credential__free_unpacked(cred, NULL);
   client_done(&c);
+}
+
+static void test_credential_that_does_not_open_withholds_the_snapshot(
+    void **state) {
+  fx *f = *state;
+  client c;
+  msg m;
+  char details[512];
+  /* Re-sealing w1 fails at its first field (run under ASan: the second
+   * field's stored value is freed with the record). Leaving w1 out would
+   * make the snapshot delete it from the replica. */
+  put_cred_first_field_unopenable(f, "w1");
+  lk_sync_server_changed(f->sync, 2);
+  client_open(f, &c, "Bearer " TOKEN);
+  send_hello(f, &c, "agent-a", 0);
+  /* What came before the failure, if anything, never ends a snapshot. */
+  while (client_recv(&c, &m)) {
+    assert_false(m.b->snapshot_end);
+    msg_free(&m);
+  }
+  assert_int_equal(client_close(&c, details, sizeof(details)),
+                   GRPC_STATUS_FAILED_PRECONDITION);
+  assert_non_null(strstr(details,
+                         "the snapshot is withheld: cred/w1 cannot "
+                         "be re-sealed for this replica"));
+  client_free(&c);
 }
 
 static void test_change_brings_one_batch_of_puts_and_deletes(void **state) {
@@ -1333,6 +1407,7 @@ int main(void) {
       T(test_hello_with_bad_node_key_is_invalid_argument),
       T(test_snapshot_holds_exactly_the_agents_scope),
       T(test_snapshot_secret_is_sealed_to_the_node_key),
+      T(test_credential_that_does_not_open_withholds_the_snapshot),
       T(test_change_brings_one_batch_of_puts_and_deletes),
       T(test_change_outside_scope_brings_an_empty_batch),
       T(test_ack_shows_in_status_and_latency),

@@ -194,6 +194,37 @@ static void long_details_and_small_output_stay_bounded(void **state) {
       0);
 }
 
+/* Linked with -Wl,--wrap=fopen: every fopen() in the binary, lib/tls.c
+ * included, comes here first, so a test can see which files went through
+ * stdio (whose buffer is freed unwiped). */
+FILE *__real_fopen(const char *path, const char *mode);
+FILE *__wrap_fopen(const char *path, const char *mode);
+static char fopened[4][600];
+static int n_fopened;
+
+FILE *__wrap_fopen(const char *path, const char *mode) {
+  if (n_fopened < 4) {
+    snprintf(fopened[n_fopened++], sizeof(fopened[0]), "%s", path);
+  }
+  return __real_fopen(path, mode);
+}
+
+static void private_key_is_not_read_through_stdio(void **state) {
+  (void)state;
+  lk_tls_validity v;
+  lk_err err;
+  write_file(path_a, "not a certificate\n", 18);
+  write_file(path_b, "-----BEGIN PRIVATE KEY-----\nAAAA\n", 33);
+  n_fopened = 0;
+  assert_int_equal(lk_tls_check_server_files(path_a, path_b, &v, &err),
+                   LK_INVALID_ARGUMENT);
+  for (int i = 0; i < n_fopened; i++) {
+    if (strcmp(fopened[i], path_b) == 0) {
+      fail_msg("the --tls-key file was read through fopen()");
+    }
+  }
+}
+
 static void missing_files_name_their_flag(void **state) {
   (void)state;
   lk_tls_validity v;
@@ -265,6 +296,7 @@ int main(void) {
       cmocka_unit_test(plaintext_unix_socket_gets_no_tls_hint),
       cmocka_unit_test(failures_that_are_not_tls_are_left_alone),
       cmocka_unit_test(long_details_and_small_output_stay_bounded),
+      cmocka_unit_test(private_key_is_not_read_through_stdio),
       cmocka_unit_test(missing_files_name_their_flag),
       cmocka_unit_test(empty_oversized_and_non_pem_files_are_refused),
   };
