@@ -3,7 +3,8 @@
 What it proves: every document parses and is a named Kubernetes object;
 the latchkeyd and latchkey-cp containers use only flags and LATCHKEY_*
 variables the built binaries list in --help (issue 7's pending flags
-aside, see flags_contract.py); their gRPC probes hit a declared
+aside, see flags_contract.py) and set the flags they cannot start
+without; their gRPC probes (numeric ports) hit a declared
 containerPort equal to --health-listen's port; latchkeyd is a native
 sidecar whose --listen Unix socket is on an emptyDir the agent container
 mounts too, while its node key and data stay on volumes only it mounts;
@@ -28,6 +29,12 @@ MANIFEST_DIR = os.path.join(fc.ROOT, "deploy", "kubernetes")
 DAEMONS = ("latchkeyd", "latchkey-cp")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 PLACEHOLDER = "CHANGE-ME"
+# Flags a daemon exits 2 without (sidecar/main.c, controlplane/main.c), and
+# --control-plane-token-file, which replica mode needs.
+REQUIRED = {
+    "latchkeyd": ["agent-id", "control-plane", "control-plane-token-file"],
+    "latchkey-cp": ["admin-token-file", "node-token-file"],
+}
 
 
 def load_documents():
@@ -260,6 +267,9 @@ def check_daemons(docs, known_by_daemon):
             w = "%s container %s" % (where, c["name"])
             flags = daemon_settings(name, c, known_by_daemon[name], w,
                                     problems)
+            for flag in REQUIRED[name]:
+                if not flags.get(flag):
+                    problems.append("%s: %s needs --%s" % (w, name, flag))
             health = flags.get("health-listen")
             if not isinstance(health, str) or ":" not in health:
                 problems.append("%s: %s has no --health-listen host:port" %
@@ -278,7 +288,11 @@ def check_daemons(docs, known_by_daemon):
                     problems.append("%s: %s is not a gRPC probe" % (w, probe))
                     continue
                 number = port_number(c, grpc.get("port"))
-                if number is None:
+                if not isinstance(grpc.get("port"), int):
+                    # The API takes only a number for grpc.port, no name.
+                    problems.append("%s: %s grpc.port %r is not a number" %
+                                    (w, probe, grpc.get("port")))
+                elif number is None:
                     problems.append("%s: %s port %s is not a declared "
                                     "containerPort" % (w, probe,
                                                        grpc.get("port")))
@@ -464,6 +478,14 @@ class ManifestTest(unittest.TestCase):
             "latchkeyd: latchkeyd: unknown flag --no-such-flag",
             self.all_problems(docs))
 
+    def test_missing_agent_id_is_reported(self):
+        docs = copy.deepcopy(self.docs)
+        env = self.sidecar(docs)["env"]
+        env[:] = [e for e in env if e["name"] != "LATCHKEY_AGENT_ID"]
+        self.assertIn(
+            "40-agent-example.yaml Deployment/example-agent container "
+            "latchkeyd: latchkeyd needs --agent-id", self.all_problems(docs))
+
     def test_unknown_environment_variable_is_reported(self):
         docs = copy.deepcopy(self.docs)
         self.sidecar(docs)["env"].append({"name": "LATCHKEY_NOPE",
@@ -488,6 +510,14 @@ class ManifestTest(unittest.TestCase):
             "40-agent-example.yaml Deployment/example-agent container "
             "latchkeyd: livenessProbe port 7777 is not a declared "
             "containerPort", self.all_problems(docs))
+
+    def test_named_grpc_probe_port_is_reported(self):
+        docs = copy.deepcopy(self.docs)
+        self.sidecar(docs)["startupProbe"]["grpc"]["port"] = "health"
+        self.assertIn(
+            "40-agent-example.yaml Deployment/example-agent container "
+            "latchkeyd: startupProbe grpc.port 'health' is not a number",
+            self.all_problems(docs))
 
     def test_socket_off_the_shared_volume_is_reported(self):
         docs = copy.deepcopy(self.docs)
