@@ -108,6 +108,26 @@ static int split_addr(const char *addr, char *host, size_t host_cap, char *port,
   return atoi(port) <= 65535;
 }
 
+/* Splits addr into host and port, or fails naming flag. */
+static lk_status parse_addr(const char *addr, const char *flag, char *host,
+                            size_t host_cap, char *port, size_t port_cap,
+                            lk_err *err) {
+  if (addr == NULL || strncmp(addr, "unix:", 5) == 0 ||
+      !split_addr(addr, host, host_cap, port, port_cap)) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "%s '%.200s' is not a host:port address (for example "
+                   "127.0.0.1:9464 or [::1]:9464)",
+                   flag, addr ? addr : "");
+  }
+  return LK_OK;
+}
+
+lk_status lk_metrics_http_check_address(const char *addr, const char *flag,
+                                        lk_err *err) {
+  char host[256], port[8];
+  return parse_addr(addr, flag, host, sizeof(host), port, sizeof(port), err);
+}
+
 lk_status lk_metrics_http_start(lk_metrics *m, const char *addr,
                                 const char *flag, lk_metrics_http **out,
                                 lk_err *err) {
@@ -115,14 +135,10 @@ lk_status lk_metrics_http_start(lk_metrics *m, const char *addr,
   char host[256], port[8];
   struct addrinfo hints, *ai = NULL;
   lk_metrics_http *h = NULL;
-  lk_status st = LK_OK;
-  if (addr == NULL || strncmp(addr, "unix:", 5) == 0 ||
-      !split_addr(addr, host, sizeof(host), port, sizeof(port))) {
-    return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "%s '%.200s' is not a host:port address (for example "
-                   "127.0.0.1:9464 or [::1]:9464)",
-                   flag, addr ? addr : "");
-  }
+  lk_status st =
+      parse_addr(addr, flag, host, sizeof(host), port, sizeof(port), err);
+  if (st != LK_OK)
+    return st;
   memset(&hints, 0, sizeof(hints));
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;

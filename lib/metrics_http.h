@@ -15,6 +15,11 @@
 
 typedef struct lk_metrics_http lk_metrics_http;
 
+/* Checks that addr has the "host:port" shape lk_metrics_http_start takes
+ * (without resolving the host); otherwise LK_INVALID_ARGUMENT naming flag. */
+lk_status lk_metrics_http_check_address(const char *addr, const char *flag,
+                                        lk_err *err) LK_MUST_CHECK;
+
 /* Starts serving m (borrowed; it must outlive the server) on addr, a
  * "host:port" (IPv4, [IPv6] or a name; port 0 picks a free one); a bad
  * address is LK_INVALID_ARGUMENT naming flag ("--metrics-listen"). */

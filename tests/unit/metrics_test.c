@@ -320,7 +320,13 @@ static void names_the_flag_for_a_bad_address(void **state) {
         LK_INVALID_ARGUMENT);
     assert_null(h);
     assert_non_null(strstr(err.msg, "--metrics-listen"));
+    assert_int_equal(
+        lk_metrics_http_check_address(bad[i], "--metrics-listen", &err),
+        LK_INVALID_ARGUMENT);
   }
+  assert_int_equal(
+      lk_metrics_http_check_address("[::1]:9464", "--metrics-listen", &err),
+      LK_OK);
 }
 
 int main(void) {
