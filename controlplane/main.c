@@ -44,6 +44,8 @@
 #include "lib/keyfile.h"
 #include "lib/keyring.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
+#include "lib/metrics_http.h"
 #include "lib/rpc_server.h"
 #include "lib/secret.h"
 #include "lib/tls.h"
@@ -62,6 +64,7 @@ typedef struct {
   const char *tls_key;
   int64_t workers;
   const char *log_level;
+  const char *metrics_listen;
 } options;
 
 typedef struct {
@@ -69,6 +72,7 @@ typedef struct {
   lk_token *admin_token;
   lk_sync_server *_Atomic sync;
   lk_etcd_catalog *ecat;
+  lk_metric *m_admin; /* Admin calls by method and gRPC code; NULL = off */
 } cp;
 
 /* lk_admin_hash_fn over the key ring's audit key. */
@@ -140,10 +144,24 @@ static int check_admin(cp *c, lk_rpc_call *call) {
   return 0;
 }
 
+/* Counts one Admin call: the method's last path part (the routes are
+ * the fixed Admin methods, so the label set is bounded) and its code. */
+static void count_admin(cp *c, lk_rpc_call *call, lk_status st) {
+  static const char *const codes[] = {"0",  "1",  "2",  "3",  "4",  "5",
+                                      "6",  "7",  "8",  "9",  "10", "11",
+                                      "12", "13", "14", "15", "16"};
+  const char *m = lk_rpc_call_method(call);
+  const char *slash = strrchr(m, '/');
+  const char *v[] = {slash ? slash + 1 : m, codes[lk_status_grpc_code(st)]};
+  lk_metric_inc(c->m_admin, v, 1);
+}
+
 static void admin_handle(void *ctx, lk_rpc_call *call) {
   cp *c = ctx;
-  if (!check_admin(c, call))
+  if (!check_admin(c, call)) {
+    count_admin(c, call, LK_UNAUTHENTICATED);
     return;
+  }
   lk_err err;
   lk_err_clear(&err);
   size_t req_len = 0;
@@ -153,6 +171,7 @@ static void admin_handle(void *ctx, lk_rpc_call *call) {
   /* lk_admin_handle writes the audit.admin line of every change. */
   lk_status st = lk_admin_handle(c->admin, lk_rpc_call_method(call), req,
                                  req_len, &resp, &resp_len, &err);
+  count_admin(c, call, st);
   if (st != LK_OK) {
     lk_rpc_call_fail(call, &err);
     return;
@@ -238,6 +257,10 @@ static void status_handle(void *ctx, lk_rpc_call *call) {
   free(acc.ptrs);
 }
 
+static int is_set(const char *s) {
+  return s != NULL && s[0] != '\0';
+}
+
 static int run(const options *o) {
   lk_err err;
   lk_err_clear(&err);
@@ -248,6 +271,8 @@ static int run(const options *o) {
   lk_token *node_token = NULL;
   lk_etcd *etcd = NULL;
   lk_sync_server *sync = NULL;
+  lk_metrics *metrics = NULL;
+  lk_metrics_http *metrics_http = NULL;
   lk_reseal *reseal = NULL;
   lk_rpc_server *srv = NULL;
   sigset_t sigs;
@@ -289,6 +314,15 @@ static int run(const options *o) {
     lk_log(LK_LOG_INFO, "keyring_stale_temp_removed",
            "removed temp files of key ring %s left by a killed process",
            o->keyring);
+  if (is_set(o->metrics_listen)) {
+    static const char *const admin_l[] = {"method", "code"};
+    if (lk_metrics_new(1024, &metrics, &err) != LK_OK ||
+        lk_metrics_counter(metrics, "latchkey_cp_admin_requests_total",
+                           "Admin calls by method (CreateCredential, "
+                           "DeleteTool, ...) and gRPC code.",
+                           admin_l, 2, &c.m_admin, &err) != LK_OK)
+      goto fail;
+  }
   if (lk_keyring_load_or_create(o->keyring, &kr, &err) != LK_OK)
     goto fail;
   if (lk_token_load(o->admin_token_file, &c.admin_token, &err) != LK_OK)
@@ -318,6 +352,8 @@ static int run(const options *o) {
   lk_admin_set_keys(c.admin, keys);
   if (lk_sync_server_new(cat, kr, node_token, &sync, &err) != LK_OK)
     goto fail;
+  if (lk_sync_server_use_metrics(sync, metrics, &err) != LK_OK)
+    goto fail;
   lk_sync_server_set_history(sync, load_past_catalog, free_past_catalog, &c);
   atomic_store(&c.sync, sync);
   lk_sync_server_changed(sync, lk_etcd_catalog_revision(c.ecat));
@@ -341,6 +377,10 @@ static int run(const options *o) {
       lk_rpc_server_start(srv, &err) != LK_OK) {
     goto fail;
   }
+  if (metrics != NULL &&
+      lk_metrics_http_start(metrics, o->metrics_listen, "--metrics-listen",
+                            &metrics_http, &err) != LK_OK)
+    goto fail;
   lk_log(LK_LOG_INFO, "ready",
          "latchkey-cp serving Admin, Sync and Replication on %s%s, etcd %s "
          "prefix %s at revision %lld",
@@ -357,6 +397,8 @@ fail:
   lk_log(LK_LOG_ERROR, "startup_failed", "%s: %s", lk_status_name(err.code),
          err.msg);
 cleanup:
+  /* No scrape may read the Sync server once it is going away. */
+  lk_metrics_http_stop(metrics_http);
   lk_rpc_server_shutdown(srv, 10000);
   lk_rpc_server_destroy(srv);
   lk_reseal_destroy(reseal);
@@ -368,6 +410,7 @@ cleanup:
   lk_token_destroy(node_token);
   lk_token_destroy(c.admin_token);
   lk_keyring_destroy(kr);
+  lk_metrics_destroy(metrics);
   grpc_shutdown();
   if (rc == 0)
     lk_log(LK_LOG_INFO, "stopped", "latchkey-cp stopped cleanly");
@@ -402,6 +445,9 @@ int main(int argc, char **argv) {
       {"tls-key", LK_FLAG_STRING, &o.tls_key, "PEM private key for --tls-cert"},
       {"workers", LK_FLAG_INT, &o.workers, "gRPC worker threads (default 4)"},
       {"log-level", LK_FLAG_STRING, &o.log_level, "debug|info|warn|error"},
+      {"metrics-listen", LK_FLAG_STRING, &o.metrics_listen,
+       "serve Prometheus metrics at http://HOST:PORT/metrics (no token: "
+       "ids and counts only)"},
   };
   int n_flags = (int)(sizeof(flags) / sizeof(flags[0]));
   int rc = lk_flags_main("latchkey-cp",
@@ -411,6 +457,8 @@ int main(int argc, char **argv) {
   if (rc >= 0)
     return rc;
   const char *usage_error = NULL;
+  lk_err addr_err;
+  lk_err_clear(&addr_err);
   if (o.admin_token_file == NULL || o.admin_token_file[0] == '\0') {
     usage_error = "--admin-token-file is required";
   } else if (o.node_token_file == NULL || o.node_token_file[0] == '\0') {
@@ -422,6 +470,10 @@ int main(int argc, char **argv) {
     usage_error = "--workers must be between 1 and 64";
   } else if (lk_log_set_level_name(o.log_level) != 0) {
     usage_error = "--log-level must be debug, info, warn or error";
+  } else if (is_set(o.metrics_listen) &&
+             lk_metrics_http_check_address(o.metrics_listen, "--metrics-listen",
+                                           &addr_err) != LK_OK) {
+    usage_error = addr_err.msg;
   }
   if (usage_error != NULL) {
     fprintf(stderr, "latchkey-cp: %s (see --help)\n", usage_error);

@@ -132,6 +132,11 @@ struct lk_sync_server {
   size_t pend_head, n_pend;
   known_key known[KNOWN_KEYS];
   lk_sync_ack_latency lat;
+  /* Metrics (lk_sync_server_use_metrics; NULL without). The _fn families
+   * are detached first thing in lk_sync_server_destroy. */
+  lk_metric *m_acked; /* write-to-all-ACKed histogram */
+  lk_metric *m_nacks; /* NACKs received */
+  lk_metric *m_fn[4]; /* revision, replicas, ack lag, ack age */
 
   pthread_mutex_t timer_mu;
   pthread_cond_t timer_cv;
@@ -254,6 +259,7 @@ static void latency_record(lk_sync_server *s, int64_t us) {
   s->lat.buckets[b]++;
   s->lat.count++;
   s->lat.last_us = us;
+  lk_metric_observe(s->m_acked, NULL, (double)us / 1e6);
 }
 
 /* Completes every pending change that all synced subscribers have ACKed;
@@ -1185,6 +1191,7 @@ static void take_ack(lk_sync_server *s, sub *u,
   if (!a->nack) {
     return;
   }
+  lk_metric_inc(s->m_nacks, NULL, 1);
   int was_snapshot = a->revision == u->snapshot_rev;
   lk_log(LK_LOG_WARN, "sync_nack",
          "agent %s peer %llu refused revision %lld: %.300s; %s", u->agent,
@@ -1424,6 +1431,98 @@ void lk_sync_server_ack_latency(lk_sync_server *s, lk_sync_ack_latency *out) {
   pthread_mutex_unlock(&s->mu);
 }
 
+/* ---- metrics ---------------------------------------------------------- */
+
+/* Scrape time: the revision replicas are being brought to. */
+static void collect_revision(void *ctx, lk_metrics_emitter *e) {
+  lk_metrics_emit(e, NULL, (double)lk_sync_server_revision(ctx));
+}
+
+/* Scrape time: streams that said hello. */
+static void collect_replicas(void *ctx, lk_metrics_emitter *e) {
+  lk_sync_server *s = ctx;
+  size_t n = 0;
+  pthread_mutex_lock(&s->mu);
+  for (size_t b = 0; b < SUB_BUCKETS; b++) {
+    for (sub *u = s->table[b]; u != NULL; u = u->hnext)
+      n += u->hello ? 1 : 0;
+  }
+  pthread_mutex_unlock(&s->mu);
+  lk_metrics_emit(e, NULL, (double)n);
+}
+
+/* Scrape time, per connected replica {agent, peer}: revisions behind
+ * (which = 0) or seconds since its last ACK (which = 1; -1 = none yet).
+ * The emitter caps the number of series. */
+static void collect_per_replica(lk_sync_server *s, lk_metrics_emitter *e,
+                                int which) {
+  int64_t now = lk_now_ms();
+  pthread_mutex_lock(&s->mu);
+  for (size_t b = 0; b < SUB_BUCKETS; b++) {
+    for (sub *u = s->table[b]; u != NULL; u = u->hnext) {
+      if (!u->hello)
+        continue;
+      char peer[24];
+      snprintf(peer, sizeof(peer), "%llu", (unsigned long long)u->peer);
+      const char *v[] = {u->agent, peer};
+      double x;
+      if (which == 0)
+        x = (double)(s->revision > u->applied ? s->revision - u->applied : 0);
+      else
+        x = u->last_ack_ms < 0 ? -1 : (double)(now - u->last_ack_ms) / 1000.0;
+      lk_metrics_emit(e, v, x);
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+}
+
+static void collect_ack_lag(void *ctx, lk_metrics_emitter *e) {
+  collect_per_replica(ctx, e, 0);
+}
+
+static void collect_ack_age(void *ctx, lk_metrics_emitter *e) {
+  collect_per_replica(ctx, e, 1);
+}
+
+lk_status lk_sync_server_use_metrics(lk_sync_server *s, lk_metrics *m,
+                                     lk_err *err) {
+  static const char *const replica_l[] = {"agent", "peer"};
+  static const double acked_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025,
+                                        0.05,  0.1,    0.25,  0.5,  1,
+                                        2.5,   5,      10,    30,   60};
+  lk_status st = lk_metrics_histogram(
+      m, "latchkey_cp_write_to_all_acked_seconds",
+      "Time from a catalog change to every connected replica having ACKed "
+      "it.",
+      NULL, 0, acked_bounds, sizeof(acked_bounds) / sizeof(acked_bounds[0]),
+      &s->m_acked, err);
+  if (st == LK_OK)
+    st = lk_metrics_counter(m, "latchkey_cp_sync_nacks_total",
+                            "Sync batches replicas refused with a NACK.", NULL,
+                            0, &s->m_nacks, err);
+  if (st == LK_OK)
+    st = lk_metrics_gauge_fn(
+        m, "latchkey_cp_revision",
+        "The catalog (etcd) revision replicas are brought to.", NULL, 0,
+        collect_revision, s, &s->m_fn[0], err);
+  if (st == LK_OK)
+    st = lk_metrics_gauge_fn(m, "latchkey_cp_replicas",
+                             "Replica streams connected (past their hello).",
+                             NULL, 0, collect_replicas, s, &s->m_fn[1], err);
+  if (st == LK_OK)
+    st = lk_metrics_gauge_fn(
+        m, "latchkey_cp_replica_ack_lag_revisions",
+        "Per connected replica: revisions between the control plane's and "
+        "the one the replica last ACKed (series capped per family).",
+        replica_l, 2, collect_ack_lag, s, &s->m_fn[2], err);
+  if (st == LK_OK)
+    st = lk_metrics_gauge_fn(
+        m, "latchkey_cp_replica_ack_age_seconds",
+        "Per connected replica: seconds since its last ACK (-1: none yet).",
+        replica_l, 2, collect_ack_age, s, &s->m_fn[3], err);
+  return st;
+}
+
 /* ---- lifecycle ------------------------------------------------------- */
 
 static void *timer_main(void *arg) {
@@ -1496,6 +1595,8 @@ void lk_sync_server_destroy(lk_sync_server *s) {
   if (s == NULL) {
     return;
   }
+  for (size_t i = 0; i < sizeof(s->m_fn) / sizeof(s->m_fn[0]); i++)
+    lk_metric_detach(s->m_fn[i]);
   if (s->timer_started) {
     pthread_mutex_lock(&s->timer_mu);
     s->timer_stop = 1;

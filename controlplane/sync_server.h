@@ -91,6 +91,7 @@
 
 #include "lib/catalog.h"
 #include "lib/keyring.h"
+#include "lib/metrics.h"
 #include "lib/rpc_server.h"
 #include "lib/status.h"
 #include "lib/token.h"
@@ -186,6 +187,12 @@ lk_status lk_sync_server_replicas(lk_sync_server *s, lk_sync_replica_fn fn,
 
 /* Copies the change-to-ACK statistics into *out. */
 void lk_sync_server_ack_latency(lk_sync_server *s, lk_sync_ack_latency *out);
+
+/* Registers the Sync metrics in m (borrowed; it must outlive s): the
+ * write-to-all-ACKed histogram, NACKs, the revision, connected replicas
+ * and each one's ACK lag and age. NULL m registers nothing. */
+lk_status lk_sync_server_use_metrics(lk_sync_server *s, lk_metrics *m,
+                                     lk_err *err) LK_MUST_CHECK;
 
 /* Returns the upper bound in milliseconds of histogram bucket i, INT64_MAX
  * for the last one. */

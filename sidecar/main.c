@@ -40,6 +40,8 @@
 #include "lib/catalog.h"
 #include "lib/flags.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
+#include "lib/metrics_http.h"
 #include "lib/rpc_server.h"
 #include "lib/seal.h"
 #include "lib/secret.h"
@@ -71,6 +73,7 @@ typedef struct {
   int64_t max_response_bytes;
   int64_t workers;
   const char *log_level;
+  const char *metrics_listen;
 } options;
 
 typedef struct {
@@ -162,6 +165,8 @@ static int run(const options *o) {
   lk_rpc_server *srv = NULL;
   admin_ctx admin = {NULL, NULL};
   lk_token *agent_token = NULL;
+  lk_metrics *metrics = NULL;
+  lk_metrics_http *metrics_http = NULL;
   sigset_t sigs;
 
   if (lk_secret_disable_core_dumps(&err) != LK_OK ||
@@ -179,6 +184,10 @@ static int run(const options *o) {
   gpr_set_log_function(grpc_log_to_json);
   grpc_init();
 
+  /* Label combinations per family are capped: tools times outcomes. */
+  if (is_set(o->metrics_listen) &&
+      lk_metrics_new(1024, &metrics, &err) != LK_OK)
+    goto fail;
   if (lk_store_open(o->data_dir, &store, &err) != LK_OK)
     goto fail;
   if (lk_catalog_open(store, &cat, &err) != LK_OK)
@@ -216,6 +225,7 @@ static int run(const options *o) {
         .keys = keys,
         .max_staleness_ms = o->max_staleness_ms,
         .audit = audit,
+        .metrics = metrics,
     };
     if (lk_replica_start(&rcfg, store, &replica, &err) != LK_OK)
       goto fail;
@@ -226,6 +236,7 @@ static int run(const options *o) {
       .allow_insecure_vendors = o->allow_insecure_vendors,
       .max_response_bytes = (size_t)o->max_response_bytes,
       .audit = audit,
+      .metrics = metrics,
   };
   if (replica != NULL) {
     tcfg.stale = replica_stale;
@@ -264,6 +275,10 @@ static int run(const options *o) {
   }
   if (lk_rpc_server_start(srv, &err) != LK_OK)
     goto fail;
+  if (metrics != NULL &&
+      lk_metrics_http_start(metrics, o->metrics_listen, "--metrics-listen",
+                            &metrics_http, &err) != LK_OK)
+    goto fail;
   if (replica != NULL) {
     lk_log(LK_LOG_INFO, "ready",
            "latchkeyd serving ToolCalls on %s for agent %s (replica of %s at "
@@ -296,6 +311,8 @@ fail:
   lk_log(LK_LOG_ERROR, "startup_failed", "%s: %s", lk_status_name(err.code),
          err.msg);
 cleanup:
+  /* No scrape may read a module that is going away. */
+  lk_metrics_http_stop(metrics_http);
   /* Drain calls first: in-flight tool calls still need the forwarder. */
   lk_rpc_server_shutdown(srv, 10000);
   /* No batch may land while the store flushes and closes. */
@@ -318,6 +335,7 @@ cleanup:
     }
   }
   lk_store_close(store);
+  lk_metrics_destroy(metrics);
   grpc_shutdown();
   if (rc == 0)
     lk_log(LK_LOG_INFO, "stopped", "latchkeyd stopped cleanly");
@@ -366,6 +384,9 @@ int main(int argc, char **argv) {
        "largest vendor response body passed back (default 1 MiB)"},
       {"workers", LK_FLAG_INT, &o.workers, "gRPC worker threads (default 4)"},
       {"log-level", LK_FLAG_STRING, &o.log_level, "debug|info|warn|error"},
+      {"metrics-listen", LK_FLAG_STRING, &o.metrics_listen,
+       "serve Prometheus metrics at http://HOST:PORT/metrics (no token: "
+       "ids and counts only)"},
   };
   int n_flags = (int)(sizeof(flags) / sizeof(flags[0]));
   int rc = lk_flags_main("latchkeyd",
@@ -375,6 +396,8 @@ int main(int argc, char **argv) {
   if (rc >= 0)
     return rc;
   const char *usage_error = NULL;
+  lk_err addr_err;
+  lk_err_clear(&addr_err);
   if (o.agent_id == NULL || o.agent_id[0] == '\0') {
     usage_error = "--agent-id is required";
   } else if (is_set(o.control_plane) && is_set(o.admin_listen)) {
@@ -409,6 +432,10 @@ int main(int argc, char **argv) {
     usage_error = "--workers must be between 1 and 64";
   } else if (lk_log_set_level_name(o.log_level) != 0) {
     usage_error = "--log-level must be debug, info, warn or error";
+  } else if (is_set(o.metrics_listen) &&
+             lk_metrics_http_check_address(o.metrics_listen, "--metrics-listen",
+                                           &addr_err) != LK_OK) {
+    usage_error = addr_err.msg;
   }
   if (usage_error != NULL) {
     fprintf(stderr, "latchkeyd: %s (see --help)\n", usage_error);

@@ -932,6 +932,12 @@ struct lk_replica {
   int failed_attempts; /* stream thread only: attempts since a connection */
   int tls_reported;    /* stream thread only: sync_tls_failed logged since
                           the last connection */
+  /* Metrics (NULL without a registry); the _fn ones are detached first
+   * thing in lk_replica_destroy. */
+  lk_metric *m_revision;
+  lk_metric *m_staleness;
+  lk_metric *m_applied;
+  lk_metric *m_nacks;
 };
 
 /* One connection attempt: a channel and its call. */
@@ -1162,6 +1168,7 @@ static void on_message(stream *s, grpc_byte_buffer *bb) {
     lk_node_keys_replica_sealed(r->keys, r->node_pk);
   }
   if (reply == LK_REPLICA_REPLY_NACK) {
+    lk_metric_inc(r->m_nacks, NULL, 1);
     lk_log(LK_LOG_WARN, "sync_nack",
            "refused batch %lld (%s): %s; replica stays at revision %lld "
            "until a snapshot comes",
@@ -1171,6 +1178,7 @@ static void on_message(stream *s, grpc_byte_buffer *bb) {
     send_answer(s, rev, 1, err.msg);
     return;
   }
+  lk_metric_inc(r->m_applied, NULL, 1);
   send_answer(s, rev, 0, NULL);
   /* The next receive starts once the ACK is handed over (on_send_done). */
 }
@@ -1603,6 +1611,43 @@ static int is_local_address(const char *a) {
 /* ---- replica API ----------------------------------------------------------
  */
 
+/* Scrape time: the revision applied and durable in the store. */
+static void collect_revision(void *ctx, lk_metrics_emitter *e) {
+  lk_replica *r = ctx;
+  lk_metrics_emit(e, NULL, (double)lk_replica_applier_revision(r->applier));
+}
+
+/* Scrape time: seconds since the last batch or heartbeat was accepted. */
+static void collect_staleness(void *ctx, lk_metrics_emitter *e) {
+  lk_replica *r = ctx;
+  int64_t age = lk_now_ms() - atomic_load(&r->contact_ms);
+  lk_metrics_emit(e, NULL, (double)(age > 0 ? age : 0) / 1000.0);
+}
+
+/* Registers the replica's metrics in m (none when m is NULL). */
+static lk_status register_metrics(lk_replica *r, lk_metrics *m, lk_err *err) {
+  lk_status st = lk_metrics_gauge_fn(
+      m, "latchkey_replica_revision",
+      "The control plane (etcd) revision this replica has applied.", NULL, 0,
+      collect_revision, r, &r->m_revision, err);
+  if (st == LK_OK)
+    st = lk_metrics_gauge_fn(
+        m, "latchkey_replica_staleness_seconds",
+        "Seconds since the replica last accepted a batch or heartbeat from "
+        "the control plane (--max-staleness refuses calls past its limit).",
+        NULL, 0, collect_staleness, r, &r->m_staleness, err);
+  if (st == LK_OK)
+    st = lk_metrics_counter(m, "latchkey_replica_applied_batches_total",
+                            "Sync batches applied (or found applied) and "
+                            "ACKed.",
+                            NULL, 0, &r->m_applied, err);
+  if (st == LK_OK)
+    st = lk_metrics_counter(m, "latchkey_replica_nacks_total",
+                            "Sync batches refused with a NACK.", NULL, 0,
+                            &r->m_nacks, err);
+  return st;
+}
+
 lk_status lk_replica_start(const lk_replica_config *cfg, lk_store *store,
                            lk_replica **out, lk_err *err) {
   lk_status st = LK_OK;
@@ -1658,6 +1703,8 @@ lk_status lk_replica_start(const lk_replica_config *cfg, lk_store *store,
       (st = lk_replica_applier_use_audit(r->applier, cfg->keys, cfg->audit,
                                          err)) != LK_OK)
     goto fail;
+  if ((st = register_metrics(r, cfg->metrics, err)) != LK_OK)
+    goto fail;
   grpc_init();
   r->grpc_started = 1;
   r->creds = r->pem ? grpc_ssl_credentials_create(r->pem, NULL, NULL, NULL)
@@ -1708,6 +1755,8 @@ void lk_replica_stop(lk_replica *r) {
 void lk_replica_destroy(lk_replica *r) {
   if (r == NULL)
     return;
+  lk_metric_detach(r->m_revision);
+  lk_metric_detach(r->m_staleness);
   lk_replica_stop(r);
   if (r->cq != NULL) {
     grpc_completion_queue_shutdown(r->cq);

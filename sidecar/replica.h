@@ -101,6 +101,7 @@
 #include <stdint.h>
 
 #include "lib/audit.h"
+#include "lib/metrics.h"
 #include "lib/seal.h"
 #include "lib/status.h"
 #include "lib/store.h"
@@ -217,6 +218,9 @@ typedef struct {
   lk_node_keys *keys;
   int64_t max_staleness_ms; /* 0 = off */
   lk_audit_key *audit; /* receives the audit key; borrowed, NULL = not kept */
+  /* Registry for the replica's metrics (borrowed; it must outlive the
+   * replica). NULL = no metrics. */
+  lk_metrics *metrics;
 } lk_replica_config;
 
 typedef struct lk_replica lk_replica;

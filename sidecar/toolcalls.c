@@ -19,6 +19,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -45,6 +46,13 @@ struct lk_toolcalls {
   lk_catalog *cat;
   lk_node_keys *keys;
   lk_forwarder *fwd;
+  /* NULL when the sidecar runs without --metrics-listen. */
+  lk_metric *m_calls;     /* {tool,outcome,code} */
+  lk_metric *m_duration;  /* {tool} */
+  lk_metric *m_internal;  /* sidecar-internal part of vendor calls */
+  lk_metric *m_vendor;    /* {tool,kind} */
+  lk_metric *m_bytes;     /* {tool} */
+  lk_metric *m_in_flight; /* Calls received and not yet answered */
 };
 
 /* One Call waiting on its vendor. */
@@ -58,6 +66,7 @@ typedef struct {
   char *op;
   char *cred_id;
   int64_t start_us;
+  int64_t submitted_us;   /* when the request went to the forwarder */
   json_t *hashes;         /* field name -> audit hash, or NULL */
   const char *hash_error; /* static text when hashes is NULL, or NULL */
 } pending;
@@ -76,11 +85,56 @@ typedef struct {
   int redacted;
   json_t *hashes;         /* borrowed; NULL = none */
   const char *hash_error; /* when no hashes could be taken */
+  int tool_known;         /* tool names a registered tool (metric label) */
 } call_audit;
 
 const char *const *lk_toolcalls_methods(size_t *n) {
   *n = sizeof(methods) / sizeof(methods[0]);
   return methods;
+}
+
+/* Registers the call metrics in m (none when m is NULL). */
+static lk_status register_metrics(lk_toolcalls *t, lk_metrics *m, lk_err *err) {
+  static const char *const calls_l[] = {"tool", "outcome", "code"};
+  static const char *const tool_l[] = {"tool"};
+  static const char *const vendor_l[] = {"tool", "kind"};
+  lk_status st = lk_metrics_counter(
+      m, "latchkey_tool_calls_total",
+      "ToolCalls/Call answers by tool, outcome (ok, missing_credential or "
+      "the error status) and gRPC code; tool is \"-\" when the call named "
+      "no registered tool.",
+      calls_l, 3, &t->m_calls, err);
+  if (st == LK_OK)
+    st = lk_metrics_histogram(
+        m, "latchkey_call_duration_seconds",
+        "Time from a Call's arrival to its answer, by tool.", tool_l, 1,
+        lk_metrics_latency_buckets, lk_metrics_latency_buckets_n,
+        &t->m_duration, err);
+  if (st == LK_OK)
+    st = lk_metrics_histogram(
+        m, "latchkey_sidecar_internal_seconds",
+        "Sidecar-internal time of Calls that reached the vendor: arrival to "
+        "request handed to the forwarder, plus vendor answer to reply sent.",
+        NULL, 0, lk_metrics_latency_buckets, lk_metrics_latency_buckets_n,
+        &t->m_internal, err);
+  if (st == LK_OK)
+    st = lk_metrics_counter(
+        m, "latchkey_vendor_errors_total",
+        "Vendor calls that failed, by tool and kind: a transport status "
+        "(unavailable, deadline_exceeded, resource_exhausted, ...) or "
+        "http_4xx / http_5xx answers.",
+        vendor_l, 2, &t->m_vendor, err);
+  if (st == LK_OK)
+    st = lk_metrics_counter(
+        m, "latchkey_response_bytes_total",
+        "Vendor response body bytes passed back to the agent, by tool.", tool_l,
+        1, &t->m_bytes, err);
+  if (st == LK_OK)
+    st = lk_metrics_gauge(m, "latchkey_calls_in_flight",
+                          "ToolCalls/Call calls received and not yet "
+                          "answered.",
+                          NULL, 0, &t->m_in_flight, err);
+  return st;
 }
 
 lk_status lk_toolcalls_new(const lk_toolcalls_config *cfg, lk_catalog *cat,
@@ -99,6 +153,11 @@ lk_status lk_toolcalls_new(const lk_toolcalls_config *cfg, lk_catalog *cat,
   t->cat = cat;
   t->keys = keys;
   t->fwd = fwd;
+  lk_status st = register_metrics(t, cfg->metrics, err);
+  if (st != LK_OK) {
+    free(t);
+    return st;
+  }
   *out = t;
   return LK_OK;
 }
@@ -344,9 +403,37 @@ static const char *outcome_of(lk_status st) {
   return strncmp(name, "LK_", 3) == 0 ? name + 3 : name;
 }
 
-/* Writes the one audit.tool_call line of a call. */
-static void write_audit(const call_audit *c) {
-  double latency_ms = (double)(lk_now_us() - c->start_us) / 1000.0;
+/* Returns the gRPC code of an outcome name, as text ("0", "5", ...). */
+static const char *code_of(const char *outcome) {
+  static const char *const codes[] = {"0",  "1",  "2",  "3",  "4",  "5",
+                                      "6",  "7",  "8",  "9",  "10", "11",
+                                      "12", "13", "14", "15", "16"};
+  for (int s = 1; s < LK_STATUS_COUNT; s++) {
+    if (strcmp(outcome, outcome_of((lk_status)s)) == 0)
+      return codes[lk_status_grpc_code((lk_status)s)];
+  }
+  return "0"; /* ok, missing_credential: the call itself succeeded */
+}
+
+/* Counts one answered Call in the metrics. */
+static void count_call(const lk_toolcalls *t, const call_audit *c,
+                       int64_t now_us) {
+  const char *tool = c->tool_known && c->tool != NULL ? c->tool : "-";
+  const char *calls_v[] = {tool, c->outcome, code_of(c->outcome)};
+  lk_metric_inc(t->m_calls, calls_v, 1);
+  const char *tool_v[] = {tool};
+  lk_metric_observe(t->m_duration, tool_v,
+                    (double)(now_us - c->start_us) / 1e6);
+  if (c->bytes > 0)
+    lk_metric_inc(t->m_bytes, tool_v, (double)c->bytes);
+  lk_metric_add(t->m_in_flight, NULL, -1);
+}
+
+/* Writes the one audit.tool_call line of a call, and counts it. */
+static void write_audit(const lk_toolcalls *t, const call_audit *c) {
+  int64_t now_us = lk_now_us();
+  count_call(t, c, now_us);
+  double latency_ms = (double)(now_us - c->start_us) / 1000.0;
   json_t *obj = json_object();
   if (obj != NULL) {
     put_id(obj, "budget", c->budget);
@@ -397,8 +484,9 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
                     0,
                     0,
                     NULL,
-                    NULL};
-    write_audit(&c);
+                    NULL,
+                    1};
+    write_audit(t, &c);
     lk_rpc_call_fail(call, err);
     return;
   }
@@ -458,8 +546,9 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
       type->id, buf != NULL ? "missing_credential" : "RESOURCE_EXHAUSTED",
       0,        start_us,
       0,        0,
-      NULL,     NULL};
-  write_audit(&c);
+      NULL,     NULL,
+      1};
+  write_audit(t, &c);
   if (buf == NULL) {
     lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
     lk_rpc_call_fail(call, err);
@@ -496,8 +585,9 @@ static void audit(const pending *p, const char *outcome, long vendor_status,
                   size_t bytes, int redacted) {
   call_audit c = {p->budget, p->tool,  p->op,         p->cred_id,
                   NULL,      outcome,  vendor_status, p->start_us,
-                  bytes,     redacted, p->hashes,     p->hash_error};
-  write_audit(&c);
+                  bytes,     redacted, p->hashes,     p->hash_error,
+                  1};
+  write_audit(p->t, &c);
 }
 
 /* Hashes every secret field value for the audit line, before the values
@@ -611,10 +701,41 @@ static size_t parse_headers(char *block,
   return n;
 }
 
+/* Counts a failed vendor call: a transport status or an HTTP error. */
+static void count_vendor_error(const pending *p, lk_status st,
+                               long http_status) {
+  char kind[32];
+  if (st != LK_OK) {
+    const char *name = outcome_of(st);
+    size_t i = 0;
+    for (; name[i] && i + 1 < sizeof(kind); i++)
+      kind[i] = (char)tolower((unsigned char)name[i]);
+    kind[i] = '\0';
+  } else if (http_status >= 500) {
+    snprintf(kind, sizeof(kind), "http_5xx");
+  } else if (http_status >= 400) {
+    snprintf(kind, sizeof(kind), "http_4xx");
+  } else {
+    return;
+  }
+  const char *v[] = {p->tool, kind};
+  lk_metric_inc(p->t->m_vendor, v, 1);
+}
+
+/* Records the sidecar-internal time of a call that reached the vendor:
+ * arrival to submission, plus vendor answer (back_us) to now. */
+static void observe_internal(const pending *p, int64_t back_us) {
+  double us =
+      (double)(p->submitted_us - p->start_us) + (double)(lk_now_us() - back_us);
+  lk_metric_observe(p->t->m_internal, NULL, us / 1e6);
+}
+
 static void on_vendor_done(void *ctx, const lk_forward_result *res) {
+  int64_t back_us = lk_now_us();
   pending *p = ctx;
   lk_err err;
   lk_err_clear(&err);
+  count_vendor_error(p, res->status, res->http_status);
   /* The transfer is over: the built request (holding the secret) goes. */
   lk_http_request_destroy(p->req);
   p->req = NULL;
@@ -622,6 +743,7 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
     lk_fail(&err, res->status, "calling tool '%s': %s", p->tool, res->err.msg);
     audit(p, outcome_of(res->status), 0, 0, 0);
     lk_rpc_call_fail(p->call, &err);
+    observe_internal(p, back_us);
     pending_free(p);
     return;
   }
@@ -640,6 +762,7 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
   if (st != LK_OK) {
     audit(p, outcome_of(st), res->http_status, 0, 0);
     lk_rpc_call_fail(p->call, &err);
+    observe_internal(p, back_us);
     free(body);
     free(head);
     pending_free(p);
@@ -684,6 +807,7 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
     if (owned[i])
       free(entries[i].value);
   }
+  observe_internal(p, back_us);
   free(buf);
   free(head_str);
   free(body);
@@ -697,6 +821,7 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
   lk_err err;
   lk_err_clear(&err);
   int64_t start_us = lk_now_us();
+  lk_metric_add(t->m_in_flight, NULL, 1);
   size_t req_len = 0;
   const unsigned char *req_bytes = lk_rpc_call_request(call, &req_len);
   Latchkey__V1__ToolCallRequest *rq = NULL;
@@ -837,6 +962,8 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
    * address (or "localhost"), and only when the operator allowed it. */
   int allow_private = t->cfg.allow_insecure_vendors &&
                       lk_forward_url_host_is_private(tool->base_url);
+  /* Set before the submission: the answer may arrive at once. */
+  p->submitted_us = lk_now_us();
   lk_forwarder_submit(t->fwd, p->req, allow_private, deadline,
                       pending_cancelled, on_vendor_done, p);
   goto done;
@@ -853,8 +980,9 @@ fail : {
                   0,
                   0,
                   NULL,
-                  NULL};
-  write_audit(&c);
+                  NULL,
+                  tool != NULL};
+  write_audit(t, &c);
 }
   lk_rpc_call_fail(call, &err);
 done:

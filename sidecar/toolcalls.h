@@ -24,6 +24,7 @@
 
 #include "lib/audit.h"
 #include "lib/catalog.h"
+#include "lib/metrics.h"
 #include "lib/rpc_server.h"
 #include "lib/seal.h"
 #include "lib/status.h"
@@ -46,6 +47,9 @@ typedef struct {
   /* Hashes the secret values of each call for its audit line (borrowed;
    * it must outlive the service). NULL = audit lines carry no hashes. */
   lk_audit_key *audit;
+  /* Registry for the call metrics (borrowed; it must outlive the
+   * service). NULL = no metrics. */
+  lk_metrics *metrics;
 } lk_toolcalls_config;
 
 typedef struct lk_toolcalls lk_toolcalls;

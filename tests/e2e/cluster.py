@@ -216,6 +216,7 @@ class ControlPlane(harness.AdminClient):
         self.token = cluster.admin_token
         self.stderr_path = os.path.join(cluster.dir, name + ".stderr")
         self.port = harness.free_port()
+        self.extra_args = []
         self.daemon = None
         self._channel = None
         self.admin_stub = None
@@ -234,7 +235,7 @@ class ControlPlane(harness.AdminClient):
                 "--node-token-file", c.node_token_file,
                 "--log-level", "debug"] + (
                     ["--tls-cert", self.tls[0], "--tls-key", self.tls[1]]
-                    if self.tls else [])
+                    if self.tls else []) + self.extra_args
 
     def start(self, same_port=False):
         """Starts it; a lost race for its port is retried on a new port
