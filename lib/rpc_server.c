@@ -411,6 +411,12 @@ static void stream_deliver_end(lk_rpc_stream *st, int cancelled) {
 }
 
 static void stream_on_recv(lk_rpc_stream *st, int success) {
+  if (success && st->recv_bb == NULL && st->m->stream->server_streaming) {
+    /* Half-close after the request: the call lives on, stream_on_close
+     * delivers the end. */
+    stream_unref_locked_out(st, 1);
+    return;
+  }
   if (!success || st->recv_bb == NULL) {
     /* Half-close, cancel or broken connection: no more messages. */
     stream_deliver_end(st, !success);

@@ -81,6 +81,11 @@ typedef struct {
    * after the last on_message. The handler must still call
    * lk_rpc_stream_finish if it has not. */
   void (*on_end)(void *ctx, lk_rpc_stream *s, int cancelled);
+  /* Nonzero for a server-streaming method (one request, then replies
+   * until the server finishes): the client's half-close after its request
+   * does not end the stream; on_end comes when the call closes (the client
+   * cancelled or went away, or after lk_rpc_stream_finish). */
+  int server_streaming;
 } lk_rpc_stream_handler;
 
 /* Adds a streaming method to the listener on addr (creating it like
