@@ -163,7 +163,6 @@ static const lk_rpc_stream_handler watch_handler = {
     .on_open = NULL,
     .on_message = watch_message,
     .on_end = watch_end,
-    .server_streaming = 1,
 };
 
 lk_status lk_health_new(const char *const *services, size_t n_services,
@@ -211,8 +210,8 @@ lk_status lk_health_listen(lk_health *h, lk_rpc_server *srv, const char *addr,
   lk_status st =
       lk_rpc_server_listen(srv, addr, check, 1, check_handle, h, err);
   if (st == LK_OK) {
-    st = lk_rpc_server_listen_stream(srv, addr, LK_HEALTH_WATCH_METHOD,
-                                     &watch_handler, h, err);
+    st = lk_rpc_server_listen_server_stream(srv, addr, LK_HEALTH_WATCH_METHOD,
+                                            &watch_handler, h, err);
   }
   return st;
 }

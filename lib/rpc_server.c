@@ -62,6 +62,7 @@ typedef struct {
   void *registered;
   lk_rpc_handler handler;
   const lk_rpc_stream_handler *stream;
+  int server_streaming; /* half-close does not end the stream */
   void *ctx;
 } method_entry;
 
@@ -411,7 +412,7 @@ static void stream_deliver_end(lk_rpc_stream *st, int cancelled) {
 }
 
 static void stream_on_recv(lk_rpc_stream *st, int success) {
-  if (success && st->recv_bb == NULL && st->m->stream->server_streaming) {
+  if (success && st->recv_bb == NULL && st->m->server_streaming) {
     /* Half-close after the request: the call lives on, stream_on_close
      * delivers the end. */
     stream_unref_locked_out(st, 1);
@@ -885,6 +886,19 @@ lk_status lk_rpc_server_listen_stream(lk_rpc_server *s, const char *addr,
   lk_status st = get_listener(s, addr, &l, err);
   if (st == LK_OK)
     st = add_method(l, method, NULL, h, ctx, err);
+  return st;
+}
+
+lk_status lk_rpc_server_listen_server_stream(lk_rpc_server *s, const char *addr,
+                                             const char *method,
+                                             const lk_rpc_stream_handler *h,
+                                             void *ctx, lk_err *err) {
+  listener *l = NULL;
+  lk_status st = get_listener(s, addr, &l, err);
+  if (st == LK_OK)
+    st = add_method(l, method, NULL, h, ctx, err);
+  if (st == LK_OK)
+    l->methods[l->n_methods - 1].server_streaming = 1;
   return st;
 }
 

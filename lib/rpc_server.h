@@ -81,11 +81,6 @@ typedef struct {
    * after the last on_message. The handler must still call
    * lk_rpc_stream_finish if it has not. */
   void (*on_end)(void *ctx, lk_rpc_stream *s, int cancelled);
-  /* Nonzero for a server-streaming method (one request, then replies
-   * until the server finishes): the client's half-close after its request
-   * does not end the stream; on_end comes when the call closes (the client
-   * cancelled or went away, or after lk_rpc_stream_finish). */
-  int server_streaming;
 } lk_rpc_stream_handler;
 
 /* Adds a streaming method to the listener on addr (creating it like
@@ -94,6 +89,17 @@ lk_status lk_rpc_server_listen_stream(lk_rpc_server *s, const char *addr,
                                       const char *method,
                                       const lk_rpc_stream_handler *h, void *ctx,
                                       lk_err *err) LK_MUST_CHECK;
+
+/* Like lk_rpc_server_listen_stream for a server-streaming method (one
+ * request, then replies until the server finishes): the client's
+ * half-close after its request does not end the stream; on_end comes when
+ * the call closes (the client cancelled or went away, the server is
+ * shutting down, or after lk_rpc_stream_finish). */
+lk_status lk_rpc_server_listen_server_stream(lk_rpc_server *s, const char *addr,
+                                             const char *method,
+                                             const lk_rpc_stream_handler *h,
+                                             void *ctx,
+                                             lk_err *err) LK_MUST_CHECK;
 
 /* Queues one message to the client (any thread). Messages go out in
  * order; LK_UNAVAILABLE once the stream has ended or is finishing,

@@ -306,6 +306,13 @@ static int run(const options *o) {
   }
   if (lk_rpc_server_start(srv, &err) != LK_OK)
     goto fail;
+  /* Standalone: serving now. A replica: once its catalog is loaded (from
+   * disk already, or after its first snapshot: poll_ready). */
+  readiness ready = {replica, health};
+  if (replica == NULL)
+    lk_health_set_serving(health, 1);
+  else
+    poll_ready(&ready);
   if (replica != NULL) {
     lk_log(LK_LOG_INFO, "ready",
            "latchkeyd serving ToolCalls on %s for agent %s (replica of %s at "
@@ -318,10 +325,6 @@ static int run(const options *o) {
            o->listen, admin.admin ? ", Admin on " : "",
            admin.admin ? o->admin_listen : "", o->agent_id);
   }
-  /* Standalone: serving now. A replica: once its catalog is loaded. */
-  readiness ready = {replica, health};
-  if (replica == NULL)
-    lk_health_set_serving(health, 1);
 
   int sig = 0;
   for (;;) {
