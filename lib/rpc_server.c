@@ -43,6 +43,7 @@
 
 typedef enum {
   TAG_REQUEST,
+  TAG_UNKNOWN,
   TAG_CLOSE,
   TAG_SEND,
   TAG_SHUTDOWN,
@@ -68,11 +69,27 @@ typedef struct {
 
 #define MAX_METHODS 64
 
+struct listener;
+
+/* The listener's one outstanding request for methods it does not serve:
+ * grpc core holds such calls until someone asks for them, so without it a
+ * client calling, say, ToolCalls on a health-only listener would wait for
+ * its deadline instead of getting UNIMPLEMENTED. */
+typedef struct unknown_slot {
+  tag t; /* first: the notification tag */
+  struct listener *l;
+  grpc_completion_queue *cq;
+  grpc_call *call;
+  grpc_call_details details;
+  grpc_metadata_array md;
+} unknown_slot;
+
 typedef struct listener {
   grpc_server *server;
   char *addr;
   size_t n_methods;
   method_entry methods[MAX_METHODS];
+  unknown_slot unknown;
 } listener;
 
 typedef struct worker worker;
@@ -148,6 +165,37 @@ static void request_next(request_slot *slot) {
            slot->l->addr, grpc_call_error_to_string(e));
     grpc_metadata_array_destroy(&slot->md);
   }
+}
+
+static void request_unknown(unknown_slot *u) {
+  u->call = NULL;
+  grpc_call_details_init(&u->details);
+  grpc_metadata_array_init(&u->md);
+  grpc_call_error e = grpc_server_request_call(
+      u->l->server, &u->call, &u->details, &u->md, u->cq, u->cq, &u->t);
+  if (e != GRPC_CALL_OK) {
+    lk_log(LK_LOG_ERROR, "rpc_request_failed",
+           "cannot request unknown calls on %s: %s", u->l->addr,
+           grpc_call_error_to_string(e));
+    grpc_call_details_destroy(&u->details);
+    grpc_metadata_array_destroy(&u->md);
+  }
+}
+
+/* Answers a call to a method this listener does not serve, and asks for
+ * the next one unless the server is shutting down. */
+static void answer_unknown(unknown_slot *u, int success, int shutting_down) {
+  grpc_call *call = success ? u->call : NULL;
+  if (call != NULL) {
+    grpc_call_cancel_with_status(call, GRPC_STATUS_UNIMPLEMENTED,
+                                 "this listener does not serve that method",
+                                 NULL);
+    grpc_call_unref(call);
+  }
+  grpc_call_details_destroy(&u->details);
+  grpc_metadata_array_destroy(&u->md);
+  if (call != NULL && !shutting_down)
+    request_unknown(u);
 }
 
 static void call_release(lk_rpc_call *c) {
@@ -618,6 +666,10 @@ static void *worker_main(void *arg) {
         }
         break;
       }
+      case TAG_UNKNOWN:
+        answer_unknown((unknown_slot *)t, ev.success,
+                       atomic_load(&w->srv->shutting_down));
+        break;
       case TAG_STREAM_CLOSE:
         stream_on_close(t->owner);
         break;
@@ -929,6 +981,13 @@ lk_status lk_rpc_server_start(lk_rpc_server *s, lk_err *err) {
         request_next(slot);
       }
     }
+  }
+  for (size_t li = 0; li < s->n_listeners; li++) {
+    unknown_slot *u = &s->listeners[li].unknown;
+    u->t = (tag){TAG_UNKNOWN, u};
+    u->l = &s->listeners[li];
+    u->cq = s->workers[0].cq;
+    request_unknown(u);
   }
   for (int i = 0; i < s->n_workers; i++) {
     if (pthread_create(&s->workers[i].thread, NULL, worker_main,
