@@ -6,6 +6,9 @@
  * A call holds two references: one for its RECV_CLOSE_ON_SERVER batch
  * (which tells us about client cancellation) and one for its final send
  * batch; whichever completes last frees it on the worker that accepted it.
+ * Methods a listener does not serve get UNIMPLEMENTED at once from one
+ * generic request per listener (grpc core would otherwise hold such calls
+ * until their deadline).
  *
  * Shutdown order matters (grpc src/ruby/ext/grpc/rb_server.c does the
  * same): shutdown_and_notify every grpc_server on a private pluck queue,
