@@ -185,7 +185,7 @@ lk_status lk_checkconf_dir(const char *flag, const char *dir, lk_err *err) {
       }
       return LK_OK;
     }
-    if (errno != ENOENT) {
+    if (errno != ENOENT && errno != ENOTDIR) {
       return lk_fail(err, LK_INVALID_ARGUMENT, "--%s %s: %s: %s", flag, dir,
                      cur, strerror(errno));
     }
