@@ -413,10 +413,8 @@ static lk_status check_files(const options *o, lk_err *err) {
     st = lk_checkconf_secret_file("admin-token-file", o->admin_token_file, err);
   if (st == LK_OK)
     st = lk_checkconf_secret_file("node-token-file", o->node_token_file, err);
-  if (st == LK_OK && o->tls_cert != NULL && o->tls_cert[0] != '\0')
-    st = lk_checkconf_readable_file("tls-cert", o->tls_cert, err);
-  if (st == LK_OK && o->tls_key != NULL && o->tls_key[0] != '\0')
-    st = lk_checkconf_secret_file("tls-key", o->tls_key, err);
+  /* --tls-cert and --tls-key: lk_tls_check_server_files, which says more
+   * (expiry, a key that does not match). */
   return st;
 }
 

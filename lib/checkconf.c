@@ -98,6 +98,17 @@ lk_status lk_checkconf_address(const char *flag, const char *addr,
 /* What a file may allow group and others. */
 typedef enum { ANY_MODE, TOKEN_MODE, KEY_MODE } mode_rule;
 
+lk_status lk_checkconf_target(const char *flag, const char *target,
+                              lk_err *err) {
+  static const char *const schemes[] = {"dns:", "ipv4:", "ipv6:"};
+  for (size_t i = 0; target != NULL && i < 3; i++) {
+    size_t n = strlen(schemes[i]);
+    if (strncmp(target, schemes[i], n) == 0 && target[n] != '\0')
+      return LK_OK;
+  }
+  return lk_checkconf_address(flag, target, 0, err);
+}
+
 static lk_status check_file(const char *flag, const char *path, mode_rule rule,
                             lk_err *err) {
   struct stat sb;

@@ -21,6 +21,12 @@
 lk_status lk_checkconf_address(const char *flag, const char *addr,
                                int allow_port0, lk_err *err) LK_MUST_CHECK;
 
+/* Checks a client target (--control-plane): a gRPC resolver URI
+ * ("dns:///host:port", "ipv4:...", "ipv6:...") is passed as it is, to be
+ * resolved by grpc; anything else must pass lk_checkconf_address. */
+lk_status lk_checkconf_target(const char *flag, const char *target,
+                              lk_err *err) LK_MUST_CHECK;
+
 /* Checks path is a readable regular file that group and others cannot
  * write (token files); logs a warning when they can read it. */
 lk_status lk_checkconf_secret_file(const char *flag, const char *path,

@@ -400,7 +400,7 @@ static lk_status check_files(const options *o, lk_err *err) {
   if (st == LK_OK && is_set(o->health_listen))
     st = lk_checkconf_address("health-listen", o->health_listen, 0, err);
   if (st == LK_OK && is_set(o->control_plane))
-    st = lk_checkconf_address("control-plane", o->control_plane, 0, err);
+    st = lk_checkconf_target("control-plane", o->control_plane, err);
   if (st == LK_OK)
     st = lk_checkconf_dir("data-dir", o->data_dir, err);
   if (st == LK_OK)

@@ -70,6 +70,13 @@ static void addresses(void **state) {
       "directory /no/such/dir does not exist");
   expect_refused(lk_checkconf_address("listen", "", 0, &err), &err,
                  "--listen is empty");
+  assert_int_equal(
+      lk_checkconf_target("control-plane", "dns:///cp.example:7700", &err),
+      LK_OK);
+  assert_int_equal(lk_checkconf_target("control-plane", "cp:7700", &err),
+                   LK_OK);
+  expect_refused(lk_checkconf_target("control-plane", "cp", &err), &err,
+                 "--control-plane 'cp'");
 }
 
 static void token_files(void **state) {
