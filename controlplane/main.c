@@ -39,9 +39,13 @@
 #include "controlplane/sync_server.h"
 #include "latchkey/v1/sync.pb-c.h"
 #include "lib/admin.h"
+#include "lib/checkconf.h"
+#include "lib/clock.h"
+#include "lib/drain.h"
 #include "lib/etcd.h"
 #include "lib/flags.h"
 #include "lib/keyfile.h"
+#include "lib/health.h"
 #include "lib/keyring.h"
 #include "lib/log.h"
 #include "lib/metrics.h"
@@ -65,6 +69,9 @@ typedef struct {
   int64_t workers;
   const char *log_level;
   const char *metrics_listen;
+  const char *health_listen;
+  int64_t drain_timeout_ms;
+  int check_config;
 } options;
 
 typedef struct {
@@ -275,6 +282,9 @@ static int run(const options *o) {
   lk_metrics_http *metrics_http = NULL;
   lk_reseal *reseal = NULL;
   lk_rpc_server *srv = NULL;
+  lk_health *health = NULL;
+  lk_rpc_server *health_srv = NULL;
+  int draining = 0;
   sigset_t sigs;
 
   if (lk_secret_disable_core_dumps(&err) != LK_OK ||
@@ -321,6 +331,18 @@ static int run(const options *o) {
                            "Admin calls by method (CreateCredential, "
                            "DeleteTool, ...) and gRPC code.",
                            admin_l, 2, &c.m_admin, &err) != LK_OK)
+      goto fail;
+  }
+  /* Health first, NOT_SERVING: probes get an answer while etcd loads. */
+  {
+    const char *services[] = {"latchkey.v1.Admin", "latchkey.v1.Sync"};
+    if (lk_health_new(services, 2, &health, &err) != LK_OK)
+      goto fail;
+  }
+  if (o->health_listen != NULL && o->health_listen[0] != '\0') {
+    if (lk_rpc_server_new(1, &health_srv, &err) != LK_OK ||
+        lk_health_listen(health, health_srv, o->health_listen, &err) != LK_OK ||
+        lk_rpc_server_start(health_srv, &err) != LK_OK)
       goto fail;
   }
   if (lk_keyring_load_or_create(o->keyring, &kr, &err) != LK_OK)
@@ -374,6 +396,7 @@ static int run(const options *o) {
       lk_rpc_server_listen_stream(srv, o->listen, LK_SYNC_METHOD,
                                   lk_sync_server_handler(), sync,
                                   &err) != LK_OK ||
+      lk_health_listen(health, srv, o->listen, &err) != LK_OK ||
       lk_rpc_server_start(srv, &err) != LK_OK) {
     goto fail;
   }
@@ -387,20 +410,36 @@ static int run(const options *o) {
          o->listen, (o->tls_cert && o->tls_cert[0]) ? " (TLS)" : "", o->etcd,
          o->etcd_prefix, (long long)lk_etcd_catalog_revision(c.ecat));
 
-  int sig = 0;
-  sigwait(&sigs, &sig);
-  lk_log(LK_LOG_INFO, "stopping", "signal %d: draining in-flight calls", sig);
+  lk_health_set_serving(health, 1);
+  int sig = lk_drain_wait(&sigs, 1000, NULL, NULL);
+  lk_log(LK_LOG_INFO, "stopping",
+         "signal %d (%s): health NOT_SERVING, no new calls, draining in-flight "
+         "calls for up to %lld ms (a second signal exits at once)",
+         sig, strsignal(sig), (long long)o->drain_timeout_ms);
+  lk_health_set_serving(health, 0);
+  if (lk_drain_arm_second_signal(&sigs, "latchkey-cp", &err) != LK_OK)
+    lk_log(LK_LOG_WARN, "second_signal_unarmed", "%s", err.msg);
+  draining = 1;
   rc = 0;
   goto cleanup;
 
 fail:
   lk_log(LK_LOG_ERROR, "startup_failed", "%s: %s", lk_status_name(err.code),
          err.msg);
-cleanup:
+cleanup : {
   /* No scrape may read the Sync server once it is going away. */
   lk_metrics_http_stop(metrics_http);
-  lk_rpc_server_shutdown(srv, 10000);
+  int64_t t0 = lk_now_ms();
+  lk_rpc_server_shutdown(srv, draining ? (int)o->drain_timeout_ms : 0);
+  if (draining) {
+    lk_log(LK_LOG_INFO, "drained", "in-flight calls done after %lld ms",
+           (long long)(lk_now_ms() - t0));
+  }
+}
   lk_rpc_server_destroy(srv);
+  /* Probes on --health-listen saw NOT_SERVING throughout the drain. */
+  lk_rpc_server_destroy(health_srv);
+  lk_health_destroy(health);
   lk_reseal_destroy(reseal);
   atomic_store(&c.sync, NULL);
   lk_etcd_catalog_destroy(c.ecat);
@@ -417,6 +456,25 @@ cleanup:
   return rc;
 }
 
+/* The read-only checks of --check-config, also run before every start so
+ * a bad file or address stops the daemon with one line naming the flag. */
+static lk_status check_files(const options *o, lk_err *err) {
+  lk_status st = lk_checkconf_address("listen", o->listen, 0, err);
+  if (st == LK_OK && o->health_listen != NULL && o->health_listen[0] != '\0')
+    st = lk_checkconf_address("health-listen", o->health_listen, 0, err);
+  if (st == LK_OK && (o->etcd == NULL || o->etcd[0] == '\0'))
+    st = lk_fail(err, LK_INVALID_ARGUMENT, "--etcd is empty");
+  if (st == LK_OK)
+    st = lk_checkconf_key_file("keyring", o->keyring, err);
+  if (st == LK_OK)
+    st = lk_checkconf_secret_file("admin-token-file", o->admin_token_file, err);
+  if (st == LK_OK)
+    st = lk_checkconf_secret_file("node-token-file", o->node_token_file, err);
+  /* --tls-cert and --tls-key: lk_tls_check_server_files, which says more
+   * (expiry, a key that does not match). */
+  return st;
+}
+
 int main(int argc, char **argv) {
   options o = {
       .listen = "127.0.0.1:7700",
@@ -425,6 +483,7 @@ int main(int argc, char **argv) {
       .keyring = "/etc/latchkey/keyring",
       .workers = 4,
       .log_level = "info",
+      .drain_timeout_ms = 30000,
   };
   const lk_flag flags[] = {
       {"listen", LK_FLAG_STRING, &o.listen,
@@ -443,11 +502,17 @@ int main(int argc, char **argv) {
       {"tls-cert", LK_FLAG_STRING, &o.tls_cert,
        "PEM certificate chain: serve TLS"},
       {"tls-key", LK_FLAG_STRING, &o.tls_key, "PEM private key for --tls-cert"},
-      {"workers", LK_FLAG_INT, &o.workers, "gRPC worker threads (default 4)"},
+      {"workers", LK_FLAG_INT, &o.workers, "gRPC worker threads"},
       {"log-level", LK_FLAG_STRING, &o.log_level, "debug|info|warn|error"},
       {"metrics-listen", LK_FLAG_STRING, &o.metrics_listen,
        "serve Prometheus metrics at http://HOST:PORT/metrics (no token: "
        "ids and counts only)"},
+      {"health-listen", LK_FLAG_STRING, &o.health_listen,
+       "address serving only grpc.health.v1.Health, no token (for probes)"},
+      {"drain-timeout", LK_FLAG_DURATION_MS, &o.drain_timeout_ms,
+       "on SIGTERM/SIGINT, how long in-flight calls may take to finish"},
+      {"check-config", LK_FLAG_BOOL, &o.check_config,
+       "check flags, files and addresses, print \"config ok\" and exit"},
   };
   int n_flags = (int)(sizeof(flags) / sizeof(flags[0]));
   int rc = lk_flags_main("latchkey-cp",
@@ -478,6 +543,22 @@ int main(int argc, char **argv) {
   if (usage_error != NULL) {
     fprintf(stderr, "latchkey-cp: %s (see --help)\n", usage_error);
     return 2;
+  }
+  lk_err err;
+  lk_err_clear(&err);
+  if (check_files(&o, &err) != LK_OK) {
+    fprintf(stderr, "latchkey-cp: %s\n", err.msg);
+    return 2;
+  }
+  if (o.check_config) {
+    lk_tls_validity v;
+    if (o.tls_cert != NULL && o.tls_cert[0] != '\0' &&
+        lk_tls_check_server_files(o.tls_cert, o.tls_key, &v, &err) != LK_OK) {
+      fprintf(stderr, "latchkey-cp: %s\n", err.msg);
+      return 2;
+    }
+    printf("config ok\n");
+    return 0;
   }
   return run(&o);
 }

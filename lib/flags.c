@@ -98,12 +98,16 @@ lk_status lk_flags_parse(const lk_flag *flags, int n_flags, int argc,
   if (n_flags > (int)sizeof(seen)) {
     return lk_fail(err, LK_INTERNAL, "too many flags");
   }
+  /* --help first, before any target changes: the usage text prints the
+   * targets' values as the defaults. */
   for (int i = 1; i < argc; i++) {
-    const char *arg = argv[i];
-    if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
       *help_requested = 1;
       return LK_OK;
     }
+  }
+  for (int i = 1; i < argc; i++) {
+    const char *arg = argv[i];
     if (strncmp(arg, "--", 2) != 0) {
       return lk_fail(err, LK_INVALID_ARGUMENT,
                      "unexpected argument '%s' (flags start with --)", arg);
@@ -157,6 +161,34 @@ lk_status lk_flags_parse(const lk_flag *flags, int n_flags, int argc,
   return LK_OK;
 }
 
+/* Writes " (default X)" for a flag whose target holds a value, else "". */
+static void default_text(const lk_flag *f, char *out, size_t cap) {
+  switch (f->kind) {
+    case LK_FLAG_STRING: {
+      const char *v = *(const char *const *)f->target;
+      if (v != NULL && v[0] != '\0')
+        snprintf(out, cap, " (default %s)", v);
+      return;
+    }
+    case LK_FLAG_BOOL:
+      snprintf(out, cap, " (default %s)",
+               *(const int *)f->target ? "true" : "false");
+      return;
+    case LK_FLAG_INT:
+      snprintf(out, cap, " (default %lld)",
+               (long long)*(const int64_t *)f->target);
+      return;
+    case LK_FLAG_DURATION_MS: {
+      int64_t ms = *(const int64_t *)f->target;
+      if (ms % 1000 == 0)
+        snprintf(out, cap, " (default %llds)", (long long)(ms / 1000));
+      else
+        snprintf(out, cap, " (default %lldms)", (long long)ms);
+      return;
+    }
+  }
+}
+
 void lk_flags_usage(const char *prog, const char *summary, const lk_flag *flags,
                     int n_flags) {
   fprintf(stderr,
@@ -171,7 +203,9 @@ void lk_flags_usage(const char *prog, const char *summary, const lk_flag *flags,
              flags[k].kind == LK_FLAG_BOOL          ? ""
              : flags[k].kind == LK_FLAG_DURATION_MS ? " DURATION"
                                                     : " VALUE");
-    fprintf(stderr, "  %-30s %s [%s]\n", left, flags[k].help, env);
+    char def[160] = "";
+    default_text(&flags[k], def, sizeof(def));
+    fprintf(stderr, "  %-30s %s%s [%s]\n", left, flags[k].help, def, env);
   }
 }
 

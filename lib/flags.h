@@ -43,7 +43,8 @@ lk_status lk_flags_parse(const lk_flag *flags, int n_flags, int argc,
 int lk_flags_main(const char *prog, const char *summary, const lk_flag *flags,
                   int n_flags, int argc, char **argv);
 
-/* Prints a usage text listing every flag and its environment variable. */
+/* Prints a usage text listing every flag, its default (the value its
+ * target holds now) and its environment variable. */
 void lk_flags_usage(const char *prog, const char *summary, const lk_flag *flags,
                     int n_flags);
 

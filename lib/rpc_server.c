@@ -6,6 +6,9 @@
  * A call holds two references: one for its RECV_CLOSE_ON_SERVER batch
  * (which tells us about client cancellation) and one for its final send
  * batch; whichever completes last frees it on the worker that accepted it.
+ * Methods a listener does not serve get UNIMPLEMENTED at once from one
+ * generic request per listener (grpc core would otherwise hold such calls
+ * until their deadline).
  *
  * Shutdown order matters (grpc src/ruby/ext/grpc/rb_server.c does the
  * same): shutdown_and_notify every grpc_server on a private pluck queue,
@@ -43,6 +46,7 @@
 
 typedef enum {
   TAG_REQUEST,
+  TAG_UNKNOWN,
   TAG_CLOSE,
   TAG_SEND,
   TAG_SHUTDOWN,
@@ -62,16 +66,33 @@ typedef struct {
   void *registered;
   lk_rpc_handler handler;
   const lk_rpc_stream_handler *stream;
+  int server_streaming; /* half-close does not end the stream */
   void *ctx;
 } method_entry;
 
 #define MAX_METHODS 64
+
+struct listener;
+
+/* The listener's one outstanding request for methods it does not serve:
+ * grpc core holds such calls until someone asks for them, so without it a
+ * client calling, say, ToolCalls on a health-only listener would wait for
+ * its deadline instead of getting UNIMPLEMENTED. */
+typedef struct unknown_slot {
+  tag t; /* first: the notification tag */
+  struct listener *l;
+  grpc_completion_queue *cq;
+  grpc_call *call;
+  grpc_call_details details;
+  grpc_metadata_array md;
+} unknown_slot;
 
 typedef struct listener {
   grpc_server *server;
   char *addr;
   size_t n_methods;
   method_entry methods[MAX_METHODS];
+  unknown_slot unknown;
 } listener;
 
 typedef struct worker worker;
@@ -147,6 +168,37 @@ static void request_next(request_slot *slot) {
            slot->l->addr, grpc_call_error_to_string(e));
     grpc_metadata_array_destroy(&slot->md);
   }
+}
+
+static void request_unknown(unknown_slot *u) {
+  u->call = NULL;
+  grpc_call_details_init(&u->details);
+  grpc_metadata_array_init(&u->md);
+  grpc_call_error e = grpc_server_request_call(
+      u->l->server, &u->call, &u->details, &u->md, u->cq, u->cq, &u->t);
+  if (e != GRPC_CALL_OK) {
+    lk_log(LK_LOG_ERROR, "rpc_request_failed",
+           "cannot request unknown calls on %s: %s", u->l->addr,
+           grpc_call_error_to_string(e));
+    grpc_call_details_destroy(&u->details);
+    grpc_metadata_array_destroy(&u->md);
+  }
+}
+
+/* Answers a call to a method this listener does not serve, and asks for
+ * the next one unless the server is shutting down. */
+static void answer_unknown(unknown_slot *u, int success, int shutting_down) {
+  grpc_call *call = success ? u->call : NULL;
+  if (call != NULL) {
+    grpc_call_cancel_with_status(call, GRPC_STATUS_UNIMPLEMENTED,
+                                 "this listener does not serve that method",
+                                 NULL);
+    grpc_call_unref(call);
+  }
+  grpc_call_details_destroy(&u->details);
+  grpc_metadata_array_destroy(&u->md);
+  if (call != NULL && !shutting_down)
+    request_unknown(u);
 }
 
 static void call_release(lk_rpc_call *c) {
@@ -411,6 +463,12 @@ static void stream_deliver_end(lk_rpc_stream *st, int cancelled) {
 }
 
 static void stream_on_recv(lk_rpc_stream *st, int success) {
+  if (success && st->recv_bb == NULL && st->m->server_streaming) {
+    /* Half-close after the request: the call lives on, stream_on_close
+     * delivers the end. */
+    stream_unref_locked_out(st, 1);
+    return;
+  }
   if (!success || st->recv_bb == NULL) {
     /* Half-close, cancel or broken connection: no more messages. */
     stream_deliver_end(st, !success);
@@ -611,6 +669,10 @@ static void *worker_main(void *arg) {
         }
         break;
       }
+      case TAG_UNKNOWN:
+        answer_unknown((unknown_slot *)t, ev.success,
+                       atomic_load(&w->srv->shutting_down));
+        break;
       case TAG_STREAM_CLOSE:
         stream_on_close(t->owner);
         break;
@@ -882,6 +944,19 @@ lk_status lk_rpc_server_listen_stream(lk_rpc_server *s, const char *addr,
   return st;
 }
 
+lk_status lk_rpc_server_listen_server_stream(lk_rpc_server *s, const char *addr,
+                                             const char *method,
+                                             const lk_rpc_stream_handler *h,
+                                             void *ctx, lk_err *err) {
+  listener *l = NULL;
+  lk_status st = get_listener(s, addr, &l, err);
+  if (st == LK_OK)
+    st = add_method(l, method, NULL, h, ctx, err);
+  if (st == LK_OK)
+    l->methods[l->n_methods - 1].server_streaming = 1;
+  return st;
+}
+
 lk_status lk_rpc_server_start(lk_rpc_server *s, lk_err *err) {
   if (s->started)
     return LK_OK;
@@ -909,6 +984,13 @@ lk_status lk_rpc_server_start(lk_rpc_server *s, lk_err *err) {
         request_next(slot);
       }
     }
+  }
+  for (size_t li = 0; li < s->n_listeners; li++) {
+    unknown_slot *u = &s->listeners[li].unknown;
+    u->t = (tag){TAG_UNKNOWN, u};
+    u->l = &s->listeners[li];
+    u->cq = s->workers[0].cq;
+    request_unknown(u);
   }
   for (int i = 0; i < s->n_workers; i++) {
     if (pthread_create(&s->workers[i].thread, NULL, worker_main,

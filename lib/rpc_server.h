@@ -90,6 +90,17 @@ lk_status lk_rpc_server_listen_stream(lk_rpc_server *s, const char *addr,
                                       const lk_rpc_stream_handler *h, void *ctx,
                                       lk_err *err) LK_MUST_CHECK;
 
+/* Like lk_rpc_server_listen_stream for a server-streaming method (one
+ * request, then replies until the server finishes): the client's
+ * half-close after its request does not end the stream; on_end comes when
+ * the call closes (the client cancelled or went away, the server is
+ * shutting down, or after lk_rpc_stream_finish). */
+lk_status lk_rpc_server_listen_server_stream(lk_rpc_server *s, const char *addr,
+                                             const char *method,
+                                             const lk_rpc_stream_handler *h,
+                                             void *ctx,
+                                             lk_err *err) LK_MUST_CHECK;
+
 /* Queues one message to the client (any thread). Messages go out in
  * order; LK_UNAVAILABLE once the stream has ended or is finishing,
  * LK_RESOURCE_EXHAUSTED when more than 64 MiB wait for a slow client. */

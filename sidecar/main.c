@@ -38,7 +38,11 @@
 #include "lib/admin.h"
 #include "lib/audit.h"
 #include "lib/catalog.h"
+#include "lib/checkconf.h"
+#include "lib/clock.h"
+#include "lib/drain.h"
 #include "lib/flags.h"
+#include "lib/health.h"
 #include "lib/log.h"
 #include "lib/metrics.h"
 #include "lib/metrics_http.h"
@@ -74,6 +78,9 @@ typedef struct {
   int64_t workers;
   const char *log_level;
   const char *metrics_listen;
+  const char *health_listen;
+  int64_t drain_timeout_ms;
+  int check_config;
 } options;
 
 typedef struct {
@@ -151,6 +158,22 @@ static int is_set(const char *s) {
   return s != NULL && s[0] != '\0';
 }
 
+typedef struct {
+  lk_replica *replica;
+  lk_health *health;
+} readiness;
+
+/* lk_drain_wait's poll: a replica is ready once it has a catalog, from
+ * disk or from its first snapshot (revision > 0). */
+static void poll_ready(void *ctx) {
+  readiness *r = ctx;
+  if (!lk_health_serving(r->health) && lk_replica_revision(r->replica) > 0) {
+    lk_log(LK_LOG_INFO, "replica_loaded", "replica at revision %lld: serving",
+           (long long)lk_replica_revision(r->replica));
+    lk_health_set_serving(r->health, 1);
+  }
+}
+
 static int run(const options *o) {
   lk_err err;
   lk_err_clear(&err);
@@ -167,6 +190,9 @@ static int run(const options *o) {
   lk_token *agent_token = NULL;
   lk_metrics *metrics = NULL;
   lk_metrics_http *metrics_http = NULL;
+  lk_health *health = NULL;
+  lk_rpc_server *health_srv = NULL;
+  int draining = 0;
   sigset_t sigs;
 
   if (lk_secret_disable_core_dumps(&err) != LK_OK ||
@@ -188,6 +214,20 @@ static int run(const options *o) {
   if (is_set(o->metrics_listen) &&
       lk_metrics_new(1024, &metrics, &err) != LK_OK)
     goto fail;
+  /* Health first, NOT_SERVING: probes get an answer while loading. */
+  {
+    const char *services[2] = {"latchkey.v1.ToolCalls", "latchkey.v1.Admin"};
+    int admin_too = !is_set(o->control_plane) && is_set(o->admin_listen);
+    if (lk_health_new(services, admin_too ? 2 : 1, &health, &err) != LK_OK)
+      goto fail;
+  }
+  if (is_set(o->health_listen)) {
+    if (lk_rpc_server_new(1, &health_srv, &err) != LK_OK ||
+        lk_health_listen(health, health_srv, o->health_listen, &err) != LK_OK ||
+        lk_rpc_server_start(health_srv, &err) != LK_OK)
+      goto fail;
+  }
+
   if (lk_store_open(o->data_dir, &store, &err) != LK_OK)
     goto fail;
   if (lk_catalog_open(store, &cat, &err) != LK_OK)
@@ -255,7 +295,8 @@ static int run(const options *o) {
   size_t n = 0;
   const char *const *m = lk_toolcalls_methods(&n);
   if (lk_rpc_server_listen(srv, o->listen, m, n, lk_toolcalls_handle, tc,
-                           &err) != LK_OK) {
+                           &err) != LK_OK ||
+      lk_health_listen(health, srv, o->listen, &err) != LK_OK) {
     goto fail;
   }
   if (replica == NULL && is_set(o->admin_listen)) {
@@ -269,7 +310,8 @@ static int run(const options *o) {
     lk_admin_set_auditor(admin.admin, auditor);
     m = lk_admin_methods(&n);
     if (lk_rpc_server_listen(srv, o->admin_listen, m, n, admin_handle, &admin,
-                             &err) != LK_OK) {
+                             &err) != LK_OK ||
+        lk_health_listen(health, srv, o->admin_listen, &err) != LK_OK) {
       goto fail;
     }
   }
@@ -279,6 +321,13 @@ static int run(const options *o) {
       lk_metrics_http_start(metrics, o->metrics_listen, "--metrics-listen",
                             &metrics_http, &err) != LK_OK)
     goto fail;
+  /* Standalone: serving now. A replica: once its catalog is loaded (from
+   * disk already, or after its first snapshot: poll_ready). */
+  readiness ready = {replica, health};
+  if (replica == NULL)
+    lk_health_set_serving(health, 1);
+  else
+    poll_ready(&ready);
   if (replica != NULL) {
     lk_log(LK_LOG_INFO, "ready",
            "latchkeyd serving ToolCalls on %s for agent %s (replica of %s at "
@@ -294,7 +343,8 @@ static int run(const options *o) {
 
   int sig = 0;
   for (;;) {
-    sigwait(&sigs, &sig);
+    sig =
+        lk_drain_wait(&sigs, 100, replica != NULL ? poll_ready : NULL, &ready);
     if (sig != SIGHUP || replica == NULL)
       break;
     /* Replica mode: SIGHUP starts a node key rotation; calls go on. */
@@ -303,7 +353,14 @@ static int run(const options *o) {
              "SIGHUP: cannot start a node key rotation: %s", err.msg);
     }
   }
-  lk_log(LK_LOG_INFO, "stopping", "signal %d: draining in-flight calls", sig);
+  lk_log(LK_LOG_INFO, "stopping",
+         "signal %d (%s): health NOT_SERVING, no new calls, draining in-flight "
+         "calls for up to %lld ms (a second signal exits at once)",
+         sig, strsignal(sig), (long long)o->drain_timeout_ms);
+  lk_health_set_serving(health, 0);
+  if (lk_drain_arm_second_signal(&sigs, "latchkeyd", &err) != LK_OK)
+    lk_log(LK_LOG_WARN, "second_signal_unarmed", "%s", err.msg);
+  draining = 1;
   rc = 0;
   goto cleanup;
 
@@ -314,7 +371,16 @@ cleanup:
   /* No scrape may read a module that is going away. */
   lk_metrics_http_stop(metrics_http);
   /* Drain calls first: in-flight tool calls still need the forwarder. */
-  lk_rpc_server_shutdown(srv, 10000);
+  {
+    int64_t t0 = lk_now_ms();
+    lk_rpc_server_shutdown(srv, draining ? (int)o->drain_timeout_ms : 0);
+    if (draining) {
+      lk_log(LK_LOG_INFO, "drained", "in-flight calls done after %lld ms",
+             (long long)(lk_now_ms() - t0));
+    }
+  }
+  /* Probes on --health-listen saw NOT_SERVING throughout the drain. */
+  lk_rpc_server_destroy(health_srv);
   /* No batch may land while the store flushes and closes. */
   lk_replica_stop(replica);
   lk_forwarder_destroy(fwd);
@@ -327,6 +393,7 @@ cleanup:
   lk_audit_key_destroy(audit);
   lk_node_keys_destroy(keys);
   lk_catalog_destroy(cat);
+  lk_health_destroy(health);
   if (store != NULL) {
     lk_err ferr;
     /* Leave no stale value in the memtable or old files at rest. */
@@ -342,6 +409,32 @@ cleanup:
   return rc;
 }
 
+/* The read-only checks of --check-config, also run before every start so
+ * a bad file or address stops the daemon with one line naming the flag. */
+static lk_status check_files(const options *o, lk_err *err) {
+  lk_status st = lk_checkconf_address("listen", o->listen, 0, err);
+  if (st == LK_OK && is_set(o->admin_listen))
+    st = lk_checkconf_address("admin-listen", o->admin_listen, 0, err);
+  if (st == LK_OK && is_set(o->health_listen))
+    st = lk_checkconf_address("health-listen", o->health_listen, 0, err);
+  if (st == LK_OK && is_set(o->control_plane))
+    st = lk_checkconf_target("control-plane", o->control_plane, err);
+  if (st == LK_OK)
+    st = lk_checkconf_dir("data-dir", o->data_dir, err);
+  if (st == LK_OK)
+    st = lk_checkconf_key_file("node-key", o->node_key, err);
+  if (st == LK_OK && is_set(o->admin_listen))
+    st = lk_checkconf_secret_file("admin-token-file", o->admin_token_file, err);
+  if (st == LK_OK && is_set(o->agent_token_file))
+    st = lk_checkconf_secret_file("agent-token-file", o->agent_token_file, err);
+  if (st == LK_OK && is_set(o->control_plane))
+    st = lk_checkconf_secret_file("control-plane-token-file",
+                                  o->control_plane_token_file, err);
+  if (st == LK_OK && is_set(o->tls_ca))
+    st = lk_checkconf_readable_file("tls-ca", o->tls_ca, err);
+  return st;
+}
+
 int main(int argc, char **argv) {
   options o = {
       .listen = "unix:/run/latchkey/agent.sock",
@@ -350,6 +443,7 @@ int main(int argc, char **argv) {
       .max_response_bytes = DEFAULT_MAX_RESPONSE_BYTES,
       .workers = 4,
       .log_level = "info",
+      .drain_timeout_ms = 30000,
   };
   const lk_flag flags[] = {
       {"listen", LK_FLAG_STRING, &o.listen,
@@ -381,12 +475,18 @@ int main(int argc, char **argv) {
       {"setup-url-template", LK_FLAG_STRING, &o.setup_url_template,
        "setup link for missing credentials ({tool} {budget} {type})"},
       {"max-response-bytes", LK_FLAG_INT, &o.max_response_bytes,
-       "largest vendor response body passed back (default 1 MiB)"},
-      {"workers", LK_FLAG_INT, &o.workers, "gRPC worker threads (default 4)"},
+       "largest vendor response body passed back, in bytes"},
+      {"workers", LK_FLAG_INT, &o.workers, "gRPC worker threads"},
       {"log-level", LK_FLAG_STRING, &o.log_level, "debug|info|warn|error"},
       {"metrics-listen", LK_FLAG_STRING, &o.metrics_listen,
        "serve Prometheus metrics at http://HOST:PORT/metrics (no token: "
        "ids and counts only)"},
+      {"health-listen", LK_FLAG_STRING, &o.health_listen,
+       "address serving only grpc.health.v1.Health, no token (for probes)"},
+      {"drain-timeout", LK_FLAG_DURATION_MS, &o.drain_timeout_ms,
+       "on SIGTERM/SIGINT, how long in-flight calls may take to finish"},
+      {"check-config", LK_FLAG_BOOL, &o.check_config,
+       "check flags, files and addresses, print \"config ok\" and exit"},
   };
   int n_flags = (int)(sizeof(flags) / sizeof(flags[0]));
   int rc = lk_flags_main("latchkeyd",
@@ -440,6 +540,16 @@ int main(int argc, char **argv) {
   if (usage_error != NULL) {
     fprintf(stderr, "latchkeyd: %s (see --help)\n", usage_error);
     return 2;
+  }
+  lk_err err;
+  lk_err_clear(&err);
+  if (check_files(&o, &err) != LK_OK) {
+    fprintf(stderr, "latchkeyd: %s\n", err.msg);
+    return 2;
+  }
+  if (o.check_config) {
+    printf("config ok\n");
+    return 0;
   }
   return run(&o);
 }

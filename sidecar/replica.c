@@ -714,7 +714,10 @@ static int sweep_one(void *ctx, const char *key, size_t key_len,
   (void)val;
   (void)val_len;
   sweep_ctx *sc = ctx;
-  if (bsearch(&key, sc->a->snap_keys, sc->a->n_snap_keys, sizeof(char *),
+  /* An empty snapshot has no key array: everything goes (bsearch and
+   * qsort must not see a NULL array). */
+  if (sc->a->n_snap_keys == 0 ||
+      bsearch(&key, sc->a->snap_keys, sc->a->n_snap_keys, sizeof(char *),
               compare_keys) == NULL) {
     lk_store_batch_delete(sc->a->snap, key);
     sc->removed++;
@@ -724,7 +727,8 @@ static int sweep_one(void *ctx, const char *key, size_t key_len,
 
 static lk_status finish_snapshot(lk_replica_applier *a, int64_t rev,
                                  lk_err *err) {
-  qsort(a->snap_keys, a->n_snap_keys, sizeof(char *), compare_keys);
+  if (a->n_snap_keys > 0)
+    qsort(a->snap_keys, a->n_snap_keys, sizeof(char *), compare_keys);
   sweep_ctx sc = {a, 0};
   for (int k = 0; k < N_KINDS; k++) {
     lk_status st =

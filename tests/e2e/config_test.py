@@ -4,6 +4,8 @@ half-configured."""
 
 import json
 import os
+import re
+import shutil
 import subprocess
 
 import harness
@@ -92,6 +94,169 @@ class ConfigTest(harness.StackTestCase):
         help_text = proc.stdout + proc.stderr
         self.assertIn(b"--rotate-node-key", help_text)
         self.assertIn(b"LATCHKEY_ROTATE_NODE_KEY", help_text)
+
+
+LATCHKEYD_FLAGS = (
+    "listen", "agent-id", "data-dir", "node-key", "admin-listen",
+    "admin-token-file", "agent-token-file", "control-plane",
+    "control-plane-token-file", "tls-ca", "rotate-node-key",
+    "max-staleness", "allow-insecure-vendors", "setup-url-template",
+    "max-response-bytes", "workers", "log-level", "health-listen",
+    "drain-timeout", "check-config")
+CP_FLAGS = (
+    "listen", "etcd", "etcd-prefix", "keyring", "admin-token-file",
+    "node-token-file", "tls-cert", "tls-key", "workers", "log-level",
+    "health-listen", "drain-timeout", "check-config")
+
+
+def latchkey_cp_path():
+    return os.environ.get("LATCHKEY_CP") or harness.runfile(
+        "controlplane/latchkey-cp")
+
+
+def help_flags(binary):
+    """{flag: (env var, line)} from binary --help, which must exit 0."""
+    proc = subprocess.run([binary, "--help"], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    found = {}
+    for line in (proc.stdout + proc.stderr).splitlines():
+        m = re.match(r"\s+--([a-z0-9-]+)\b.*\[(LATCHKEY_[A-Z0-9_]+)\]$", line)
+        if m:
+            found[m.group(1)] = (m.group(2), line)
+    return found
+
+
+class ConfigCheckTest(harness.StackTestCase):
+    """Bad values stop latchkeyd with one line naming the flag (exit 2);
+    --check-config runs the same checks without starting."""
+
+    with_catalog = False
+
+    def _run(self, args, env=None, binary=None):
+        return subprocess.run([binary or harness.latchkeyd_path()] + args,
+                              env=env or self.lk.daemon_env(),
+                              stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=30)
+
+    def _replace(self, args, flag, value):
+        args = list(args)
+        i = args.index(flag)
+        args[i + 1] = value
+        return args
+
+    def _refused(self, args, flag, env=None, binary=None):
+        proc = self._run(args, env, binary)
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, proc.stderr)
+        self.assertIn(flag, lines[0])
+        self.assertNotIn("Traceback", proc.stderr)
+        return lines[0]
+
+    def test_bad_values_exit_2_with_one_line_naming_the_flag(self):
+        self.lk.stop_daemon()
+        shutil.rmtree(self.lk.data_dir, ignore_errors=True)
+        base = self.lk.daemon_args()
+        cases = [
+            (self._replace(base, "--max-response-bytes", "abc"),
+             "--max-response-bytes"),
+            (self._replace(base, "--max-response-bytes", "0"),
+             "--max-response-bytes"),
+            (self._replace(base, "--admin-listen", "127.0.0.1:http"),
+             "--admin-listen"),
+            (self._replace(base, "--admin-listen", "127.0.0.1:70000"),
+             "--admin-listen"),
+            (self._replace(base, "--listen", "unix:relative.sock"),
+             "--listen"),
+            (self._replace(base, "--listen", "unix:/no/such/dir/a.sock"),
+             "--listen"),
+            (self._replace(base, "--admin-token-file",
+                           os.path.join(self.lk.dir, "missing.token")),
+             "--admin-token-file"),
+            (base + ["--max-staleness", "-1"], "--max-staleness"),
+            (base + ["--drain-timeout", "soon"], "--drain-timeout"),
+            (base + ["--health-listen", "nohostport"], "--health-listen"),
+            (base + ["--log-level", "loud"], "--log-level"),
+        ]
+        for args, flag in cases:
+            with self.subTest(flag=flag, args=args[-2:]):
+                self._refused(args, flag)
+        # The same through the environment names the variable's flag too.
+        env = dict(self.lk.daemon_env(), LATCHKEY_MAX_RESPONSE_BYTES="abc")
+        i = base.index("--max-response-bytes")
+        line = self._refused(base[:i] + base[i + 2:], "--max-response-bytes",
+                             env)
+        self.assertIn("LATCHKEY_MAX_RESPONSE_BYTES", line)
+        self.assertFalse(os.path.exists(self.lk.data_dir))
+
+    def test_check_config_says_ok_and_starts_nothing(self):
+        self.lk.stop_daemon()
+        shutil.rmtree(self.lk.data_dir, ignore_errors=True)
+        proc = self._run(self.lk.daemon_args() + ["--check-config"])
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(proc.stdout, "config ok\n")
+        self.assertFalse(os.path.exists(self.lk.data_dir))
+        self.assertFalse(os.path.exists(self.lk.agent_sock))
+        env = dict(self.lk.daemon_env(), LATCHKEY_CHECK_CONFIG="true")
+        self.assertEqual(self._run(self.lk.daemon_args(), env).stdout,
+                         "config ok\n")
+
+    def test_check_config_finds_bad_files(self):
+        self.lk.stop_daemon()
+        base = self.lk.daemon_args() + ["--check-config"]
+        os.chmod(self.lk.token_file, 0o666)
+        self._refused(base, "--admin-token-file")
+        os.chmod(self.lk.token_file, 0o600)
+        blocker = os.path.join(self.lk.dir, "a-file")
+        with open(blocker, "w") as f:
+            f.write("x")
+        self._refused(self._replace(base, "--data-dir",
+                                    os.path.join(blocker, "data")),
+                      "--data-dir")
+        with open(self.lk.node_key, "w") as f:
+            f.write("x")
+        os.chmod(self.lk.node_key, 0o644)
+        self._refused(base, "--node-key")
+
+    def test_latchkey_cp_check_config(self):
+        self.lk.stop_daemon()
+        token = os.path.join(self.lk.dir, "node.token")
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("node-" + os.urandom(8).hex() + "\n")
+        args = ["--listen", "127.0.0.1:%d" % harness.free_port(),
+                "--keyring", os.path.join(self.lk.dir, "keyring"),
+                "--admin-token-file", self.lk.token_file,
+                "--node-token-file", token, "--check-config"]
+        cp = latchkey_cp_path()
+        proc = self._run(args, binary=cp)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(proc.stdout, "config ok\n")
+        self.assertFalse(os.path.exists(os.path.join(self.lk.dir, "keyring")))
+        self._refused(self._replace(args, "--node-token-file",
+                                    token + ".missing"),
+                      "--node-token-file", binary=cp)
+        self._refused(self._replace(args, "--listen", "localhost"),
+                      "--listen", binary=cp)
+        self._refused(args + ["--tls-cert", token + ".pem", "--tls-key",
+                              token], "--tls-cert", binary=cp)
+        self._refused(args + ["--drain-timeout", "-5s"], "--drain-timeout",
+                      binary=cp)
+
+    def test_help_lists_every_flag_with_default_and_variable(self):
+        for binary, expected in ((harness.latchkeyd_path(), LATCHKEYD_FLAGS),
+                                 (latchkey_cp_path(), CP_FLAGS)):
+            found = help_flags(binary)
+            for flag in expected:
+                self.assertIn(flag, found, binary)
+            for flag, (env, _) in found.items():
+                self.assertEqual(
+                    env, "LATCHKEY_" + flag.upper().replace("-", "_"))
+        d = help_flags(harness.latchkeyd_path())
+        self.assertIn("(default 30s)", d["drain-timeout"][1])
+        self.assertIn("(default 1048576)", d["max-response-bytes"][1])
+        self.assertIn("(default info)", d["log-level"][1])
 
 
 if __name__ == "__main__":
