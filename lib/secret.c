@@ -22,8 +22,13 @@
 
 #include <sodium.h>
 
-/* A builder's first region, before doubling towards its cap. */
-#define SECRET_BUF_INITIAL 64
+/* A builder's first region, before doubling towards its cap. sodium_malloc
+ * maps whole pages (the data rounded up to pages between guard pages), so
+ * a first region that fills one 4 KiB page with its 16-byte canary and
+ * the NUL costs no more memory than a 64-byte one, and spares the small
+ * builders of the call path (vendor response heads, injected values) the
+ * map/mprotect/mlock/munmap of every doubling (docs/PERFORMANCE.md). */
+#define SECRET_BUF_INITIAL (4096 - 16 - 1)
 
 struct lk_secret {
   size_t len;

@@ -344,6 +344,9 @@ def main():
     ap.add_argument("--conc", default="1,32")
     ap.add_argument("--bindings", type=int, default=100000)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--perf", metavar="DIR",
+                    help="also record latchkeyd-uds at the highest "
+                    "concurrency with perf record -g into DIR")
     args = ap.parse_args()
     if args.smoke:
         args.duration, args.warmup, args.repeats = 1.0, 0.2, 1
@@ -425,6 +428,8 @@ def main():
                                          res["p50_us"], res["errors"]),
                           file=sys.stderr, flush=True)
         result["runs"] = runs
+        if args.perf:
+            profile(args.perf, runner, argv["latchkey-uds"], max(concs))
         result["table"] = table(runs, concs)
         result["ratios"] = ratios(runs, concs, args.repeats)
         result["seal"] = json.loads(subprocess.run(
@@ -469,6 +474,29 @@ def main():
     errors = sum(r["errors"] + r["exit"] for r in result["runs"])
     oks = all(r["ok"] > 0 for r in result["runs"])
     return 0 if errors == 0 and oks else 1
+
+
+def profile(out_dir, runner, spec, conc):
+    """perf record -g of latchkeyd during one more loadgen run; writes
+    perf.data and a flat and a caller report into out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    data = os.path.join(out_dir, "perf.data")
+    a, sut, vp = spec
+    rec = subprocess.Popen(["perf", "record", "-g", "-F", "999", "-o", data,
+                            "-p", str(sut[0])],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    res = runner.run(a + ["-c", str(conc)], sut, vp)
+    rec.send_signal(signal.SIGINT)
+    rec.wait(60)
+    for name, extra in (("perf-flat.txt", ["--no-children"]),
+                        ("perf-children.txt", ["--children"])):
+        with open(os.path.join(out_dir, name), "w") as f:
+            subprocess.run(["perf", "report", "-i", data, "--stdio",
+                            "--percent-limit", "0.5"] + extra, stdout=f,
+                           stderr=subprocess.DEVNULL, check=False)
+    print("  perf: %s (%.0f calls/s while recording)" % (
+        out_dir, res["throughput"]), file=sys.stderr)
 
 
 def machine():
