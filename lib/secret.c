@@ -39,7 +39,7 @@
  * canary sodium keeps in front of the data). */
 #define PAGE_SLOT (4096 - 16)
 /* Wiped slots kept for reuse at most (each one page locked, three mapped). */
-#define POOL_MAX 128
+#define POOL_MAX 256
 
 /* A builder's first region, before doubling towards its cap. sodium_malloc
  * maps whole pages (the data rounded up to pages between guard pages), so

@@ -573,6 +573,10 @@ int main(int argc, char **argv) {
   int64_t m1 = m0 + (int64_t)(o.duration_s * 1e9);
   cpu_window cw = {.m0 = m0, .m1 = m1, .o = &o};
   int rc = grpc_mode ? run_grpc(&o, &s, &cw, m1) : run_http(&o, &s, &cw, m1);
+  if (!cw.seen1) { /* the loop ended at m1 before reading the counters */
+    int64_t t = now_ns();
+    cpu_mark(&cw, t < m1 ? m1 : t);
+  }
   long long c0 = cw.c0, c1 = cw.c1, v0 = cw.v0, v1 = cw.v1;
   int64_t w0 = cw.t0, w1 = cw.t1 ? cw.t1 : now_ns();
 
