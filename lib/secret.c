@@ -9,6 +9,19 @@
  *
  * A builder keeps its content NUL-terminated at all times, so finishing it
  * hands its guarded region to the new lk_secret without another copy.
+ *
+ * Recycled page slots: the call path makes and frees several small secrets
+ * per call (an unsealed field, injected values, scrub forms, the vendor's
+ * response), and each fresh sodium_malloc/sodium_free is about eight
+ * syscalls (mmap, mprotect, mlock, munlock, munmap) whose TLB shootdowns
+ * stall every thread: half of latchkeyd's CPU under load
+ * (docs/PERFORMANCE.md). So a region of at most PAGE_SLOT bytes is carved
+ * from a one-page sodium_malloc slot, placed at the slot's end so the
+ * secret's last byte still abuts the guard page, and a freed slot is wiped
+ * whole and kept (still guarded and locked) for reuse, up to POOL_MAX
+ * slots; beyond that it goes back to sodium_free. What changes: a wiped
+ * slot stays mapped after use, and sodium's canary (checked at
+ * sodium_free) sits at the slot's start, not right before a short secret.
  */
 #include "lib/secret.h"
 
@@ -22,20 +35,85 @@
 
 #include <sodium.h>
 
-/* A builder's first region, before doubling towards its cap. */
-#define SECRET_BUF_INITIAL 64
+/* Usable bytes of a one-page sodium_malloc region (4 KiB less the 16-byte
+ * canary sodium keeps in front of the data). */
+#define PAGE_SLOT (4096 - 16)
+/* Wiped slots kept for reuse at most (each one page locked, three mapped). */
+#define POOL_MAX 256
+
+/* A builder's first region, before doubling towards its cap. sodium_malloc
+ * maps whole pages (the data rounded up to pages between guard pages), so
+ * a first region that fills one 4 KiB page with its 16-byte canary and
+ * the NUL costs no more memory than a 64-byte one, and spares the small
+ * builders of the call path (vendor response heads, injected values) the
+ * map/mprotect/mlock/munmap of every doubling (docs/PERFORMANCE.md). */
+#define SECRET_BUF_INITIAL (PAGE_SLOT - 1)
 
 struct lk_secret {
   size_t len;
-  unsigned char *bytes; /* sodium_malloc'd, len + 1 bytes, bytes[len] == 0 */
+  unsigned char *bytes; /* guarded, len + 1 bytes, bytes[len] == 0 */
+  unsigned char *base;  /* the region bytes lies in (region_put) */
+  size_t region;        /* its size: PAGE_SLOT for a slot */
 };
 
 struct lk_secret_buf {
   size_t cap;           /* hard limit on len */
   size_t len;           /* bytes appended */
   size_t alloc;         /* usable size of bytes, always > len */
-  unsigned char *bytes; /* sodium_malloc'd, bytes[len] == 0 */
+  unsigned char *bytes; /* guarded, bytes[len] == 0 */
+  unsigned char *base;  /* the region bytes lies in (region_put) */
+  size_t region;        /* its size: PAGE_SLOT for a slot */
 };
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static unsigned char *pool[POOL_MAX]; /* wiped page slots */
+static size_t pool_n;
+
+/* Returns n zeroed guarded bytes whose end abuts a guard page, from a
+ * recycled or fresh page slot when n <= PAGE_SLOT, else from a fresh
+ * sodium_malloc region; *base and *region receive what region_put needs.
+ * NULL when guarded memory runs out. */
+static unsigned char *region_get(size_t n, unsigned char **base,
+                                 size_t *region) {
+  unsigned char *r = NULL;
+  size_t size = n <= PAGE_SLOT ? PAGE_SLOT : n;
+  if (size == PAGE_SLOT) {
+    pthread_mutex_lock(&pool_mu);
+    if (pool_n > 0) {
+      r = pool[--pool_n];
+    }
+    pthread_mutex_unlock(&pool_mu);
+  }
+  if (r == NULL) {
+    r = sodium_malloc(size);
+    if (r == NULL) {
+      return NULL;
+    }
+    sodium_memzero(r, size); /* recycled slots were wiped when put back */
+  }
+  *base = r;
+  *region = size;
+  return r + (size - n);
+}
+
+/* Wipes a region from region_get and keeps it as a slot or frees it. */
+static void region_put(unsigned char *base, size_t region) {
+  if (base == NULL) {
+    return;
+  }
+  if (region == PAGE_SLOT) {
+    sodium_memzero(base, PAGE_SLOT);
+    pthread_mutex_lock(&pool_mu);
+    if (pool_n < POOL_MAX) {
+      pool[pool_n++] = base;
+      base = NULL;
+    }
+    pthread_mutex_unlock(&pool_mu);
+  }
+  if (base != NULL) {
+    sodium_free(base); /* wipes the whole region */
+  }
+}
 
 static pthread_once_t sodium_once = PTHREAD_ONCE_INIT;
 static int sodium_ready; /* written once inside pthread_once */
@@ -51,16 +129,20 @@ lk_status lk_secret_init(void) {
   return LK_OK;
 }
 
-/* Wraps an already guarded, NUL-terminated region of len bytes; frees the
- * region when the header cannot be allocated. */
-static lk_secret *secret_wrap(unsigned char *bytes, size_t len) {
+/* Wraps already guarded, NUL-terminated bytes of len (in region base of
+ * size region); puts the region back when the header cannot be
+ * allocated. */
+static lk_secret *secret_wrap(unsigned char *bytes, size_t len,
+                              unsigned char *base, size_t region) {
   lk_secret *s = malloc(sizeof(*s));
   if (s == NULL) {
-    sodium_free(bytes);
+    region_put(base, region);
     return NULL;
   }
   s->len = len;
   s->bytes = bytes;
+  s->base = base;
+  s->region = region;
   return s;
 }
 
@@ -68,12 +150,13 @@ lk_secret *lk_secret_new(size_t len) {
   if (lk_secret_init() != LK_OK || len >= SIZE_MAX / 2) {
     return NULL;
   }
-  unsigned char *bytes = sodium_malloc(len + 1);
+  unsigned char *base = NULL;
+  size_t region = 0;
+  unsigned char *bytes = region_get(len + 1, &base, &region);
   if (bytes == NULL) {
     return NULL;
   }
-  sodium_memzero(bytes, len + 1);
-  return secret_wrap(bytes, len);
+  return secret_wrap(bytes, len, base, region);
 }
 
 lk_secret *lk_secret_from(const void *p, size_t len) {
@@ -104,7 +187,7 @@ void lk_secret_free(lk_secret *s) {
   if (s == NULL) {
     return;
   }
-  sodium_free(s->bytes); /* wipes the whole region */
+  region_put(s->base, s->region); /* wipes the whole region */
   free(s);
 }
 
@@ -158,30 +241,32 @@ lk_secret_buf *lk_secret_buf_new(size_t cap) {
   b->cap = cap;
   b->len = 0;
   b->alloc = (cap < SECRET_BUF_INITIAL ? cap : SECRET_BUF_INITIAL) + 1;
-  b->bytes = sodium_malloc(b->alloc);
+  b->bytes = region_get(b->alloc, &b->base, &b->region);
   if (b->bytes == NULL) {
     free(b);
     return NULL;
   }
-  sodium_memzero(b->bytes, b->alloc);
   return b;
 }
 
 /* Moves the content into a guarded region of at least need bytes (doubling,
- * never past cap + 1); the old region is wiped by sodium_free. */
+ * never past cap + 1); the old region is wiped by region_put. */
 static int secret_buf_grow(lk_secret_buf *b, size_t need) {
   size_t alloc = b->alloc;
   while (alloc < need) {
     alloc = alloc > (b->cap + 1) / 2 ? b->cap + 1 : alloc * 2;
   }
-  unsigned char *bytes = sodium_malloc(alloc);
+  unsigned char *base = NULL;
+  size_t region = 0;
+  unsigned char *bytes = region_get(alloc, &base, &region);
   if (bytes == NULL) {
     return -1;
   }
-  sodium_memzero(bytes, alloc);
   memcpy(bytes, b->bytes, b->len);
-  sodium_free(b->bytes);
+  region_put(b->base, b->region);
   b->bytes = bytes;
+  b->base = base;
+  b->region = region;
   b->alloc = alloc;
   return 0;
 }
@@ -225,7 +310,8 @@ lk_secret *lk_secret_buf_finish(lk_secret_buf *b) {
   if (b == NULL) {
     return NULL;
   }
-  lk_secret *s = secret_wrap(b->bytes, b->len); /* takes the region */
+  /* takes the region */
+  lk_secret *s = secret_wrap(b->bytes, b->len, b->base, b->region);
   free(b);
   return s;
 }
@@ -234,6 +320,6 @@ void lk_secret_buf_free(lk_secret_buf *b) {
   if (b == NULL) {
     return;
   }
-  sodium_free(b->bytes);
+  region_put(b->base, b->region);
   free(b);
 }

@@ -12,6 +12,8 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -214,6 +216,64 @@ static void buf_append_null_is_invalid_argument(void **state) {
   lk_secret_buf_free(b);
 }
 
+/* Small secrets come from recycled page slots; each one's NUL must still be
+ * the last byte before a guard page, fresh or recycled. */
+static void small_secret_ends_at_a_page_boundary(void **state) {
+  (void)state;
+  static const size_t lens[] = {0, 1, 63, 64, 4000, 4079};
+  for (int round = 0; round < 2; round++) {
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+      lk_secret *s = lk_secret_new(lens[i]);
+      assert_non_null(s);
+      uintptr_t end = (uintptr_t)(lk_secret_data(s) + lens[i] + 1);
+      assert_int_equal(end % 4096, 0);
+      lk_secret_free(s);
+    }
+  }
+}
+
+/* Writing one byte past a recycled small secret hits the guard page. */
+static void write_past_a_recycled_secret_faults(void **state) {
+  (void)state;
+  lk_secret *s = lk_secret_new(40);
+  assert_non_null(s);
+  lk_secret_free(s);
+  s = lk_secret_new(40);
+  assert_non_null(s);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    volatile unsigned char *p = lk_secret_mut(s);
+    p[41] = 1;
+    _exit(0);
+  }
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_false(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  lk_secret_free(s);
+}
+
+/* A freed slot is wiped before anyone gets it again: many secrets filled,
+ * freed, then asked for again (more than the pool keeps) are all zero. */
+static void recycled_regions_come_back_zeroed(void **state) {
+  (void)state;
+  enum { N = 300, LEN = 100 };
+  static lk_secret *ss[N];
+  for (int round = 0; round < 2; round++) {
+    for (int i = 0; i < N; i++) {
+      ss[i] = lk_secret_new(LEN);
+      assert_non_null(ss[i]);
+      for (int j = 0; j < LEN; j++) {
+        assert_int_equal(lk_secret_data(ss[i])[j], 0);
+      }
+      memset(lk_secret_mut(ss[i]), 0xAA, LEN);
+    }
+    for (int i = 0; i < N; i++) {
+      lk_secret_free(ss[i]);
+    }
+  }
+}
+
 static void disable_core_dumps_sets_limit_and_dumpable(void **state) {
   (void)state;
   lk_err err;
@@ -243,6 +303,9 @@ int main(void) {
       cmocka_unit_test(buf_grows_across_many_appends),
       cmocka_unit_test(buf_free_discards_content),
       cmocka_unit_test(buf_append_null_is_invalid_argument),
+      cmocka_unit_test(small_secret_ends_at_a_page_boundary),
+      cmocka_unit_test(write_past_a_recycled_secret_faults),
+      cmocka_unit_test(recycled_regions_come_back_zeroed),
       cmocka_unit_test(disable_core_dumps_sets_limit_and_dumpable),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
