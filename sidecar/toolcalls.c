@@ -114,7 +114,7 @@ static lk_status register_metrics(lk_toolcalls *t, lk_metrics *m, lk_err *err) {
     st = lk_metrics_histogram(
         m, "latchkey_sidecar_internal_seconds",
         "Sidecar-internal time of Calls that reached the vendor: arrival to "
-        "request handed to the forwarder, plus vendor answer to reply sent.",
+        "request handed to the forwarder, plus vendor answer to reply built.",
         NULL, 0, lk_metrics_latency_buckets, lk_metrics_latency_buckets_n,
         &t->m_internal, err);
   if (st == LK_OK)
@@ -723,7 +723,8 @@ static void count_vendor_error(const pending *p, lk_status st,
 }
 
 /* Records the sidecar-internal time of a call that reached the vendor:
- * arrival to submission, plus vendor answer (back_us) to now. */
+ * arrival to submission, plus vendor answer (back_us) to now, which is
+ * before the call's total is taken (audit), never after. */
 static void observe_internal(const pending *p, int64_t back_us) {
   double us =
       (double)(p->submitted_us - p->start_us) + (double)(lk_now_us() - back_us);
@@ -741,9 +742,9 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
   p->req = NULL;
   if (res->status != LK_OK) {
     lk_fail(&err, res->status, "calling tool '%s': %s", p->tool, res->err.msg);
+    observe_internal(p, back_us);
     audit(p, outcome_of(res->status), 0, 0, 0);
     lk_rpc_call_fail(p->call, &err);
-    observe_internal(p, back_us);
     pending_free(p);
     return;
   }
@@ -760,9 +761,9 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
   lk_scrubber_destroy(p->scrub);
   p->scrub = NULL;
   if (st != LK_OK) {
+    observe_internal(p, back_us);
     audit(p, outcome_of(st), res->http_status, 0, 0);
     lk_rpc_call_fail(p->call, &err);
-    observe_internal(p, back_us);
     free(body);
     free(head);
     pending_free(p);
@@ -792,22 +793,24 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
   resp.result = &result;
   size_t len = latchkey__v1__tool_call_response__get_packed_size(&resp);
   unsigned char *buf = malloc(len ? len : 1);
-  /* The audit line is written before the answer leaves: once the agent
-   * has an answer, its call is on record. */
+  if (buf != NULL)
+    latchkey__v1__tool_call_response__pack(&resp, buf);
+  /* The internal time ends before the audit line takes the call's total,
+   * so it is always part of it. The audit line is written before the
+   * answer leaves: once the agent has an answer, its call is on record. */
+  observe_internal(p, back_us);
   audit(p, buf != NULL ? "ok" : "RESOURCE_EXHAUSTED", res->http_status,
         body_len, result.redacted);
   if (buf == NULL) {
     lk_fail(&err, LK_RESOURCE_EXHAUSTED, "out of memory");
     lk_rpc_call_fail(p->call, &err);
   } else {
-    latchkey__v1__tool_call_response__pack(&resp, buf);
     lk_rpc_call_finish(p->call, buf, len);
   }
   for (size_t i = 0; i < n_entries; i++) {
     if (owned[i])
       free(entries[i].value);
   }
-  observe_internal(p, back_us);
   free(buf);
   free(head_str);
   free(body);
