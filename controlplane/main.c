@@ -264,6 +264,27 @@ static void status_handle(void *ctx, lk_rpc_call *call) {
   free(acc.ptrs);
 }
 
+/* This daemon's gRPC servers whose client connections the scrape-time
+ * gauge latchkey_open_connections counts (NULL entries are skipped). */
+typedef struct {
+  lk_rpc_server *servers[2];
+} conn_servers;
+
+static void collect_connections(void *ctx, lk_metrics_emitter *e) {
+  const conn_servers *cs = ctx;
+  for (size_t i = 0; i < 2; i++)
+    lk_rpc_server_emit_open_connections(cs->servers[i], e);
+}
+
+static lk_status register_connections(lk_metrics *m, conn_servers *cs,
+                                      lk_metric **out, lk_err *err) {
+  static const char *const labels[1] = {"listener"};
+  return lk_metrics_gauge_fn(
+      m, "latchkey_open_connections",
+      "client connections open on each gRPC listener (grpc channelz)", labels,
+      1, collect_connections, cs, out, err);
+}
+
 static int is_set(const char *s) {
   return s != NULL && s[0] != '\0';
 }
@@ -284,6 +305,8 @@ static int run(const options *o) {
   lk_rpc_server *srv = NULL;
   lk_health *health = NULL;
   lk_rpc_server *health_srv = NULL;
+  conn_servers conns = {{NULL, NULL}};
+  lk_metric *m_conns = NULL;
   int draining = 0;
   sigset_t sigs;
 
@@ -400,9 +423,12 @@ static int run(const options *o) {
       lk_rpc_server_start(srv, &err) != LK_OK) {
     goto fail;
   }
+  conns.servers[0] = srv;
+  conns.servers[1] = health_srv;
   if (metrics != NULL &&
-      lk_metrics_http_start(metrics, o->metrics_listen, "--metrics-listen",
-                            &metrics_http, &err) != LK_OK)
+      (register_connections(metrics, &conns, &m_conns, &err) != LK_OK ||
+       lk_metrics_http_start(metrics, o->metrics_listen, "--metrics-listen",
+                             &metrics_http, &err) != LK_OK))
     goto fail;
   lk_log(LK_LOG_INFO, "ready",
          "latchkey-cp serving Admin, Sync and Replication on %s%s, etcd %s "
@@ -429,6 +455,7 @@ fail:
 cleanup : {
   /* No scrape may read the Sync server once it is going away. */
   lk_metrics_http_stop(metrics_http);
+  lk_metric_detach(m_conns);
   int64_t t0 = lk_now_ms();
   lk_rpc_server_shutdown(srv, draining ? (int)o->drain_timeout_ms : 0);
   if (draining) {

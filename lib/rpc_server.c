@@ -16,6 +16,15 @@
  * call has been released (handlers finishing from other threads still
  * need the worker queues), destroy the servers, then shut the worker
  * queues down and let the workers drain them to GRPC_QUEUE_SHUTDOWN.
+ *
+ * Open connections come from grpc core's channelz registry (on by default,
+ * GRPC_ARG_ENABLE_CHANNELZ): grpc core has no connection callback, but
+ * channelz lists each server's live transports as its "server sockets".
+ * grpc_server has no public accessor for its channelz id, so get_listener
+ * creates servers under a process-wide lock and takes the newest server
+ * id right after: channelz ids only grow and only this module creates
+ * grpc servers in our daemons. The JSON channelz returns is parsed with a
+ * size cap and paged through (100 entries a page).
  */
 #include "lib/rpc_server.h"
 
@@ -25,7 +34,9 @@
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
+#include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -39,10 +50,16 @@
 
 #include "lib/clock.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include "lib/secret.h"
 
 #define MAX_LISTENERS 8
 #define MAX_REQUEST_BYTES (4 * 1024 * 1024)
+/* Largest channelz JSON answer we parse (a page is at most 100 refs). */
+#define CHANNELZ_MAX_JSON (1024 * 1024)
+#define CHANNELZ_PAGE 100
+/* At most this many pages per listing: 1,000,000 sockets or servers. */
+#define CHANNELZ_MAX_PAGES 10000
 
 typedef enum {
   TAG_REQUEST,
@@ -90,6 +107,7 @@ typedef struct unknown_slot {
 typedef struct listener {
   grpc_server *server;
   char *addr;
+  intptr_t channelz_id; /* 0: channelz is off or the id was not found */
   size_t n_methods;
   method_entry methods[MAX_METHODS];
   unknown_slot unknown;
@@ -773,6 +791,118 @@ static lk_status prepare_unix_socket(const char *addr, lk_err *err) {
   return LK_OK;
 }
 
+/* Serialises grpc_server_create with reading the newest channelz id. */
+static pthread_mutex_t create_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Parses (and gpr_frees) one channelz answer; NULL (an unknown id) is
+ * LK_NOT_FOUND, past the size cap LK_RESOURCE_EXHAUSTED. */
+static lk_status channelz_parse(char *raw, json_t **out, lk_err *err) {
+  *out = NULL;
+  if (raw == NULL) /* what channelz answers for an unknown id */
+    return lk_fail(err, LK_NOT_FOUND, "channelz has no such entry");
+  size_t len = strnlen(raw, CHANNELZ_MAX_JSON + 1);
+  lk_status st = LK_OK;
+  if (len > CHANNELZ_MAX_JSON) {
+    st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "channelz answer exceeds %d bytes",
+                 CHANNELZ_MAX_JSON);
+    goto cleanup;
+  }
+  json_error_t jerr;
+  *out = json_loadb(raw, len, 0, &jerr);
+  if (*out == NULL || !json_is_object(*out)) {
+    json_decref(*out);
+    *out = NULL;
+    st = lk_fail(err, LK_INTERNAL, "channelz answer is not a JSON object");
+  }
+cleanup:
+  gpr_free(raw);
+  return st;
+}
+
+/* Reads a proto3-JSON int64 (a string or a number) from obj[key]; 0 if
+ * absent or malformed. */
+static intptr_t channelz_id_of(const json_t *obj, const char *key) {
+  const json_t *v = json_object_get(obj, key);
+  if (json_is_integer(v))
+    return (intptr_t)json_integer_value(v);
+  if (!json_is_string(v))
+    return 0;
+  const char *str = json_string_value(v);
+  char *end = NULL;
+  errno = 0;
+  long long id = strtoll(str, &end, 10);
+  if (errno != 0 || end == str || *end != '\0' || id <= 0)
+    return 0;
+  return (intptr_t)id;
+}
+
+/* Returns the largest server id channelz lists, or 0 (channelz off or
+ * an unreadable answer, which only loses the open-connections gauge). */
+static intptr_t newest_channelz_server(void) {
+  intptr_t newest = 0;
+  intptr_t start = 0;
+  for (int page = 0; page < CHANNELZ_MAX_PAGES; page++) {
+    json_t *doc = NULL;
+    lk_err err;
+    if (channelz_parse(grpc_channelz_get_servers(start), &doc, &err) != LK_OK) {
+      lk_log(LK_LOG_WARN, "channelz_failed", "%s", err.msg);
+      return 0;
+    }
+    json_t *servers = json_object_get(doc, "server");
+    size_t i;
+    json_t *srv;
+    json_array_foreach(servers, i, srv) {
+      intptr_t id = channelz_id_of(json_object_get(srv, "ref"), "serverId");
+      if (id > newest)
+        newest = id;
+    }
+    int end = json_is_true(json_object_get(doc, "end")) ||
+              json_array_size(servers) == 0;
+    json_decref(doc);
+    if (end)
+      return newest;
+    start = newest + 1;
+  }
+  return newest;
+}
+
+/* Counts channelz's sockets of server id (its open connections). */
+static lk_status count_server_sockets(intptr_t id, int64_t *out, lk_err *err) {
+  *out = 0;
+  intptr_t start = 0;
+  for (int page = 0; page < CHANNELZ_MAX_PAGES; page++) {
+    json_t *doc = NULL;
+    lk_status st = channelz_parse(
+        grpc_channelz_get_server_sockets(id, start, CHANNELZ_PAGE), &doc, err);
+    if (st != LK_OK)
+      return st;
+    json_t *refs = json_object_get(doc, "socketRef");
+    json_t *end = json_object_get(doc, "end");
+    if (refs == NULL && end == NULL) {
+      /* "{}" or an error object: the server is gone from channelz. */
+      json_decref(doc);
+      return lk_fail(err, LK_NOT_FOUND, "channelz has no server %lld",
+                     (long long)id);
+    }
+    size_t i;
+    json_t *ref;
+    intptr_t last = start;
+    json_array_foreach(refs, i, ref) {
+      intptr_t sid = channelz_id_of(ref, "socketId");
+      if (sid >= last)
+        last = sid;
+      (*out)++;
+    }
+    int done = json_is_true(end) || json_array_size(refs) == 0;
+    json_decref(doc);
+    if (done)
+      return LK_OK;
+    start = last + 1;
+  }
+  return lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                 "more than %d pages of channelz sockets", CHANNELZ_MAX_PAGES);
+}
+
 /* Returns the listener for addr, creating and binding it on first use. */
 static lk_status get_listener(lk_rpc_server *s, const char *addr,
                               listener **out, lk_err *err) {
@@ -799,7 +929,11 @@ static lk_status get_listener(lk_rpc_server *s, const char *addr,
   args[1].key = (char *)GRPC_ARG_ALLOW_REUSEPORT;
   args[1].value.integer = 0;
   grpc_channel_args cargs = {2, args};
+  pthread_mutex_lock(&create_mu);
   l->server = grpc_server_create(&cargs, NULL);
+  if (l->server != NULL)
+    l->channelz_id = newest_channelz_server();
+  pthread_mutex_unlock(&create_mu);
   l->addr = strdup(addr);
   if (l->server == NULL || l->addr == NULL) {
     if (l->server != NULL)
@@ -1194,4 +1328,38 @@ void lk_rpc_call_fail(lk_rpc_call *c, const lk_err *err) {
   lk_status code = err->code == LK_OK ? LK_INTERNAL : err->code;
   const char *msg = err->msg[0] ? err->msg : lk_status_default_msg(code);
   send_final(c, (grpc_status_code)lk_status_grpc_code(code), msg, NULL, 0);
+}
+
+size_t lk_rpc_server_n_listeners(const lk_rpc_server *s) {
+  return s == NULL ? 0 : s->n_listeners;
+}
+
+const char *lk_rpc_server_listener_addr(const lk_rpc_server *s, size_t i) {
+  return s == NULL || i >= s->n_listeners ? NULL : s->listeners[i].addr;
+}
+
+lk_status lk_rpc_server_open_connections(const lk_rpc_server *s, size_t i,
+                                         int64_t *out, lk_err *err) {
+  *out = 0;
+  if (s == NULL || i >= s->n_listeners)
+    return lk_fail(err, LK_INVALID_ARGUMENT, "no listener %zu", i);
+  if (s->listeners[i].channelz_id == 0)
+    return lk_fail(err, LK_UNAVAILABLE,
+                   "channelz does not know the server of %s",
+                   s->listeners[i].addr);
+  return count_server_sockets(s->listeners[i].channelz_id, out, err);
+}
+
+void lk_rpc_server_emit_open_connections(const lk_rpc_server *s,
+                                         lk_metrics_emitter *e) {
+  for (size_t i = 0; i < lk_rpc_server_n_listeners(s); i++) {
+    int64_t n = 0;
+    lk_err err;
+    if (lk_rpc_server_open_connections(s, i, &n, &err) != LK_OK) {
+      lk_log(LK_LOG_DEBUG, "open_connections_unknown", "%s", err.msg);
+      continue;
+    }
+    const char *labels[1] = {s->listeners[i].addr};
+    lk_metrics_emit(e, labels, (double)n);
+  }
 }

@@ -17,6 +17,9 @@
  * their receive and send batches complete on the accepting worker, and a
  * queue serialises sends from any thread.
  *
+ * Open connections per listener (for latchkey_open_connections) come from
+ * grpc core's channelz registry, read on demand.
+ *
  * Invariants: each call is finished exactly once; request bytes are wiped
  * before free (Admin requests carry secrets); shutdown is idempotent and
  * drains every completion queue to GRPC_QUEUE_SHUTDOWN.
@@ -27,6 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lib/metrics.h"
 #include "lib/status.h"
 
 typedef struct lk_rpc_server lk_rpc_server;
@@ -65,6 +69,25 @@ void lk_rpc_server_shutdown(lk_rpc_server *s, int grace_ms);
 
 /* Shuts down (if needed) and frees the server; NULL is ignored. */
 void lk_rpc_server_destroy(lk_rpc_server *s);
+
+/* Returns the number of listeners (0 for NULL). */
+size_t lk_rpc_server_n_listeners(const lk_rpc_server *s);
+
+/* Returns listener i's address as given to lk_rpc_server_listen, or NULL. */
+const char *lk_rpc_server_listener_addr(const lk_rpc_server *s, size_t i);
+
+/* Counts listener i's open client connections (its grpc server's channelz
+ * sockets) into *out; LK_UNAVAILABLE when channelz is off, LK_NOT_FOUND
+ * once the server is destroyed. Any thread, any time after listen. */
+lk_status lk_rpc_server_open_connections(const lk_rpc_server *s, size_t i,
+                                         int64_t *out,
+                                         lk_err *err) LK_MUST_CHECK;
+
+/* From a scrape-time collect fn of a gauge labelled {listener}: emits each
+ * listener's open connections labelled with its address, skipping
+ * listeners whose count is unknown. NULL s emits nothing. */
+void lk_rpc_server_emit_open_connections(const lk_rpc_server *s,
+                                         lk_metrics_emitter *e);
 
 /* A server-streaming or bidirectional call (Sync/Stream). */
 typedef struct lk_rpc_stream lk_rpc_stream;

@@ -154,6 +154,27 @@ static int replica_stale(void *ctx, lk_err *err) {
   return lk_replica_too_stale(ctx, err);
 }
 
+/* This daemon's gRPC servers whose client connections the scrape-time
+ * gauge latchkey_open_connections counts (NULL entries are skipped). */
+typedef struct {
+  lk_rpc_server *servers[2];
+} conn_servers;
+
+static void collect_connections(void *ctx, lk_metrics_emitter *e) {
+  const conn_servers *cs = ctx;
+  for (size_t i = 0; i < 2; i++)
+    lk_rpc_server_emit_open_connections(cs->servers[i], e);
+}
+
+static lk_status register_connections(lk_metrics *m, conn_servers *cs,
+                                      lk_metric **out, lk_err *err) {
+  static const char *const labels[1] = {"listener"};
+  return lk_metrics_gauge_fn(
+      m, "latchkey_open_connections",
+      "client connections open on each gRPC listener (grpc channelz)", labels,
+      1, collect_connections, cs, out, err);
+}
+
 static int is_set(const char *s) {
   return s != NULL && s[0] != '\0';
 }
@@ -192,6 +213,8 @@ static int run(const options *o) {
   lk_metrics_http *metrics_http = NULL;
   lk_health *health = NULL;
   lk_rpc_server *health_srv = NULL;
+  conn_servers conns = {{NULL, NULL}};
+  lk_metric *m_conns = NULL;
   int draining = 0;
   sigset_t sigs;
 
@@ -317,9 +340,12 @@ static int run(const options *o) {
   }
   if (lk_rpc_server_start(srv, &err) != LK_OK)
     goto fail;
+  conns.servers[0] = srv;
+  conns.servers[1] = health_srv;
   if (metrics != NULL &&
-      lk_metrics_http_start(metrics, o->metrics_listen, "--metrics-listen",
-                            &metrics_http, &err) != LK_OK)
+      (register_connections(metrics, &conns, &m_conns, &err) != LK_OK ||
+       lk_metrics_http_start(metrics, o->metrics_listen, "--metrics-listen",
+                             &metrics_http, &err) != LK_OK))
     goto fail;
   /* Standalone: serving now. A replica: once its catalog is loaded (from
    * disk already, or after its first snapshot: poll_ready). */
@@ -370,6 +396,7 @@ fail:
 cleanup:
   /* No scrape may read a module that is going away. */
   lk_metrics_http_stop(metrics_http);
+  lk_metric_detach(m_conns);
   /* Drain calls first: in-flight tool calls still need the forwarder. */
   {
     int64_t t0 = lk_now_ms();

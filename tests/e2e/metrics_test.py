@@ -7,11 +7,13 @@ argument, for an unregistered tool and at a dead vendor move exactly the
 counters and histogram counts they should, by exactly one; response bytes
 equal the body the agent got; nothing secret is on the page; other paths
 are 404; a bad address is a usage error naming the flag (exit 2); and the
-flag is also read from LATCHKEY_METRICS_LISTEN.
+flag is also read from LATCHKEY_METRICS_LISTEN; latchkey_open_connections
+counts a client channel of our own on the agent socket while it is open.
 
 Cluster: a replica's latchkey_replica_revision equals its control plane's
 latchkey_cp_revision, and the control plane's replica gauges and
-write-to-all-ACKed histogram reflect the replica and a write.
+write-to-all-ACKed histogram reflect the replica and a write; the control
+plane's latchkey_open_connections counts the replica's connection.
 """
 
 import os
@@ -137,6 +139,25 @@ class MetricsTest(harness.StackTestCase):
             self.assertNotIn(form, text)
         self.assertNotIn(lk.token, text)
 
+    def test_open_connections_counts_a_connected_channel(self):
+        lk = self.lk
+        gauge = "latchkey_open_connections"
+        # The admin listener is counted too (the harness's channel is on it).
+        _, page = self.page()
+        self.assertIn((gauge, frozenset({("listener", lk.admin_addr)})), page)
+        # A channel of our own, connected by a real call; the harness's
+        # channels may add to it, so at least one.
+        ch = harness.grpc.insecure_channel(lk.agent_addr)
+        try:
+            stub = harness.toolcalls_pb2_grpc.ToolCallsStub(ch)
+            stub.ListTools(harness.toolcalls_pb2.ListToolsRequest(
+                budget_id="main"), timeout=15)
+            _, page = self.page()
+            self.assertGreaterEqual(value(page, gauge,
+                                          listener=lk.agent_addr), 1)
+        finally:
+            ch.close()
+
     def test_only_metrics_path_is_served(self):
         self.page()
         with self.assertRaises(urllib.error.HTTPError) as cm:
@@ -218,6 +239,9 @@ class MetricsClusterTest(harness.E2EAssertions, unittest.TestCase):
         self.assertGreater(value(scm, "latchkey_replica_applied_batches_total"),
                            0)
         self.assertLess(value(scm, "latchkey_replica_staleness_seconds"), 30)
+        # The replica's Sync stream is a connection on the cp's listener.
+        self.assertGreaterEqual(value(cpm, "latchkey_open_connections",
+                                      listener=cp.addr), 1)
 
         # One more write: ACKed by every replica, so the histogram counts it.
         acked = "latchkey_cp_write_to_all_acked_seconds_count"
