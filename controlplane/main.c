@@ -464,7 +464,11 @@ cleanup : {
   }
 }
   lk_rpc_server_destroy(srv);
-  /* Probes on --health-listen saw NOT_SERVING throughout the drain. */
+  /* Probes on --health-listen saw NOT_SERVING throughout the drain; their
+   * Watches end cleanly after it rather than with a dropped socket. */
+  if (health != NULL)
+    lk_health_end_watches(health);
+  lk_rpc_server_shutdown(health_srv, 1000);
   lk_rpc_server_destroy(health_srv);
   lk_health_destroy(health);
   lk_reseal_destroy(reseal);

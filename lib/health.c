@@ -244,3 +244,13 @@ int lk_health_serving(lk_health *h) {
   pthread_mutex_unlock(&h->mu);
   return serving;
 }
+
+void lk_health_end_watches(lk_health *h) {
+  pthread_mutex_lock(&h->mu);
+  for (size_t i = 0; i < h->n_watchers; i++) {
+    /* watch_end still comes for each; its finish is then ignored. */
+    lk_rpc_stream_finish(h->watchers[i].stream, NULL);
+  }
+  h->n_watchers = 0;
+  pthread_mutex_unlock(&h->mu);
+}

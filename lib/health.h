@@ -51,4 +51,10 @@ void lk_health_set_serving(lk_health *h, int serving);
 /* Returns nonzero while the status is SERVING. Any thread. */
 int lk_health_serving(lk_health *h);
 
+/* Ends every open Watch with status OK after the statuses already queued
+ * on it (so a watcher sees the last NOT_SERVING before its stream closes,
+ * instead of a dropped connection); for a daemon about to shut its
+ * servers down. Watches opened later are unaffected. Any thread. */
+void lk_health_end_watches(lk_health *h);
+
 #endif

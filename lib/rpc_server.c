@@ -1149,9 +1149,16 @@ void lk_rpc_server_shutdown(lk_rpc_server *s, int grace_ms) {
                                       &t);
     }
     /* Streams never end by themselves: the grace period is for unary
-     * calls. End them now so their handlers can finish. */
+     * calls. End them now so their handlers can finish; a stream whose
+     * handler already finished it is left to deliver its queued messages
+     * and status within the grace period. */
     pthread_mutex_lock(&s->mu);
     for (lk_rpc_stream *st = s->streams; st != NULL; st = st->next) {
+      pthread_mutex_lock(&st->mu);
+      int finishing = st->finish_requested || st->finish_started;
+      pthread_mutex_unlock(&st->mu);
+      if (finishing)
+        continue;
       grpc_call_cancel_with_status(st->call, GRPC_STATUS_UNAVAILABLE,
                                    "the server is shutting down: reconnect "
                                    "to another replica",

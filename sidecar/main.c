@@ -406,7 +406,11 @@ cleanup:
              (long long)(lk_now_ms() - t0));
     }
   }
-  /* Probes on --health-listen saw NOT_SERVING throughout the drain. */
+  /* Probes on --health-listen saw NOT_SERVING throughout the drain; their
+   * Watches end cleanly after it rather than with a dropped socket. */
+  if (health != NULL)
+    lk_health_end_watches(health);
+  lk_rpc_server_shutdown(health_srv, 1000);
   lk_rpc_server_destroy(health_srv);
   /* No batch may land while the store flushes and closes. */
   lk_replica_stop(replica);
