@@ -17,10 +17,23 @@
  *    (RocksDB's own internal temporaries are out of reach of this wrapper;
  *    secret fields are sealed before they get here, so they hold
  *    ciphertext.)
+ *  - lk_store_get answers repeated reads of small records from a small
+ *    read-through cache (the call path reads the same few catalog records
+ *    on every call). Every write bumps a generation after RocksDB has
+ *    applied it, and an entry serves only while the generation it was
+ *    read under is still current, so a read that starts after a write
+ *    returned always sees that write, as without the cache. An entry is
+ *    read under the generation taken before its RocksDB read and kept only
+ *    if no write finished meanwhile. Cached values are the same bytes
+ *    RocksDB's block cache holds (secret fields sealed), in malloc'd
+ *    copies wiped when replaced and at close.
  */
 #include "lib/store.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -36,6 +49,18 @@
 #define STORE_BLOOM_BITS_PER_KEY 10.0
 /* RocksDB's BottommostLevelCompaction::kForce. */
 #define STORE_BOTTOMMOST_FORCE 2
+/* The read cache: slots, and the largest key and value it holds. */
+#define STORE_READ_CACHE_SLOTS 64u
+#define STORE_READ_CACHE_KEY_BYTES 128u
+#define STORE_READ_CACHE_VALUE_BYTES 4096u
+
+typedef struct {
+  uint64_t gen; /* the write generation the value was read under */
+  size_t klen;
+  char key[STORE_READ_CACHE_KEY_BYTES];
+  unsigned char *val; /* malloc'd, NULL when the slot is empty */
+  size_t vlen;
+} store_cached;
 
 struct lk_store {
   rocksdb_t *db;
@@ -45,6 +70,10 @@ struct lk_store {
   rocksdb_cache_t *cache;
   rocksdb_writeoptions_t *sync_write;
   rocksdb_readoptions_t *read;
+  _Atomic uint64_t gen; /* bumped after every write */
+  pthread_mutex_t cache_mu;
+  int cache_mu_ready;
+  store_cached cached[STORE_READ_CACHE_SLOTS];
 };
 
 struct lk_store_batch {
@@ -115,6 +144,12 @@ static lk_status store_open(const char *dir, int memory, lk_store **out,
                  dir);
     goto done;
   }
+  if (pthread_mutex_init(&s->cache_mu, NULL) != 0) {
+    st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "cannot create a mutex for %s",
+                 dir);
+    goto done;
+  }
+  s->cache_mu_ready = 1;
   s->cache = rocksdb_cache_create_lru(STORE_BLOCK_CACHE_BYTES);
   s->table = rocksdb_block_based_options_create();
   rocksdb_block_based_options_set_block_cache(s->table, s->cache);
@@ -219,7 +254,76 @@ void lk_store_close(lk_store *s) {
   if (s->env != NULL) {
     rocksdb_env_destroy(s->env);
   }
+  for (size_t i = 0; i < STORE_READ_CACHE_SLOTS; i++) {
+    lk_store_value_free(s->cached[i].val, s->cached[i].vlen);
+  }
+  if (s->cache_mu_ready) {
+    pthread_mutex_destroy(&s->cache_mu);
+  }
   free(s);
+}
+
+/* FNV-1a of the key, folded to a slot. */
+static store_cached *store_slot(lk_store *s, const char *key, size_t klen) {
+  uint64_t h = 14695981039346656037u;
+  for (size_t i = 0; i < klen; i++) {
+    h = (h ^ (unsigned char)key[i]) * 1099511628211u;
+  }
+  return &s->cached[h % STORE_READ_CACHE_SLOTS];
+}
+
+/* A malloc'd copy of key's cached value read under generation gen, or
+ * NULL (not cached, stale, or out of memory). */
+static char *store_cache_lookup(lk_store *s, const char *key, size_t klen,
+                                uint64_t gen, size_t *vlen) {
+  char *v = NULL;
+  if (klen > STORE_READ_CACHE_KEY_BYTES) {
+    return NULL;
+  }
+  store_cached *c = store_slot(s, key, klen);
+  pthread_mutex_lock(&s->cache_mu);
+  if (c->val != NULL && c->gen == gen && c->klen == klen &&
+      memcmp(c->key, key, klen) == 0) {
+    v = malloc(c->vlen ? c->vlen : 1);
+    if (v != NULL) {
+      memcpy(v, c->val, c->vlen);
+      *vlen = c->vlen;
+    }
+  }
+  pthread_mutex_unlock(&s->cache_mu);
+  return v;
+}
+
+/* Keeps a copy of key's value v, read under generation gen, unless a
+ * write has finished since gen was taken. */
+static void store_cache_keep(lk_store *s, const char *key, size_t klen,
+                             uint64_t gen, const char *v, size_t vlen) {
+  if (klen > STORE_READ_CACHE_KEY_BYTES ||
+      vlen > STORE_READ_CACHE_VALUE_BYTES) {
+    return;
+  }
+  unsigned char *copy = malloc(vlen ? vlen : 1);
+  if (copy == NULL) {
+    return;
+  }
+  memcpy(copy, v, vlen);
+  store_cached *c = store_slot(s, key, klen);
+  pthread_mutex_lock(&s->cache_mu);
+  if (atomic_load(&s->gen) == gen) {
+    unsigned char *old = c->val;
+    size_t old_len = c->vlen;
+    c->gen = gen;
+    c->klen = klen;
+    memcpy(c->key, key, klen);
+    c->val = copy;
+    c->vlen = vlen;
+    copy = NULL;
+    pthread_mutex_unlock(&s->cache_mu);
+    lk_store_value_free(old, old_len);
+  } else {
+    pthread_mutex_unlock(&s->cache_mu);
+  }
+  lk_store_value_free(copy, vlen);
 }
 
 lk_status lk_store_get(lk_store *s, const char *key, unsigned char **val,
@@ -237,14 +341,19 @@ lk_status lk_store_get(lk_store *s, const char *key, unsigned char **val,
   if ((st = store_check_key(key, &klen, err)) != LK_OK) {
     goto done;
   }
-  v = rocksdb_get(s->db, s->read, key, klen, &vlen, &rerr);
-  if (rerr != NULL) {
-    st = store_fail(err, rerr, "cannot read", key);
-    goto done;
-  }
+  uint64_t gen = atomic_load(&s->gen);
+  v = store_cache_lookup(s, key, klen, gen, &vlen);
   if (v == NULL) {
-    st = lk_fail(err, LK_NOT_FOUND, "no record %s in the store", key);
-    goto done;
+    v = rocksdb_get(s->db, s->read, key, klen, &vlen, &rerr);
+    if (rerr != NULL) {
+      st = store_fail(err, rerr, "cannot read", key);
+      goto done;
+    }
+    if (v == NULL) {
+      st = lk_fail(err, LK_NOT_FOUND, "no record %s in the store", key);
+      goto done;
+    }
+    store_cache_keep(s, key, klen, gen, v, vlen);
   }
   *val = (unsigned char *)v;
   *len = vlen;
@@ -278,6 +387,7 @@ lk_status lk_store_put(lk_store *s, const char *key, const unsigned char *val,
     goto done;
   }
   rocksdb_put(s->db, s->sync_write, key, klen, (const char *)val, len, &rerr);
+  atomic_fetch_add(&s->gen, 1);
   if (rerr != NULL) {
     st = store_fail(err, rerr, "cannot write", key);
     goto done;
@@ -297,6 +407,7 @@ lk_status lk_store_delete(lk_store *s, const char *key, lk_err *err) {
     goto done;
   }
   rocksdb_delete(s->db, s->sync_write, key, klen, &rerr);
+  atomic_fetch_add(&s->gen, 1);
   if (rerr != NULL) {
     st = store_fail(err, rerr, "cannot delete", key);
     goto done;
@@ -376,6 +487,7 @@ lk_status lk_store_write(lk_store *s, lk_store_batch *b, lk_err *err) {
                    b->poison_why);
   }
   rocksdb_write(s->db, s->sync_write, b->wb, &rerr);
+  atomic_fetch_add(&s->gen, 1);
   if (rerr != NULL) {
     return store_fail(err, rerr, "cannot write", "batch");
   }

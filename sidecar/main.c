@@ -466,13 +466,22 @@ static lk_status check_files(const options *o, lk_err *err) {
   return st;
 }
 
+/* One gRPC worker per online CPU, at most 4: on a small machine more
+ * workers than cores only add context switches to every call. */
+static int64_t default_workers(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  if (n < 1)
+    return 1;
+  return n < 4 ? n : 4;
+}
+
 int main(int argc, char **argv) {
   options o = {
       .listen = "unix:/run/latchkey/agent.sock",
       .data_dir = "/var/lib/latchkey",
       .node_key = "/etc/latchkey/node.key",
       .max_response_bytes = DEFAULT_MAX_RESPONSE_BYTES,
-      .workers = 4,
+      .workers = default_workers(),
       .log_level = "info",
       .drain_timeout_ms = 30000,
   };

@@ -53,7 +53,8 @@ from latchkey.v1 import types_pb2
 
 VENDOR_WORKERS = 1
 PROXY_WORKERS = 2
-LATCHKEYD_WORKERS = 4  # latchkeyd's default --workers
+# latchkeyd's default --workers: one per online CPU, at most 4.
+LATCHKEYD_WORKERS = max(1, min(4, os.cpu_count() or 1))
 KEY = "sk-bench-" + "7" * 32
 BODY = '{"id":"item-1","status":"ok","value":42}'
 SYSTEMS = ["direct", "nginx-proxy", "grpc-floor", "latchkey-uds",

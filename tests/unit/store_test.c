@@ -9,6 +9,8 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -400,6 +402,98 @@ static void poisoned_batch_writes_nothing(void **state) {
   lk_store_close(s);
 }
 
+/* Reads served twice (so from the read cache) still see every kind of
+ * write at once: put, delete, batch put, batch delete. */
+static void cached_reads_see_every_write(void **state) {
+  (void)state;
+  char dir[4096];
+  lk_err err;
+  lk_store *s = open_ok(fresh_dir(dir, sizeof(dir)));
+  put_str(s, "bind/main/t/echo", "cred-1");
+  put_str(s, "cred/a", "sealed-a");
+  for (int i = 0; i < 3; i++) {
+    assert_get(s, "bind/main/t/echo", "cred-1");
+    assert_get(s, "cred/a", "sealed-a");
+  }
+  put_str(s, "bind/main/t/echo", "cred-2");
+  assert_get(s, "bind/main/t/echo", "cred-2");
+  assert_get(s, "bind/main/t/echo", "cred-2");
+  assert_int_equal(lk_store_delete(s, "bind/main/t/echo", &err), LK_OK);
+  assert_absent(s, "bind/main/t/echo");
+  lk_store_batch *b = lk_store_batch_new();
+  assert_non_null(b);
+  lk_store_batch_put(b, "cred/a", (const unsigned char *)"sealed-a2", 9);
+  lk_store_batch_put(b, "bind/main/t/echo", (const unsigned char *)"cred-3", 6);
+  assert_int_equal(lk_store_write(s, b, &err), LK_OK);
+  lk_store_batch_destroy(b);
+  assert_get(s, "cred/a", "sealed-a2");
+  assert_get(s, "bind/main/t/echo", "cred-3");
+  assert_get(s, "bind/main/t/echo", "cred-3");
+  b = lk_store_batch_new();
+  assert_non_null(b);
+  lk_store_batch_delete(b, "cred/a");
+  assert_int_equal(lk_store_write(s, b, &err), LK_OK);
+  lk_store_batch_destroy(b);
+  assert_absent(s, "cred/a");
+  lk_store_close(s);
+}
+
+typedef struct {
+  lk_store *s;
+  atomic_int done;
+  atomic_int stale; /* a read older than the last finished write */
+} race_ctx;
+
+static void *race_reader(void *arg) {
+  race_ctx *rc = arg;
+  char last[32] = "0";
+  while (!atomic_load(&rc->done)) {
+    lk_err err;
+    unsigned char *val = NULL;
+    size_t len = 0;
+    if (lk_store_get(rc->s, "rev", &val, &len, &err) != LK_OK || len >= 32) {
+      atomic_store(&rc->stale, 1);
+      break;
+    }
+    char now[32];
+    memcpy(now, val, len);
+    now[len] = '\0';
+    lk_store_value_free(val, len);
+    /* Values only grow: a read never goes back to an older one. */
+    if (strtol(now, NULL, 10) < strtol(last, NULL, 10)) {
+      atomic_store(&rc->stale, 1);
+    }
+    memcpy(last, now, sizeof(last));
+  }
+  return NULL;
+}
+
+/* With readers hammering one key, the value read right after each write
+ * returns is that write's, and no reader ever sees a value go back. */
+static void cached_reads_race_writes_without_going_stale(void **state) {
+  (void)state;
+  char dir[4096];
+  race_ctx rc = {.s = open_ok(fresh_dir(dir, sizeof(dir)))};
+  put_str(rc.s, "rev", "0");
+  pthread_t th[2];
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(pthread_create(&th[i], NULL, race_reader, &rc), 0);
+  }
+  for (int v = 1; v <= 200; v++) {
+    char buf[32];
+    snprintf(buf, sizeof(buf), "%d", v);
+    put_str(rc.s, "rev", buf);
+    assert_get(rc.s, "rev", buf);
+  }
+  atomic_store(&rc.done, 1);
+  for (int i = 0; i < 2; i++) {
+    pthread_join(th[i], NULL);
+  }
+  assert_int_equal(atomic_load(&rc.stale), 0);
+  assert_get(rc.s, "rev", "200");
+  lk_store_close(rc.s);
+}
+
 static void batch_survives_reopen(void **state) {
   (void)state;
   char dir[4096];
@@ -540,6 +634,8 @@ int main(void) {
       cmocka_unit_test(batch_applies_all_at_once),
       cmocka_unit_test(poisoned_batch_writes_nothing),
       cmocka_unit_test(batch_survives_reopen),
+      cmocka_unit_test(cached_reads_see_every_write),
+      cmocka_unit_test(cached_reads_race_writes_without_going_stale),
       cmocka_unit_test(flush_compact_leaves_no_overwritten_or_deleted_canary),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
