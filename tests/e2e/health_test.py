@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 import unittest
+import urllib.request
 
 import grpc
 
@@ -24,8 +25,10 @@ class StandaloneHealthTest(harness.StackTestCase):
     def setUp(self):
         self.health_port = harness.free_port()
         self.health_addr = "127.0.0.1:%d" % self.health_port
+        self.metrics_port = harness.free_port()
         self.stack_options = {"extra_args": (
-            "--health-listen", self.health_addr, "--drain-timeout", "30s")}
+            "--health-listen", self.health_addr, "--drain-timeout", "30s",
+            "--metrics-listen", "127.0.0.1:%d" % self.metrics_port)}
         super().setUp()
 
     def test_every_listener_answers_serving_without_a_token(self):
@@ -57,6 +60,15 @@ class StandaloneHealthTest(harness.StackTestCase):
         finally:
             ch.close()
 
+    def calls_in_flight(self):
+        """latchkey_calls_in_flight from the sidecar's metrics page."""
+        url = "http://127.0.0.1:%d/metrics" % self.metrics_port
+        with urllib.request.urlopen(url, timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("latchkey_calls_in_flight "):
+                    return float(line.split()[1])
+        return 0.0
+
     def test_not_serving_during_drain_and_watch_sees_it(self):
         self.credential("bearer-token", {"token": harness.make_secret("hd")},
                         bind_tool="echo-bearer")
@@ -67,7 +79,12 @@ class StandaloneHealthTest(harness.StackTestCase):
             harness.toolcalls_pb2.ToolCallRequest(
                 budget_id="main", tool_id="echo-bearer", operation="slow",
                 arguments_json="{}"), timeout=30) for _ in range(5)]
-        time.sleep(0.4)
+        # SIGTERM only once all five are in the sidecar (not merely sent).
+        deadline = time.monotonic() + 20
+        while self.calls_in_flight() < 5:
+            self.assertLess(time.monotonic(), deadline,
+                            "the slow calls never reached the sidecar")
+            time.sleep(0.02)
         proc = self.lk.daemon.proc
         proc.send_signal(signal.SIGTERM)
         self.assertEqual(next(statuses), hp.NOT_SERVING)
