@@ -19,7 +19,6 @@
 #include "lib/log.h"
 
 /* Longest service name accepted in a request; ours are far shorter. */
-#define MAX_SERVICE_NAME 256
 
 typedef struct {
   lk_rpc_stream *stream;
@@ -57,9 +56,9 @@ static int wire_status(int serving) {
              : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
 }
 
-/* Parses a HealthCheckRequest into a NUL-terminated service name. */
-static lk_status parse_request(const unsigned char *msg, size_t len,
-                               char out[MAX_SERVICE_NAME + 1], lk_err *err) {
+lk_status lk_health_parse_request(const unsigned char *msg, size_t len,
+                                  char out[LK_HEALTH_MAX_SERVICE_NAME + 1],
+                                  lk_err *err) {
   Grpc__Health__V1__HealthCheckRequest *req =
       grpc__health__v1__health_check_request__unpack(NULL, len, msg);
   if (req == NULL) {
@@ -68,9 +67,9 @@ static lk_status parse_request(const unsigned char *msg, size_t len,
   }
   lk_status st = LK_OK;
   size_t n = req->service != NULL ? strlen(req->service) : 0;
-  if (n > MAX_SERVICE_NAME) {
+  if (n > LK_HEALTH_MAX_SERVICE_NAME) {
     st = lk_fail(err, LK_INVALID_ARGUMENT, "service name longer than %d bytes",
-                 MAX_SERVICE_NAME);
+                 LK_HEALTH_MAX_SERVICE_NAME);
   } else {
     memcpy(out, req->service != NULL ? req->service : "", n);
     out[n] = '\0';
@@ -84,10 +83,10 @@ static void check_handle(void *ctx, lk_rpc_call *call) {
   lk_health *h = ctx;
   lk_err err;
   lk_err_clear(&err);
-  char service[MAX_SERVICE_NAME + 1];
+  char service[LK_HEALTH_MAX_SERVICE_NAME + 1];
   size_t len = 0;
   const unsigned char *req = lk_rpc_call_request(call, &len);
-  if (parse_request(req, len, service, &err) != LK_OK) {
+  if (lk_health_parse_request(req, len, service, &err) != LK_OK) {
     lk_rpc_call_fail(call, &err);
     return;
   }
@@ -109,8 +108,8 @@ static void watch_message(void *ctx, lk_rpc_stream *s, const unsigned char *msg,
   lk_health *h = ctx;
   lk_err err;
   lk_err_clear(&err);
-  char service[MAX_SERVICE_NAME + 1];
-  if (parse_request(msg, len, service, &err) != LK_OK) {
+  char service[LK_HEALTH_MAX_SERVICE_NAME + 1];
+  if (lk_health_parse_request(msg, len, service, &err) != LK_OK) {
     lk_rpc_stream_finish(s, &err);
     return;
   }

@@ -48,6 +48,17 @@ lk_status lk_health_listen(lk_health *h, lk_rpc_server *srv, const char *addr,
  * every watcher when the status changes. Any thread. */
 void lk_health_set_serving(lk_health *h, int serving);
 
+/* Longest service name a HealthCheckRequest may carry. */
+#define LK_HEALTH_MAX_SERVICE_NAME 256
+
+/* Parses a HealthCheckRequest (untrusted: any client, no token) of len
+ * bytes at msg into out as a NUL-terminated service name.
+ * LK_INVALID_ARGUMENT when it is not one, or its name is longer than
+ * LK_HEALTH_MAX_SERVICE_NAME bytes. */
+lk_status lk_health_parse_request(const unsigned char *msg, size_t len,
+                                  char out[LK_HEALTH_MAX_SERVICE_NAME + 1],
+                                  lk_err *err) LK_MUST_CHECK;
+
 /* Returns nonzero while the status is SERVING. Any thread. */
 int lk_health_serving(lk_health *h);
 
