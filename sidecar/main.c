@@ -12,8 +12,10 @@
  * (--control-plane): the catalog comes from the control plane over
  * Sync/Stream (sidecar/replica); Admin is refused, ToolCalls serve from
  * the replica on disk at once, before the first contact, and with
- * --max-staleness refuse calls once contact is too old. Shutdown drains
- * calls, then stops the replica thread, then closes the store.
+ * --max-staleness refuse calls once contact is too old; a vendor's 401
+ * to an oauth2 token asks the control plane for a refresh over the
+ * replica's channel (sidecar/oauth_retry). Shutdown drains calls, then
+ * stops the replica thread and the refresh flights, then closes the store.
  *
  * Audit key (lib/audit.h): standalone, it is derived from the node key
  * (lk_seal_key_audit_key), so hashes stay the same across restarts for as
@@ -53,6 +55,7 @@
 #include "lib/token.h"
 #include "sidecar/forward.h"
 #include "sidecar/node_keys.h"
+#include "sidecar/oauth_retry.h"
 #include "sidecar/replica.h"
 #include "sidecar/toolcalls.h"
 
@@ -154,6 +157,23 @@ static int replica_stale(void *ctx, lk_err *err) {
   return lk_replica_too_stale(ctx, err);
 }
 
+/* lk_oauth_retry_config's view of the replica (replica mode). */
+static lk_status replica_refresh(void *ctx, const char *credential_id,
+                                 uint64_t generation, int64_t deadline_ms,
+                                 uint64_t *now_generation, lk_err *err) {
+  return lk_replica_refresh(ctx, credential_id, generation, deadline_ms,
+                            now_generation, err);
+}
+
+static uint64_t replica_applied_count(void *ctx) {
+  return lk_replica_applied_count(ctx);
+}
+
+static uint64_t replica_wait_applied(void *ctx, uint64_t seen,
+                                     int64_t deadline_ms) {
+  return lk_replica_wait_applied(ctx, seen, deadline_ms);
+}
+
 /* This daemon's gRPC servers whose client connections the scrape-time
  * gauge latchkey_open_connections counts (NULL entries are skipped). */
 typedef struct {
@@ -206,6 +226,7 @@ static int run(const options *o) {
   lk_forwarder *fwd = NULL;
   lk_toolcalls *tc = NULL;
   lk_replica *replica = NULL;
+  lk_oauth_retry *oauth_retry = NULL;
   lk_rpc_server *srv = NULL;
   admin_ctx admin = {NULL, NULL};
   lk_token *agent_token = NULL;
@@ -304,6 +325,17 @@ static int run(const options *o) {
   if (replica != NULL) {
     tcfg.stale = replica_stale;
     tcfg.stale_ctx = replica;
+    lk_oauth_retry_config ocfg = {
+        .refresh = replica_refresh,
+        .applied_count = replica_applied_count,
+        .wait_applied = replica_wait_applied,
+        .ctx = replica,
+        .cat = cat,
+        .metrics = metrics,
+    };
+    if (lk_oauth_retry_new(&ocfg, &oauth_retry, &err) != LK_OK)
+      goto fail;
+    tcfg.oauth_retry = oauth_retry;
   }
   if (o->agent_token_file != NULL && o->agent_token_file[0] != '\0') {
     if (lk_token_load(o->agent_token_file, &agent_token, &err) != LK_OK)
@@ -414,9 +446,14 @@ cleanup:
   lk_rpc_server_destroy(health_srv);
   /* No batch may land while the store flushes and closes. */
   lk_replica_stop(replica);
+  /* Calls waiting for a refreshed token are answered (the replica is
+   * stopped: no new one comes) before the forwarder they would retry on
+   * goes. */
+  lk_oauth_retry_stop(oauth_retry);
   lk_forwarder_destroy(fwd);
   lk_rpc_server_destroy(srv);
   lk_toolcalls_destroy(tc);
+  lk_oauth_retry_destroy(oauth_retry);
   lk_replica_destroy(replica);
   lk_admin_destroy(admin.admin);
   lk_token_destroy(admin.token);

@@ -49,6 +49,7 @@
 #include "lib/tls.h"
 
 #define STREAM_METHOD "/latchkey.v1.Sync/Stream"
+#define REFRESH_METHOD "/latchkey.v1.Sync/Refresh"
 #define POLL_MS 100
 /* After the client half-closes, how long the control plane has to end the
  * stream before it is cancelled. */
@@ -942,6 +943,12 @@ struct lk_replica {
   lk_metric *m_staleness;
   lk_metric *m_applied;
   lk_metric *m_nacks;
+  /* Under mu: the channel of the stream now open (NULL between attempts),
+   * which Sync/Refresh calls share, and the count of batches ACKed as
+   * applied, which applied_cv announces. */
+  grpc_channel *live_channel;
+  uint64_t applied_seq;
+  pthread_cond_t applied_cv;
 };
 
 /* One connection attempt: a channel and its call. */
@@ -1183,6 +1190,10 @@ static void on_message(stream *s, grpc_byte_buffer *bb) {
     return;
   }
   lk_metric_inc(r->m_applied, NULL, 1);
+  pthread_mutex_lock(&r->mu);
+  r->applied_seq++;
+  pthread_cond_broadcast(&r->applied_cv);
+  pthread_mutex_unlock(&r->mu);
   send_answer(s, rev, 0, NULL);
   /* The next receive starts once the ACK is handed over (on_send_done). */
 }
@@ -1256,6 +1267,9 @@ static int open_stream(stream *s) {
   s->channel = grpc_channel_create(r->address, r->creds, &chargs);
   if (s->channel == NULL)
     return -1;
+  pthread_mutex_lock(&r->mu);
+  r->live_channel = s->channel;
+  pthread_mutex_unlock(&r->mu);
   grpc_slice method = grpc_slice_from_static_string(STREAM_METHOD);
   s->call = grpc_channel_create_call(s->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
                                      r->cq, method, NULL,
@@ -1434,8 +1448,13 @@ static int run_stream(lk_replica *r) {
 cleanup:
   if (s.call != NULL)
     grpc_call_unref(s.call);
-  if (s.channel != NULL)
+  if (s.channel != NULL) {
+    /* A Refresh call made on it holds its own reference. */
+    pthread_mutex_lock(&r->mu);
+    r->live_channel = NULL;
+    pthread_mutex_unlock(&r->mu);
     grpc_channel_destroy(s.channel);
+  }
   if (s.send_bb != NULL)
     grpc_byte_buffer_destroy(s.send_bb);
   if (s.recv_bb != NULL)
@@ -1681,6 +1700,7 @@ lk_status lk_replica_start(const lk_replica_config *cfg, lk_store *store,
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&r->cv, &ca);
+  pthread_cond_init(&r->applied_cv, &ca);
   pthread_condattr_destroy(&ca);
   r->keys = cfg->keys;
   lk_node_keys_presented(r->keys, r->node_pk);
@@ -1749,6 +1769,7 @@ void lk_replica_stop(lk_replica *r) {
   pthread_mutex_lock(&r->mu);
   atomic_store(&r->stopping, 1);
   pthread_cond_broadcast(&r->cv);
+  pthread_cond_broadcast(&r->applied_cv);
   pthread_mutex_unlock(&r->mu);
   if (r->thread_running) {
     pthread_join(r->thread, NULL);
@@ -1781,6 +1802,7 @@ void lk_replica_destroy(lk_replica *r) {
   free(r->address);
   free(r->agent_id);
   pthread_cond_destroy(&r->cv);
+  pthread_cond_destroy(&r->applied_cv);
   pthread_mutex_destroy(&r->mu);
   free(r);
 }
@@ -1800,4 +1822,221 @@ int lk_replica_too_stale(const lk_replica *r, lk_err *err) {
           "--max-staleness %lld ms): calls are refused until it is back",
           (long long)age, (long long)r->max_staleness_ms);
   return 1;
+}
+
+/* ---- Sync/Refresh and applied batches ------------------------------------
+ */
+
+/* Maps a grpc status of the control plane to the status a caller acts on:
+ * the codes Refresh documents keep their meaning, anything else is the
+ * control plane being unavailable. */
+static lk_status status_of_grpc(grpc_status_code c) {
+  switch (c) {
+    case GRPC_STATUS_OK:
+      return LK_OK;
+    case GRPC_STATUS_FAILED_PRECONDITION:
+      return LK_FAILED_PRECONDITION;
+    case GRPC_STATUS_DEADLINE_EXCEEDED:
+      return LK_DEADLINE_EXCEEDED;
+    case GRPC_STATUS_PERMISSION_DENIED:
+      return LK_PERMISSION_DENIED;
+    case GRPC_STATUS_UNAUTHENTICATED:
+      return LK_UNAUTHENTICATED;
+    case GRPC_STATUS_NOT_FOUND:
+      return LK_NOT_FOUND;
+    case GRPC_STATUS_INVALID_ARGUMENT:
+      return LK_INVALID_ARGUMENT;
+    default:
+      return LK_UNAVAILABLE;
+  }
+}
+
+/* Copies at most cap - 1 printable ASCII bytes of a status detail into out
+ * (anything else becomes '?'): a message from the network goes into logs
+ * and hints only in this form. */
+static void printable(const grpc_slice *details, char *out, size_t cap) {
+  size_t n = GRPC_SLICE_LENGTH(*details);
+  const unsigned char *p = GRPC_SLICE_START_PTR(*details);
+  if (n > cap - 1)
+    n = cap - 1;
+  for (size_t i = 0; i < n; i++)
+    out[i] = (p[i] >= 0x20 && p[i] < 0x7f) ? (char)p[i] : '?';
+  out[n] = '\0';
+}
+
+lk_status lk_replica_refresh(lk_replica *r, const char *credential_id,
+                             uint64_t generation, int64_t deadline_ms,
+                             uint64_t *now_generation, lk_err *err) {
+  lk_status st = LK_OK;
+  grpc_call *call = NULL;
+  grpc_completion_queue *cq = NULL;
+  grpc_byte_buffer *send_bb = NULL, *recv_bb = NULL;
+  grpc_metadata_array initial_md, trailing_md;
+  grpc_status_code status = GRPC_STATUS_UNKNOWN;
+  grpc_slice details = grpc_empty_slice();
+  unsigned char *msg = NULL;
+  size_t msg_len = 0;
+  grpc_metadata_array_init(&initial_md);
+  grpc_metadata_array_init(&trailing_md);
+  *now_generation = 0;
+
+  int64_t left = deadline_ms - lk_now_ms();
+  if (left <= 0) {
+    st = lk_fail(err, LK_DEADLINE_EXCEEDED,
+                 "no time left in the call to ask for a refresh");
+    goto done;
+  }
+  cq = grpc_completion_queue_create_for_next(NULL);
+  if (cq == NULL) {
+    st = lk_fail(err, LK_INTERNAL, "grpc could not make a completion queue");
+    goto done;
+  }
+  gpr_timespec deadline = gpr_time_add(
+      gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(left, GPR_TIMESPAN));
+  grpc_slice method = grpc_slice_from_static_string(REFRESH_METHOD);
+  pthread_mutex_lock(&r->mu);
+  if (r->live_channel != NULL && !atomic_load(&r->stopping)) {
+    call =
+        grpc_channel_create_call(r->live_channel, NULL, GRPC_PROPAGATE_DEFAULTS,
+                                 cq, method, NULL, deadline, NULL);
+  }
+  pthread_mutex_unlock(&r->mu);
+  if (call == NULL) {
+    /* The new token could not arrive without a stream either. */
+    st = lk_fail(err, LK_UNAVAILABLE,
+                 "not connected to control plane %s (no Sync stream open)",
+                 r->address);
+    goto done;
+  }
+
+  Latchkey__V1__RefreshRequest req = LATCHKEY__V1__REFRESH_REQUEST__INIT;
+  req.agent_id = r->agent_id;
+  req.credential_id = (char *)credential_id;
+  req.generation = generation;
+  size_t n = latchkey__v1__refresh_request__get_packed_size(&req);
+  grpc_slice slice = grpc_slice_malloc(n);
+  latchkey__v1__refresh_request__pack(&req, GRPC_SLICE_START_PTR(slice));
+  send_bb = grpc_raw_byte_buffer_create(&slice, 1);
+  grpc_slice_unref(slice);
+
+  grpc_metadata md;
+  memset(&md, 0, sizeof(md));
+  md.key = grpc_slice_from_static_string("authorization");
+  md.value = grpc_slice_from_static_buffer(lk_secret_data(r->bearer),
+                                           lk_secret_len(r->bearer));
+  grpc_op ops[6];
+  memset(ops, 0, sizeof(ops));
+  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+  ops[0].data.send_initial_metadata.count = 1;
+  ops[0].data.send_initial_metadata.metadata = &md;
+  ops[1].op = GRPC_OP_SEND_MESSAGE;
+  ops[1].data.send_message.send_message = send_bb;
+  ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+  ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+  ops[3].data.recv_initial_metadata.recv_initial_metadata = &initial_md;
+  ops[4].op = GRPC_OP_RECV_MESSAGE;
+  ops[4].data.recv_message.recv_message = &recv_bb;
+  ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+  ops[5].data.recv_status_on_client.trailing_metadata = &trailing_md;
+  ops[5].data.recv_status_on_client.status = &status;
+  ops[5].data.recv_status_on_client.status_details = &details;
+  if (grpc_call_start_batch(call, ops, 6, tag_of(TAG_SEND), NULL) !=
+      GRPC_CALL_OK) {
+    st = lk_fail(err, LK_INTERNAL, "grpc refused the Refresh call");
+    goto done;
+  }
+  /* The call's deadline ends it; lk_replica_stop cancels it sooner. */
+  int cancelled = 0;
+  for (;;) {
+    grpc_event ev = grpc_completion_queue_next(
+        cq,
+        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                     gpr_time_from_millis(POLL_MS, GPR_TIMESPAN)),
+        NULL);
+    if (ev.type == GRPC_OP_COMPLETE)
+      break;
+    if (!cancelled && atomic_load(&r->stopping)) {
+      cancelled = 1;
+      grpc_call_cancel(call, NULL);
+    }
+  }
+  if (status != GRPC_STATUS_OK) {
+    char why[256];
+    printable(&details, why, sizeof(why));
+    st =
+        lk_fail(err, status_of_grpc(status), "control plane %s answered %s%s%s",
+                r->address, grpc_code_name(status), why[0] ? ": " : "", why);
+    goto done;
+  }
+  if (recv_bb == NULL || grpc_byte_buffer_length(recv_bb) >
+                             LK_REPLICA_MAX_REFRESH_RESPONSE_BYTES) {
+    st = lk_fail(err, LK_UNAVAILABLE,
+                 "control plane %s answered Refresh with no message or one "
+                 "over %u bytes",
+                 r->address, LK_REPLICA_MAX_REFRESH_RESPONSE_BYTES);
+    goto done;
+  }
+  msg = take_message(recv_bb, &msg_len);
+  Latchkey__V1__RefreshResponse *resp =
+      msg != NULL ? latchkey__v1__refresh_response__unpack(NULL, msg_len, msg)
+                  : NULL;
+  if (resp == NULL) {
+    st = lk_fail(err, LK_UNAVAILABLE,
+                 "control plane %s answered Refresh with something that is "
+                 "not a latchkey.v1.RefreshResponse",
+                 r->address);
+    goto done;
+  }
+  *now_generation = resp->generation;
+  latchkey__v1__refresh_response__free_unpacked(resp, NULL);
+done:
+  free(msg);
+  if (send_bb != NULL)
+    grpc_byte_buffer_destroy(send_bb);
+  if (recv_bb != NULL)
+    grpc_byte_buffer_destroy(recv_bb);
+  if (call != NULL)
+    grpc_call_unref(call);
+  if (cq != NULL) {
+    grpc_completion_queue_shutdown(cq);
+    while (
+        grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
+            .type != GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(cq);
+  }
+  grpc_metadata_array_destroy(&initial_md);
+  grpc_metadata_array_destroy(&trailing_md);
+  grpc_slice_unref(details);
+  return st;
+}
+
+uint64_t lk_replica_applied_count(lk_replica *r) {
+  pthread_mutex_lock(&r->mu);
+  uint64_t seq = r->applied_seq;
+  pthread_mutex_unlock(&r->mu);
+  return seq;
+}
+
+uint64_t lk_replica_wait_applied(lk_replica *r, uint64_t seen,
+                                 int64_t deadline_ms) {
+  int64_t ms = deadline_ms - lk_now_ms();
+  if (ms < 0)
+    ms = 0;
+  struct timespec until;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_sec += ms / 1000;
+  until.tv_nsec += (ms % 1000) * 1000000;
+  if (until.tv_nsec >= 1000000000) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000;
+  }
+  pthread_mutex_lock(&r->mu);
+  while (r->applied_seq == seen && !atomic_load(&r->stopping)) {
+    if (pthread_cond_timedwait(&r->applied_cv, &r->mu, &until) == ETIMEDOUT)
+      break;
+  }
+  uint64_t seq = r->applied_seq;
+  pthread_mutex_unlock(&r->mu);
+  return seq;
 }

@@ -79,6 +79,13 @@
  * key. While the replica streams, a change of the key to present (SIGHUP) ends
  * the stream, and the next one presents the new key.
  *
+ * Refresh (sidecar/oauth_retry): lk_replica_refresh makes the unary
+ * Sync/Refresh call on the channel of the open stream (never a channel of
+ * its own: without a stream the new token could not arrive anyway), and
+ * every batch ACKed as applied bumps a count that lk_replica_wait_applied
+ * waits on, so a call waiting for a refreshed credential wakes as soon as
+ * it may be in the store.
+ *
  * Staleness (--max-staleness, 0 = off). The replica's contact clock is the
  * CLOCK_MONOTONIC time of the last batch it accepted from a control plane
  * (applied, already applied, a snapshot part, or a heartbeat; a NACKed
@@ -245,6 +252,36 @@ void lk_replica_destroy(lk_replica *r);
 
 /* Returns the applied revision. Thread-safe. */
 int64_t lk_replica_revision(const lk_replica *r);
+
+/* Largest RefreshResponse accepted from the control plane. */
+#define LK_REPLICA_MAX_REFRESH_RESPONSE_BYTES 1024u
+
+/* Asks the control plane for an immediate refresh of oauth2 credential
+ * credential_id, whose token of OAuthState generation a vendor refused:
+ * the unary Sync/Refresh on the channel of the stream now open, with the
+ * node token the stream sends, ending by deadline_ms (CLOCK_MONOTONIC) or
+ * at lk_replica_stop. Blocks. On LK_OK sets *now_generation to the
+ * credential's generation the control plane reports (the new token then
+ * arrives over the stream). Otherwise the control plane's status (its
+ * message sanitised into err): LK_FAILED_PRECONDITION when the provider
+ * refused the grant, LK_DEADLINE_EXCEEDED, LK_PERMISSION_DENIED, ...; any
+ * status Refresh does not document, no open stream, or a malformed answer
+ * (over LK_REPLICA_MAX_REFRESH_RESPONSE_BYTES) is LK_UNAVAILABLE.
+ * Thread-safe. */
+lk_status lk_replica_refresh(lk_replica *r, const char *credential_id,
+                             uint64_t generation, int64_t deadline_ms,
+                             uint64_t *now_generation,
+                             lk_err *err) LK_MUST_CHECK;
+
+/* Returns the number of batches ACKed as applied (or found applied) since
+ * start; it grows after each one is durable. Thread-safe. */
+uint64_t lk_replica_applied_count(lk_replica *r);
+
+/* Waits until the applied count differs from seen, deadline_ms
+ * (CLOCK_MONOTONIC) passes or lk_replica_stop runs, and returns the count
+ * then. Thread-safe. */
+uint64_t lk_replica_wait_applied(lk_replica *r, uint64_t seen,
+                                 int64_t deadline_ms);
 
 /* Returns 1 and sets err to LK_FAILED_PRECONDITION ("no contact with the
  * control plane for N ms (limit --max-staleness M ms): calls are refused

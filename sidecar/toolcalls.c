@@ -27,6 +27,7 @@
 #include "latchkey/v1/toolcalls.pb-c.h"
 #include "lib/clock.h"
 #include "lib/log.h"
+#include "lib/oauth.h"
 #include "lib/secret.h"
 #include "sidecar/args.h"
 #include "sidecar/inject.h"
@@ -47,12 +48,14 @@ struct lk_toolcalls {
   lk_node_keys *keys;
   lk_forwarder *fwd;
   /* NULL when the sidecar runs without --metrics-listen. */
-  lk_metric *m_calls;     /* {tool,outcome,code} */
-  lk_metric *m_duration;  /* {tool} */
-  lk_metric *m_internal;  /* sidecar-internal part of vendor calls */
-  lk_metric *m_vendor;    /* {tool,kind} */
-  lk_metric *m_bytes;     /* {tool} */
-  lk_metric *m_in_flight; /* Calls received and not yet answered */
+  lk_metric *m_calls;         /* {tool,outcome,code} */
+  lk_metric *m_duration;      /* {tool} */
+  lk_metric *m_internal;      /* sidecar-internal part of vendor calls */
+  lk_metric *m_vendor;        /* {tool,kind} */
+  lk_metric *m_bytes;         /* {tool} */
+  lk_metric *m_in_flight;     /* Calls received and not yet answered */
+  lk_metric *m_oauth_retries; /* vendor calls retried with a new token */
+  lk_metric *m_oauth_expired; /* answered missing_credential: expired */
 };
 
 /* One Call waiting on its vendor. */
@@ -69,6 +72,23 @@ typedef struct {
   int64_t submitted_us;   /* when the request went to the forwarder */
   json_t *hashes;         /* field name -> audit hash, or NULL */
   const char *hash_error; /* static text when hashes is NULL, or NULL */
+  /* oauth2 credential in replica mode: what a retry after a 401 needs. */
+  int may_refresh;           /* not yet refused, not yet retried */
+  int retried;               /* the request in flight is the retry */
+  uint64_t oauth_generation; /* of the token sent first */
+  Latchkey__V1__Tool *tool_rec;
+  const Latchkey__V1__Operation *op_rec; /* in tool_rec */
+  json_t *args;
+  int64_t call_deadline_ms;
+  /* The first answer (a 401), packed and scrubbed, while a refresh is
+   * asked for; and the scrubber of the token it was made with. */
+  unsigned char *first;
+  size_t first_len;
+  size_t first_body_len;
+  int first_redacted;
+  lk_scrubber *old_scrub;
+  int64_t leg_start_us; /* when the request in flight began to be built */
+  int64_t internal_us;  /* sidecar-internal time of earlier legs */
 } pending;
 
 /* What one audit.tool_call line says. */
@@ -86,6 +106,7 @@ typedef struct {
   json_t *hashes;         /* borrowed; NULL = none */
   const char *hash_error; /* when no hashes could be taken */
   int tool_known;         /* tool names a registered tool (metric label) */
+  int oauth_retry;        /* retried after a refresh (oauth2) */
 } call_audit;
 
 const char *const *lk_toolcalls_methods(size_t *n) {
@@ -134,6 +155,18 @@ static lk_status register_metrics(lk_toolcalls *t, lk_metrics *m, lk_err *err) {
                           "ToolCalls/Call calls received and not yet "
                           "answered.",
                           NULL, 0, &t->m_in_flight, err);
+  if (st == LK_OK)
+    st = lk_metrics_counter(
+        m, "latchkey_oauth_retries_total",
+        "Vendor calls sent a second time, with a refreshed oauth2 token, "
+        "after the vendor refused the first one (401).",
+        NULL, 0, &t->m_oauth_retries, err);
+  if (st == LK_OK)
+    st = lk_metrics_counter(
+        m, "latchkey_oauth_expired_total",
+        "Calls answered missing_credential because the oauth2 access token "
+        "had expired (it is never sent).",
+        NULL, 0, &t->m_oauth_expired, err);
   return st;
 }
 
@@ -446,6 +479,8 @@ static void write_audit(const lk_toolcalls *t, const call_audit *c) {
     json_object_set_new(obj, "bytes", json_integer((json_int_t)c->bytes));
     json_object_set_new(obj, "redacted", json_boolean(c->redacted));
     json_object_set_new(obj, "outcome", json_string(c->outcome));
+    if (c->oauth_retry)
+      json_object_set_new(obj, "oauth_retry", json_true());
     if (c->hashes != NULL) {
       json_object_set(obj, "secret_hashes", c->hashes);
     } else if (c->hash_error != NULL) {
@@ -463,11 +498,22 @@ static void write_audit(const lk_toolcalls *t, const call_audit *c) {
   json_decref(obj);
 }
 
-/* Answers with a MissingCredential: fields, patterns and help, no value. */
+/* Why a call is answered with a MissingCredential. */
+typedef enum {
+  MISSING_UNBOUND,      /* no credential bound */
+  MISSING_EXPIRED,      /* an oauth2 access token that has expired */
+  MISSING_REFUSED_GRANT /* a 401, then the provider refused the refresh */
+} missing_kind;
+
+/* Answers with a MissingCredential: fields, patterns and help, no value.
+ * For an oauth2 credential (cred, with kind EXPIRED or REFUSED_GRANT) the
+ * hint says the connection must be re-authorised. */
 static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
                           const char *budget, const Latchkey__V1__Tool *tool,
-                          const char *op, int64_t start_us, lk_err *err) {
+                          const char *op, int64_t start_us, missing_kind kind,
+                          const Latchkey__V1__Credential *cred, lk_err *err) {
   Latchkey__V1__CredentialType *type = NULL;
+  const char *cred_id = kind != MISSING_UNBOUND && cred ? cred->id : NULL;
   if (lk_catalog_get_type(t->cat, tool->credential_type, &type, err) != LK_OK) {
     lk_fail(err, LK_FAILED_PRECONDITION,
             "tool '%s' declares credential type '%s', which is not "
@@ -476,7 +522,7 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
     call_audit c = {budget,
                     tool->id,
                     op,
-                    NULL,
+                    cred_id,
                     tool->credential_type,
                     outcome_of(err->code),
                     0,
@@ -485,7 +531,8 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
                     0,
                     NULL,
                     NULL,
-                    1};
+                    1,
+                    0};
     write_audit(t, &c);
     lk_rpc_call_fail(call, err);
     return;
@@ -522,15 +569,21 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
   }
   mc.setup_url = setup_url ? setup_url : "";
   char hint[2048];
-  snprintf(hint, sizeof(hint),
-           "No credential of type '%s' is bound for tool '%s' in budget "
-           "'%s'. Create one (secret values on stdin, never in argv): "
-           "echo '{%s}' | latchkeyctl credential create --type %s --label "
-           "LABEL; then bind it: latchkeyctl bind %s --tool %s --credential "
-           "CREDENTIAL_ID (or --type %s to share it with every tool of that "
-           "type in the budget).",
-           type->id, tool->id, budget, names, type->id, budget, tool->id,
-           type->id);
+  if (cred_id != NULL) {
+    lk_oauth_reauthorize_hint(cred, lk_wall_ms(), kind == MISSING_REFUSED_GRANT,
+                              kind == MISSING_REFUSED_GRANT, setup_url, hint,
+                              sizeof(hint));
+  } else {
+    snprintf(hint, sizeof(hint),
+             "No credential of type '%s' is bound for tool '%s' in budget "
+             "'%s'. Create one (secret values on stdin, never in argv): "
+             "echo '{%s}' | latchkeyctl credential create --type %s --label "
+             "LABEL; then bind it: latchkeyctl bind %s --tool %s --credential "
+             "CREDENTIAL_ID (or --type %s to share it with every tool of that "
+             "type in the budget).",
+             type->id, tool->id, budget, names, type->id, budget, tool->id,
+             type->id);
+  }
   mc.hint = hint;
 
   Latchkey__V1__ToolCallResponse resp = LATCHKEY__V1__TOOL_CALL_RESPONSE__INIT;
@@ -542,12 +595,12 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
   /* The audit line is written before the answer leaves. */
   call_audit c = {
       budget,   tool->id,
-      op,       NULL,
+      op,       cred_id,
       type->id, buf != NULL ? "missing_credential" : "RESOURCE_EXHAUSTED",
       0,        start_us,
       0,        0,
       NULL,     NULL,
-      1};
+      1,        0};
   write_audit(t, &c);
   if (buf == NULL) {
     lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
@@ -563,6 +616,22 @@ static void reply_missing(lk_toolcalls *t, lk_rpc_call *call,
   lk_catalog_free_type(type);
 }
 
+/* The access token of oauth2 credential cred has expired (or its expiry
+ * is unknown): it is never sent. Counts and logs it, and answers. */
+static void reply_expired(lk_toolcalls *t, lk_rpc_call *call,
+                          const char *budget, const Latchkey__V1__Tool *tool,
+                          const char *op, int64_t start_us,
+                          const Latchkey__V1__Credential *cred, lk_err *err) {
+  lk_metric_inc(t->m_oauth_expired, NULL, 1);
+  lk_log(LK_LOG_INFO, "oauth_token_expired",
+         "credential %s: the access token expired (expires_at %lld ms, "
+         "generation %llu); answering missing_credential",
+         cred->id, (long long)lk_oauth_expires_at_ms(cred),
+         (unsigned long long)cred->oauth->generation);
+  reply_missing(t, call, budget, tool, op, start_us, MISSING_EXPIRED, cred,
+                err);
+}
+
 /* ---- the second half: vendor answered -------------------------------- */
 
 static int pending_cancelled(void *ctx) {
@@ -573,20 +642,23 @@ static int pending_cancelled(void *ctx) {
 static void pending_free(pending *p) {
   lk_http_request_destroy(p->req);
   lk_scrubber_destroy(p->scrub);
+  lk_scrubber_destroy(p->old_scrub);
   free(p->budget);
   free(p->tool);
   free(p->op);
   free(p->cred_id);
   json_decref(p->hashes);
+  json_decref(p->args);
+  lk_catalog_free_tool(p->tool_rec);
+  free(p->first);
   free(p);
 }
 
 static void audit(const pending *p, const char *outcome, long vendor_status,
                   size_t bytes, int redacted) {
-  call_audit c = {p->budget, p->tool,  p->op,         p->cred_id,
-                  NULL,      outcome,  vendor_status, p->start_us,
-                  bytes,     redacted, p->hashes,     p->hash_error,
-                  1};
+  call_audit c = {p->budget, p->tool,       p->op,       p->cred_id, NULL,
+                  outcome,   vendor_status, p->start_us, bytes,      redacted,
+                  p->hashes, p->hash_error, 1,           p->retried};
   write_audit(p->t, &c);
 }
 
@@ -722,52 +794,66 @@ static void count_vendor_error(const pending *p, lk_status st,
   lk_metric_inc(p->t->m_vendor, v, 1);
 }
 
-/* Records the sidecar-internal time of a call that reached the vendor:
- * arrival to submission, plus vendor answer (back_us) to now, which is
- * before the call's total is taken (audit), never after. */
-static void observe_internal(const pending *p, int64_t back_us) {
-  double us =
-      (double)(p->submitted_us - p->start_us) + (double)(lk_now_us() - back_us);
-  lk_metric_observe(p->t->m_internal, NULL, us / 1e6);
+/* Returns the sidecar-internal time of the leg whose answer came back at
+ * back_us: its start to submission, plus the answer to now. */
+static int64_t leg_internal_us(const pending *p, int64_t back_us) {
+  return (p->submitted_us - p->leg_start_us) + (lk_now_us() - back_us);
 }
 
-static void on_vendor_done(void *ctx, const lk_forward_result *res) {
-  int64_t back_us = lk_now_us();
-  pending *p = ctx;
-  lk_err err;
-  lk_err_clear(&err);
-  count_vendor_error(p, res->status, res->http_status);
-  /* The transfer is over: the built request (holding the secret) goes. */
-  lk_http_request_destroy(p->req);
-  p->req = NULL;
-  if (res->status != LK_OK) {
-    lk_fail(&err, res->status, "calling tool '%s': %s", p->tool, res->err.msg);
-    observe_internal(p, back_us);
-    audit(p, outcome_of(res->status), 0, 0, 0);
-    lk_rpc_call_fail(p->call, &err);
-    pending_free(p);
-    return;
-  }
+/* Records the sidecar-internal time of a call that reached the vendor:
+ * every leg's (one, or two with an oauth2 retry; never the wait for a
+ * refreshed token), taken before the call's total is (audit), never
+ * after. back_us = 0: no leg is open. */
+static void observe_internal(const pending *p, int64_t back_us) {
+  int64_t us = p->internal_us + (back_us ? leg_internal_us(p, back_us) : 0);
+  lk_metric_observe(p->t->m_internal, NULL, (double)us / 1e6);
+}
+
+/* Scrubs the vendor's answer (with the scrubber of the token sent, then
+ * with the one of the token sent before it, if any) and packs it as a
+ * ToolCallResponse into *out (malloc'd). */
+static lk_status pack_result(pending *p, const lk_forward_result *res,
+                             unsigned char **out, size_t *out_len,
+                             size_t *body_bytes, int *redacted, lk_err *err) {
   unsigned char *body = NULL, *head = NULL;
   size_t body_len = 0, head_len = 0, n_body = 0, n_head = 0;
+  *out = NULL;
+  *out_len = 0;
+  *body_bytes = 0;
+  *redacted = 0;
   lk_status st = lk_scrub(
       p->scrub, lk_secret_data(res->body), lk_secret_len(res->body),
-      p->t->cfg.max_response_bytes * 2, &body, &body_len, &n_body, &err);
+      p->t->cfg.max_response_bytes * 2, &body, &body_len, &n_body, err);
   if (st == LK_OK) {
     st = lk_scrub(p->scrub, lk_secret_data(res->headers),
                   lk_secret_len(res->headers), 256 * 1024, &head, &head_len,
-                  &n_head, &err);
+                  &n_head, err);
   }
-  lk_scrubber_destroy(p->scrub);
-  p->scrub = NULL;
+  if (st == LK_OK && p->old_scrub != NULL) {
+    unsigned char *again = NULL;
+    size_t again_len = 0, n = 0;
+    st =
+        lk_scrub(p->old_scrub, body, body_len, p->t->cfg.max_response_bytes * 4,
+                 &again, &again_len, &n, err);
+    if (st == LK_OK) {
+      free(body);
+      body = again;
+      body_len = again_len;
+      n_body += n;
+      st = lk_scrub(p->old_scrub, head, head_len, 512 * 1024, &again,
+                    &again_len, &n, err);
+    }
+    if (st == LK_OK) {
+      free(head);
+      head = again;
+      head_len = again_len;
+      n_head += n;
+    }
+  }
   if (st != LK_OK) {
-    observe_internal(p, back_us);
-    audit(p, outcome_of(st), res->http_status, 0, 0);
-    lk_rpc_call_fail(p->call, &err);
     free(body);
     free(head);
-    pending_free(p);
-    return;
+    return st;
   }
   char *head_str = malloc(head_len + 1);
   Latchkey__V1__ToolResult__HeadersEntry entries[MAX_HEADERS];
@@ -793,28 +879,230 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
   resp.result = &result;
   size_t len = latchkey__v1__tool_call_response__get_packed_size(&resp);
   unsigned char *buf = malloc(len ? len : 1);
-  if (buf != NULL)
-    latchkey__v1__tool_call_response__pack(&resp, buf);
-  /* The internal time ends before the audit line takes the call's total,
-   * so it is always part of it. The audit line is written before the
-   * answer leaves: once the agent has an answer, its call is on record. */
-  observe_internal(p, back_us);
-  audit(p, buf != NULL ? "ok" : "RESOURCE_EXHAUSTED", res->http_status,
-        body_len, result.redacted);
   if (buf == NULL) {
-    lk_fail(&err, LK_RESOURCE_EXHAUSTED, "out of memory");
-    lk_rpc_call_fail(p->call, &err);
+    st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   } else {
-    lk_rpc_call_finish(p->call, buf, len);
+    latchkey__v1__tool_call_response__pack(&resp, buf);
+    *out = buf;
+    *out_len = len;
+    *body_bytes = body_len;
+    *redacted = result.redacted;
   }
   for (size_t i = 0; i < n_entries; i++) {
     if (owned[i])
       free(entries[i].value);
   }
-  free(buf);
   free(head_str);
   free(body);
   free(head);
+  return st;
+}
+
+/* Answers the call with the packed first answer (the 401) kept while a
+ * refresh was asked for. */
+static void answer_first(pending *p) {
+  observe_internal(p, 0);
+  audit(p, "ok", 401, p->first_body_len, p->first_redacted);
+  lk_rpc_call_finish(p->call, p->first, p->first_len);
+  pending_free(p);
+}
+
+static void on_vendor_done(void *ctx, const lk_forward_result *res);
+
+/* Remaining time of a call for one more vendor request: the call's
+ * deadline, capped by the tool's timeout from now. */
+static int64_t leg_deadline_ms(const pending *p) {
+  uint32_t timeout_ms = p->tool_rec->timeout_ms ? p->tool_rec->timeout_ms
+                                                : DEFAULT_TOOL_TIMEOUT_MS;
+  int64_t deadline = lk_now_ms() + timeout_ms;
+  return p->call_deadline_ms < deadline ? p->call_deadline_ms : deadline;
+}
+
+/* Gives up on a retry (why says why) and answers the first 401. */
+static void retry_abandoned(pending *p, const char *why) {
+  lk_log(LK_LOG_INFO, "oauth_retry_skipped",
+         "credential %s: the vendor of tool '%s' refused the access token "
+         "of generation %llu; returning its 401: %s",
+         p->cred_id ? p->cred_id : "-", p->tool,
+         (unsigned long long)p->oauth_generation, why);
+  answer_first(p);
+}
+
+/* The replica holds a newer token: resolve and unseal again and send the
+ * request once more. Whatever that answers is the call's answer. */
+static void retry_call(pending *p) {
+  lk_toolcalls *t = p->t;
+  lk_err err;
+  lk_err_clear(&err);
+  Latchkey__V1__Credential *cred = NULL;
+  Latchkey__V1__CredentialType *type = NULL;
+  lk_field fields[MAX_FIELDS];
+  size_t n_fields = 0;
+  lk_http_request *req = NULL;
+  lk_scrubber *scrub = NULL;
+  json_t *hashes = NULL;
+  const char *hash_error = NULL;
+  p->leg_start_us = lk_now_us();
+  lk_status st = resolve(t, p->budget, p->tool_rec, &cred, &err);
+  if (st == LK_NOT_FOUND) {
+    /* Unbound (or removed) while the refresh was under way. */
+    reply_missing(t, p->call, p->budget, p->tool_rec, p->op, p->start_us,
+                  MISSING_UNBOUND, NULL, &err);
+    pending_free(p);
+    goto done;
+  }
+  if (st == LK_OK && lk_oauth_credential_is_oauth2(cred) &&
+      lk_oauth_expired(cred, lk_wall_ms())) {
+    reply_expired(t, p->call, p->budget, p->tool_rec, p->op, p->start_us, cred,
+                  &err);
+    pending_free(p);
+    goto done;
+  }
+  if (st == LK_OK)
+    st = lk_catalog_get_type(t->cat, p->tool_rec->credential_type, &type, &err);
+  if (st == LK_OK)
+    st = unseal_fields(t, cred, fields, &n_fields, &err);
+  if (st == LK_OK)
+    st = lk_inject_build(p->tool_rec, p->op_rec, type, fields, n_fields,
+                         p->args, &req, &err);
+  if (st == LK_OK)
+    st = lk_scrubber_new(fields, n_fields, req->userpwd, &scrub, &err);
+  if (st != LK_OK) {
+    char why[sizeof(err.msg) + 32];
+    snprintf(why, sizeof(why), "cannot build the retry: %s", err.msg);
+    retry_abandoned(p, why);
+    goto done;
+  }
+  hashes = hash_secrets(t, fields, n_fields, &hash_error);
+  /* Last use of the unsealed values: the request and scrubber own copies. */
+  wipe_fields(fields, n_fields);
+  n_fields = 0;
+  char *cred_id = strdup(cred->id);
+  if (cred_id == NULL) {
+    retry_abandoned(p, "out of memory");
+    goto done;
+  }
+  free(p->cred_id);
+  p->cred_id = cred_id;
+  json_decref(p->hashes);
+  p->hashes = hashes;
+  p->hash_error = hash_error;
+  hashes = NULL;
+  p->req = req;
+  p->scrub = scrub;
+  req = NULL;
+  scrub = NULL;
+  p->retried = 1;
+  lk_metric_inc(t->m_oauth_retries, NULL, 1);
+  lk_log(LK_LOG_INFO, "oauth_retry",
+         "credential %s: retrying the call to tool '%s' with the refreshed "
+         "token (generation %llu refused)",
+         p->cred_id, p->tool, (unsigned long long)p->oauth_generation);
+  int allow_private = t->cfg.allow_insecure_vendors &&
+                      lk_forward_url_host_is_private(p->tool_rec->base_url);
+  p->submitted_us = lk_now_us();
+  lk_forwarder_submit(t->fwd, p->req, allow_private, leg_deadline_ms(p),
+                      pending_cancelled, on_vendor_done, p);
+done:
+  json_decref(hashes);
+  wipe_fields(fields, n_fields);
+  lk_http_request_destroy(req);
+  lk_scrubber_destroy(scrub);
+  lk_catalog_free_credential(cred);
+  lk_catalog_free_type(type);
+}
+
+/* lk_oauth_retry_done: what came of the refresh a 401 asked for. */
+static void on_refresh_outcome(void *ctx, lk_oauth_retry_outcome outcome,
+                               const char *why) {
+  pending *p = ctx;
+  if (outcome == LK_OAUTH_RETRY_NEW_TOKEN) {
+    retry_call(p);
+    return;
+  }
+  if (outcome == LK_OAUTH_RETRY_GIVE_UP) {
+    retry_abandoned(p, why);
+    return;
+  }
+  /* The provider refused the grant: the owner must re-authorise. */
+  lk_err err;
+  lk_err_clear(&err);
+  Latchkey__V1__Credential *cred = NULL;
+  if (lk_catalog_get_credential(p->t->cat, p->cred_id, &cred, &err) != LK_OK ||
+      !lk_oauth_credential_is_oauth2(cred)) {
+    lk_catalog_free_credential(cred);
+    retry_abandoned(p,
+                    "the provider refused the grant, and the credential "
+                    "is no longer an oauth2 one in the replica");
+    return;
+  }
+  lk_log(LK_LOG_INFO, "oauth_reauthorize",
+         "credential %s: the vendor refused its token and the identity "
+         "provider refused the refresh; answering missing_credential",
+         p->cred_id);
+  observe_internal(p, 0);
+  reply_missing(p->t, p->call, p->budget, p->tool_rec, p->op, p->start_us,
+                MISSING_REFUSED_GRANT, cred, &err);
+  lk_catalog_free_credential(cred);
+  pending_free(p);
+}
+
+static void on_vendor_done(void *ctx, const lk_forward_result *res) {
+  int64_t back_us = lk_now_us();
+  pending *p = ctx;
+  lk_err err;
+  lk_err_clear(&err);
+  count_vendor_error(p, res->status, res->http_status);
+  /* The transfer is over: the built request (holding the secret) goes. */
+  lk_http_request_destroy(p->req);
+  p->req = NULL;
+  if (res->status != LK_OK) {
+    lk_fail(&err, res->status, "calling tool '%s': %s", p->tool, res->err.msg);
+    observe_internal(p, back_us);
+    audit(p, outcome_of(res->status), 0, 0, 0);
+    lk_rpc_call_fail(p->call, &err);
+    pending_free(p);
+    return;
+  }
+  unsigned char *buf = NULL;
+  size_t len = 0, body_len = 0;
+  int redacted = 0;
+  lk_status st = pack_result(p, res, &buf, &len, &body_len, &redacted, &err);
+  if (st == LK_OK && res->http_status == 401 && p->may_refresh) {
+    /* A token the replica holds as valid was refused: ask for a refresh
+     * and retry once (sidecar/oauth_retry). The answer is kept, scrubbed,
+     * in case no new token comes. */
+    p->may_refresh = 0;
+    p->first = buf;
+    p->first_len = len;
+    p->first_body_len = body_len;
+    p->first_redacted = redacted;
+    p->internal_us += leg_internal_us(p, back_us);
+    p->old_scrub = p->scrub;
+    p->scrub = NULL;
+    int64_t deadline = leg_deadline_ms(p);
+    /* Past this call p may be answered and freed already. */
+    if (lk_oauth_retry_submit(p->t->cfg.oauth_retry, p->cred_id,
+                              p->oauth_generation, deadline, on_refresh_outcome,
+                              p, &err) != LK_OK) {
+      retry_abandoned(p, err.msg);
+    }
+    return;
+  }
+  lk_scrubber_destroy(p->scrub);
+  p->scrub = NULL;
+  /* The internal time ends before the audit line takes the call's total,
+   * so it is always part of it. The audit line is written before the
+   * answer leaves: once the agent has an answer, its call is on record. */
+  observe_internal(p, back_us);
+  if (st != LK_OK) {
+    audit(p, outcome_of(st), res->http_status, 0, 0);
+    lk_rpc_call_fail(p->call, &err);
+  } else {
+    audit(p, "ok", res->http_status, body_len, redacted);
+    lk_rpc_call_finish(p->call, buf, len);
+  }
+  free(buf);
   pending_free(p);
 }
 
@@ -899,11 +1187,18 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
     uint64_t key_generation = lk_node_keys_generation(t->keys);
     st = resolve(t, budget->id, tool, &cred, &err);
     if (st == LK_NOT_FOUND) {
-      reply_missing(t, call, budget->id, tool, op->name, start_us, &err);
+      reply_missing(t, call, budget->id, tool, op->name, start_us,
+                    MISSING_UNBOUND, NULL, &err);
       goto done;
     }
     if (st != LK_OK)
       goto fail;
+    if (lk_oauth_credential_is_oauth2(cred) &&
+        lk_oauth_expired(cred, lk_wall_ms())) {
+      /* Never sent: the owner (or the control plane) must renew it. */
+      reply_expired(t, call, budget->id, tool, op->name, start_us, cred, &err);
+      goto done;
+    }
     st = lk_catalog_get_type(t->cat, tool->credential_type, &type, &err);
     if (st != LK_OK)
       goto fail;
@@ -918,6 +1213,12 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
       lk_catalog_free_credential(cred);
       cred = NULL;
       st = resolve(t, budget->id, tool, &cred, &err);
+      if (st == LK_OK && lk_oauth_credential_is_oauth2(cred) &&
+          lk_oauth_expired(cred, lk_wall_ms())) {
+        reply_expired(t, call, budget->id, tool, op->name, start_us, cred,
+                      &err);
+        goto done;
+      }
       if (st == LK_OK)
         st = unseal_fields(t, cred, fields, &n_fields, &err);
     }
@@ -965,7 +1266,20 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
    * address (or "localhost"), and only when the operator allowed it. */
   int allow_private = t->cfg.allow_insecure_vendors &&
                       lk_forward_url_host_is_private(tool->base_url);
+  if (t->cfg.oauth_retry != NULL && lk_oauth_credential_is_oauth2(cred)) {
+    /* A 401 may be retried once with a refreshed token: keep what that
+     * needs (no secret: the tool, arguments and deadline). */
+    p->may_refresh = 1;
+    p->oauth_generation = cred->oauth->generation;
+    p->tool_rec = tool;
+    p->op_rec = op;
+    p->args = args;
+    p->call_deadline_ms = call_deadline;
+    tool = NULL;
+    args = NULL;
+  }
   /* Set before the submission: the answer may arrive at once. */
+  p->leg_start_us = start_us;
   p->submitted_us = lk_now_us();
   lk_forwarder_submit(t->fwd, p->req, allow_private, deadline,
                       pending_cancelled, on_vendor_done, p);
@@ -984,7 +1298,8 @@ fail : {
                   0,
                   NULL,
                   NULL,
-                  tool != NULL};
+                  tool != NULL,
+                  0};
   write_audit(t, &c);
 }
   lk_rpc_call_fail(call, &err);

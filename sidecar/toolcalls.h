@@ -16,6 +16,17 @@
  * hash (lib/audit.h) of each secret value injected, by field name. Without
  * an audit key yet (a replica that has never reached its control plane)
  * the line says "secret_hashes_unavailable" instead. Never a value.
+ * A call retried after an oauth2 refresh says "oauth_retry": true.
+ *
+ * OAuth 2.0 (lib/oauth.h): an oauth2 credential whose access token has
+ * expired (or whose expiry is unknown) is never sent: the call is answered
+ * missing_credential with a re-authorise hint (lk_oauth_reauthorize_hint).
+ * In replica mode (oauth_retry set), a vendor's 401 to a token that had
+ * not expired asks the control plane for a refresh (sidecar/oauth_retry)
+ * and the call is sent once more with the refreshed token, whatever that
+ * answers; when no new token comes by the deadline the first 401 is
+ * returned, and when the provider refused the grant the call is answered
+ * missing_credential with the re-authorise hint. Never a loop.
  */
 #ifndef LK_TOOLCALLS_H
 #define LK_TOOLCALLS_H
@@ -31,6 +42,7 @@
 #include "lib/token.h"
 #include "sidecar/forward.h"
 #include "sidecar/node_keys.h"
+#include "sidecar/oauth_retry.h"
 
 typedef struct {
   const char *agent_id;           /* this sidecar's agent */
@@ -50,6 +62,10 @@ typedef struct {
   /* Registry for the call metrics (borrowed; it must outlive the
    * service). NULL = no metrics. */
   lk_metrics *metrics;
+  /* Replica mode: refreshes the token of an oauth2 credential a vendor
+   * refused with 401 (borrowed; stop it before the forwarder is
+   * destroyed). NULL = a 401 is returned as it is (standalone). */
+  lk_oauth_retry *oauth_retry;
 } lk_toolcalls_config;
 
 typedef struct lk_toolcalls lk_toolcalls;
