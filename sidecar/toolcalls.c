@@ -36,6 +36,9 @@
 #define DEFAULT_TOOL_TIMEOUT_MS 30000
 #define MAX_FIELDS 64
 #define MAX_HEADERS 128
+/* A refresh after a 401 ends this long before the call's deadline, so the
+ * first answer still reaches the agent when no new token comes. */
+#define OAUTH_ANSWER_MARGIN_MS 250
 
 static const char *const methods[] = {
     "/latchkey.v1.ToolCalls/Call",
@@ -1080,7 +1083,11 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
     p->internal_us += leg_internal_us(p, back_us);
     p->old_scrub = p->scrub;
     p->scrub = NULL;
-    int64_t deadline = leg_deadline_ms(p);
+    int64_t deadline = leg_deadline_ms(p) - OAUTH_ANSWER_MARGIN_MS;
+    if (deadline <= lk_now_ms()) {
+      retry_abandoned(p, "no time left before the call's deadline");
+      return;
+    }
     /* Past this call p may be answered and freed already. */
     if (lk_oauth_retry_submit(p->t->cfg.oauth_retry, p->cred_id,
                               p->oauth_generation, deadline, on_refresh_outcome,

@@ -6,18 +6,32 @@ It records every hello, every ACK or NACK and every batch it sent, and
 sends whatever batches are queued on the newest stream. What it answers a
 hello with is serve_hello's job: by default a heartbeat when the sidecar
 already has its revision; a subclass can queue a whole plan instead.
+
+It also serves Sync/Refresh for oauth2 credentials the test registered
+with serve_oauth: it records every request, answers with the status the
+test set (refresh_status, after refresh_delay seconds), and on OK, when
+the credential is not already past the generation asked about, bumps its
+generation, takes new token fields from the test's new_fields() and
+pushes the credential, sealed to the node key with seal_for_node (the
+real lib/seal construction), on the open stream before answering, as the
+real control plane does through etcd.
 """
 
+import base64
+import json
 import os
 import queue
+import subprocess
 import threading
 import time
 from concurrent import futures
 
 import grpc
 
+import harness
 from latchkey.v1 import sync_pb2
 from latchkey.v1 import sync_pb2_grpc
+from latchkey.v1 import types_pb2
 
 NODE_TOKEN = "node-" + os.urandom(16).hex()
 WAIT_S = 15.0
@@ -32,6 +46,46 @@ def write_node_token(path):
 
 def record(key, message):
     return sync_pb2.SyncRecord(key=key, value=message.SerializeToString())
+
+
+def seal_for_node(node_pk, cred_id, field, value):
+    """A SealedValue sealed to node_pk the way the control plane seals
+    (tests/e2e/seal_for_node)."""
+    out = subprocess.run(
+        [harness.runfile("tests/e2e/seal_for_node")],
+        input=json.dumps({"node_pk_b64": base64.b64encode(node_pk).decode(),
+                          "cred_id": cred_id, "field": field,
+                          "value": value}),
+        capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise AssertionError("seal_for_node failed: " + out.stderr)
+    doc = json.loads(out.stdout)
+    return types_pb2.SealedValue(
+        ephemeral_public_key=base64.b64decode(doc["ephemeral_public_key"]),
+        nonce=base64.b64decode(doc["nonce"]),
+        ciphertext=base64.b64decode(doc["ciphertext"]))
+
+
+# The secret fields of an oauth2 credential (lib/oauth.h).
+OAUTH_SECRET_FIELDS = ("access_token", "refresh_token", "client_secret")
+
+
+def oauth_credential(node_pk, cred_id, type_id, fields, **oauth_state):
+    """An oauth2 Credential record as a replica receives it: the secret
+    fields sealed to node_pk, the others plain, and OAuthState from
+    oauth_state (generation, last_refresh_result, reauthorize, ...)."""
+    values = []
+    for name in sorted(fields):
+        if name in OAUTH_SECRET_FIELDS:
+            values.append(types_pb2.FieldValue(
+                name=name, secret=True,
+                sealed=seal_for_node(node_pk, cred_id, name, fields[name])))
+        else:
+            values.append(types_pb2.FieldValue(name=name,
+                                               value=fields[name]))
+    return types_pb2.Credential(
+        id=cred_id, type=type_id, label="oauth", version=1, fields=values,
+        oauth=types_pb2.OAuthState(**oauth_state))
 
 
 def completes_revision(batch):
@@ -65,6 +119,15 @@ class FakeControlPlane(sync_pb2_grpc.SyncServicer):
         self.cond = threading.Condition()
         self.out = None
         self.server = None
+        # Sync/Refresh: every request (RefreshRequest, node token seen),
+        # the answer to give, and the oauth2 credentials it can refresh.
+        self.refreshes = []
+        self.refresh_status = grpc.StatusCode.OK
+        self.refresh_details = "refused by the test"
+        self.refresh_delay = 0.0
+        self.refresh_push = True
+        self.oauth = {}
+        self._refresh_lock = threading.Lock()
 
     # -- the servicer ------------------------------------------------------
 
@@ -108,6 +171,37 @@ class FakeControlPlane(sync_pb2_grpc.SyncServicer):
         stream's thread, right after the hello is recorded)."""
         if self.revision and hello.have_revision == self.revision:
             out.put(sync_pb2.SyncBatch(revision=self.revision, heartbeat=True))
+
+    def Refresh(self, request, context):
+        md = dict(context.invocation_metadata())
+        if md.get("authorization") != "Bearer " + NODE_TOKEN:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad node token")
+        with self.cond:
+            self.refreshes.append(request)
+            status, details = self.refresh_status, self.refresh_details
+            delay, push = self.refresh_delay, self.refresh_push
+            self.cond.notify_all()
+        if delay:
+            time.sleep(delay)
+        if status != grpc.StatusCode.OK:
+            context.abort(status, details)
+        with self._refresh_lock:
+            entry = self.oauth.get(request.credential_id)
+            if entry is None:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                              "credential outside the agent's scope")
+            if push and entry["generation"] <= request.generation:
+                entry["generation"] += 1
+                entry["fields"].update(entry["new_fields"]())
+                cred = oauth_credential(
+                    entry["node_pk"], request.credential_id,
+                    entry["type_id"], entry["fields"],
+                    generation=entry["generation"],
+                    last_refresh_result="ok")
+                self.send(sync_pb2.SyncBatch(
+                    revision=self.revision + 1,
+                    puts=[record("cred/" + request.credential_id, cred)]))
+            return sync_pb2.RefreshResponse(generation=entry["generation"])
 
     def _read_acks(self, request_iterator):
         try:
@@ -162,6 +256,24 @@ class FakeControlPlane(sync_pb2_grpc.SyncServicer):
             if not batch.heartbeat and batch.revision > self.revision:
                 self.revision = batch.revision
             self.out.put(batch)
+
+    def serve_oauth(self, node_pk, cred_id, type_id, fields, new_fields,
+                    **oauth_state):
+        """Makes cred_id refreshable through Refresh and returns its
+        record (generation oauth_state["generation"], default 1) for the
+        test to send; new_fields() gives the fields a refresh changes."""
+        oauth_state.setdefault("generation", 1)
+        with self._refresh_lock:
+            self.oauth[cred_id] = {
+                "node_pk": node_pk, "type_id": type_id,
+                "fields": dict(fields), "new_fields": new_fields,
+                "generation": oauth_state["generation"]}
+        return oauth_credential(node_pk, cred_id, type_id, fields,
+                                **oauth_state)
+
+    def refresh_requests(self):
+        with self.cond:
+            return list(self.refreshes)
 
     def wait_ack(self, revision, timeout=WAIT_S):
         """The first ACK or NACK of revision."""
