@@ -13,6 +13,14 @@
  * so a call the agent saw is on record. The audit hashes of the
  * secret values are taken on the worker thread, right before the unsealed
  * values are wiped, and travel to the audit line with the call.
+ *
+ * An oauth2 call in replica mode may have a third part: when the vendor
+ * answers 401, the scrubbed answer is kept (packed, no secret in it) and
+ * the call is handed to sidecar/oauth_retry; when a newer token is in the
+ * replica, the refresh flight's thread runs the first half again (resolve,
+ * unseal, build, wipe) and submits once more, marked retried so a second
+ * 401 is answered as it is. The call belongs to exactly one thread at a
+ * time: worker, forwarder, flight, forwarder.
  */
 #include "sidecar/toolcalls.h"
 
