@@ -1777,9 +1777,11 @@ static void oauth2_create_refuses_each_invalid_field(void **s) {
 static void set_failing_state(fx *f, const char *id) {
   Latchkey__V1__Credential *c = NULL;
   lk_store_batch *b = lk_store_batch_new();
+  char *result;
   lk_err err;
   assert_non_null(b);
   assert_int_equal(lk_catalog_get_credential(f->cat, id, &c, &err), LK_OK);
+  result = c->oauth->last_refresh_result;
   c->oauth->generation = 5;
   c->oauth->last_refresh_at = 1800000000000LL;
   c->oauth->failures = 3;
@@ -1791,8 +1793,8 @@ static void set_failing_state(fx *f, const char *id) {
       lk_catalog_commit(f->cat, b, &err) != LK_OK) {
     fail_msg("put: %s", err.msg);
   }
-  /* the string is static: do not let free_unpacked free it */
-  c->oauth->last_refresh_result = NULL;
+  /* free_unpacked frees the string it unpacked, not the static one */
+  c->oauth->last_refresh_result = result;
   lk_catalog_free_credential(c);
   lk_store_batch_destroy(b);
 }
