@@ -528,13 +528,26 @@ static lk_status check_token_url(const char *v, lk_err *err) {
   return LK_OK;
 }
 
+/* Returns 1 when cred (may be NULL) has a field named name. */
+static int cred_has_field(const Latchkey__V1__Credential *cred,
+                          const char *name) {
+  size_t i;
+  for (i = 0; cred != NULL && i < cred->n_fields; i++) {
+    if (streq(cred->fields[i]->name, name)) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
 /* Applies the oauth2 rules to the entries of a create (old NULL) or an
  * update of old, after check_entries: a known grant type, the fields that
  * grant needs (here or kept from old), a valid token_url and expires_at.
  * Then completes the entries (room for OAUTH_EXTRA_ENTRIES more at
  * e[*n]): a create without grant_type gets authorization_code; expires_at
- * is stored canonical (decimal seconds), and "0" (refresh at once) when a
- * create carries no access token or a write sets one without its expiry. */
+ * is stored canonical (decimal seconds), and "0" (refresh at once) when
+ * the credential has no access token or a write sets one without its
+ * expiry. */
 static lk_status oauth_prepare(const Latchkey__V1__CredentialType *t, entry *e,
                                size_t *n, const Latchkey__V1__Credential *old,
                                oauth_plan *plan, lk_err *err) {
@@ -570,7 +583,8 @@ static lk_status oauth_prepare(const Latchkey__V1__CredentialType *t, entry *e,
   if (st != LK_OK) {
     return st;
   }
-  if ((old == NULL && !token) || (xi == *n && token)) {
+  if ((!token && !cred_has_field(old, LK_OAUTH_ACCESS_TOKEN)) ||
+      (xi == *n && token)) {
     snprintf(plan->expires_at, sizeof(plan->expires_at), "0");
   }
   if (plan->expires_at[0] != '\0' && xi < *n) {

@@ -1942,10 +1942,20 @@ static void oauth2_update_applies_the_same_field_rules(void **s) {
                         "field expires_at: expected unix seconds, digits "
                         "only");
   }
+  /* an expiry means nothing without an access token: still "0" */
+  {
+    static const char *const kv[] = {"expires_at", "1900000000"};
+    Latchkey__V1__Credential *c;
+    assert_int_equal(update_kv(f, "g2", "", kv, 1), LK_OK);
+    c = resp_credential(f);
+    assert_string_equal(plain_of(c, "expires_at"), "0");
+    assert_int_equal(c->oauth->generation, 2);
+    latchkey__v1__credential__free_unpacked(c, NULL);
+  }
   /* none of the refused updates changed it */
   assert_int_equal(lk_catalog_get_credential(f->cat, "g2", &stored, &err),
                    LK_OK);
-  assert_int_equal(stored->version, 2);
+  assert_int_equal(stored->version, 3);
   assert_string_equal(lk_oauth_plain_field(stored, "grant_type"),
                       "authorization_code");
   assert_string_equal(lk_oauth_plain_field(stored, "token_url"),
