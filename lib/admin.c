@@ -48,6 +48,7 @@
 
 #include "latchkey/v1/admin.pb-c.h"
 #include "lib/log.h"
+#include "lib/oauth.h"
 #include "lib/schema.h"
 #include "lib/secret.h"
 #include "lib/wipealloc.h"
@@ -357,6 +358,76 @@ typedef struct {
   char *value;
 } entry;
 
+/* Returns the index of the entry named name among e[0..n), or n. */
+static size_t entry_index(const entry *e, size_t n, const char *name) {
+  size_t i;
+  for (i = 0; i < n && !streq(e[i].key, name); i++) {
+  }
+  return i;
+}
+
+/* Returns 1 when an oauth2 credential of grant type grant may leave out
+ * field name (lib/oauth.h): the access token (then refreshed at once), its
+ * expiry, the client secret, the scope, the grant type (defaulted), and
+ * the refresh token of a client_credentials grant. */
+static int oauth_optional(const char *name, const char *grant) {
+  return streq(name, LK_OAUTH_ACCESS_TOKEN) ||
+         streq(name, LK_OAUTH_EXPIRES_AT) ||
+         streq(name, LK_OAUTH_CLIENT_SECRET) || streq(name, LK_OAUTH_SCOPE) ||
+         streq(name, LK_OAUTH_GRANT_TYPE) ||
+         (streq(name, LK_OAUTH_REFRESH_TOKEN) &&
+          streq(grant, LK_OAUTH_GRANT_CLIENT_CREDENTIALS));
+}
+
+/* Checks that no field of t a credential needs is absent from both the
+ * entries and old (the credential an update changes; NULL on create):
+ * every field, or with grant set (an oauth2 type) every field but those
+ * oauth_optional allows. Lists the missing names. */
+static lk_status check_missing(const Latchkey__V1__CredentialType *t,
+                               const entry *e, size_t n,
+                               const Latchkey__V1__Credential *old,
+                               const char *grant, lk_err *err) {
+  char missing[400];
+  size_t used = 0;
+  size_t count = 0;
+  size_t i;
+  size_t j;
+
+  missing[0] = '\0';
+  for (i = 0; i < t->n_fields; i++) {
+    const char *name = t->fields[i]->name;
+    int found = grant != NULL && oauth_optional(name, grant);
+    for (j = 0; j < n && !found; j++) {
+      found = streq(e[j].key, name);
+    }
+    for (j = 0; old != NULL && j < old->n_fields && !found; j++) {
+      found = streq(old->fields[j]->name, name);
+    }
+    if (!found) {
+      int w = snprintf(missing + used, sizeof(missing) - used, "%s%s",
+                       count > 0 ? ", " : "", name);
+      count++;
+      if (w > 0 && (size_t)w < sizeof(missing) - used) {
+        used += (size_t)w;
+      }
+    }
+  }
+  if (count > 0 && grant != NULL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "missing field%s of oauth2 credential type '%s' (grant_type "
+                   "%s): %s; provide %s",
+                   count > 1 ? "s" : "", t->id, grant, missing,
+                   count > 1 ? "them" : "it");
+  }
+  if (count > 0) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "missing field%s of credential type '%s': %s; provide "
+                   "every field",
+                   count > 1 ? "s" : "", t->id, missing);
+  }
+  return LK_OK;
+}
+
 /* Checks that every entry names a field of t once and its value is valid;
  * with all set, also that none of t's fields is missing. */
 static lk_status check_entries(const Latchkey__V1__CredentialType *t,
@@ -387,30 +458,9 @@ static lk_status check_entries(const Latchkey__V1__CredentialType *t,
     }
   }
   if (all) {
-    char missing[400];
-    size_t used = 0;
-    size_t count = 0;
-    missing[0] = '\0';
-    for (i = 0; i < t->n_fields; i++) {
-      const char *name = t->fields[i]->name;
-      int found = 0;
-      for (j = 0; j < n && !found; j++) {
-        found = streq(e[j].key, name);
-      }
-      if (!found) {
-        int w = snprintf(missing + used, sizeof(missing) - used, "%s%s",
-                         count > 0 ? ", " : "", name);
-        count++;
-        if (w > 0 && (size_t)w < sizeof(missing) - used) {
-          used += (size_t)w;
-        }
-      }
-    }
-    if (count > 0) {
-      return lk_fail(err, LK_INVALID_ARGUMENT,
-                     "missing field%s of credential type '%s': %s; provide "
-                     "every field",
-                     count > 1 ? "s" : "", t->id, missing);
+    lk_status st = check_missing(t, e, n, NULL, NULL, err);
+    if (st != LK_OK) {
+      return st;
     }
   }
   for (i = 0; i < n; i++) {
@@ -420,6 +470,161 @@ static lk_status check_entries(const Latchkey__V1__CredentialType *t,
     }
   }
   return LK_OK;
+}
+
+/* ---- oauth2 credentials (lib/oauth.h) ---- */
+
+#define MAX_TOKEN_URL 2048
+/* A canonical expires_at (at most 13 digits) and the NUL, with room. */
+#define EXPIRES_BYTES 24
+/* Entries an oauth2 write may add to the request's: grant_type and
+ * expires_at. */
+#define OAUTH_EXTRA_ENTRIES 2
+
+/* What an oauth2 create or update stores beyond the request's values. */
+typedef struct {
+  char expires_at[EXPIRES_BYTES]; /* canonical; "" when the write keeps it */
+  Latchkey__V1__OAuthState state; /* borrows old's strings */
+} oauth_plan;
+
+/* Checks a token_url value: http(s), a host, printable ASCII, at most
+ * MAX_TOKEN_URL bytes. Whether http is acceptable is the control plane's
+ * call (its refresher), not the catalog's. Never echoes the URL. */
+static lk_status check_token_url(const char *v, lk_err *err) {
+  size_t len = strlen(v);
+  size_t rest;
+  size_t i;
+
+  if (len > MAX_TOKEN_URL) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "field '%s' is longer than %d bytes; check the value",
+                   LK_OAUTH_TOKEN_URL, MAX_TOKEN_URL);
+  }
+  if (strncmp(v, "https://", 8) == 0) {
+    rest = 8;
+  } else if (strncmp(v, "http://", 7) == 0) {
+    rest = 7;
+  } else {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "field '%s' must start with https:// (or http://); give "
+                   "the provider's token endpoint",
+                   LK_OAUTH_TOKEN_URL);
+  }
+  if (v[rest] == '\0' || v[rest] == '/') {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "field '%s' has no host; give the provider's token "
+                   "endpoint",
+                   LK_OAUTH_TOKEN_URL);
+  }
+  for (i = rest; i < len; i++) {
+    unsigned char ch = (unsigned char)v[i];
+    if (ch <= 0x20 || ch >= 0x7f) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "field '%s' must be printable ASCII without spaces; "
+                     "percent-encode the rest",
+                     LK_OAUTH_TOKEN_URL);
+    }
+  }
+  return LK_OK;
+}
+
+/* Returns 1 when cred (may be NULL) has a field named name. */
+static int cred_has_field(const Latchkey__V1__Credential *cred,
+                          const char *name) {
+  size_t i;
+  for (i = 0; cred != NULL && i < cred->n_fields; i++) {
+    if (streq(cred->fields[i]->name, name)) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* Applies the oauth2 rules to the entries of a create (old NULL) or an
+ * update of old, after check_entries: a known grant type, the fields that
+ * grant needs (here or kept from old), a valid token_url and expires_at.
+ * Then completes the entries (room for OAUTH_EXTRA_ENTRIES more at
+ * e[*n]): a create without grant_type gets authorization_code; expires_at
+ * is stored canonical (decimal seconds), and "0" (refresh at once) when
+ * the credential has no access token or a write sets one without its
+ * expiry. */
+static lk_status oauth_prepare(const Latchkey__V1__CredentialType *t, entry *e,
+                               size_t *n, const Latchkey__V1__Credential *old,
+                               oauth_plan *plan, lk_err *err) {
+  size_t gi = entry_index(e, *n, LK_OAUTH_GRANT_TYPE);
+  size_t xi = entry_index(e, *n, LK_OAUTH_EXPIRES_AT);
+  size_t ui = entry_index(e, *n, LK_OAUTH_TOKEN_URL);
+  int token = entry_index(e, *n, LK_OAUTH_ACCESS_TOKEN) < *n;
+  const char *grant = LK_OAUTH_GRANT_AUTHORIZATION_CODE;
+  lk_status st;
+
+  plan->expires_at[0] = '\0';
+  if (gi < *n) {
+    grant = e[gi].value;
+  } else if (lk_oauth_plain_field(old, LK_OAUTH_GRANT_TYPE) != NULL) {
+    grant = lk_oauth_plain_field(old, LK_OAUTH_GRANT_TYPE);
+  }
+  if (!streq(grant, LK_OAUTH_GRANT_AUTHORIZATION_CODE) &&
+      !streq(grant, LK_OAUTH_GRANT_CLIENT_CREDENTIALS)) {
+    return lk_fail(err, LK_INVALID_ARGUMENT, "field '%s' must be %s or %s",
+                   LK_OAUTH_GRANT_TYPE, LK_OAUTH_GRANT_AUTHORIZATION_CODE,
+                   LK_OAUTH_GRANT_CLIENT_CREDENTIALS);
+  }
+  st = check_missing(t, e, *n, old, grant, err);
+  if (st == LK_OK && ui < *n) {
+    st = check_token_url(e[ui].value, err);
+  }
+  if (st == LK_OK && xi < *n) {
+    int64_t ms = 0;
+    st = lk_oauth_parse_expires_at(e[xi].value, &ms, err);
+    snprintf(plan->expires_at, sizeof(plan->expires_at), "%lld",
+             (long long)(ms / 1000));
+  }
+  if (st != LK_OK) {
+    return st;
+  }
+  if ((!token && !cred_has_field(old, LK_OAUTH_ACCESS_TOKEN)) ||
+      (xi == *n && token)) {
+    snprintf(plan->expires_at, sizeof(plan->expires_at), "0");
+  }
+  if (plan->expires_at[0] != '\0' && xi < *n) {
+    e[xi].value = plan->expires_at;
+  } else if (plan->expires_at[0] != '\0' &&
+             type_field(t, LK_OAUTH_EXPIRES_AT) != NULL) {
+    e[*n].key = LK_OAUTH_EXPIRES_AT;
+    e[(*n)++].value = plan->expires_at;
+  }
+  if (old == NULL && gi == *n && type_field(t, LK_OAUTH_GRANT_TYPE) != NULL) {
+    e[*n].key = LK_OAUTH_GRANT_TYPE;
+    e[(*n)++].value = (char *)LK_OAUTH_GRANT_AUTHORIZATION_CODE;
+  }
+  return LK_OK;
+}
+
+/* Sets plan->state, the refresh record a write stores: generation 1 on a
+ * create; on an update that sets the access or refresh token (the owner
+ * re-authorised) the next generation with a clean record (only
+ * last_success_at kept), so the refresher starts over; otherwise old's as
+ * it is. Counts entries e[0..n) of the request only. */
+static void oauth_state(const entry *e, size_t n,
+                        const Latchkey__V1__Credential *old, oauth_plan *plan) {
+  int reauthorised = entry_index(e, n, LK_OAUTH_ACCESS_TOKEN) < n ||
+                     entry_index(e, n, LK_OAUTH_REFRESH_TOKEN) < n;
+  latchkey__v1__oauth_state__init(&plan->state);
+  if (old != NULL && old->oauth != NULL) {
+    plan->state = *old->oauth;
+  }
+  if (old != NULL && reauthorised) {
+    plan->state.generation++;
+    plan->state.last_refresh_at = 0;
+    plan->state.last_refresh_result = (char *)"re-authorised by the owner";
+    plan->state.failures = 0;
+    plan->state.next_attempt_at = 0;
+    plan->state.reauthorize = 0;
+  }
+  if (plan->state.generation == 0) {
+    plan->state.generation = 1;
+  }
 }
 
 /* Storage for one freshly sealed (or plain) field value of a view. */
@@ -617,8 +822,11 @@ static lk_status h_create_credential(lk_admin *a, ProtobufCMessage *m,
   Latchkey__V1__Credential cred = LATCHKEY__V1__CREDENTIAL__INIT;
   Latchkey__V1__FieldValue **fvs = NULL;
   entry *e = NULL;
+  size_t ne = r->n_fields;
   slot *slots = NULL;
   size_t nslots = 0;
+  oauth_plan plan;
+  int oauth2 = 0;
   char id[LK_CATALOG_ID_MAX + 1];
   size_t i;
   lk_status st;
@@ -639,7 +847,7 @@ static lk_status h_create_credential(lk_admin *a, ProtobufCMessage *m,
   if (st != LK_OK) {
     goto done;
   }
-  e = calloc(r->n_fields > 0 ? r->n_fields : 1, sizeof(*e));
+  e = calloc(r->n_fields + OAUTH_EXTRA_ENTRIES, sizeof(*e));
   if (e == NULL) {
     st = oom(err);
     goto done;
@@ -648,7 +856,12 @@ static lk_status h_create_credential(lk_admin *a, ProtobufCMessage *m,
     e[i].key = r->fields[i]->key;
     e[i].value = r->fields[i]->value != NULL ? r->fields[i]->value : (char *)"";
   }
-  st = check_entries(type, e, r->n_fields, 1, err);
+  oauth2 = lk_oauth_type_is_oauth2(type);
+  st = check_entries(type, e, ne, !oauth2, err);
+  if (st == LK_OK && oauth2) {
+    st = oauth_prepare(type, e, &ne, NULL, &plan, err);
+    oauth_state(e, r->n_fields, NULL, &plan);
+  }
   if (st != LK_OK) {
     goto done;
   }
@@ -684,27 +897,31 @@ static lk_status h_create_credential(lk_admin *a, ProtobufCMessage *m,
     st = oom(err);
     goto done;
   }
+  /* In the type's order; only an oauth2 type's optional fields may be
+   * absent (check_missing), and they are left out. */
   for (i = 0; i < type->n_fields; i++) {
     const Latchkey__V1__CredentialField *f = type->fields[i];
-    size_t j;
-    for (j = 0; j < r->n_fields && !streq(e[j].key, f->name); j++) {
+    size_t j = entry_index(e, ne, f->name);
+    if (j == ne) {
+      continue;
     }
-    nslots = i + 1;
-    st = fill_slot(a, &slots[i], id, f, e[j].value, err);
+    st = fill_slot(a, &slots[nslots], id, f, e[j].value, err);
+    nslots++;
     if (st != LK_OK) {
       goto done;
     }
-    fvs[i] = &slots[i].fv;
+    fvs[nslots - 1] = &slots[nslots - 1].fv;
   }
   cred.id = id;
   snprintf(a->rec.cred_id, sizeof(a->rec.cred_id), "%s", id);
   cred.type = type->id;
   cred.label = r->label != NULL ? r->label : (char *)"";
-  cred.n_fields = type->n_fields;
+  cred.n_fields = nslots;
   cred.fields = fvs;
   cred.created_at = now_ms();
   cred.updated_at = cred.created_at;
   cred.version = 1;
+  cred.oauth = oauth2 ? &plan.state : NULL;
   st = store_and_answer(a, &cred, resp, resp_len, err);
 done:
   slots_free(slots, nslots);
@@ -728,6 +945,9 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   slot *slots = NULL;
   size_t nslots = 0;
   slot *kslots = NULL; /* kept values re-sealed under the current key */
+  size_t ne = r->n_fields;
+  oauth_plan plan;
+  int oauth2 = 0;
   size_t nfv;
   size_t i;
   lk_status st = lk_schema_check_id(r->id, "UpdateCredentialRequest.id", err);
@@ -751,7 +971,7 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   if (st != LK_OK) {
     goto done;
   }
-  e = calloc(r->n_fields > 0 ? r->n_fields : 1, sizeof(*e));
+  e = calloc(r->n_fields + OAUTH_EXTRA_ENTRIES, sizeof(*e));
   if (e == NULL) {
     st = oom(err);
     goto done;
@@ -760,12 +980,17 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
     e[i].key = r->fields[i]->key;
     e[i].value = r->fields[i]->value != NULL ? r->fields[i]->value : (char *)"";
   }
-  st = check_entries(type, e, r->n_fields, 0, err);
+  oauth2 = lk_oauth_type_is_oauth2(type);
+  st = check_entries(type, e, ne, 0, err);
+  if (st == LK_OK && oauth2) {
+    st = oauth_prepare(type, e, &ne, old, &plan, err);
+    oauth_state(e, r->n_fields, old, &plan);
+  }
   if (st != LK_OK) {
     goto done;
   }
-  slots = calloc(r->n_fields > 0 ? r->n_fields : 1, sizeof(*slots));
-  fvs = calloc(old->n_fields + r->n_fields + 1, sizeof(*fvs));
+  slots = calloc(ne > 0 ? ne : 1, sizeof(*slots));
+  fvs = calloc(old->n_fields + ne + 1, sizeof(*fvs));
   kept = calloc(old->n_fields + 1, sizeof(*kept));
   kslots = calloc(old->n_fields + 1, sizeof(*kslots));
   if (slots == NULL || fvs == NULL || kept == NULL || kslots == NULL) {
@@ -777,7 +1002,7 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
     kept[nfv] = *old->fields[nfv];
     fvs[nfv] = &kept[nfv];
   }
-  for (i = 0; i < r->n_fields; i++) {
+  for (i = 0; i < ne; i++) {
     size_t j;
     nslots = i + 1;
     st = fill_slot(a, &slots[i], old->id, type_field(type, e[i].key),
@@ -823,6 +1048,7 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   cred.created_at = old->created_at;
   cred.updated_at = now_ms();
   cred.version = old->version + 1;
+  cred.oauth = oauth2 ? &plan.state : NULL;
   st = store_and_answer(a, &cred, resp, resp_len, err);
 done:
   slots_free(slots, nslots);
@@ -906,6 +1132,10 @@ done:
 
 /* ---- tools ---- */
 
+static lk_status check_kind_change(lk_admin *a,
+                                   const Latchkey__V1__CredentialType *t,
+                                   lk_err *err);
+
 static lk_status h_register_tool(lk_admin *a, ProtobufCMessage *m,
                                  unsigned char **resp, size_t *resp_len,
                                  lk_err *err) {
@@ -913,6 +1143,7 @@ static lk_status h_register_tool(lk_admin *a, ProtobufCMessage *m,
   Latchkey__V1__Tool *t = r->tool;
   Latchkey__V1__Tool *old = NULL;
   Latchkey__V1__CredentialType *type = NULL;
+  Latchkey__V1__CredentialType *canon = NULL; /* the inline type, canonical */
   lk_store_batch *b = NULL;
   collector col = {NULL, 0, 0, "binding", LK_OK, err};
   lk_status st;
@@ -930,7 +1161,13 @@ static lk_status h_register_tool(lk_admin *a, ProtobufCMessage *m,
   }
   lk_schema_normalize_tool(t);
   if (r->credential_type != NULL) {
-    lk_schema_normalize_type(r->credential_type);
+    st = lk_schema_canonical_type(r->credential_type, NULL, &canon, err);
+    if (st == LK_OK) {
+      st = check_kind_change(a, canon, err);
+    }
+    if (st != LK_OK) {
+      goto done;
+    }
   } else if (nonempty(t->credential_type)) {
     st = lk_catalog_get_type(a->cat, t->credential_type, &type, err);
     if (st == LK_NOT_FOUND) {
@@ -970,8 +1207,8 @@ static lk_status h_register_tool(lk_admin *a, ProtobufCMessage *m,
     st = oom(err);
     goto done;
   }
-  if (r->credential_type != NULL) {
-    st = lk_catalog_put_type(a->cat, b, r->credential_type, err);
+  if (canon != NULL) {
+    st = lk_catalog_put_type(a->cat, b, canon, err);
   }
   if (st == LK_OK) {
     st = lk_catalog_put_tool(a->cat, b, t, err);
@@ -987,6 +1224,9 @@ done:
   lk_store_batch_destroy(b);
   lk_catalog_free_tool(old);
   lk_catalog_free_type(type);
+  if (canon != NULL) {
+    protobuf_c_message_free_unpacked(&canon->base, NULL);
+  }
   return st;
 }
 
@@ -1042,25 +1282,36 @@ static lk_status h_register_type(lk_admin *a, ProtobufCMessage *m,
                                  unsigned char **resp, size_t *resp_len,
                                  lk_err *err) {
   Latchkey__V1__CredentialType *t = (Latchkey__V1__CredentialType *)m;
+  Latchkey__V1__CredentialType *canon = NULL;
   lk_store_batch *b = NULL;
   lk_status st = lk_schema_check_type(t, err);
 
-  if (st != LK_OK) {
-    return st;
+  if (st == LK_OK) {
+    st = lk_schema_canonical_type(t, NULL, &canon, err);
   }
-  lk_schema_normalize_type(t);
+  if (st == LK_OK) {
+    st = check_kind_change(a, canon, err);
+  }
+  if (st != LK_OK) {
+    goto done;
+  }
   b = lk_store_batch_new();
   if (b == NULL) {
-    return oom(err);
+    st = oom(err);
+    goto done;
   }
-  st = lk_catalog_put_type(a->cat, b, t, err);
+  st = lk_catalog_put_type(a->cat, b, canon, err);
   if (st == LK_OK) {
     st = commit(a, b, err);
   }
   if (st == LK_OK) {
-    st = pack(&t->base, resp, resp_len, err);
+    st = pack(&canon->base, resp, resp_len, err);
   }
+done:
   lk_store_batch_destroy(b);
+  if (canon != NULL) {
+    protobuf_c_message_free_unpacked(&canon->base, NULL);
+  }
   return st;
 }
 
@@ -1089,6 +1340,39 @@ static int find_cred_of_type(void *ctx, Latchkey__V1__Credential *c) {
   }
   lk_catalog_free_credential(c);
   return u->found;
+}
+
+/* Refuses to re-register type t under another kind while credentials of
+ * it exist: they were checked, and given refresh state or not, under the
+ * kind they were created with. */
+static lk_status check_kind_change(lk_admin *a,
+                                   const Latchkey__V1__CredentialType *t,
+                                   lk_err *err) {
+  Latchkey__V1__CredentialType *old = NULL;
+  type_use u;
+  lk_status st = lk_catalog_get_type(a->cat, t->id, &old, err);
+
+  if (st == LK_NOT_FOUND) {
+    lk_err_clear(err);
+    return LK_OK;
+  }
+  if (st != LK_OK || streq(old->kind, t->kind)) {
+    lk_catalog_free_type(old);
+    return st;
+  }
+  lk_catalog_free_type(old);
+  memset(&u, 0, sizeof(u));
+  u.type_id = t->id;
+  st = lk_catalog_list_credentials(a->cat, find_cred_of_type, &u, err);
+  if (st == LK_OK && u.found) {
+    st = lk_fail(err, LK_FAILED_PRECONDITION,
+                 "credential type '%s' has credential '%s', so its kind "
+                 "cannot change; delete its credentials first "
+                 "(`latchkeyctl credential delete %s`) or register the type "
+                 "under another id",
+                 t->id, u.user, u.user);
+  }
+  return st;
 }
 
 static lk_status h_delete_type(lk_admin *a, ProtobufCMessage *m,

@@ -21,6 +21,17 @@
  *   touches several records (a tool and its inline type, a budget and its
  *   bindings) commits them in one atomic batch.
  *
+ * OAuth 2.0 (credential types of kind "oauth2", lib/oauth.h): a create
+ * needs token_url (http(s), at most 2048 bytes), client_id, and for
+ * grant_type authorization_code (the default) refresh_token; access_token,
+ * expires_at (stored as decimal seconds; "0", refresh at once, when there
+ * is no access token or no expiry for it), client_secret and scope may be
+ * left out. The credential gets Credential.oauth (OAuthState) at
+ * generation 1. An update that sets access_token or refresh_token (the
+ * owner re-authorised) starts the next generation with a clean record
+ * (last_success_at kept); other updates keep the record. Other kinds never
+ * carry OAuthState. A type's kind cannot change while it has credentials.
+ *
  * Audit: every change (each method that writes, RotateKey included) and
  * every AuditHash call writes one `audit.admin` line (lib/log.h
  * lk_log_fields) naming the action ("credential.create", "tool.register",

@@ -14,10 +14,12 @@
 #include "lib/schema.h"
 
 #include <regex.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "lib/catalog.h"
+#include "lib/oauth.h"
 
 #define MAX_HOST 253
 /* Longest piece of an unknown placeholder quoted back in a message. */
@@ -417,16 +419,47 @@ static lk_status check_field(const Latchkey__V1__CredentialType *t, size_t i,
   return LK_OK;
 }
 
-static int has_field(const Latchkey__V1__CredentialType *t, const char *name,
-                     size_t len) {
+/* Returns the standard oauth2 field named name (len bytes), or NULL. */
+static const lk_oauth_field *oauth_std(const char *name, size_t len) {
+  size_t n = 0;
+  const lk_oauth_field *std = lk_oauth_fields(&n);
+  size_t i;
+  for (i = 0; i < n; i++) {
+    if (strlen(std[i].name) == len && memcmp(std[i].name, name, len) == 0) {
+      return &std[i];
+    }
+  }
+  return NULL;
+}
+
+/* Returns the field of t named name (len bytes), or NULL. */
+static const Latchkey__V1__CredentialField *declared(
+    const Latchkey__V1__CredentialType *t, const char *name, size_t len) {
   size_t i;
   for (i = 0; i < t->n_fields; i++) {
     const char *f = str(t->fields[i]->name);
     if (strlen(f) == len && memcmp(f, name, len) == 0) {
-      return 1;
+      return t->fields[i];
     }
   }
-  return 0;
+  return NULL;
+}
+
+/* A field a template may name: a declared one, or for an oauth2 type a
+ * standard one (the canonical form adds it). */
+static int has_field(const Latchkey__V1__CredentialType *t, const char *name,
+                     size_t len) {
+  return declared(t, name, len) != NULL ||
+         (lk_oauth_type_is_oauth2(t) && oauth_std(name, len) != NULL);
+}
+
+/* The oauth2 fields that go to the token endpoint only: never injected
+ * into a vendor request. */
+static int oauth_endpoint_only(const char *name, size_t len) {
+  return (len == strlen(LK_OAUTH_REFRESH_TOKEN) &&
+          memcmp(name, LK_OAUTH_REFRESH_TOKEN, len) == 0) ||
+         (len == strlen(LK_OAUTH_CLIENT_SECRET) &&
+          memcmp(name, LK_OAUTH_CLIENT_SECRET, len) == 0);
 }
 
 /* Checks one template: balanced braces, declared placeholders, and (for
@@ -467,6 +500,14 @@ static lk_status check_template(const Latchkey__V1__CredentialType *t,
                          "'{%.*s}' names no declared field",
                          t->id, rule, member,
                          (int)(pc.len > ECHO_MAX ? ECHO_MAX : pc.len), pc.s);
+        }
+        if (lk_oauth_type_is_oauth2(t) && oauth_endpoint_only(pc.s, pc.len)) {
+          return lk_fail(err, LK_INVALID_ARGUMENT,
+                         "credential type '%s' inject[%zu].%s: oauth2 field "
+                         "'{%.*s}' goes only to the token endpoint; inject "
+                         "{%s}",
+                         t->id, rule, member, (int)pc.len, pc.s,
+                         LK_OAUTH_ACCESS_TOKEN);
         }
         break;
     }
@@ -588,9 +629,45 @@ static lk_status check_rules(const Latchkey__V1__CredentialType *t,
   return LK_OK;
 }
 
+/* Counts the standard oauth2 fields t does not declare (the canonical
+ * form adds them). */
+static size_t oauth_missing(const Latchkey__V1__CredentialType *t) {
+  size_t n = 0;
+  const lk_oauth_field *std = lk_oauth_fields(&n);
+  size_t missing = 0;
+  size_t i;
+  for (i = 0; i < n; i++) {
+    missing += declared(t, std[i].name, strlen(std[i].name)) == NULL;
+  }
+  return missing;
+}
+
+/* Checks that each standard oauth2 field t declares has the table's
+ * secret flag: a token declared plain would be shown and logged. */
+static lk_status check_oauth_fields(const Latchkey__V1__CredentialType *t,
+                                    lk_err *err) {
+  size_t n = 0;
+  const lk_oauth_field *std = lk_oauth_fields(&n);
+  size_t i;
+  for (i = 0; i < n; i++) {
+    const Latchkey__V1__CredentialField *f =
+        declared(t, std[i].name, strlen(std[i].name));
+    if (f != NULL && (f->secret != 0) != (std[i].secret != 0)) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "credential type '%s': oauth2 field '%s' must have "
+                     "\"secret\": %s; fix it or leave the field out (it is "
+                     "added)",
+                     t->id, std[i].name, std[i].secret ? "true" : "false");
+    }
+  }
+  return LK_OK;
+}
+
 lk_status lk_schema_check_type(const Latchkey__V1__CredentialType *t,
                                lk_err *err) {
   lk_status st = lk_schema_check_id(t->id, "credential_type.id", err);
+  int oauth2 = lk_oauth_type_is_oauth2(t);
+  size_t total;
   size_t i;
 
   if (st != LK_OK) {
@@ -601,18 +678,35 @@ lk_status lk_schema_check_type(const Latchkey__V1__CredentialType *t,
                    "credential type '%s' description is longer than %d bytes",
                    t->id, LK_SCHEMA_MAX_DESCRIPTION);
   }
-  if (t->n_fields == 0) {
+  if (nonempty(t->kind) && !oauth2) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "credential type '%s': kind must be \"\" (fields the "
+                   "owner provides) or \"%s\"",
+                   t->id, LK_OAUTH_KIND);
+  }
+  if (t->n_fields == 0 && !oauth2) {
     return lk_fail(err, LK_INVALID_ARGUMENT,
                    "credential type '%s' has no fields; declare at least one",
                    t->id);
   }
-  if (t->n_fields > LK_SCHEMA_MAX_FIELDS) {
+  total = t->n_fields;
+  if (oauth2 && total <= LK_SCHEMA_MAX_FIELDS) {
+    total += oauth_missing(t);
+  }
+  if (total > LK_SCHEMA_MAX_FIELDS) {
     return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "credential type '%s' has more than %d fields", t->id,
-                   LK_SCHEMA_MAX_FIELDS);
+                   "credential type '%s' has more than %d fields%s", t->id,
+                   LK_SCHEMA_MAX_FIELDS,
+                   oauth2 ? " (the oauth2 standard fields included)" : "");
   }
   for (i = 0; i < t->n_fields; i++) {
     st = check_field(t, i, err);
+    if (st != LK_OK) {
+      return st;
+    }
+  }
+  if (oauth2) {
+    st = check_oauth_fields(t, err);
     if (st != LK_OK) {
       return st;
     }
@@ -627,6 +721,80 @@ void lk_schema_normalize_type(Latchkey__V1__CredentialType *t) {
       t->fields[i]->max_len = LK_SCHEMA_DEFAULT_MAX_LEN;
     }
   }
+}
+
+lk_status lk_schema_canonical_type(const Latchkey__V1__CredentialType *t,
+                                   ProtobufCAllocator *alloc,
+                                   Latchkey__V1__CredentialType **out,
+                                   lk_err *err) {
+  /* A view that borrows t's fields and adds the missing standard ones;
+   * packing it and unpacking the bytes gives one message that alloc owns
+   * whole, so the caller frees it with one call. */
+  Latchkey__V1__CredentialType view = *t;
+  Latchkey__V1__CredentialField added[LK_SCHEMA_MAX_FIELDS];
+  Latchkey__V1__CredentialField *fields[LK_SCHEMA_MAX_FIELDS];
+  Latchkey__V1__InjectRule bearer = LATCHKEY__V1__INJECT_RULE__INIT;
+  Latchkey__V1__InjectRule *bearer_rules[1] = {&bearer};
+  unsigned char *buf = NULL;
+  size_t len;
+  size_t k = 0;
+  size_t i;
+  lk_status st = LK_OK;
+
+  *out = NULL;
+  if (lk_oauth_type_is_oauth2(t)) {
+    size_t n = 0;
+    const lk_oauth_field *std = lk_oauth_fields(&n);
+    if (t->n_fields + oauth_missing(t) > LK_SCHEMA_MAX_FIELDS) {
+      return lk_fail(err, LK_INVALID_ARGUMENT,
+                     "credential type '%s' has more than %d fields (the "
+                     "oauth2 standard fields included)",
+                     t->id, LK_SCHEMA_MAX_FIELDS);
+    }
+    for (i = 0; i < n; i++) {
+      const Latchkey__V1__CredentialField *f =
+          declared(t, std[i].name, strlen(std[i].name));
+      if (f == NULL) {
+        latchkey__v1__credential_field__init(&added[k]);
+        added[k].name = (char *)std[i].name;
+        added[k].secret = std[i].secret;
+        added[k].description = (char *)std[i].description;
+        f = &added[k];
+      }
+      fields[k++] = (Latchkey__V1__CredentialField *)f;
+    }
+    for (i = 0; i < t->n_fields; i++) {
+      const char *name = str(t->fields[i]->name);
+      if (oauth_std(name, strlen(name)) == NULL) {
+        fields[k++] = t->fields[i];
+      }
+    }
+    view.fields = fields;
+    view.n_fields = k;
+    if (t->n_inject == 0) {
+      bearer.in = (char *)"header";
+      bearer.name = (char *)"Authorization";
+      bearer.value = (char *)"Bearer {" LK_OAUTH_ACCESS_TOKEN "}";
+      view.inject = bearer_rules;
+      view.n_inject = 1;
+    }
+  }
+  len = protobuf_c_message_get_packed_size(&view.base);
+  buf = malloc(len > 0 ? len : 1);
+  if (buf == NULL) {
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                   "out of memory building the canonical credential type");
+  }
+  protobuf_c_message_pack(&view.base, buf);
+  *out = latchkey__v1__credential_type__unpack(alloc, len, buf);
+  if (*out == NULL) {
+    st = lk_fail(err, LK_RESOURCE_EXHAUSTED,
+                 "out of memory building the canonical credential type");
+  } else {
+    lk_schema_normalize_type(*out);
+  }
+  free(buf);
+  return st;
 }
 
 /* ---- tools ---- */

@@ -22,6 +22,16 @@
  * lk_schema_normalize_* once a definition has passed. Error messages name
  * ids, fields and positions, never a base_url (it may hold user info).
  *
+ * Kinds: a credential type's kind is "" (fields the owner provides) or
+ * "oauth2" (lib/oauth.h). An oauth2 type always has every standard field
+ * of lk_oauth_fields: the owner may declare one to give it a pattern,
+ * description or max_len, but not another secret flag; the ones left out
+ * are added by lk_schema_canonical_type, in the table's order, before the
+ * owner's extra fields, and a type without inject rules gets
+ * `Authorization: Bearer {access_token}`. Its templates may name the
+ * standard fields whether declared or not, but never refresh_token or
+ * client_secret, which go to the token endpoint only.
+ *
  * Limits: a tool has at most LK_SCHEMA_MAX_OPERATIONS operations of at
  * most LK_SCHEMA_MAX_PARAMS params; a credential type at most
  * LK_SCHEMA_MAX_FIELDS fields; a field's max_len defaults to
@@ -99,13 +109,14 @@ lk_status lk_schema_check_id(const char *id, const char *what,
 lk_status lk_schema_check_operation(const Latchkey__V1__Operation *op,
                                     lk_err *err) LK_MUST_CHECK;
 
-/* Checks a credential type: id, description, fields (names, uniqueness,
- * max_len, patterns that compile as POSIX extended regexes) and inject
- * rules (in, names, header tokens other than the headers the sidecar
- * sets, nothing injected twice, at most one basic rule and not with an
- * Authorization header rule, templates whose placeholders are declared
- * fields, no CR or LF in header templates). LK_INVALID_ARGUMENT with the
- * reason otherwise. */
+/* Checks a credential type: id, description, kind ("" or "oauth2"),
+ * fields (names, uniqueness, max_len, patterns that compile as POSIX
+ * extended regexes; for oauth2 the standard fields' secret flags) and
+ * inject rules (in, names, header tokens other than the headers the
+ * sidecar sets, nothing injected twice, at most one basic rule and not
+ * with an Authorization header rule, templates whose placeholders are
+ * declared fields, no CR or LF in header templates). LK_INVALID_ARGUMENT
+ * with the reason otherwise. */
 lk_status lk_schema_check_type(const Latchkey__V1__CredentialType *type,
                                lk_err *err) LK_MUST_CHECK;
 
@@ -126,5 +137,16 @@ void lk_schema_normalize_tool(Latchkey__V1__Tool *tool);
 /* Puts a type that passed lk_schema_check_type in canonical form: a field
  * max_len of 0 becomes LK_SCHEMA_DEFAULT_MAX_LEN. */
 void lk_schema_normalize_type(Latchkey__V1__CredentialType *type);
+
+/* Builds in *out the canonical form of a type that passed
+ * lk_schema_check_type, as a new message from alloc (NULL: malloc) that
+ * the caller frees with protobuf_c_message_free_unpacked(*out, alloc):
+ * normalized (lk_schema_normalize_type), and for kind "oauth2" with the
+ * standard fields and the default inject rule added (see Kinds above).
+ * LK_RESOURCE_EXHAUSTED when out of memory. */
+lk_status lk_schema_canonical_type(const Latchkey__V1__CredentialType *type,
+                                   ProtobufCAllocator *alloc,
+                                   Latchkey__V1__CredentialType **out,
+                                   lk_err *err) LK_MUST_CHECK;
 
 #endif

@@ -37,11 +37,13 @@
 #include "clients/c/latchkey_client.h"
 #include "clients/c/latchkey_client_internal.h"
 #include "clients/cli/convert.h"
+#include "clients/cli/oauth_text.h"
 #include "clients/cli/rpc.h"
 #include "latchkey/v1/admin.pb-c.h"
 #include "latchkey/v1/sync.pb-c.h"
 #include "latchkey/v1/toolcalls.pb-c.h"
 #include "latchkey/v1/types.pb-c.h"
+#include "lib/oauth.h"
 #include "lib/secret.h"
 #include "lib/status.h"
 
@@ -158,7 +160,9 @@ static const char long_usage[] =
     "object,\n"
     "                                e.g. {\"api_key\":\"...\"}; prints the "
     "new id\n"
-    "  credential list | credential show ID     (secret fields masked)\n"
+    "  credential list | credential show ID     (secret fields masked; "
+    "oauth2:\n"
+    "                                token expiry and last refresh result)\n"
     "  credential update ID [--label LABEL]     changed fields on stdin\n"
     "  credential delete ID\n"
     "  budget create ID --agent AGENT [--agent AGENT ...]\n"
@@ -556,34 +560,45 @@ static endpoint admin_endpoint(const cli *c) {
   return e;
 }
 
+/* Makes one call; the reason of a failure in *err, nothing printed. */
+static lk_status call_endpoint_status(
+    endpoint e, const char *method, const ProtobufCMessage *req,
+    const ProtobufCMessageDescriptor *resp_desc, int64_t deadline_ms,
+    ProtobufCMessage **resp, lk_err *err) {
+  lk_status st;
+  lk_rpc_channel *ch = NULL;
+  lk_secret *token = NULL;
+
+  *resp = NULL;
+  if (e.token_file != NULL) {
+    st = read_token_file(e.token_file, &token, err);
+    if (st != LK_OK) {
+      goto done;
+    }
+  }
+  st = lk_rpc_open(e.address, e.tls_ca, &ch, err);
+  if (st != LK_OK) {
+    goto done;
+  }
+  st = lk_rpc_unary(ch, method, token != NULL ? lk_secret_str(token) : NULL,
+                    deadline_ms, req, resp_desc, resp, err);
+done:
+  lk_secret_free(token);
+  lk_rpc_close(ch);
+  return st;
+}
+
 /* Makes one call; on failure prints the error and returns 1, else 0. */
 static int call_endpoint(endpoint e, const char *method,
                          const ProtobufCMessage *req,
                          const ProtobufCMessageDescriptor *resp_desc,
                          int64_t deadline_ms, ProtobufCMessage **resp) {
   lk_err err;
-  lk_status st;
-  lk_rpc_channel *ch = NULL;
-  lk_secret *token = NULL;
-
   lk_err_clear(&err);
-  *resp = NULL;
-  if (e.token_file != NULL) {
-    st = read_token_file(e.token_file, &token, &err);
-    if (st != LK_OK) {
-      goto done;
-    }
-  }
-  st = lk_rpc_open(e.address, e.tls_ca, &ch, &err);
-  if (st != LK_OK) {
-    goto done;
-  }
-  st = lk_rpc_unary(ch, method, token != NULL ? lk_secret_str(token) : NULL,
-                    deadline_ms, req, resp_desc, resp, &err);
-done:
-  lk_secret_free(token);
-  lk_rpc_close(ch);
-  return st == LK_OK ? 0 : fail(&err);
+  return call_endpoint_status(e, method, req, resp_desc, deadline_ms, resp,
+                              &err) == LK_OK
+             ? 0
+             : fail(&err);
 }
 
 static int admin_call(const cli *c, const char *method,
@@ -686,8 +701,12 @@ static int open_sidecar(const args *a, int64_t deadline_ms, lk_client **out) {
 
 /* ---- output -------------------------------------------------------------- */
 
-/* Prints msg as one JSON document; returns 0 or 1. */
-static int print_json(const ProtobufCMessage *msg) {
+/* Adds what people need on top of a message's JSON (msg's rendering). */
+typedef void (*json_extra_fn)(json_t *j, const ProtobufCMessage *msg);
+
+/* Prints msg as one JSON document, passed through extra when not NULL;
+ * returns 0 or 1. */
+static int print_json_with(const ProtobufCMessage *msg, json_extra_fn extra) {
   lk_err err;
   json_t *j = NULL;
   int rc = 0;
@@ -696,12 +715,20 @@ static int print_json(const ProtobufCMessage *msg) {
   if (lk_convert_to_json(msg, &j, &err) != LK_OK) {
     return fail(&err);
   }
+  if (extra != NULL) {
+    extra(j, msg);
+  }
   if (json_dumpf(j, stdout, JSON_INDENT(2)) != 0) {
     rc = 1;
   }
   fputc('\n', stdout);
   json_decref(j);
   return rc;
+}
+
+/* Prints msg as one JSON document; returns 0 or 1. */
+static int print_json(const ProtobufCMessage *msg) {
+  return print_json_with(msg, NULL);
 }
 
 /* A fixed-size text cell: control characters become '?', overflow is cut
@@ -867,18 +894,25 @@ static int finish_table(table *t, int ok) {
 /* ---- tool ------------------------------------------------------------------
  */
 
-static void print_tool(const Latchkey__V1__Tool *t) {
+/* kind is the tool's credential type's kind when it could be read, else
+ * NULL. */
+static void print_tool(const Latchkey__V1__Tool *t, const char *kind) {
   size_t i;
   size_t k;
   char timeout[32];
+  cell ct;
 
   print_line("", "tool ", t->id);
   if (t->description[0] != '\0') {
     print_line("  ", "description:     ", t->description);
   }
   print_line("  ", "base_url:        ", t->base_url);
-  print_line("  ", "credential_type: ",
-             t->credential_type[0] ? t->credential_type : "(none needed)");
+  cell_reset(&ct);
+  cell_add(&ct, t->credential_type[0] ? t->credential_type : "(none needed)");
+  if (kind != NULL && kind[0] != '\0') {
+    cell_addf(&ct, " (kind %s)", kind);
+  }
+  print_line("  ", "credential_type: ", ct.buf);
   if (t->timeout_ms == 0) {
     snprintf(timeout, sizeof(timeout), "default (30000)");
   } else {
@@ -1006,7 +1040,24 @@ static int cmd_tool_show(cli *c, const args *a) {
     if (c->json) {
       rc = print_json(resp);
     } else {
-      print_tool((const Latchkey__V1__Tool *)resp);
+      const Latchkey__V1__Tool *t = (const Latchkey__V1__Tool *)resp;
+      ProtobufCMessage *type = NULL;
+      lk_err err;
+      lk_err_clear(&err);
+      /* The kind is a courtesy: without it the tool still shows. */
+      if (t->credential_type[0] != '\0') {
+        req.id = t->credential_type;
+        if (call_endpoint_status(
+                admin_endpoint(c), "/latchkey.v1.Admin/GetCredentialType",
+                &req.base, &latchkey__v1__credential_type__descriptor,
+                ADMIN_DEADLINE_MS, &type, &err) != LK_OK) {
+          type = NULL;
+        }
+      }
+      print_tool(t, type != NULL
+                        ? ((const Latchkey__V1__CredentialType *)type)->kind
+                        : NULL);
+      lk_convert_message_free(type);
     }
   }
   lk_convert_message_free(resp);
@@ -1065,6 +1116,12 @@ static void print_type(const Latchkey__V1__CredentialType *t) {
   print_line("", "credential type ", t->id);
   if (t->description[0] != '\0') {
     print_line("  ", "description: ", t->description);
+  }
+  if (strcmp(t->kind, LK_OAUTH_KIND) == 0) {
+    print_line("  ", "kind:        ",
+               "oauth2 (the control plane refreshes access_token)");
+  } else {
+    print_line("  ", "kind:        ", t->kind[0] ? t->kind : "static");
   }
   printf("  fields:\n");
   for (i = 0; i < t->n_fields; i++) {
@@ -1133,8 +1190,8 @@ static int cmd_type_list(cli *c, const args *a) {
   Latchkey__V1__ListRequest req = LATCHKEY__V1__LIST_REQUEST__INIT;
   ProtobufCMessage *resp = NULL;
   const Latchkey__V1__CredentialTypeList *list;
-  static const char *const header[] = {"ID", "FIELDS", "INJECT"};
-  table t = {3, 0, 0, NULL};
+  static const char *const header[] = {"ID", "KIND", "FIELDS", "INJECT"};
+  table t = {4, 0, 0, NULL};
   int ok;
   size_t i;
   int rc;
@@ -1154,11 +1211,12 @@ static int cmd_type_list(cli *c, const args *a) {
   for (i = 0; ok && i < list->n_types; i++) {
     cell fields;
     cell inject;
-    const char *row[3];
+    const char *row[4];
     type_summary(list->types[i], &fields, &inject);
     row[0] = list->types[i]->id;
-    row[1] = fields.buf;
-    row[2] = inject.buf;
+    row[1] = list->types[i]->kind[0] ? list->types[i]->kind : "static";
+    row[2] = fields.buf;
+    row[3] = inject.buf;
     ok = table_add(&t, row) == 0;
   }
   rc = finish_table(&t, ok);
@@ -1208,6 +1266,45 @@ static void credential_fields(const Latchkey__V1__Credential *cr, cell *out) {
   }
 }
 
+/* ---- oauth2 refresh state (oauth_text.h) ---- */
+
+static int64_t now_unix_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void print_oauth(const Latchkey__V1__Credential *cr) {
+  char text[LK_OAUTH_TEXT_BYTES];
+  printf("  oauth:\n");
+  lk_oauth_text_expiry(cr, now_unix_ms(), text, sizeof(text));
+  print_line("    ", "access token expires: ", text);
+  lk_oauth_text_refresh(cr->oauth, text, sizeof(text));
+  print_line("    ", "last refresh:         ", text);
+  if (cr->oauth->reauthorize) {
+    print_line("    ", "", LK_OAUTH_TEXT_REAUTHORIZE);
+  }
+  snprintf(text, sizeof(text), "%llu",
+           (unsigned long long)cr->oauth->generation);
+  print_line("    ", "generation:           ", text);
+}
+
+static void credential_json_extra(json_t *j, const ProtobufCMessage *msg) {
+  (void)lk_oauth_text_json(j, (const Latchkey__V1__Credential *)msg,
+                           now_unix_ms());
+}
+
+static void credential_list_json_extra(json_t *j, const ProtobufCMessage *msg) {
+  const Latchkey__V1__CredentialList *list =
+      (const Latchkey__V1__CredentialList *)msg;
+  json_t *arr = json_object_get(j, "credentials");
+  int64_t now = now_unix_ms();
+  size_t i;
+  for (i = 0; i < list->n_credentials && i < json_array_size(arr); i++) {
+    (void)lk_oauth_text_json(json_array_get(arr, i), list->credentials[i], now);
+  }
+}
+
 static void print_credential(const Latchkey__V1__Credential *cr) {
   char when[32];
   char version[24];
@@ -1236,6 +1333,9 @@ static void print_credential(const Latchkey__V1__Credential *cr) {
       cell_addf(&c, "%s = %s", f->name, f->value);
     }
     print_line("    - ", "", c.buf);
+  }
+  if (cr->oauth != NULL) {
+    print_oauth(cr);
   }
 }
 
@@ -1309,7 +1409,7 @@ static int cmd_credential_create(cli *c, const args *a) {
     goto done;
   }
   if (c->json) {
-    rc = print_json(resp);
+    rc = print_json_with(resp, credential_json_extra);
   } else {
     print_line("", "", ((const Latchkey__V1__Credential *)resp)->id);
   }
@@ -1356,7 +1456,7 @@ static int cmd_credential_update(cli *c, const args *a) {
     goto done;
   }
   if (c->json) {
-    rc = print_json(resp);
+    rc = print_json_with(resp, credential_json_extra);
   } else {
     const Latchkey__V1__Credential *cr = (const Latchkey__V1__Credential *)resp;
     cell m;
@@ -1376,8 +1476,10 @@ static int cmd_credential_list(cli *c, const args *a) {
   Latchkey__V1__ListRequest req = LATCHKEY__V1__LIST_REQUEST__INIT;
   ProtobufCMessage *resp = NULL;
   const Latchkey__V1__CredentialList *list;
-  static const char *const header[] = {"ID", "TYPE", "LABEL", "FIELDS(masked)"};
-  table t = {4, 0, 0, NULL};
+  static const char *const header[] = {"ID", "TYPE", "LABEL", "OAUTH",
+                                       "FIELDS(masked)"};
+  table t = {5, 0, 0, NULL};
+  int64_t now = now_unix_ms();
   int ok;
   size_t i;
   int rc;
@@ -1389,7 +1491,7 @@ static int cmd_credential_list(cli *c, const args *a) {
     goto done;
   }
   if (c->json) {
-    rc = print_json(resp);
+    rc = print_json_with(resp, credential_list_json_extra);
     goto done;
   }
   list = (const Latchkey__V1__CredentialList *)resp;
@@ -1397,12 +1499,15 @@ static int cmd_credential_list(cli *c, const args *a) {
   for (i = 0; ok && i < list->n_credentials; i++) {
     const Latchkey__V1__Credential *cr = list->credentials[i];
     cell fields;
-    const char *row[4];
+    char oauth[LK_OAUTH_TEXT_BYTES];
+    const char *row[5];
     credential_fields(cr, &fields);
+    lk_oauth_text_summary(cr, now, oauth, sizeof(oauth));
     row[0] = cr->id;
     row[1] = cr->type;
     row[2] = cr->label;
-    row[3] = fields.buf;
+    row[3] = oauth;
+    row[4] = fields.buf;
     ok = table_add(&t, row) == 0;
   }
   rc = finish_table(&t, ok);
@@ -1421,7 +1526,7 @@ static int cmd_credential_show(cli *c, const args *a) {
                   &latchkey__v1__credential__descriptor, &resp);
   if (rc == 0) {
     if (c->json) {
-      rc = print_json(resp);
+      rc = print_json_with(resp, credential_json_extra);
     } else {
       print_credential((const Latchkey__V1__Credential *)resp);
     }

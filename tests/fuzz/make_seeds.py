@@ -589,6 +589,66 @@ for method, name, msg in REGRESS:
 # One raw input per method index past the end (the target takes it modulo).
 put("admin_request", "99_index_wraps", bytes([len(RPCS) + RPCS.index("ListBudgets")]))
 
+# OAuth 2.0 (kind "oauth2"): the type's canonical form, the field rules of
+# a connection, the refresh record on update, and the kind that cannot
+# change under a credential. Named "oauth_NN_*", they run after the
+# numbered seeds and before regress_*.
+OAUTH_FULL = {
+    "access_token": "ya29.seed-access-token-0123456789",
+    "refresh_token": "1//seed-refresh-token-ABCDEFGHIJ",
+    "expires_at": "0001900000000",
+    "token_url": "https://oauth2.example/token",
+    "client_id": "seed.apps.example",
+    "client_secret": "seed-client-secret-XYZW",
+    "scope": "drive.readonly",
+}
+OAUTH = [
+    ("RegisterCredentialType", "register_type",
+     types_pb2.CredentialType(id="google", kind="oauth2")),
+    ("RegisterCredentialType", "declared_fields_and_rule", types_pb2.CredentialType(
+        id="google-x", kind="oauth2",
+        fields=[types_pb2.CredentialField(name="tenant"),
+                types_pb2.CredentialField(name="access_token", secret=True,
+                                          pattern="^ya29\\.", max_len=2048)],
+        inject=[rule("header", name="X-Token", value="{access_token} {client_id}")])),
+    ("RegisterCredentialType", "wrong_secret_flag", types_pb2.CredentialType(
+        id="google-bad", kind="oauth2",
+        fields=[types_pb2.CredentialField(name="access_token")])),
+    ("RegisterCredentialType", "unknown_kind",
+     types_pb2.CredentialType(id="saml", kind="saml2")),
+    ("RegisterCredentialType", "inject_refresh_token", types_pb2.CredentialType(
+        id="google-leak", kind="oauth2",
+        inject=[rule("query", name="rt", value="{refresh_token}")])),
+    ("CreateCredential", "full", cred("google", OAUTH_FULL, cid="cred-google")),
+    ("CreateCredential", "client_credentials", cred("google", {
+        "grant_type": "client_credentials", "token_url": "http://127.0.0.1:9/t",
+        "client_id": "robot"}, cid="cred-robot")),
+    ("CreateCredential", "bad_token_url", cred("google", dict(
+        OAUTH_FULL, token_url="ftp://oauth2.example/token"))),
+    ("CreateCredential", "bad_expires_at", cred("google", dict(
+        OAUTH_FULL, expires_at="99999999999999"))),
+    ("CreateCredential", "bad_grant_type", cred("google", dict(
+        OAUTH_FULL, grant_type="implicit"))),
+    ("CreateCredential", "missing_fields", cred("google", {
+        "access_token": "ya29.only-a-token-0123456789"})),
+    ("UpdateCredential", "reauthorise", admin_pb2.UpdateCredentialRequest(
+        id="cred-google", fields={"refresh_token": "1//seed-second-refresh-token"})),
+    ("UpdateCredential", "new_access_token", admin_pb2.UpdateCredentialRequest(
+        id="cred-google", fields={"access_token": "ya29.seed-second-access",
+                                  "expires_at": "2000000000"})),
+    ("UpdateCredential", "label_only", admin_pb2.UpdateCredentialRequest(
+        id="cred-google", label="renamed")),
+    ("UpdateCredential", "grant_needs_refresh_token", admin_pb2.UpdateCredentialRequest(
+        id="cred-robot", fields={"grant_type": "authorization_code"})),
+    ("RegisterCredentialType", "kind_change_refused",
+     types_pb2.CredentialType(id="google", fields=[
+         types_pb2.CredentialField(name="access_token", secret=True)])),
+    ("GetCredential", "get", admin_pb2.GetRequest(id="cred-google")),
+    ("ListCredentials", "list", admin_pb2.ListRequest()),
+]
+for i, (method, name, msg) in enumerate(OAUTH):
+    put("admin_request", "oauth_%02d_%s_%s" % (i, method, name), admin(method, msg))
+
 # ---- sync_batch: SyncBatch messages for the replica applier, each chunk a
 # 2-byte big-endian length and the encoding (length 0 = reset the applier).
 # Each seed starts from an empty replica. Node-sealed values only need the

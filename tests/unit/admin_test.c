@@ -13,7 +13,12 @@
  * each new secret value, never the value. Key-ring methods: refused
  * without a keys hook (a standalone sidecar), packed from the hook's
  * status on a control plane, and RotateKey (not GetKeyStatus) audited as
- * keys.rotate.
+ * keys.rotate. OAuth 2.0: oauth2 types are stored canonical and keep their
+ * kind while they have credentials; an oauth2 create is held to the
+ * field rules (exact messages, no value echoed), stores expires_at
+ * canonical and OAuthState at generation 1; an owner's new token starts
+ * the next generation with a clean record, other updates keep it; Get and
+ * List answer the record with every secret masked.
  */
 #include <ftw.h>
 #include <setjmp.h>
@@ -35,6 +40,7 @@
 #include "lib/admin.h"
 #include "lib/audit.h"
 #include "lib/catalog.h"
+#include "lib/oauth.h"
 #include "lib/schema.h"
 #include "lib/seal.h"
 #include "lib/secret.h"
@@ -1393,6 +1399,579 @@ static void key_rotation_writes_an_audit_line_and_status_reads_none(void **s) {
   free(text);
 }
 
+/* ---- oauth2 credentials ---- */
+
+#define ACCESS "ya29.access-canary-0123456789abcdef"
+#define REFRESH "1//refresh-canary-ABCDEFGHIJKLMNOP"
+#define CLIENT_SECRET "GOCSPX-client-secret-canary-XYZW"
+
+/* Registers the oauth2 type "google", declaring no field and no rule. */
+static void register_google(fx *f) {
+  Latchkey__V1__CredentialType type = LATCHKEY__V1__CREDENTIAL_TYPE__INIT;
+  type.id = (char *)"google";
+  type.kind = (char *)"oauth2";
+  ok(f, "RegisterCredentialType", &type.base);
+}
+
+/* Creates a credential of type from n key/value pairs kv. */
+static lk_status create_kv(fx *f, const char *type, const char *id,
+                           const char *const *kv, size_t n) {
+  Latchkey__V1__CreateCredentialRequest__FieldsEntry e[12];
+  Latchkey__V1__CreateCredentialRequest__FieldsEntry *es[12];
+  Latchkey__V1__CreateCredentialRequest r =
+      LATCHKEY__V1__CREATE_CREDENTIAL_REQUEST__INIT;
+  size_t i;
+  assert_true(n <= 12);
+  for (i = 0; i < n; i++) {
+    latchkey__v1__create_credential_request__fields_entry__init(&e[i]);
+    e[i].key = (char *)kv[2 * i];
+    e[i].value = (char *)kv[2 * i + 1];
+    es[i] = &e[i];
+  }
+  r.type = (char *)type;
+  r.id = (char *)id;
+  r.label = (char *)"me";
+  r.fields = es;
+  r.n_fields = n;
+  return call(f, "CreateCredential", &r.base);
+}
+
+/* Updates credential id with n key/value pairs kv and label (may be ""). */
+static lk_status update_kv(fx *f, const char *id, const char *label,
+                           const char *const *kv, size_t n) {
+  Latchkey__V1__UpdateCredentialRequest__FieldsEntry e[12];
+  Latchkey__V1__UpdateCredentialRequest__FieldsEntry *es[12];
+  Latchkey__V1__UpdateCredentialRequest u =
+      LATCHKEY__V1__UPDATE_CREDENTIAL_REQUEST__INIT;
+  size_t i;
+  assert_true(n <= 12);
+  for (i = 0; i < n; i++) {
+    latchkey__v1__update_credential_request__fields_entry__init(&e[i]);
+    e[i].key = (char *)kv[2 * i];
+    e[i].value = (char *)kv[2 * i + 1];
+    es[i] = &e[i];
+  }
+  u.id = (char *)id;
+  u.label = (char *)label;
+  u.fields = es;
+  u.n_fields = n;
+  return call(f, "UpdateCredential", &u.base);
+}
+
+/* The value of plain field name of c ("<absent>" when it has none) and
+ * whether c has a field of that name at all. */
+static const char *plain_of(const Latchkey__V1__Credential *c,
+                            const char *name) {
+  size_t i;
+  for (i = 0; i < c->n_fields; i++) {
+    if (strcmp(c->fields[i]->name, name) == 0) {
+      return c->fields[i]->secret ? "<secret>" : c->fields[i]->value;
+    }
+  }
+  return "<absent>";
+}
+
+static void assert_no_oauth_secret(const fx *f) {
+  assert_no_bytes(f, ACCESS);
+  assert_no_bytes(f, REFRESH);
+  assert_no_bytes(f, CLIENT_SECRET);
+}
+
+static const char *const google_full[] = {
+    "access_token",  ACCESS,
+    "refresh_token", REFRESH,
+    "expires_at",    "0001900000000",
+    "token_url",     "https://oauth2.googleapis.com/token",
+    "client_id",     "1234.apps.googleusercontent.com",
+    "client_secret", CLIENT_SECRET,
+    "scope",         "https://www.googleapis.com/auth/drive.readonly",
+};
+
+static void register_oauth2_type_stores_the_canonical_form(void **s) {
+  fx *f = *s;
+  Latchkey__V1__CredentialType *got;
+  tool_fx t;
+  lk_err err;
+  register_google(f);
+  got = latchkey__v1__credential_type__unpack(NULL, f->resp_len, f->resp);
+  assert_non_null(got);
+  assert_string_equal(got->kind, "oauth2");
+  assert_int_equal(got->n_fields, 8);
+  assert_string_equal(got->fields[0]->name, "access_token");
+  assert_int_equal(got->n_inject, 1);
+  assert_string_equal(got->inject[0]->value, "Bearer {access_token}");
+  latchkey__v1__credential_type__free_unpacked(got, NULL);
+  got = NULL;
+  assert_int_equal(lk_catalog_get_type(f->cat, "google", &got, &err), LK_OK);
+  assert_int_equal(got->n_fields, 8);
+  assert_string_equal(got->fields[7]->name, "scope");
+  assert_int_equal(got->fields[7]->max_len, LK_SCHEMA_DEFAULT_MAX_LEN);
+  lk_catalog_free_type(got);
+
+  /* inline with a tool too */
+  tool_fx_init(&t, "drive");
+  t.type.kind = (char *)"oauth2";
+  t.type.n_fields = 0;
+  t.type.n_inject = 0;
+  ok(f, "RegisterTool", &t.req.base);
+  got = NULL;
+  assert_int_equal(lk_catalog_get_type(f->cat, "weather-key", &got, &err),
+                   LK_OK);
+  assert_string_equal(got->kind, "oauth2");
+  assert_int_equal(got->n_fields, 8);
+  assert_string_equal(got->inject[0]->name, "Authorization");
+  lk_catalog_free_type(got);
+
+  /* a wrong secret flag stores nothing */
+  {
+    Latchkey__V1__CredentialField fl = LATCHKEY__V1__CREDENTIAL_FIELD__INIT;
+    Latchkey__V1__CredentialField *fls[1] = {&fl};
+    Latchkey__V1__CredentialType bad = LATCHKEY__V1__CREDENTIAL_TYPE__INIT;
+    fl.name = (char *)"refresh_token";
+    bad.id = (char *)"gh";
+    bad.kind = (char *)"oauth2";
+    bad.fields = fls;
+    bad.n_fields = 1;
+    expect(f, "RegisterCredentialType", &bad.base, LK_INVALID_ARGUMENT, NULL);
+    assert_string_equal(f->err.msg,
+                        "credential type 'gh': oauth2 field 'refresh_token' "
+                        "must have \"secret\": true; fix it or leave the "
+                        "field out (it is added)");
+    assert_int_equal(lk_catalog_get_type(f->cat, "gh", &got, &err),
+                     LK_NOT_FOUND);
+  }
+}
+
+static void type_kind_cannot_change_while_it_has_credentials(void **s) {
+  fx *f = *s;
+  tool_fx t;
+  register_weather(f, "weather");
+  /* no credential yet: the kind may change, and back */
+  tool_fx_init(&t, "weather");
+  t.type.kind = (char *)"oauth2";
+  t.type.n_fields = 0;
+  t.type.n_inject = 0;
+  ok(f, "RegisterCredentialType", &t.type.base);
+  tool_fx_init(&t, "weather");
+  ok(f, "RegisterCredentialType", &t.type.base);
+  create_cred_ok(f, "weather-key", "wk1", "api_key", API_KEY, NULL, NULL);
+  t.type.kind = (char *)"oauth2";
+  t.type.n_fields = 0;
+  t.type.n_inject = 0;
+  expect(f, "RegisterCredentialType", &t.type.base, LK_FAILED_PRECONDITION,
+         NULL);
+  assert_string_equal(f->err.msg,
+                      "credential type 'weather-key' has credential 'wk1', "
+                      "so its kind cannot change; delete its credentials "
+                      "first (`latchkeyctl credential delete wk1`) or "
+                      "register the type under another id");
+  tool_fx_init(&t, "weather");
+  t.type.kind = (char *)"oauth2";
+  t.type.n_fields = 0;
+  t.type.n_inject = 0;
+  expect(f, "RegisterTool", &t.req.base, LK_FAILED_PRECONDITION,
+         "kind cannot change");
+  /* the same kind re-registers as before */
+  tool_fx_init(&t, "weather");
+  ok(f, "RegisterTool", &t.req.base);
+}
+
+static void oauth2_create_stores_state_generation_one_and_canonical_expiry(
+    void **s) {
+  fx *f = *s;
+  Latchkey__V1__Credential *c;
+  Latchkey__V1__Credential *stored = NULL;
+  lk_err err;
+  register_google(f);
+  assert_int_equal(create_kv(f, "google", "g1", google_full, 7), LK_OK);
+  assert_no_oauth_secret(f);
+  c = latchkey__v1__credential__unpack(NULL, f->resp_len, f->resp);
+  assert_non_null(c);
+  assert_non_null(c->oauth);
+  assert_int_equal(c->oauth->generation, 1);
+  assert_int_equal(c->oauth->last_refresh_at, 0);
+  assert_string_equal(c->oauth->last_refresh_result, "");
+  assert_int_equal(c->oauth->failures, 0);
+  assert_int_equal(c->oauth->next_attempt_at, 0);
+  assert_false(c->oauth->reauthorize);
+  assert_int_equal(c->oauth->last_success_at, 0);
+  /* the type's order; grant_type defaulted; expiry canonical */
+  assert_int_equal(c->n_fields, 8);
+  assert_string_equal(c->fields[0]->name, "access_token");
+  assert_true(c->fields[0]->secret);
+  assert_string_equal(c->fields[0]->mask, BULLETS "cdef");
+  assert_string_equal(plain_of(c, "expires_at"), "1900000000");
+  assert_string_equal(plain_of(c, "grant_type"), "authorization_code");
+  assert_string_equal(plain_of(c, "client_id"),
+                      "1234.apps.googleusercontent.com");
+  latchkey__v1__credential__free_unpacked(c, NULL);
+  /* stored so, secrets sealed */
+  assert_int_equal(lk_catalog_get_credential(f->cat, "g1", &stored, &err),
+                   LK_OK);
+  assert_non_null(stored->oauth);
+  assert_int_equal(stored->oauth->generation, 1);
+  assert_non_null(stored->fields[0]->sealed);
+  assert_int_equal(lk_oauth_expires_at_ms(stored), 1900000000000LL);
+  lk_catalog_free_credential(stored);
+
+  /* the smallest client_credentials credential: no token, no expiry */
+  {
+    static const char *const cc[] = {"grant_type", "client_credentials",
+                                     "token_url",  "http://127.0.0.1:9/token",
+                                     "client_id",  "robot"};
+    assert_int_equal(create_kv(f, "google", "g2", cc, 3), LK_OK);
+    c = latchkey__v1__credential__unpack(NULL, f->resp_len, f->resp);
+    assert_int_equal(c->n_fields, 4);
+    assert_string_equal(plain_of(c, "expires_at"), "0");
+    assert_string_equal(plain_of(c, "grant_type"), "client_credentials");
+    assert_string_equal(plain_of(c, "access_token"), "<absent>");
+    assert_string_equal(plain_of(c, "refresh_token"), "<absent>");
+    assert_int_equal(c->oauth->generation, 1);
+    latchkey__v1__credential__free_unpacked(c, NULL);
+  }
+  /* an expiry without a token means nothing: refresh at once */
+  {
+    static const char *const noat[] = {
+        "refresh_token", REFRESH, "token_url",  "https://idp.example/token",
+        "client_id",     "c",     "expires_at", "1900000000"};
+    assert_int_equal(create_kv(f, "google", "g3", noat, 4), LK_OK);
+    c = latchkey__v1__credential__unpack(NULL, f->resp_len, f->resp);
+    assert_string_equal(plain_of(c, "expires_at"), "0");
+    latchkey__v1__credential__free_unpacked(c, NULL);
+  }
+  /* a token without an expiry: unknown, refresh at once */
+  {
+    static const char *const noexp[] = {
+        "access_token", ACCESS,      "refresh_token",
+        REFRESH,        "token_url", "https://idp.example/token",
+        "client_id",    "c"};
+    assert_int_equal(create_kv(f, "google", "g4", noexp, 4), LK_OK);
+    assert_no_oauth_secret(f);
+    c = latchkey__v1__credential__unpack(NULL, f->resp_len, f->resp);
+    assert_string_equal(plain_of(c, "expires_at"), "0");
+    latchkey__v1__credential__free_unpacked(c, NULL);
+  }
+  /* other kinds never get OAuthState */
+  register_weather(f, "weather");
+  create_cred_ok(f, "weather-key", "wk1", "api_key", API_KEY, NULL, NULL);
+  c = latchkey__v1__credential__unpack(NULL, f->resp_len, f->resp);
+  assert_null(c->oauth);
+  latchkey__v1__credential__free_unpacked(c, NULL);
+}
+
+/* Asserts create with kv fails INVALID_ARGUMENT with exactly want, and
+ * echoes none of the secrets. */
+static void create_refused(fx *f, const char *const *kv, size_t n,
+                           const char *want) {
+  lk_status st = create_kv(f, "google", "", kv, n);
+  if (st != LK_INVALID_ARGUMENT || strcmp(f->err.msg, want) != 0) {
+    fail_msg("got %s: %s\nwant INVALID_ARGUMENT: %s", lk_status_name(st),
+             f->err.msg, want);
+  }
+  assert_null(strstr(f->err.msg, ACCESS));
+  assert_null(strstr(f->err.msg, REFRESH));
+  assert_null(strstr(f->err.msg, CLIENT_SECRET));
+}
+
+static void oauth2_create_refuses_each_invalid_field(void **s) {
+  fx *f = *s;
+  char long_url[2100];
+  register_google(f);
+  {
+    static const char *const kv[] = {"access_token", ACCESS};
+    create_refused(f, kv, 1,
+                   "missing fields of oauth2 credential type 'google' "
+                   "(grant_type authorization_code): refresh_token, "
+                   "token_url, client_id; provide them");
+  }
+  {
+    static const char *const kv[] = {"grant_type", "client_credentials",
+                                     "token_url", "https://idp.example/token"};
+    create_refused(f, kv, 2,
+                   "missing field of oauth2 credential type 'google' "
+                   "(grant_type client_credentials): client_id; provide it");
+  }
+  {
+    static const char *const kv[] = {
+        "grant_type", "implicit",  "refresh_token",
+        REFRESH,      "token_url", "https://idp.example/token",
+        "client_id",  "c"};
+    create_refused(f, kv, 4,
+                   "field 'grant_type' must be authorization_code or "
+                   "client_credentials");
+    assert_null(strstr(f->err.msg, "implicit"));
+  }
+  {
+    static const char *const kv[] = {"refresh_token", REFRESH,
+                                     "token_url",     "ftp://idp.example/token",
+                                     "client_id",     "c"};
+    create_refused(f, kv, 3,
+                   "field 'token_url' must start with https:// (or "
+                   "http://); give the provider's token endpoint");
+    assert_null(strstr(f->err.msg, "idp.example"));
+  }
+  {
+    static const char *const kv[] = {"refresh_token",  REFRESH,     "token_url",
+                                     "https:///token", "client_id", "c"};
+    create_refused(f, kv, 3,
+                   "field 'token_url' has no host; give the provider's token "
+                   "endpoint");
+  }
+  {
+    static const char *const kv[] = {
+        "refresh_token", REFRESH, "token_url", "https://idp.example/t ok",
+        "client_id",     "c"};
+    create_refused(f, kv, 3,
+                   "field 'token_url' must be printable ASCII without "
+                   "spaces; percent-encode the rest");
+  }
+  {
+    const char *kv[] = {"refresh_token", REFRESH,     "token_url",
+                        long_url,        "client_id", "c"};
+    memcpy(long_url, "https://idp.example/", 20);
+    memset(long_url + 20, 'a', sizeof(long_url) - 21);
+    long_url[2049] = '\0';
+    create_refused(f, kv, 3,
+                   "field 'token_url' is longer than 2048 bytes; check the "
+                   "value");
+    long_url[2048] = '\0'; /* exactly 2048: fine */
+    assert_int_equal(create_kv(f, "google", "", kv, 3), LK_OK);
+  }
+  {
+    static const char *const kv[] = {
+        "access_token", ACCESS,      "refresh_token",
+        REFRESH,        "token_url", "https://idp.example/token",
+        "client_id",    "c",         "expires_at",
+        "soon"};
+    create_refused(f, kv, 5,
+                   "field expires_at: expected unix seconds, digits only");
+  }
+  {
+    static const char *const kv[] = {
+        "access_token",  ACCESS,      "refresh_token",
+        REFRESH,         "token_url", "https://idp.example/token",
+        "client_id",     "c",         "expires_at",
+        "99999999999999"};
+    create_refused(f, kv, 5,
+                   "field expires_at: expected unix seconds (at most 13 "
+                   "digits)");
+  }
+  /* the usual rules hold too: unknown fields, empty values */
+  {
+    static const char *const kv[] = {
+        "refresh_token", REFRESH, "token_url", "https://idp.example/token",
+        "client_id",     "c",     "password",  "x"};
+    create_refused(f, kv, 4,
+                   "'password' is not a field of credential type 'google'; "
+                   "see its fields with `latchkeyctl type list`");
+  }
+  {
+    static const char *const kv[] = {
+        "refresh_token", REFRESH, "token_url", "https://idp.example/token",
+        "client_id",     ""};
+    create_refused(f, kv, 3, "field 'client_id' is empty; provide a value");
+  }
+}
+
+/* Plays the control plane's refresher: gives g1 a failing record. */
+static void set_failing_state(fx *f, const char *id) {
+  Latchkey__V1__Credential *c = NULL;
+  lk_store_batch *b = lk_store_batch_new();
+  char *result;
+  lk_err err;
+  assert_non_null(b);
+  assert_int_equal(lk_catalog_get_credential(f->cat, id, &c, &err), LK_OK);
+  result = c->oauth->last_refresh_result;
+  c->oauth->generation = 5;
+  c->oauth->last_refresh_at = 1800000000000LL;
+  c->oauth->failures = 3;
+  c->oauth->next_attempt_at = 1800000060000LL;
+  c->oauth->reauthorize = 1;
+  c->oauth->last_success_at = 1700000000000LL;
+  c->oauth->last_refresh_result = (char *)"invalid_grant";
+  if (lk_catalog_put_credential(f->cat, b, c, &err) != LK_OK ||
+      lk_catalog_commit(f->cat, b, &err) != LK_OK) {
+    fail_msg("put: %s", err.msg);
+  }
+  /* free_unpacked frees the string it unpacked, not the static one */
+  c->oauth->last_refresh_result = result;
+  lk_catalog_free_credential(c);
+  lk_store_batch_destroy(b);
+}
+
+static Latchkey__V1__Credential *resp_credential(fx *f) {
+  Latchkey__V1__Credential *c =
+      latchkey__v1__credential__unpack(NULL, f->resp_len, f->resp);
+  assert_non_null(c);
+  return c;
+}
+
+static void oauth2_owner_update_of_a_token_resets_the_refresh_record(void **s) {
+  fx *f = *s;
+  Latchkey__V1__Credential *c;
+  Latchkey__V1__GetRequest g = LATCHKEY__V1__GET_REQUEST__INIT;
+  Latchkey__V1__ListRequest l = LATCHKEY__V1__LIST_REQUEST__INIT;
+  register_google(f);
+  assert_int_equal(create_kv(f, "google", "g1", google_full, 7), LK_OK);
+  set_failing_state(f, "g1");
+
+  /* label only: the record is kept as the refresher left it */
+  assert_int_equal(update_kv(f, "g1", "renamed", NULL, 0), LK_OK);
+  c = resp_credential(f);
+  assert_int_equal(c->version, 2);
+  assert_int_equal(c->oauth->generation, 5);
+  assert_int_equal(c->oauth->failures, 3);
+  assert_true(c->oauth->reauthorize);
+  assert_string_equal(c->oauth->last_refresh_result, "invalid_grant");
+  assert_int_equal(c->oauth->next_attempt_at, 1800000060000LL);
+  assert_string_equal(plain_of(c, "expires_at"), "1900000000");
+  latchkey__v1__credential__free_unpacked(c, NULL);
+  /* a plain field too */
+  {
+    static const char *const kv[] = {"scope", "openid"};
+    assert_int_equal(update_kv(f, "g1", "", kv, 1), LK_OK);
+    c = resp_credential(f);
+    assert_int_equal(c->oauth->generation, 5);
+    assert_int_equal(c->oauth->failures, 3);
+    latchkey__v1__credential__free_unpacked(c, NULL);
+  }
+
+  /* a new refresh token: the owner re-authorised */
+  {
+    static const char *const kv[] = {"refresh_token", REFRESH "-2"};
+    assert_int_equal(update_kv(f, "g1", "", kv, 1), LK_OK);
+    assert_no_bytes(f, REFRESH "-2");
+    c = resp_credential(f);
+    assert_int_equal(c->oauth->generation, 6);
+    assert_int_equal(c->oauth->failures, 0);
+    assert_int_equal(c->oauth->next_attempt_at, 0);
+    assert_int_equal(c->oauth->last_refresh_at, 0);
+    assert_false(c->oauth->reauthorize);
+    assert_string_equal(c->oauth->last_refresh_result,
+                        "re-authorised by the owner");
+    assert_int_equal(c->oauth->last_success_at, 1700000000000LL);
+    /* the access token's expiry is the old token's, untouched */
+    assert_string_equal(plain_of(c, "expires_at"), "1900000000");
+    latchkey__v1__credential__free_unpacked(c, NULL);
+  }
+  /* a new access token without its expiry: refresh at once */
+  set_failing_state(f, "g1");
+  {
+    static const char *const kv[] = {"access_token", ACCESS "-2"};
+    assert_int_equal(update_kv(f, "g1", "", kv, 1), LK_OK);
+    c = resp_credential(f);
+    assert_int_equal(c->oauth->generation, 6);
+    assert_int_equal(c->oauth->failures, 0);
+    assert_string_equal(plain_of(c, "expires_at"), "0");
+    latchkey__v1__credential__free_unpacked(c, NULL);
+  }
+  /* with it: stored canonical */
+  {
+    static const char *const kv[] = {"access_token", ACCESS "-3", "expires_at",
+                                     "02000000000"};
+    assert_int_equal(update_kv(f, "g1", "", kv, 2), LK_OK);
+    c = resp_credential(f);
+    assert_int_equal(c->oauth->generation, 7);
+    assert_string_equal(plain_of(c, "expires_at"), "2000000000");
+    latchkey__v1__credential__free_unpacked(c, NULL);
+  }
+  /* Get and List answer the record as stored, secrets masked */
+  g.id = (char *)"g1";
+  ok(f, "GetCredential", &g.base);
+  assert_no_oauth_secret(f);
+  c = resp_credential(f);
+  assert_int_equal(c->oauth->generation, 7);
+  assert_string_equal(c->oauth->last_refresh_result,
+                      "re-authorised by the owner");
+  assert_string_equal(c->fields[0]->value, "");
+  assert_null(c->fields[0]->sealed);
+  assert_string_equal(c->fields[0]->mask, BULLETS "ef-3");
+  latchkey__v1__credential__free_unpacked(c, NULL);
+  ok(f, "ListCredentials", &l.base);
+  assert_no_oauth_secret(f);
+  {
+    Latchkey__V1__CredentialList *list =
+        latchkey__v1__credential_list__unpack(NULL, f->resp_len, f->resp);
+    assert_int_equal(list->n_credentials, 1);
+    assert_int_equal(list->credentials[0]->oauth->generation, 7);
+    latchkey__v1__credential_list__free_unpacked(list, NULL);
+  }
+}
+
+static void oauth2_update_applies_the_same_field_rules(void **s) {
+  fx *f = *s;
+  Latchkey__V1__Credential *stored = NULL;
+  lk_err err;
+  static const char *const cc[] = {"grant_type",    "client_credentials",
+                                   "token_url",     "https://idp.example/token",
+                                   "client_id",     "robot",
+                                   "client_secret", CLIENT_SECRET};
+  register_google(f);
+  assert_int_equal(create_kv(f, "google", "g2", cc, 4), LK_OK);
+  {
+    static const char *const kv[] = {"grant_type", "authorization_code"};
+    assert_int_equal(update_kv(f, "g2", "", kv, 1), LK_INVALID_ARGUMENT);
+    assert_string_equal(f->err.msg,
+                        "missing field of oauth2 credential type 'google' "
+                        "(grant_type authorization_code): refresh_token; "
+                        "provide it");
+  }
+  {
+    static const char *const kv[] = {"grant_type", "authorization_code",
+                                     "refresh_token", REFRESH};
+    assert_int_equal(update_kv(f, "g2", "", kv, 2), LK_OK);
+  }
+  {
+    static const char *const kv[] = {"grant_type", "password"};
+    assert_int_equal(update_kv(f, "g2", "", kv, 1), LK_INVALID_ARGUMENT);
+    assert_string_equal(f->err.msg,
+                        "field 'grant_type' must be authorization_code or "
+                        "client_credentials");
+  }
+  {
+    static const char *const kv[] = {"token_url", "idp.example/token"};
+    assert_int_equal(update_kv(f, "g2", "", kv, 1), LK_INVALID_ARGUMENT);
+    assert_string_equal(f->err.msg,
+                        "field 'token_url' must start with https:// (or "
+                        "http://); give the provider's token endpoint");
+  }
+  {
+    static const char *const kv[] = {"expires_at", "-1"};
+    assert_int_equal(update_kv(f, "g2", "", kv, 1), LK_INVALID_ARGUMENT);
+    assert_string_equal(f->err.msg,
+                        "field expires_at: expected unix seconds, digits "
+                        "only");
+  }
+  /* an expiry means nothing without an access token: still "0" */
+  {
+    static const char *const kv[] = {"expires_at", "1900000000"};
+    Latchkey__V1__Credential *c;
+    assert_int_equal(update_kv(f, "g2", "", kv, 1), LK_OK);
+    c = resp_credential(f);
+    assert_string_equal(plain_of(c, "expires_at"), "0");
+    assert_int_equal(c->oauth->generation, 2);
+    latchkey__v1__credential__free_unpacked(c, NULL);
+  }
+  /* none of the refused updates changed it */
+  assert_int_equal(lk_catalog_get_credential(f->cat, "g2", &stored, &err),
+                   LK_OK);
+  assert_int_equal(stored->version, 3);
+  assert_string_equal(lk_oauth_plain_field(stored, "grant_type"),
+                      "authorization_code");
+  assert_string_equal(lk_oauth_plain_field(stored, "token_url"),
+                      "https://idp.example/token");
+  lk_catalog_free_credential(stored);
+  /* a static credential's update never gains OAuthState */
+  register_weather(f, "weather");
+  create_cred_ok(f, "weather-key", "wk1", "api_key", API_KEY, NULL, NULL);
+  assert_int_equal(update_kv(f, "wk1", "renamed", NULL, 0), LK_OK);
+  {
+    Latchkey__V1__Credential *c = resp_credential(f);
+    assert_null(c->oauth);
+    latchkey__v1__credential__free_unpacked(c, NULL);
+  }
+}
+
 int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
   const struct CMUnitTest tests[] = {
@@ -1426,6 +2005,12 @@ int main(void) {
       T(key_methods_without_a_key_ring_are_failed_precondition),
       T(key_methods_answer_the_hooks_status_as_key_status),
       T(key_rotation_writes_an_audit_line_and_status_reads_none),
+      T(register_oauth2_type_stores_the_canonical_form),
+      T(type_kind_cannot_change_while_it_has_credentials),
+      T(oauth2_create_stores_state_generation_one_and_canonical_expiry),
+      T(oauth2_create_refuses_each_invalid_field),
+      T(oauth2_owner_update_of_a_token_resets_the_refresh_record),
+      T(oauth2_update_applies_the_same_field_rules),
   };
 #undef T
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -212,6 +212,58 @@ static void test_credential_type_document_converts(void **state) {
   json_decref(j);
 }
 
+/* An oauth2 type's "kind" reaches the request (inline and on its own)
+ * and comes back; a credential's OAuthState renders as "oauth". */
+static void test_oauth2_kind_and_state_round_trip(void **state) {
+  json_t *j = parse(
+      "{\"id\":\"drive\",\"description\":\"Google Drive\","
+      "\"base_url\":\"https://www.googleapis.com\","
+      "\"credential_type\":{\"id\":\"google\",\"kind\":\"oauth2\","
+      "\"fields\":[{\"name\":\"scope\",\"pattern\":\"^[ -~]+$\"}]},"
+      "\"operations\":[]}");
+  Latchkey__V1__RegisterToolRequest *req = NULL;
+  Latchkey__V1__CredentialType *t = NULL;
+  Latchkey__V1__OAuthState o = LATCHKEY__V1__OAUTH_STATE__INIT;
+  Latchkey__V1__Credential cr = LATCHKEY__V1__CREDENTIAL__INIT;
+  json_t *out;
+  json_t *jo;
+  lk_err err;
+  (void)state;
+
+  lk_err_clear(&err);
+  assert_int_equal(lk_convert_tool_request_from_json(j, &req, &err), LK_OK);
+  assert_string_equal(req->credential_type->kind, "oauth2");
+  out = assert_round_trip(&req->credential_type->base);
+  assert_string_equal(json_string_value(json_object_get(out, "kind")),
+                      "oauth2");
+  json_decref(out);
+  lk_convert_message_free(&req->base);
+  json_decref(j);
+
+  j = parse("{\"id\":\"google\",\"kind\":\"oauth2\"}");
+  assert_int_equal(lk_convert_credential_type_from_json(j, &t, &err), LK_OK);
+  assert_string_equal(t->kind, "oauth2");
+  assert_int_equal(t->n_fields, 0);
+  lk_convert_message_free(&t->base);
+  json_decref(j);
+
+  o.generation = 3;
+  o.last_refresh_at = 1764109451000LL;
+  o.last_refresh_result = "ok";
+  o.last_success_at = 1764109451000LL;
+  cr.id = "g1";
+  cr.type = "google";
+  cr.oauth = &o;
+  out = assert_round_trip(&cr.base);
+  jo = json_object_get(out, "oauth");
+  assert_true(json_is_object(jo));
+  assert_int_equal(json_integer_value(json_object_get(jo, "generation")), 3);
+  assert_string_equal(
+      json_string_value(json_object_get(jo, "last_refresh_result")), "ok");
+  assert_true(json_is_false(json_object_get(jo, "reauthorize")));
+  json_decref(out);
+}
+
 static void test_credential_renders_masked_and_round_trips(void **state) {
   Latchkey__V1__FieldValue secret = LATCHKEY__V1__FIELD_VALUE__INIT;
   Latchkey__V1__FieldValue plain = LATCHKEY__V1__FIELD_VALUE__INIT;
@@ -769,6 +821,7 @@ int main(void) {
       cmocka_unit_test(test_tool_without_credential_type_needs_none),
       cmocka_unit_test(test_tool_round_trips_with_snake_case_keys),
       cmocka_unit_test(test_credential_type_document_converts),
+      cmocka_unit_test(test_oauth2_kind_and_state_round_trip),
       cmocka_unit_test(test_credential_renders_masked_and_round_trips),
       cmocka_unit_test(test_budget_and_binding_round_trip),
       cmocka_unit_test(test_utf8_body_renders_as_string),

@@ -3,8 +3,11 @@
  * credential type) passes; each broken rule of a tool, an operation or a
  * credential type is refused with LK_INVALID_ARGUMENT and a message naming
  * what to fix (exact where an owner reads it as is); the canonical form;
- * the template scanner's pieces in both syntaxes; and the shared facts
- * (methods, parameter types, header tokens, ids) the call path reads.
+ * the template scanner's pieces in both syntaxes; the shared facts
+ * (methods, parameter types, header tokens, ids) the call path reads; and
+ * oauth2 types: the kind, the standard fields' secret flags, their
+ * canonical completion (fields in table order, the default bearer rule)
+ * and the field limit counting the fields it adds.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +19,7 @@
 
 #include <cmocka.h>
 
+#include "lib/oauth.h"
 #include "lib/schema.h"
 #include "tests/unit/tool_fixture.h"
 
@@ -661,6 +665,258 @@ static void scanner_has_no_escapes_in_paths(void **state) {
   assert_string_equal(out, "T:/x C:}");
 }
 
+/* ---- oauth2 types ---- */
+
+/* An oauth2 type "google" declaring access_token (with its own pattern,
+ * description and max_len) and an extra plain field "tenant", no rules. */
+typedef struct {
+  Latchkey__V1__CredentialType type;
+  Latchkey__V1__CredentialField access;
+  Latchkey__V1__CredentialField tenant;
+  Latchkey__V1__CredentialField *fields[2];
+  Latchkey__V1__InjectRule rule;
+  Latchkey__V1__InjectRule *rules[1];
+} oauth_fx;
+
+static void oauth_fx_init(oauth_fx *f) {
+  latchkey__v1__credential_type__init(&f->type);
+  latchkey__v1__credential_field__init(&f->access);
+  latchkey__v1__credential_field__init(&f->tenant);
+  latchkey__v1__inject_rule__init(&f->rule);
+  f->type.id = (char *)"google";
+  f->type.kind = (char *)LK_OAUTH_KIND;
+  f->access.name = (char *)"access_token";
+  f->access.secret = 1;
+  f->access.pattern = (char *)"^ya29\\.[!-~]+$";
+  f->access.description = (char *)"Google access token";
+  f->access.max_len = 2048;
+  f->tenant.name = (char *)"tenant";
+  f->tenant.description = (char *)"Workspace domain";
+  f->fields[0] = &f->tenant; /* declared before the standard one */
+  f->fields[1] = &f->access;
+  f->type.fields = f->fields;
+  f->type.n_fields = 2;
+  f->rule.in = (char *)"header";
+  f->rule.name = (char *)"X-Goog-Token";
+  f->rule.value = (char *)"{access_token}";
+  f->rules[0] = &f->rule;
+  f->type.inject = f->rules;
+  f->type.n_inject = 0;
+}
+
+static Latchkey__V1__CredentialType *canonical_ok(
+    const Latchkey__V1__CredentialType *t) {
+  Latchkey__V1__CredentialType *out = NULL;
+  lk_err err;
+  lk_err_clear(&err);
+  if (lk_schema_check_type(t, &err) != LK_OK) {
+    fail_msg("check: %s", err.msg);
+  }
+  if (lk_schema_canonical_type(t, NULL, &out, &err) != LK_OK) {
+    fail_msg("canonical: %s", err.msg);
+  }
+  assert_non_null(out);
+  return out;
+}
+
+static void oauth2_canonical_form_has_every_standard_field_then_extras(
+    void **state) {
+  oauth_fx f;
+  size_t n = 0;
+  const lk_oauth_field *std = lk_oauth_fields(&n);
+  Latchkey__V1__CredentialType *c;
+  size_t i;
+  (void)state;
+  oauth_fx_init(&f);
+  c = canonical_ok(&f.type);
+  assert_string_equal(c->kind, "oauth2");
+  assert_int_equal(n, 8);
+  assert_int_equal(c->n_fields, n + 1);
+  for (i = 0; i < n; i++) {
+    const Latchkey__V1__CredentialField *cf = c->fields[i];
+    assert_string_equal(cf->name, std[i].name);
+    assert_int_equal(cf->secret, std[i].secret);
+    if (i == 0) {
+      /* declared: the owner's pattern, description and max_len kept */
+      assert_string_equal(cf->pattern, "^ya29\\.[!-~]+$");
+      assert_string_equal(cf->description, "Google access token");
+      assert_int_equal(cf->max_len, 2048);
+    } else {
+      assert_string_equal(cf->pattern, "");
+      assert_string_equal(cf->description, std[i].description);
+      assert_int_equal(cf->max_len, LK_SCHEMA_DEFAULT_MAX_LEN);
+    }
+  }
+  /* the order of the table, whatever the owner's order */
+  assert_string_equal(c->fields[1]->name, "refresh_token");
+  assert_true(c->fields[1]->secret);
+  assert_string_equal(c->fields[2]->name, "expires_at");
+  assert_false(c->fields[2]->secret);
+  assert_string_equal(c->fields[5]->name, "client_secret");
+  assert_true(c->fields[5]->secret);
+  assert_string_equal(c->fields[7]->name, "scope");
+  /* the owner's extra field last, as declared */
+  assert_string_equal(c->fields[8]->name, "tenant");
+  assert_false(c->fields[8]->secret);
+  assert_string_equal(c->fields[8]->description, "Workspace domain");
+  assert_int_equal(c->fields[8]->max_len, LK_SCHEMA_DEFAULT_MAX_LEN);
+  /* no rules declared: the bearer rule */
+  assert_int_equal(c->n_inject, 1);
+  assert_string_equal(c->inject[0]->in, "header");
+  assert_string_equal(c->inject[0]->name, "Authorization");
+  assert_string_equal(c->inject[0]->value, "Bearer {access_token}");
+  protobuf_c_message_free_unpacked(&c->base, NULL);
+}
+
+static void oauth2_declared_rules_are_kept_and_may_name_added_fields(
+    void **state) {
+  oauth_fx f;
+  Latchkey__V1__CredentialType *c;
+  (void)state;
+  oauth_fx_init(&f);
+  f.type.n_inject = 1;
+  c = canonical_ok(&f.type);
+  assert_int_equal(c->n_inject, 1);
+  assert_string_equal(c->inject[0]->name, "X-Goog-Token");
+  assert_string_equal(c->inject[0]->value, "{access_token}");
+  protobuf_c_message_free_unpacked(&c->base, NULL);
+
+  /* a type that declares no field at all: every standard one added, and
+   * its rule may name one it did not declare */
+  oauth_fx_init(&f);
+  f.type.n_fields = 0;
+  f.type.n_inject = 1;
+  f.rule.value = (char *)"{access_token} for {client_id}";
+  c = canonical_ok(&f.type);
+  assert_int_equal(c->n_fields, 8);
+  assert_string_equal(c->fields[0]->name, "access_token");
+  assert_string_equal(c->fields[0]->description,
+                      lk_oauth_fields(&(size_t){0})[0].description);
+  protobuf_c_message_free_unpacked(&c->base, NULL);
+}
+
+static void static_canonical_form_only_normalizes(void **state) {
+  tool_fx t;
+  Latchkey__V1__CredentialType *c;
+  (void)state;
+  tool_fx_init(&t, "weather");
+  c = canonical_ok(&t.type);
+  assert_string_equal(c->kind, "");
+  assert_int_equal(c->n_fields, 1);
+  assert_string_equal(c->fields[0]->name, "api_key");
+  assert_int_equal(c->fields[0]->max_len, LK_SCHEMA_DEFAULT_MAX_LEN);
+  assert_int_equal(c->n_inject, 1);
+  assert_string_equal(c->inject[0]->name, "X-Api-Key");
+  protobuf_c_message_free_unpacked(&c->base, NULL);
+  /* and the input was only read */
+  assert_int_equal(t.field.max_len, 0);
+}
+
+static void oauth2_standard_field_with_wrong_secret_flag_is_refused(
+    void **state) {
+  oauth_fx f;
+  lk_err err;
+  (void)state;
+  oauth_fx_init(&f);
+  f.access.secret = 0;
+  lk_err_clear(&err);
+  assert_refused(lk_schema_check_type(&f.type, &err), &err, NULL, "plain");
+  assert_msg_eq(&err,
+                "credential type 'google': oauth2 field 'access_token' must "
+                "have \"secret\": true; fix it or leave the field out (it is "
+                "added)");
+
+  oauth_fx_init(&f);
+  f.tenant.name = (char *)"token_url";
+  f.tenant.secret = 1;
+  lk_err_clear(&err);
+  assert_refused(lk_schema_check_type(&f.type, &err), &err, NULL, "secret");
+  assert_msg_eq(&err,
+                "credential type 'google': oauth2 field 'token_url' must "
+                "have \"secret\": false; fix it or leave the field out (it is "
+                "added)");
+}
+
+static void unknown_kind_is_refused_naming_the_allowed_kinds(void **state) {
+  oauth_fx f;
+  lk_err err;
+  (void)state;
+  oauth_fx_init(&f);
+  f.type.kind = (char *)"OAuth2";
+  lk_err_clear(&err);
+  assert_refused(lk_schema_check_type(&f.type, &err), &err, NULL, "kind");
+  assert_msg_eq(&err,
+                "credential type 'google': kind must be \"\" (fields the "
+                "owner provides) or \"oauth2\"");
+  assert_null(strstr(err.msg, "OAuth2"));
+  /* "" is the static kind, which still needs a field */
+  f.type.kind = (char *)"";
+  f.type.n_fields = 0;
+  assert_refused(lk_schema_check_type(&f.type, &err), &err, "no fields",
+                 "static kind");
+}
+
+static void oauth2_rules_never_inject_endpoint_only_secrets(void **state) {
+  static const char *const names[] = {"refresh_token", "client_secret"};
+  oauth_fx f;
+  lk_err err;
+  char value[64];
+  size_t i;
+  (void)state;
+  for (i = 0; i < 2; i++) {
+    oauth_fx_init(&f);
+    f.type.n_inject = 1;
+    snprintf(value, sizeof(value), "{%s}", names[i]);
+    f.rule.value = value;
+    lk_err_clear(&err);
+    assert_refused(lk_schema_check_type(&f.type, &err), &err, NULL, names[i]);
+    char want[256];
+    snprintf(want, sizeof(want),
+             "credential type 'google' inject[0].value: oauth2 field "
+             "'{%s}' goes only to the token endpoint; inject {access_token}",
+             names[i]);
+    assert_msg_eq(&err, want);
+  }
+  /* a static type may name a field of that name: it is just a field */
+  {
+    static const char *const fields[] = {"refresh_token"};
+    static const rule_spec rule = {"header", "X-R", "{refresh_token}", NULL,
+                                   NULL};
+    (void)check_expect(&rule, 1, fields, 1, LK_OK);
+  }
+}
+
+static void oauth2_field_limit_counts_the_added_fields(void **state) {
+  oauth_fx f;
+  Latchkey__V1__CredentialField extra[LK_SCHEMA_MAX_FIELDS];
+  Latchkey__V1__CredentialField *ptrs[LK_SCHEMA_MAX_FIELDS];
+  char names[LK_SCHEMA_MAX_FIELDS][16];
+  lk_err err;
+  size_t i;
+  (void)state;
+  oauth_fx_init(&f);
+  for (i = 0; i < LK_SCHEMA_MAX_FIELDS; i++) {
+    latchkey__v1__credential_field__init(&extra[i]);
+    snprintf(names[i], sizeof(names[i]), "x%zu", i);
+    extra[i].name = names[i];
+    ptrs[i] = &extra[i];
+  }
+  f.type.fields = ptrs;
+  /* 56 extra + 8 standard = 64: the limit */
+  f.type.n_fields = LK_SCHEMA_MAX_FIELDS - 8;
+  {
+    Latchkey__V1__CredentialType *c = canonical_ok(&f.type);
+    assert_int_equal(c->n_fields, LK_SCHEMA_MAX_FIELDS);
+    protobuf_c_message_free_unpacked(&c->base, NULL);
+  }
+  f.type.n_fields = LK_SCHEMA_MAX_FIELDS - 7;
+  lk_err_clear(&err);
+  assert_refused(lk_schema_check_type(&f.type, &err), &err, NULL, "65");
+  assert_msg_eq(&err,
+                "credential type 'google' has more than 64 fields (the "
+                "oauth2 standard fields included)");
+}
+
 /* ---- shared facts ---- */
 
 static void shared_facts(void **state) {
@@ -708,6 +964,15 @@ int main(void) {
       cmocka_unit_test(scanner_cuts_credential_templates),
       cmocka_unit_test(scanner_has_no_escapes_in_paths),
       cmocka_unit_test(shared_facts),
+      cmocka_unit_test(
+          oauth2_canonical_form_has_every_standard_field_then_extras),
+      cmocka_unit_test(
+          oauth2_declared_rules_are_kept_and_may_name_added_fields),
+      cmocka_unit_test(static_canonical_form_only_normalizes),
+      cmocka_unit_test(oauth2_standard_field_with_wrong_secret_flag_is_refused),
+      cmocka_unit_test(unknown_kind_is_refused_naming_the_allowed_kinds),
+      cmocka_unit_test(oauth2_rules_never_inject_endpoint_only_secrets),
+      cmocka_unit_test(oauth2_field_limit_counts_the_added_fields),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
