@@ -20,7 +20,8 @@ What is proven, from the vendor's and the control plane's own counters:
   missing_credential with the re-authorise hint;
 - a failed Refresh, or a refreshed token that never arrives, returns the
   first 401 (in time for the call's deadline);
-- a standalone sidecar returns a 401 as it is, asking no one.
+- a standalone sidecar (credential created through its Admin) returns a
+  401 as it is, asking no one, and never sends an expired token either.
 """
 
 import json
@@ -38,7 +39,7 @@ import harness
 from fake_cp import FakeControlPlane, record, write_node_token
 from latchkey.v1 import sync_pb2
 from latchkey.v1 import types_pb2
-from oauth_server import OAuthServer
+from oauth_server import OAuthServer, oauth_tool
 
 CRED = "cred-idp"
 TYPE = "idp-oauth"
@@ -88,8 +89,8 @@ def metric(port, line_prefix):
 
 
 class OAuthStack(harness.Stack):
-    """nginx + a latchkeyd following the fake control plane (replica mode),
-    or, with standalone=True, the same data dir served standalone."""
+    """nginx + a latchkeyd following the fake control plane (replica
+    mode)."""
 
     def __init__(self, name, cp_port):
         super().__init__(name, setup_url_template=SETUP)
@@ -97,7 +98,6 @@ class OAuthStack(harness.Stack):
         self.node_token_file = os.path.join(self.dir, "node.token")
         write_node_token(self.node_token_file)
         self.metrics_port = harness.free_port()
-        self.standalone = False
 
     def daemon_args(self):
         args = ["--listen", self.agent_addr,
@@ -107,10 +107,9 @@ class OAuthStack(harness.Stack):
                 "--allow-insecure-vendors",
                 "--setup-url-template", SETUP,
                 "--metrics-listen", "127.0.0.1:%d" % self.metrics_port,
+                "--control-plane", self.cp_addr,
+                "--control-plane-token-file", self.node_token_file,
                 "--log-level", "debug"]
-        if not self.standalone:
-            args += ["--control-plane", self.cp_addr,
-                     "--control-plane-token-file", self.node_token_file]
         return args
 
     def _ready(self, timeout):
@@ -355,25 +354,65 @@ class OAuthSidecarTest(harness.E2EAssertions, unittest.TestCase):
         self.assertEqual(self.idp.stats()["vendor_requests"], 1)
         self.assertTrue(events(self.lk, "oauth_refresh_not_applied"))
 
-    # -- standalone ----------------------------------------------------------
+
+
+class StandaloneOAuthTest(harness.StackTestCase):
+    """A standalone latchkeyd (no control plane) whose oauth2 credential
+    was created through its own Admin listener."""
+
+    with_catalog = False
+
+    def setUp(self):
+        super().setUp()
+        self.idp = OAuthServer(expires_in=3600, rotate=True).start()
+        self.addCleanup(self.idp.stop)
+        self.lk.register_tool(oauth_tool(TOOL, self.idp, TYPE))
+        self.lk.create_budget("main")
+
+    def connect(self, expires_in):
+        fields = self.idp.seed(expires_in=expires_in)
+        cred = self.lk.create_credential(TYPE, fields, label="oauth")
+        self.assertEqual(cred.oauth.generation, 1)
+        self.lk.bind("main", cred.id, tool=TOOL)
+        return cred.id, fields
+
+    def whoami(self):
+        return self.lk.call("main", TOOL, "whoami", {})
 
     def test_standalone_returns_a_401_as_it_is(self):
-        self.install()
-        self.assertResult(self.whoami(), 200, generation=1)
-        # The same replica, now served standalone: no control plane.
-        self.lk.stop_daemon()
-        self.lk.standalone = True
-        self.lk.start_daemon()
-        self.idp.revoke_current()
-        before = len(self.cp.refresh_requests())
+        self.connect(expires_in=3600)
         resp = self.whoami()
-        self.assertResult(resp, 401)
+        self.assertEqual(resp.result.http_status, 200)
+        self.idp.revoke_current()
+        resp = self.whoami()
+        self.assertEqual(resp.WhichOneof("outcome"), "result")
+        self.assertEqual(resp.result.http_status, 401)
         self.assertEqual(json.loads(resp.result.body),
                          {"error": "invalid_token"})
-        self.assertEqual(len(self.cp.refresh_requests()), before)
-        self.assertEqual(self.idp.stats()["vendor_requests"], 2)
-        self.assertNotIn("oauth_retry", events(self.lk,
-                                               "audit.tool_call")[-1])
+        self.assertEqual(self.idp.stats()["vendor_requests"], 2,
+                         "no retry without a control plane")
+        self.assertEqual(events(self.lk, "oauth_retry"), [])
+        self.assertEqual(events(self.lk, "oauth_refresh_requested"), [])
+        self.assertNotIn("oauth_retry",
+                         events(self.lk, "audit.tool_call")[-1])
+
+    def test_standalone_never_sends_an_expired_token(self):
+        cred_id, fields = self.connect(expires_in=-30)
+        resp = self.whoami()
+        self.assertEqual(resp.WhichOneof("outcome"), "missing_credential")
+        missing = resp.missing_credential
+        self.assertIn("re-authorise", missing.hint)
+        self.assertIn("'%s'" % cred_id, missing.hint)
+        self.assertIn("latchkeyctl credential update %s" % cred_id,
+                      missing.hint)
+        setup_url = harness.SETUP_URL_TEMPLATE.format(
+            tool=TOOL, budget="main", type=TYPE)
+        self.assertEqual(missing.setup_url, setup_url)
+        self.assertIn(setup_url, missing.hint)
+        for name in ("access_token", "refresh_token", "client_secret"):
+            self.assertNoSecret(resp.SerializeToString(), fields[name],
+                                "missing_credential")
+        self.assertEqual(self.idp.stats()["vendor_requests"], 0)
 
 
 if __name__ == "__main__":
