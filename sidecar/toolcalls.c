@@ -1353,8 +1353,12 @@ static int credential_ready(lk_toolcalls *t, const char *budget,
   lk_err ignored;
   if (resolve(t, budget, tool, &cred, &ignored) != LK_OK)
     return 0;
+  /* An OAuth connection whose token expired answers missing_credential
+   * until it is refreshed or re-authorised: not ready either. */
+  int ready = !(lk_oauth_credential_is_oauth2(cred) &&
+                lk_oauth_expired(cred, lk_wall_ms()));
   lk_catalog_free_credential(cred);
-  return 1;
+  return ready;
 }
 
 static void free_info(Latchkey__V1__ToolInfo *info) {

@@ -228,6 +228,16 @@ class OAuthSidecarTest(harness.E2EAssertions, unittest.TestCase):
         self.assertNotIn("oauth_retry", line)
         self.assertEqual(metric(self.lk.metrics_port,
                                 "latchkey_oauth_expired_total"), 1)
+        # ListTools tells the agent the same before it calls.
+        (info,) = [t for t in self.lk.list_tools("main").tools
+                   if t.tool_id == TOOL]
+        self.assertFalse(info.credential_ready)
+
+    def test_live_token_is_credential_ready(self):
+        self.install()
+        (info,) = [t for t in self.lk.list_tools("main").tools
+                   if t.tool_id == TOOL]
+        self.assertTrue(info.credential_ready)
 
     def test_expired_token_refused_by_the_provider_says_so(self):
         fields = self.install(expires_in=-5, reauthorize=True,
