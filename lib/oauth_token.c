@@ -564,6 +564,8 @@ static lk_status build(const lk_oauth_token_request *req, int refresh,
 
 typedef struct {
   lk_secret_buf *body;
+  const lk_oauth_token_request *req;
+  int cancelled;
   int too_large;
   int refused;
   char refused_addr[INET6_ADDRSTRLEN];
@@ -577,6 +579,21 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp) {
     return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
   }
   return n;
+}
+
+/* curl's progress callback: ends the transfer when the caller cancels. */
+static int on_progress(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
+                       curl_off_t ultotal, curl_off_t ulnow) {
+  transfer *t = clientp;
+  (void)dltotal;
+  (void)dlnow;
+  (void)ultotal;
+  (void)ulnow;
+  if (t->req->cancelled != NULL && t->req->cancelled(t->req->cancel_ctx)) {
+    t->cancelled = 1;
+    return 1;
+  }
+  return 0;
 }
 
 static int in4(uint32_t a, uint32_t net, int bits) {
@@ -650,6 +667,11 @@ static lk_status transfer_failed(const transfer *t, CURLcode rc,
                    "the token endpoint's answer is larger than %u bytes",
                    LK_OAUTH_TOKEN_MAX_RESPONSE_BYTES);
   }
+  if (t->cancelled) {
+    return lk_fail(err, LK_UNAVAILABLE,
+                   "the token request was cancelled: the control plane is "
+                   "stopping");
+  }
   if (t->refused) {
     return lk_fail(err, LK_FAILED_PRECONDITION,
                    "%s resolves to %s, a link-local, metadata, multicast or "
@@ -681,6 +703,7 @@ lk_status lk_oauth_token_exchange(const lk_oauth_token_request *req,
   long code = 0;
 
   memset(&t, 0, sizeof(t));
+  t.req = req;
   memset(out, 0, sizeof(*out));
   out->expires_in = -1;
   if (http_status != NULL) {
@@ -745,6 +768,11 @@ lk_status lk_oauth_token_exchange(const lk_oauth_token_request *req,
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
   curl_easy_setopt(e, CURLOPT_USERAGENT, "latchkey/1");
+  if (req->cancelled != NULL) {
+    curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(e, CURLOPT_XFERINFODATA, &t);
+    curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+  }
   CURLcode rc = curl_easy_perform(e);
   /* The body and credentials are sent: wipe them now, not at exit. */
   lk_secret_free(body);

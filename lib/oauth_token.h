@@ -75,6 +75,10 @@ typedef struct {
   const char *scope;              /* NULL or "": none (client_credentials) */
   int allow_insecure;             /* 1: http:// token URLs too */
   int64_t deadline_ms;            /* CLOCK_MONOTONIC ms (lib/clock.h) */
+  /* Polled during the transfer (may be NULL): nonzero ends it with
+   * LK_UNAVAILABLE (the caller is stopping). */
+  int (*cancelled)(void *ctx);
+  void *cancel_ctx;
 } lk_oauth_token_request;
 
 /* A successful answer. */
