@@ -590,12 +590,15 @@ cleanup : {
   lk_rpc_server_destroy(health_srv);
   lk_health_destroy(health);
   /* After the listeners: waiting Sync/Refresh calls were answered (or
-   * noticed their cancellation) while the rpc server drained. */
+   * noticed their cancellation) while the rpc server drained. Stopped
+   * before the catalog goes, freed after its watch can no longer report a
+   * change to it. */
   atomic_store(&c.oauth, NULL);
-  lk_oauth_refresh_destroy(oauth);
+  lk_oauth_refresh_stop(oauth);
   lk_reseal_destroy(reseal);
   atomic_store(&c.sync, NULL);
   lk_etcd_catalog_destroy(c.ecat);
+  lk_oauth_refresh_destroy(oauth);
   lk_sync_server_destroy(sync);
   lk_admin_destroy(c.admin);
   lk_etcd_close(etcd);

@@ -1436,7 +1436,7 @@ done:
   return st;
 }
 
-void lk_oauth_refresh_destroy(lk_oauth_refresh *r) {
+void lk_oauth_refresh_stop(lk_oauth_refresh *r) {
   if (r == NULL) {
     return;
   }
@@ -1449,17 +1449,29 @@ void lk_oauth_refresh_destroy(lk_oauth_refresh *r) {
   for (int i = 0; i < r->n_workers; i++) {
     pthread_join(r->workers[i], NULL);
   }
+  r->n_workers = 0;
   if (r->scheduler_started) {
     pthread_join(r->scheduler, NULL);
+    r->scheduler_started = 0;
   }
   /* A request made after the scheduler's last look. */
   lk_err err;
   lk_fail(&err, LK_UNAVAILABLE,
           "the control plane is shutting down; retry on another one");
+  pthread_mutex_lock(&r->mu);
   for (waiter *w = r->waiters; w != NULL; w = w->next) {
     finish(w, LK_UNAVAILABLE, 0, &err);
   }
-  call_done(take_finished(r));
+  waiter *done = take_finished(r);
+  pthread_mutex_unlock(&r->mu);
+  call_done(done);
+}
+
+void lk_oauth_refresh_destroy(lk_oauth_refresh *r) {
+  if (r == NULL) {
+    return;
+  }
+  lk_oauth_refresh_stop(r);
   pthread_cond_destroy(&r->cv);
   pthread_cond_destroy(&r->work_cv);
   pthread_mutex_destroy(&r->mu);

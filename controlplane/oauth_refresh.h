@@ -154,9 +154,15 @@ lk_status lk_oauth_refresh_start(const lk_oauth_refresh_config *cfg,
                                  lk_oauth_refresh **out,
                                  lk_err *err) LK_MUST_CHECK;
 
-/* Stops the threads (an attempt in flight finishes first, commit
- * included), answers every waiting request UNAVAILABLE and frees r; NULL
- * is a no-op. Call before etcd, the catalog or the key ring go away. */
+/* Stops the threads (a token request in flight is cut short; a finished
+ * answer is still committed) and answers every waiting request, and any
+ * made later, UNAVAILABLE; idempotent, NULL is a no-op. Call before etcd,
+ * the catalog or the key ring go away. lk_oauth_refresh_changed stays
+ * safe to call until lk_oauth_refresh_destroy, so the catalog's watch
+ * may still report changes while it is being destroyed. */
+void lk_oauth_refresh_stop(lk_oauth_refresh *r);
+
+/* Stops r (lk_oauth_refresh_stop) and frees it; NULL is a no-op. */
 void lk_oauth_refresh_destroy(lk_oauth_refresh *r);
 
 /* Tells the refresher the mirror changed (the etcd catalog's on_change):

@@ -176,8 +176,9 @@ static void cp_start(cp_fx *c, int64_t margin_ms, int64_t retry_max_ms,
 
 static void cp_close(cp_fx *c) {
   lk_oauth_refresh *r = atomic_exchange(&c->oauth, NULL);
+  lk_oauth_refresh_stop(r);
+  lk_etcd_catalog_destroy(c->ecat); /* no on_change can reach r after */
   lk_oauth_refresh_destroy(r);
-  lk_etcd_catalog_destroy(c->ecat);
   lk_etcd_close(c->etcd);
   lk_keyring_destroy(c->kr);
   memset(c, 0, sizeof(*c));
