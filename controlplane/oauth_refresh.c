@@ -54,8 +54,11 @@
 #define MAX_HOLDS 4096
 /* The scheduler looks at waiters this often while there are any. */
 #define WAITER_POLL_MS 100
-/* Mirror scans are at least this far apart. */
+/* Mirror scans are at least this far apart, and at least SCAN_DUTY times
+ * as far as the last one took, so a large catalog that changes often
+ * costs the scheduler at most a tenth of a core. */
 #define MIN_SCAN_GAP_MS 200
+#define SCAN_DUTY 10
 /* Commit attempts per refresh when the credential keeps changing under
  * the re-sealer or the key ring moves. */
 #define MAX_COMMIT_TRIES 8
@@ -1232,13 +1235,14 @@ static void *scheduler_main(void *arg) {
   char(*ids)[ID_BYTES] = calloc(LK_OAUTH_REFRESH_MAX_QUEUE, ID_BYTES);
   int64_t next_scan = 0; /* monotonic ms; at once */
   int64_t last_scan = 0;
+  int64_t gap = MIN_SCAN_GAP_MS; /* between scans a change triggers */
   for (;;) {
     pthread_mutex_lock(&r->mu);
     if (!r->stopping && !r->kicked) {
       int64_t now = lk_now_ms();
       int64_t wake = next_scan;
       if (r->changed) {
-        wake = min64(wake, last_scan + MIN_SCAN_GAP_MS);
+        wake = min64(wake, last_scan + gap);
       }
       if (r->waiters != NULL) {
         wake = min64(wake, now + WAITER_POLL_MS);
@@ -1261,9 +1265,8 @@ static void *scheduler_main(void *arg) {
       break;
     }
     int64_t now = lk_now_ms();
-    int do_scan =
-        ids != NULL && (now >= next_scan ||
-                        (r->changed && now - last_scan >= MIN_SCAN_GAP_MS));
+    int do_scan = ids != NULL &&
+                  (now >= next_scan || (r->changed && now - last_scan >= gap));
     if (do_scan) {
       r->changed = 0;
     }
@@ -1272,6 +1275,10 @@ static void *scheduler_main(void *arg) {
     if (do_scan) {
       last_scan = now;
       next_scan = now + scan(r, ids);
+      int64_t took = lk_now_ms() - now;
+      gap = took * SCAN_DUTY > MIN_SCAN_GAP_MS ? took * SCAN_DUTY
+                                               : MIN_SCAN_GAP_MS;
+      next_scan = next_scan > now + gap ? next_scan : now + gap;
     }
     pthread_mutex_lock(&r->mu);
     /* On-demand credentials: queued at once, whatever their holds. */
