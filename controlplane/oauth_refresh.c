@@ -1003,7 +1003,8 @@ static void refresh_claimed(lk_oauth_refresh *r,
            xst == LK_OK ? "the provider's answer is lost (a rotated refresh "
                           "token with it: the owner may have to "
                           "re-authorise)"
-                        : "the claim expires by itself");
+                        : "the claim is released");
+    drop_claim(r, c->id, claim_rev); /* a no-op when etcd is gone too */
     o->answer = 1;
     o->st = LK_UNAVAILABLE;
     lk_fail(&o->err, LK_UNAVAILABLE,
