@@ -13,6 +13,8 @@
  *  - a credential is refreshed once before it expires: the new access
  *    token and the rotated refresh token are sealed in etcd, expires_at,
  *    version and OAuthState follow, the claim is gone;
+ *  - a client_credentials credential gets a new access token with its
+ *    scope, and an hour's expiry when the answer has no expires_in;
  *  - two control planes on one etcd send exactly one token request per
  *    expiry over several rotations, and never reuse a refresh token;
  *  - a failing provider: failures counted, next_attempt_at backs off by
@@ -220,34 +222,43 @@ static void plain_field(test_field *t, const char *name, const char *value) {
 }
 
 /* Stores oauth2 credential id (token endpoint of w, access_token access,
- * refresh_token refresh, expires_at text) with OAuthState oauth (NULL:
- * generation 1) and version, through the catalog (a fenced etcd Txn). */
+ * refresh_token refresh (NULL: none, grant client_credentials with scope
+ * "read:all"), expires_at text) with OAuthState oauth (NULL: generation
+ * 1) and version, through the catalog (a fenced etcd Txn). */
 static void put_oauth_cred(cp_fx *c, const world *w, const char *id,
                            const char *access, const char *refresh,
                            const char *expires_at,
                            const Latchkey__V1__OAuthState *oauth,
                            uint64_t version) {
-  test_field f[7];
-  Latchkey__V1__FieldValue *fields[7];
+  test_field f[8];
+  Latchkey__V1__FieldValue *fields[8];
   Latchkey__V1__OAuthState st = LATCHKEY__V1__OAUTH_STATE__INIT;
   Latchkey__V1__Credential cred = LATCHKEY__V1__CREDENTIAL__INIT;
   lk_err err;
+  size_t n = 0;
   memset(f, 0, sizeof(f));
-  secret_field(c, &f[0], id, LK_OAUTH_ACCESS_TOKEN, access);
-  secret_field(c, &f[1], id, LK_OAUTH_REFRESH_TOKEN, refresh);
-  plain_field(&f[2], LK_OAUTH_EXPIRES_AT, expires_at);
-  plain_field(&f[3], LK_OAUTH_TOKEN_URL, ts_url(w->ts));
-  plain_field(&f[4], LK_OAUTH_CLIENT_ID, TS_CLIENT_ID);
-  secret_field(c, &f[5], id, LK_OAUTH_CLIENT_SECRET, TS_CLIENT_SECRET);
-  plain_field(&f[6], LK_OAUTH_GRANT_TYPE, LK_OAUTH_GRANT_AUTHORIZATION_CODE);
-  for (int i = 0; i < 7; i++) {
+  secret_field(c, &f[n++], id, LK_OAUTH_ACCESS_TOKEN, access);
+  if (refresh != NULL) {
+    secret_field(c, &f[n++], id, LK_OAUTH_REFRESH_TOKEN, refresh);
+  }
+  plain_field(&f[n++], LK_OAUTH_EXPIRES_AT, expires_at);
+  plain_field(&f[n++], LK_OAUTH_TOKEN_URL, ts_url(w->ts));
+  plain_field(&f[n++], LK_OAUTH_CLIENT_ID, TS_CLIENT_ID);
+  secret_field(c, &f[n++], id, LK_OAUTH_CLIENT_SECRET, TS_CLIENT_SECRET);
+  plain_field(&f[n++], LK_OAUTH_GRANT_TYPE,
+              refresh != NULL ? LK_OAUTH_GRANT_AUTHORIZATION_CODE
+                              : LK_OAUTH_GRANT_CLIENT_CREDENTIALS);
+  if (refresh == NULL) {
+    plain_field(&f[n++], LK_OAUTH_SCOPE, "read:all");
+  }
+  for (size_t i = 0; i < n; i++) {
     fields[i] = &f[i].fv;
   }
   st.generation = 1;
   cred.id = (char *)id;
   cred.type = (char *)"idp-oauth";
   cred.label = (char *)"test";
-  cred.n_fields = 7;
+  cred.n_fields = n;
   cred.fields = fields;
   cred.created_at = lk_wall_ms();
   cred.updated_at = cred.created_at;
@@ -261,7 +272,7 @@ static void put_oauth_cred(cp_fx *c, const world *w, const char *id,
     fail_msg("store credential: %s", err.msg);
   }
   lk_store_batch_destroy(b);
-  for (int i = 0; i < 7; i++) {
+  for (size_t i = 0; i < n; i++) {
     free(f[i].ct);
   }
 }
@@ -460,6 +471,40 @@ static void refreshes_once_before_expiry(void **state) {
                    LK_OK);
   assert_int_equal(m->oauth->generation, 2);
   lk_catalog_free_credential(m);
+  cp_close(&c);
+  world_free(w);
+}
+
+static void client_credentials_get_a_new_token_with_their_scope(void **state) {
+  (void)state;
+  world *w = world_new();
+  cp_fx c;
+  char got[TS_MAX_VALUE];
+  char now_access[TS_MAX_VALUE];
+  ts_set_expires_in(w->ts, -1); /* no expires_in: an hour is assumed */
+  cp_open(&c, w);
+  put_oauth_cred(&c, w, CRED, w->access, NULL, "0", NULL, 1);
+  int64_t before = lk_wall_ms();
+  cp_start(&c, 2000, 0, 0, "cp-a");
+  wait_generation(&c, CRED, 2);
+  ts_request rq;
+  assert_true(ts_request_at(w->ts, 0, &rq));
+  assert_string_equal(rq.raw_body,
+                      "grant_type=client_credentials&scope=read%3Aall");
+  assert_int_equal(ts_get_stats(w->ts).requests, 1);
+  Latchkey__V1__Credential *cred = read_cred(&c, CRED);
+  ts_current_access(w->ts, now_access, sizeof(now_access));
+  unseal(&c, cred, LK_OAUTH_ACCESS_TOKEN, got, sizeof(got));
+  assert_string_equal(got, now_access);
+  for (size_t i = 0; i < cred->n_fields; i++) {
+    assert_string_not_equal(cred->fields[i]->name, LK_OAUTH_REFRESH_TOKEN);
+  }
+  int64_t at = lk_oauth_expires_at_ms(cred);
+  assert_true(at >=
+              (before / 1000 + LK_OAUTH_REFRESH_DEFAULT_LIFETIME_S) * 1000);
+  assert_true(
+      at <= (lk_wall_ms() / 1000 + LK_OAUTH_REFRESH_DEFAULT_LIFETIME_S) * 1000);
+  latchkey__v1__credential__free_unpacked(cred, NULL);
   cp_close(&c);
   world_free(w);
 }
@@ -885,6 +930,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(due_rule_and_backoff),
       cmocka_unit_test(refreshes_once_before_expiry),
+      cmocka_unit_test(client_credentials_get_a_new_token_with_their_scope),
       cmocka_unit_test(two_control_planes_send_one_request_per_expiry),
       cmocka_unit_test(a_failing_provider_backs_off_then_recovers),
       cmocka_unit_test(a_refused_grant_waits_for_the_owner),
