@@ -20,6 +20,12 @@
  * beside --etcd-prefix, makes etcd refuse any credential sealed under a
  * key older than the one it names.
  *
+ * OAuth 2.0 (controlplane/oauth_refresh): every replica runs a refresher
+ * that renews oauth2 credentials' access tokens before they expire; an
+ * etcd claim beside --etcd-prefix makes each renewal happen once across
+ * all replicas. Sync/Refresh (node token, the agent's scope) asks for one
+ * at once, when a vendor refused a token.
+ *
  * Startup order: core dumps off and libsodium up, then the --tls-cert and
  * --tls-key pair (a bad one exits 2 with one line naming the flag, before
  * anything else is touched; lib/tls.c), then the key ring and tokens, then
@@ -35,7 +41,9 @@
 #include <string.h>
 
 #include "controlplane/etcd_catalog.h"
+#include "controlplane/oauth_refresh.h"
 #include "controlplane/reseal.h"
+#include "controlplane/scope.h"
 #include "controlplane/sync_server.h"
 #include "latchkey/v1/sync.pb-c.h"
 #include "lib/admin.h"
@@ -50,12 +58,16 @@
 #include "lib/log.h"
 #include "lib/metrics.h"
 #include "lib/metrics_http.h"
+#include "lib/oauth_token.h"
 #include "lib/rpc_server.h"
 #include "lib/secret.h"
 #include "lib/tls.h"
 #include "lib/token.h"
 
 #define STATUS_METHOD "/latchkey.v1.Replication/Status"
+#define REFRESH_METHOD "/latchkey.v1.Sync/Refresh"
+/* A RefreshRequest holds two ids and a number: far less than this. */
+#define REFRESH_MAX_REQUEST_BYTES 1024
 
 typedef struct {
   const char *listen;
@@ -72,12 +84,17 @@ typedef struct {
   const char *health_listen;
   int64_t drain_timeout_ms;
   int check_config;
+  int64_t oauth_margin_s;
+  int64_t oauth_retry_max_s;
+  int allow_insecure_token_urls;
 } options;
 
 typedef struct {
   lk_admin *admin;
   lk_token *admin_token;
+  lk_token *node_token;
   lk_sync_server *_Atomic sync;
+  lk_oauth_refresh *_Atomic oauth;
   lk_etcd_catalog *ecat;
   lk_metric *m_admin; /* Admin calls by method and gRPC code; NULL = off */
 } cp;
@@ -96,6 +113,7 @@ static void on_catalog_change(void *ctx, int64_t revision) {
   lk_sync_server *s = atomic_load(&c->sync);
   if (s != NULL)
     lk_sync_server_changed(s, revision);
+  lk_oauth_refresh_changed(atomic_load(&c->oauth));
 }
 
 /* A past catalog lent to the Sync server for a resume. */
@@ -185,6 +203,89 @@ static void admin_handle(void *ctx, lk_rpc_call *call) {
   }
   lk_rpc_call_finish(call, resp, resp_len);
   free(resp);
+}
+
+/* lk_oauth_refresh_cancelled_fn over the waiting Sync/Refresh call. */
+static int refresh_cancelled(void *ctx) {
+  return lk_rpc_call_cancelled(ctx);
+}
+
+/* lk_oauth_refresh_done_fn: answers the Sync/Refresh call (any thread). */
+static void refresh_done(void *ctx, lk_status st, uint64_t generation,
+                         const lk_err *err) {
+  lk_rpc_call *call = ctx;
+  if (st != LK_OK) {
+    lk_rpc_call_fail(call, err);
+    return;
+  }
+  Latchkey__V1__RefreshResponse resp = LATCHKEY__V1__REFRESH_RESPONSE__INIT;
+  unsigned char buf[16];
+  resp.generation = generation;
+  size_t len = latchkey__v1__refresh_response__pack(&resp, buf);
+  lk_rpc_call_finish(call, buf, len);
+}
+
+/* Sync/Refresh: a sidecar's vendor refused an oauth2 access token. The
+ * node token as for Sync/Stream, then the credential must be in the
+ * asking agent's scope; the answer comes when the refresher has one. */
+static void refresh_handle(void *ctx, lk_rpc_call *call) {
+  cp *c = ctx;
+  lk_err err;
+  size_t len = 0;
+  int uses = 0;
+  Latchkey__V1__RefreshRequest *req = NULL;
+  lk_err_clear(&err);
+  const char *md = lk_rpc_call_metadata(call, "authorization", &len);
+  if (!lk_token_check_bearer(c->node_token, md, len)) {
+    lk_fail(&err, LK_UNAUTHENTICATED,
+            "missing or wrong node token: send metadata \"authorization: "
+            "Bearer <token>\" with the token in the control plane's "
+            "--node-token-file");
+    lk_log(LK_LOG_WARN, "sync_unauthenticated", "%s refused",
+           lk_rpc_call_method(call));
+    lk_rpc_call_fail(call, &err);
+    return;
+  }
+  const unsigned char *raw = lk_rpc_call_request(call, &len);
+  if (len > REFRESH_MAX_REQUEST_BYTES) {
+    lk_fail(&err, LK_RESOURCE_EXHAUSTED, "a RefreshRequest is at most %d bytes",
+            REFRESH_MAX_REQUEST_BYTES);
+    lk_rpc_call_fail(call, &err);
+    return;
+  }
+  req = latchkey__v1__refresh_request__unpack(NULL, len, raw);
+  if (req == NULL) {
+    lk_fail(&err, LK_INVALID_ARGUMENT, "the RefreshRequest does not decode");
+    lk_rpc_call_fail(call, &err);
+    return;
+  }
+  lk_status st = lk_scope_agent_uses_credential(
+      lk_etcd_catalog_catalog(c->ecat), req->agent_id, req->credential_id,
+      &uses, &err);
+  if (st == LK_OK && !uses) {
+    st = lk_fail(&err, LK_PERMISSION_DENIED,
+                 "credential %s is not bound in any budget of agent %s",
+                 req->credential_id, req->agent_id);
+    lk_log(LK_LOG_WARN, "oauth.refresh.denied", "%s", err.msg);
+  }
+  lk_oauth_refresh *r = atomic_load(&c->oauth);
+  if (st == LK_OK && r == NULL) {
+    st = lk_fail(&err, LK_UNAVAILABLE,
+                 "the control plane is starting or stopping; retry");
+  }
+  if (st != LK_OK) {
+    lk_rpc_call_fail(call, &err);
+  } else {
+    lk_log(LK_LOG_INFO, "oauth.refresh.requested",
+           "agent %s asks for a refresh of credential %s (generation %llu "
+           "refused by its vendor)",
+           req->agent_id, req->credential_id,
+           (unsigned long long)req->generation);
+    lk_oauth_refresh_request_async(r, req->credential_id, req->generation,
+                                   lk_rpc_call_deadline_ms(call),
+                                   refresh_cancelled, refresh_done, call);
+  }
+  latchkey__v1__refresh_request__free_unpacked(req, NULL);
 }
 
 typedef struct {
@@ -302,6 +403,7 @@ static int run(const options *o) {
   lk_metrics *metrics = NULL;
   lk_metrics_http *metrics_http = NULL;
   lk_reseal *reseal = NULL;
+  lk_oauth_refresh *oauth = NULL;
   lk_rpc_server *srv = NULL;
   lk_health *health = NULL;
   lk_rpc_server *health_srv = NULL;
@@ -374,6 +476,7 @@ static int run(const options *o) {
     goto fail;
   if (lk_token_load(o->node_token_file, &node_token, &err) != LK_OK)
     goto fail;
+  c.node_token = node_token;
   if (lk_etcd_open(o->etcd, o->etcd_prefix, &etcd, &err) != LK_OK)
     goto fail;
   if (lk_etcd_catalog_open(etcd, on_catalog_change, &c, &c.ecat, &err) !=
@@ -395,6 +498,18 @@ static int run(const options *o) {
     goto fail;
   lk_admin_keys keys = {lk_reseal_admin_keys, reseal};
   lk_admin_set_keys(c.admin, keys);
+  lk_oauth_refresh_config oauth_cfg = {
+      .etcd = etcd,
+      .cat = cat,
+      .kr = kr,
+      .metrics = metrics,
+      .margin_ms = o->oauth_margin_s * 1000,
+      .retry_max_ms = o->oauth_retry_max_s * 1000,
+      .allow_insecure = o->allow_insecure_token_urls,
+  };
+  if (lk_oauth_refresh_start(&oauth_cfg, &oauth, &err) != LK_OK)
+    goto fail;
+  atomic_store(&c.oauth, oauth);
   if (lk_sync_server_new(cat, kr, node_token, &sync, &err) != LK_OK)
     goto fail;
   if (lk_sync_server_use_metrics(sync, metrics, &err) != LK_OK)
@@ -412,10 +527,13 @@ static int run(const options *o) {
   size_t n = 0;
   const char *const *m = lk_admin_methods(&n);
   const char *status_methods[] = {STATUS_METHOD};
+  const char *refresh_methods[] = {REFRESH_METHOD};
   if (lk_rpc_server_listen(srv, o->listen, m, n, admin_handle, &c, &err) !=
           LK_OK ||
       lk_rpc_server_listen(srv, o->listen, status_methods, 1, status_handle, &c,
                            &err) != LK_OK ||
+      lk_rpc_server_listen(srv, o->listen, refresh_methods, 1, refresh_handle,
+                           &c, &err) != LK_OK ||
       lk_rpc_server_listen_stream(srv, o->listen, LK_SYNC_METHOD,
                                   lk_sync_server_handler(), sync,
                                   &err) != LK_OK ||
@@ -471,9 +589,16 @@ cleanup : {
   lk_rpc_server_shutdown(health_srv, 1000);
   lk_rpc_server_destroy(health_srv);
   lk_health_destroy(health);
+  /* After the listeners: waiting Sync/Refresh calls were answered (or
+   * noticed their cancellation) while the rpc server drained. Stopped
+   * before the catalog goes, freed after its watch can no longer report a
+   * change to it. */
+  atomic_store(&c.oauth, NULL);
+  lk_oauth_refresh_stop(oauth);
   lk_reseal_destroy(reseal);
   atomic_store(&c.sync, NULL);
   lk_etcd_catalog_destroy(c.ecat);
+  lk_oauth_refresh_destroy(oauth);
   lk_sync_server_destroy(sync);
   lk_admin_destroy(c.admin);
   lk_etcd_close(etcd);
@@ -507,6 +632,13 @@ static lk_status check_files(const options *o, lk_err *err) {
 }
 
 int main(int argc, char **argv) {
+  /* Before any thread and any curl or jansson use: their copies of OAuth
+   * tokens are wiped when freed (lib/oauth_token). */
+  lk_err init_err;
+  if (lk_oauth_token_global_init(&init_err) != LK_OK) {
+    fprintf(stderr, "latchkey-cp: %s\n", init_err.msg);
+    return 1;
+  }
   options o = {
       .listen = "127.0.0.1:7700",
       .etcd = "127.0.0.1:2379",
@@ -515,6 +647,8 @@ int main(int argc, char **argv) {
       .workers = 4,
       .log_level = "info",
       .drain_timeout_ms = 30000,
+      .oauth_margin_s = LK_OAUTH_REFRESH_DEFAULT_MARGIN_MS / 1000,
+      .oauth_retry_max_s = LK_OAUTH_REFRESH_DEFAULT_RETRY_MAX_MS / 1000,
   };
   const lk_flag flags[] = {
       {"listen", LK_FLAG_STRING, &o.listen,
@@ -544,6 +678,14 @@ int main(int argc, char **argv) {
        "on SIGTERM/SIGINT, how long in-flight calls may take to finish"},
       {"check-config", LK_FLAG_BOOL, &o.check_config,
        "check flags, files and addresses, print \"config ok\" and exit"},
+      {"oauth-refresh-margin", LK_FLAG_INT, &o.oauth_margin_s,
+       "refresh an oauth2 access token this many seconds before it expires "
+       "(at most half its lifetime)"},
+      {"oauth-retry-max", LK_FLAG_INT, &o.oauth_retry_max_s,
+       "longest pause in seconds between failed OAuth refresh attempts "
+       "(doubling from 1 s; they go on past expiry)"},
+      {"allow-insecure-token-urls", LK_FLAG_BOOL, &o.allow_insecure_token_urls,
+       "let oauth2 credentials use http:// token URLs (loopback tests only)"},
   };
   int n_flags = (int)(sizeof(flags) / sizeof(flags[0]));
   int rc = lk_flags_main("latchkey-cp",
@@ -564,6 +706,12 @@ int main(int argc, char **argv) {
     usage_error = "--tls-cert and --tls-key go together";
   } else if (o.workers < 1 || o.workers > 64) {
     usage_error = "--workers must be between 1 and 64";
+  } else if (o.oauth_margin_s < 1 || o.oauth_margin_s > 7 * 86400) {
+    usage_error =
+        "--oauth-refresh-margin must be between 1 and 604800 "
+        "seconds";
+  } else if (o.oauth_retry_max_s < 1 || o.oauth_retry_max_s > 86400) {
+    usage_error = "--oauth-retry-max must be between 1 and 86400 seconds";
   } else if (lk_log_set_level_name(o.log_level) != 0) {
     usage_error = "--log-level must be debug, info, warn or error";
   } else if (is_set(o.metrics_listen) &&

@@ -700,3 +700,77 @@ void lk_scope_destroy(lk_scope *s) {
   lk_scope_view_destroy(s->owned);
   free(s);
 }
+
+/* ---- one credential ----------------------------------------------------- */
+
+/* The budgets of one agent, collected from a listing. */
+typedef struct {
+  const char *agent;
+  char **ids;
+  size_t n, cap;
+  int oom;
+} agent_budgets;
+
+static int on_agent_budget(void *ctx, Latchkey__V1__Budget *b) {
+  agent_budgets *ab = ctx;
+  for (size_t i = 0; i < b->n_agents && !ab->oom; i++) {
+    if (strcmp(b->agents[i], ab->agent) != 0) {
+      continue;
+    }
+    char *id = strdup(b->id);
+    char **slot =
+        id != NULL ? push(&ab->ids, &ab->n, &ab->cap, sizeof(char *)) : NULL;
+    if (slot == NULL) {
+      free(id);
+      ab->oom = 1;
+    } else {
+      *slot = id;
+    }
+    break;
+  }
+  lk_catalog_free_budget(b);
+  return ab->oom;
+}
+
+/* Stops a binding listing at the first binding naming cred. */
+typedef struct {
+  const char *cred;
+  int found;
+} cred_binding;
+
+static int on_cred_binding(void *ctx, Latchkey__V1__Binding *b) {
+  cred_binding *cb = ctx;
+  cb->found =
+      b->credential_id != NULL && strcmp(b->credential_id, cb->cred) == 0;
+  lk_catalog_free_binding(b);
+  return cb->found;
+}
+
+lk_status lk_scope_agent_uses_credential(lk_catalog *cat, const char *agent_id,
+                                         const char *cred_id, int *uses,
+                                         lk_err *err) {
+  agent_budgets ab = {agent_id, NULL, 0, 0, 0};
+  cred_binding cb = {cred_id, 0};
+  lk_status st = LK_OK;
+  *uses = 0;
+  if (!lk_catalog_valid_id(agent_id) || !lk_catalog_valid_id(cred_id)) {
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "agent_id and credential_id must match "
+                   "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$");
+  }
+  st = lk_catalog_list_budgets(cat, on_agent_budget, &ab, err);
+  if (st == LK_OK && ab.oom) {
+    st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  for (size_t i = 0; st == LK_OK && i < ab.n && !cb.found; i++) {
+    st = lk_catalog_list_bindings(cat, ab.ids[i], on_cred_binding, &cb, err);
+  }
+  for (size_t i = 0; i < ab.n; i++) {
+    free(ab.ids[i]);
+  }
+  free(ab.ids);
+  if (st == LK_OK) {
+    *uses = cb.found;
+  }
+  return st;
+}

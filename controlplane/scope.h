@@ -110,4 +110,14 @@ int lk_scope_contains(const lk_scope *s, const char *key);
 /* Frees the scope (and the view it owns, if any); NULL is a no-op. */
 void lk_scope_destroy(lk_scope *s);
 
+/* Sets *uses to 1 when credential cred_id is in agent_id's scope (a
+ * binding of one of the agent's budgets names it), else 0, from one
+ * listing of the budgets and of those budgets' bindings: the check of an
+ * agent asking about one credential (Sync/Refresh), without reading the
+ * whole catalog. LK_INVALID_ARGUMENT for an invalid id; the catalog's
+ * errors. */
+lk_status lk_scope_agent_uses_credential(lk_catalog *cat, const char *agent_id,
+                                         const char *cred_id, int *uses,
+                                         lk_err *err) LK_MUST_CHECK;
+
 #endif

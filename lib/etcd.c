@@ -142,21 +142,25 @@ static gpr_timespec ms_from_now(int64_t ms) {
                       gpr_time_from_millis(ms, GPR_TIMESPAN));
 }
 
-/* Returns prefix + rel (or the fence key for LK_ETCD_FENCE_KEY) as a
- * malloc'd NUL-terminated key, or NULL. */
+/* Returns 1 when rel names a key beside the prefix (LK_ETCD_OUTSIDE). */
+static int is_outside(const char *rel) {
+  return rel[0] == LK_ETCD_OUTSIDE[0];
+}
+
+/* Returns prefix + rel (or, for an LK_ETCD_OUTSIDE name, the prefix with
+ * its last byte changed + the rest of rel) as a malloc'd NUL-terminated
+ * key, or NULL. */
 static char *full_key(const lk_etcd *e, const char *rel, size_t *len) {
-  if (strcmp(rel, LK_ETCD_FENCE_KEY) == 0) {
-    char *f = strdup(e->fence);
-    if (f != NULL)
-      *len = e->fence_len;
-    return f;
-  }
-  size_t rl = strlen(rel);
+  int outside = is_outside(rel);
+  const char *tail = outside ? rel + 1 : rel;
+  size_t rl = strlen(tail);
   char *k = malloc(e->prefix_len + rl + 1);
   if (k == NULL)
     return NULL;
   memcpy(k, e->prefix, e->prefix_len);
-  memcpy(k + e->prefix_len, rel, rl + 1);
+  if (outside) /* the fence key's spelling of the prefix */
+    k[e->prefix_len - 1] = e->fence[e->prefix_len - 1];
+  memcpy(k + e->prefix_len, tail, rl + 1);
   *len = e->prefix_len + rl;
   return k;
 }
@@ -190,6 +194,18 @@ static lk_status check_rel(const char *what, const char *rel, lk_err *err) {
     return lk_fail(err, LK_INVALID_ARGUMENT, "etcd %s is longer than %u bytes",
                    what, MAX_KEY_BYTES);
   return LK_OK;
+}
+
+/* check_rel for a range or watch prefix, which must be inside the prefix. */
+static lk_status check_scan_prefix(const char *what, const char *rel,
+                                   lk_err *err) {
+  lk_status rc = check_rel(what, rel, err);
+  if (rc == LK_OK && is_outside(rel))
+    return lk_fail(err, LK_INVALID_ARGUMENT,
+                   "etcd %s names keys outside the prefix, which cannot be "
+                   "ranged or watched",
+                   what);
+  return rc;
 }
 
 /* A growable NUL-terminated key buffer with a hard cap. */
@@ -721,6 +737,21 @@ const char *lk_etcd_fence_key(const lk_etcd *e) {
   return e->fence;
 }
 
+size_t lk_etcd_full_key(const lk_etcd *e, const char *rel, char *out,
+                        size_t cap) {
+  size_t len = 0;
+  char *k = full_key(e, rel, &len);
+  if (k == NULL || len + 1 > cap) {
+    if (cap > 0)
+      out[0] = '\0';
+    free(k);
+    return 0;
+  }
+  memcpy(out, k, len + 1);
+  free(k);
+  return len;
+}
+
 void lk_etcd_value_free(unsigned char *val, size_t len) {
   if (val != NULL)
     lk_wipe_free(val, len + 1);
@@ -741,7 +772,7 @@ lk_status lk_etcd_range(lk_etcd *e, const char *prefix, int64_t at_revision,
   keybuf kb = {NULL, 0};
   Etcdserverpb__RangeResponse *r = NULL;
   rpc_status st;
-  rc = check_rel("range prefix", prefix, err);
+  rc = check_scan_prefix("range prefix", prefix, err);
   if (rc != LK_OK)
     return rc;
   if (at_revision < 0)
@@ -1083,9 +1114,10 @@ static int cmp_failed(const txn_cmp *c, const Etcdserverpb__RangeResponse *rr) {
 }
 
 /* Names the first compared key whose compare failed, from the failure
- * branch's reads (the fence by its full name). */
-static const char *conflict_key(const lk_etcd *e, const lk_etcd_txn *t,
-                                const Etcdserverpb__TxnResponse *r) {
+ * branch's reads, into out (keys outside the prefix by their full name). */
+static void conflict_key(const lk_etcd *e, const lk_etcd_txn *t,
+                         const Etcdserverpb__TxnResponse *r, char *out,
+                         size_t cap) {
   const char *k = t->n_cmps > 0 ? t->cmps[0].key : "?";
   for (size_t i = 0; i < t->n_cmps && i < r->n_responses; i++) {
     const Etcdserverpb__ResponseOp *op = r->responses[i];
@@ -1096,7 +1128,8 @@ static const char *conflict_key(const lk_etcd *e, const lk_etcd_txn *t,
       break;
     }
   }
-  return strcmp(k, LK_ETCD_FENCE_KEY) == 0 ? e->fence : k;
+  if (!is_outside(k) || lk_etcd_full_key(e, k, out, cap) == 0)
+    snprintf(out, cap, "%s", k);
 }
 
 lk_status lk_etcd_txn_commit(lk_etcd *e, lk_etcd_txn *t, int64_t *revision,
@@ -1190,9 +1223,10 @@ lk_status lk_etcd_txn_commit(lk_etcd *e, lk_etcd_txn *t, int64_t *revision,
   if (rc != LK_OK)
     goto cleanup;
   if (!r->succeeded) {
+    char key[256];
+    conflict_key(e, t, r, key, sizeof(key));
     rc = lk_fail(err, LK_FAILED_PRECONDITION,
-                 "conflict: %s changed concurrently; retry",
-                 conflict_key(e, t, r));
+                 "conflict: %s changed concurrently; retry", key);
     goto cleanup;
   }
   if (revision != NULL)
@@ -1700,7 +1734,7 @@ lk_status lk_etcd_watch_start(lk_etcd *e, const char *prefix,
                               lk_etcd_watch **out, lk_err *err) {
   lk_status rc;
   *out = NULL;
-  rc = check_rel("watch prefix", prefix, err);
+  rc = check_scan_prefix("watch prefix", prefix, err);
   if (rc != LK_OK)
     return rc;
   if (start_revision < 0)

@@ -9,10 +9,12 @@
  * Contract:
  *  - Every key passed in or handed out is relative to the prefix given to
  *    lk_etcd_open; the client prepends and strips it, so nothing outside
- *    the prefix is ever visible or writable, with one exception: the
- *    relative name LK_ETCD_FENCE_KEY stands for the client's fence key
- *    (lk_etcd_fence_key), a key outside the prefix, so no Range or Watch
- *    of the prefix ever sees it. Keys are C strings (no NUL).
+ *    the prefix is ever visible or writable, with one exception: a
+ *    relative name starting with LK_ETCD_OUTSIDE names a key beside the
+ *    prefix (see lk_etcd_fence_key for where), so no Range or Watch of the
+ *    prefix ever sees it. Get, put, delete and compare such names like any
+ *    key; they cannot be ranged or watched. LK_ETCD_FENCE_KEY is one.
+ *    Keys are C strings (no NUL).
  *  - Every unary call has a deadline (LK_ETCD_DEADLINE_MS). gRPC
  *    UNAVAILABLE or an attempt's share of the deadline running out moves
  *    on to the next endpoint at once, round after round with short pauses;
@@ -52,9 +54,17 @@
 /* At most this many comma-separated endpoints. */
 #define LK_ETCD_MAX_ENDPOINTS 16
 
-/* The relative name of the fence key (see lk_etcd_fence_key); get, put,
- * delete and compare it like any key. */
-#define LK_ETCD_FENCE_KEY "\x01keyring-fence"
+/* A relative name LK_ETCD_OUTSIDE "name" stands for the etcd key made of
+ * the prefix with its last byte replaced by '.' ('_' when it is a '.')
+ * followed by name: "/latchkey/" and "oauth-claim/c1" give
+ * "/latchkey.oauth-claim/c1". Such a key differs from every key under the
+ * prefix at the prefix's last byte, so it is never inside the prefix and
+ * is never mirrored or replicated: for coordination between control
+ * planes (the key-ring fence, OAuth refresh claims). */
+#define LK_ETCD_OUTSIDE "\x01"
+
+/* The relative name of the fence key (see lk_etcd_fence_key). */
+#define LK_ETCD_FENCE_KEY LK_ETCD_OUTSIDE "keyring-fence"
 
 typedef struct lk_etcd lk_etcd;
 typedef struct lk_etcd_txn lk_etcd_txn;
@@ -86,6 +96,13 @@ lk_status lk_etcd_get(lk_etcd *e, const char *key, unsigned char **val,
  * "/latchkey.keyring-fence". It differs from every key under the prefix
  * at the prefix's last byte, so it is never inside the prefix. */
 const char *lk_etcd_fence_key(const lk_etcd *e);
+
+/* Writes the full etcd key that relative name rel stands for (the prefix
+ * and rel, or for an LK_ETCD_OUTSIDE name the key beside the prefix) into
+ * out as a C string, for messages and tools. Returns its length, or 0
+ * when it does not fit in cap bytes (out is then ""). */
+size_t lk_etcd_full_key(const lk_etcd *e, const char *rel, char *out,
+                        size_t cap);
 
 /* Wipes the len bytes of a value from lk_etcd_get, then frees it; NULL ok. */
 void lk_etcd_value_free(unsigned char *val, size_t len);

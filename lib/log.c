@@ -186,5 +186,10 @@ void lk_log_fields(lk_log_level level, const char *event, const json_t *fields,
   (void)w;
   if (line != stack_line)
     free(line);
-  free(text);
+  /* json_dumps allocates with jansson's functions, which a daemon may
+   * have replaced (lib/oauth_token installs wiping ones). */
+  json_free_t jfree = free;
+  json_get_alloc_funcs(NULL, &jfree);
+  if (text != NULL)
+    jfree(text);
 }

@@ -106,7 +106,8 @@ LATCHKEYD_FLAGS = (
 CP_FLAGS = (
     "listen", "etcd", "etcd-prefix", "keyring", "admin-token-file",
     "node-token-file", "tls-cert", "tls-key", "workers", "log-level",
-    "health-listen", "drain-timeout", "check-config")
+    "health-listen", "drain-timeout", "check-config", "oauth-refresh-margin",
+    "oauth-retry-max", "allow-insecure-token-urls")
 
 
 def latchkey_cp_path():
@@ -243,6 +244,10 @@ class ConfigCheckTest(harness.StackTestCase):
                               token], "--tls-cert", binary=cp)
         self._refused(args + ["--drain-timeout", "-5s"], "--drain-timeout",
                       binary=cp)
+        self._refused(args + ["--oauth-refresh-margin", "0"],
+                      "--oauth-refresh-margin", binary=cp)
+        self._refused(args + ["--oauth-retry-max", "5m"], "--oauth-retry-max",
+                      binary=cp)
 
     def test_help_lists_every_flag_with_default_and_variable(self):
         for binary, expected in ((harness.latchkeyd_path(), LATCHKEYD_FLAGS),
@@ -257,6 +262,10 @@ class ConfigCheckTest(harness.StackTestCase):
         self.assertIn("(default 30s)", d["drain-timeout"][1])
         self.assertIn("(default 1048576)", d["max-response-bytes"][1])
         self.assertIn("(default info)", d["log-level"][1])
+        c = help_flags(latchkey_cp_path())
+        self.assertIn("(default 300)", c["oauth-refresh-margin"][1])
+        self.assertIn("(default 300)", c["oauth-retry-max"][1])
+        self.assertIn("(default false)", c["allow-insecure-token-urls"][1])
 
 
 if __name__ == "__main__":

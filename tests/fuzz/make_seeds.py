@@ -967,5 +967,63 @@ for name, text in CLI_JSON.items():
     put("cli_json", name, text)
 
 
+# ---- oauth_token_response: what a token endpoint answers, as
+# "NNN\n" (HTTP status) then the body. LKCANARY marks values no message
+# may quote.
+
+TOKEN = "LKCANARY-at-0123456789abcdef"
+REFRESH = "LKCANARY-rt-0123456789abcdef"
+OAUTH = {
+    "01_ok_full": "200\n" + json.dumps({
+        "access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600,
+        "refresh_token": REFRESH, "scope": "read write"}),
+    "02_ok_minimal": '200\n{"access_token":"' + TOKEN + '"}',
+    "03_ok_no_status_line": '{"access_token":"' + TOKEN + '","token_type":"bearer"}',
+    "04_ok_201_expires_zero": '201\n{"access_token":"t","expires_in":0}',
+    "05_invalid_grant": '400\n{"error":"invalid_grant","error_description":'
+                        '"the grant was revoked"}',
+    "06_invalid_client_401": '401\n{"error":"invalid_client"}',
+    "07_unauthorized_client": '400\n{"error":"unauthorized_client"}',
+    "08_unsupported_grant_type": '400\n{"error":"unsupported_grant_type"}',
+    "09_200_with_error": '200\n{"error":"invalid_grant","access_token":"' +
+                         TOKEN + '"}',
+    "10_503": '503\n{"error":"temporarily_unavailable"}',
+    "11_429_empty": "429\n",
+    "12_302_redirect": "302\n",
+    "13_500_html": "500\n<html>LKCANARY</html>",
+    "14_invalid_scope": '400\n{"error":"invalid_scope"}',
+    "15_token_type_mac": '200\n{"access_token":"' + TOKEN + '","token_type":"mac"}',
+    "16_token_type_quotes_token": '200\n{"access_token":"' + TOKEN +
+                                  '","token_type":"' + TOKEN + '"}',
+    "17_expires_negative": '200\n{"access_token":"t","expires_in":-5}',
+    "18_expires_string": '200\n{"access_token":"t","expires_in":"3600"}',
+    "19_expires_real": '200\n{"access_token":"t","expires_in":3600.5}',
+    "20_expires_huge": '200\n{"access_token":"t","expires_in":99999999999999999999}',
+    "21_access_missing": '200\n{"token_type":"bearer"}',
+    "22_access_number": '200\n{"access_token":12345678901}',
+    "23_access_empty": '200\n{"access_token":""}',
+    "24_access_crlf": '200\n{"access_token":"a\\r\\nX-Injected: 1"}',
+    "25_access_nul": '200\n{"access_token":"LKCANARY\\u0000tail"}',
+    "26_access_unicode": '200\n{"access_token":"caf\\u00e9-LKCANARY"}',
+    "27_refresh_empty": '200\n{"access_token":"t","refresh_token":""}',
+    "28_scope_array": '200\n{"access_token":"t","scope":["a","b"]}',
+    "29_truncated": '200\n{"access_token":"' + TOKEN,
+    "30_bare_canary": "200\n" + TOKEN,
+    "31_trailing_garbage": '200\n{"access_token":"' + TOKEN + '"} LKCANARY',
+    "32_duplicate_key": '200\n{"access_token":"a","access_token":"' + TOKEN + '"}',
+    "33_array": '200\n[{"access_token":"' + TOKEN + '"}]',
+    "34_empty_body": "200\n",
+    "35_deep_nesting": '200\n{"access_token":"t","x":' + "[" * 3000 + "]" * 3000 + "}",
+    "36_long_description": '400\n{"error":"invalid_grant\\u0007","error_description":"' +
+                           "d" * 500 + '\\n"}',
+    "37_long_token": '200\n{"access_token":"' + "a" * 16385 + '"}',
+    "38_error_not_string": '400\n{"error":["invalid_grant"]}',
+    "39_status_like_body": "2000\n{}",
+    "40_bad_utf8": b'200\n{"access_token":"\xff\xfe"}',
+}
+for name, text in OAUTH.items():
+    put("oauth_token_response", name, text)
+
+
 for target in sorted(written):
     print("make_seeds: %-18s %3d seeds" % (target, written[target]))

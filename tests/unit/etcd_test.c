@@ -551,6 +551,54 @@ static void value_compare_on_the_fence_key_outside_the_prefix(void **state) {
   lk_etcd_close(root);
 }
 
+static void outside_names_live_beside_the_prefix(void **state) {
+  (void)state;
+  lk_etcd *e = open_client("/t-out/");
+  lk_etcd *root = open_client("/");
+  lk_err err;
+  char full[128];
+  assert_int_equal(
+      lk_etcd_full_key(e, LK_ETCD_OUTSIDE "oauth-claim/c1", full, sizeof(full)),
+      strlen("/t-out.oauth-claim/c1"));
+  assert_string_equal(full, "/t-out.oauth-claim/c1");
+  assert_int_equal(lk_etcd_full_key(e, "cred/c1", full, sizeof(full)),
+                   strlen("/t-out/cred/c1"));
+  assert_string_equal(full, "/t-out/cred/c1");
+  assert_int_equal(lk_etcd_full_key(e, "cred/c1", full, 5), 0);
+  assert_string_equal(full, "");
+  put(e, LK_ETCD_OUTSIDE "oauth-claim/c1", "mine");
+  expect_kv(root, "t-out.oauth-claim/c1", "mine");
+  expect_kv(e, LK_ETCD_OUTSIDE "oauth-claim/c1", "mine");
+  /* Never seen by a range of the prefix; cannot be ranged or watched. */
+  scan s;
+  memset(&s, 0, sizeof(s));
+  assert_int_equal(lk_etcd_range(e, "", 0, scan_fn, &s, NULL, &err), LK_OK);
+  assert_int_equal(s.n, 0);
+  assert_int_equal(lk_etcd_range(e, LK_ETCD_OUTSIDE "oauth-claim/", 0, scan_fn,
+                                 &s, NULL, &err),
+                   LK_INVALID_ARGUMENT);
+  assert_string_equal(err.msg,
+                      "etcd range prefix names keys outside the "
+                      "prefix, which cannot be ranged or watched");
+  /* A conflict on it names it in full. */
+  lk_etcd_txn *t = lk_etcd_txn_new();
+  lk_etcd_txn_expect_mod_revision(t, LK_ETCD_OUTSIDE "oauth-claim/c1", 0);
+  lk_etcd_txn_put(t, LK_ETCD_OUTSIDE "oauth-claim/c1",
+                  (const unsigned char *)"theirs", 6);
+  assert_int_equal(lk_etcd_txn_commit(e, t, NULL, &err),
+                   LK_FAILED_PRECONDITION);
+  assert_string_equal(
+      err.msg, "conflict: /t-out.oauth-claim/c1 changed concurrently; retry");
+  lk_etcd_txn_destroy(t);
+  t = lk_etcd_txn_new();
+  lk_etcd_txn_delete(t, LK_ETCD_OUTSIDE "oauth-claim/c1");
+  assert_int_equal(lk_etcd_txn_commit(e, t, NULL, &err), LK_OK);
+  lk_etcd_txn_destroy(t);
+  expect_kv(root, "t-out.oauth-claim/c1", NULL);
+  lk_etcd_close(e);
+  lk_etcd_close(root);
+}
+
 static void txn_over_op_cap_is_refused_without_writing(void **state) {
   (void)state;
   lk_etcd *e = open_client("/t-cap/");
@@ -906,6 +954,7 @@ int main(void) {
       cmocka_unit_test(txn_commits_when_expectations_hold),
       cmocka_unit_test(txn_conflict_is_failed_precondition_naming_the_key),
       cmocka_unit_test(value_compare_on_the_fence_key_outside_the_prefix),
+      cmocka_unit_test(outside_names_live_beside_the_prefix),
       cmocka_unit_test(txn_over_op_cap_is_refused_without_writing),
       cmocka_unit_test(delete_and_delete_prefix_remove_exactly_their_keys),
       cmocka_unit_test(watch_sees_puts_and_deletes_in_order_and_resumes),

@@ -355,8 +355,49 @@ static void test_view_records_carry_encoding_and_hash(void **state) {
   lk_scope_view_destroy(v);
 }
 
+/* lk_scope_agent_uses_credential answers exactly what the full scope
+ * says about cred/<id>, for every agent and credential of the fixture. */
+static void test_agent_uses_credential_matches_the_scope(void **state) {
+  fx *f = *state;
+  const char *agents[] = {"a1", "a2", "a3"};
+  const char *creds[] = {"g1", "w1", "w2", "s1", "nope"};
+  lk_err err;
+  for (size_t a = 0; a < 3; a++) {
+    lk_scope *s = NULL;
+    assert_int_equal(lk_scope_compute(f->cat, agents[a], &s, &err), LK_OK);
+    for (size_t c = 0; c < 5; c++) {
+      char key[64];
+      int uses = -1;
+      snprintf(key, sizeof(key), "cred/%s", creds[c]);
+      assert_int_equal(lk_scope_agent_uses_credential(f->cat, agents[a],
+                                                      creds[c], &uses, &err),
+                       LK_OK);
+      assert_int_equal(uses, lk_scope_contains(s, key));
+    }
+    lk_scope_destroy(s);
+  }
+  int uses = -1;
+  assert_int_equal(
+      lk_scope_agent_uses_credential(f->cat, "a1", "w1", &uses, &err), LK_OK);
+  assert_int_equal(uses, 1);
+  assert_int_equal(
+      lk_scope_agent_uses_credential(f->cat, "a1", "w2", &uses, &err), LK_OK);
+  assert_int_equal(uses, 0); /* bound only in a2's budget */
+  assert_int_equal(
+      lk_scope_agent_uses_credential(f->cat, "a1/..", "w1", &uses, &err),
+      LK_INVALID_ARGUMENT);
+  assert_string_equal(err.msg,
+                      "agent_id and credential_id must match "
+                      "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$");
+  assert_int_equal(
+      lk_scope_agent_uses_credential(f->cat, "a1", "", &uses, &err),
+      LK_INVALID_ARGUMENT);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(
+          test_agent_uses_credential_matches_the_scope, setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_scope_is_exactly_the_agents_budgets_and_what_they_bind, setup,
           teardown),
