@@ -647,8 +647,8 @@ int main(int argc, char **argv) {
       .workers = 4,
       .log_level = "info",
       .drain_timeout_ms = 30000,
-      .oauth_margin_s = LK_OAUTH_REFRESH_DEFAULT_MARGIN_MS / 1000,
-      .oauth_retry_max_s = LK_OAUTH_REFRESH_DEFAULT_RETRY_MAX_MS / 1000,
+      .oauth_margin_s = LK_OAUTH_POLICY_DEFAULT_MARGIN_MS / 1000,
+      .oauth_retry_max_s = LK_OAUTH_POLICY_DEFAULT_RETRY_MAX_MS / 1000,
   };
   const lk_flag flags[] = {
       {"listen", LK_FLAG_STRING, &o.listen,

@@ -20,7 +20,6 @@
 #include "controlplane/oauth_refresh.h"
 
 #include <inttypes.h>
-#include <jansson.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdatomic.h>
@@ -62,8 +61,6 @@
 /* Commit attempts per refresh when the credential keeps changing under
  * the re-sealer or the key ring moves. */
 #define MAX_COMMIT_TRIES 8
-/* last_refresh_result is cut to this many bytes. */
-#define MAX_RESULT_BYTES 400
 
 typedef struct waiter {
   struct waiter *next;
@@ -128,40 +125,6 @@ struct lk_oauth_refresh {
 };
 
 /* ---- small helpers ------------------------------------------------------ */
-
-int64_t lk_oauth_refresh_backoff_ms(uint32_t failures, int64_t retry_max_ms) {
-  int64_t b = LK_OAUTH_REFRESH_FIRST_BACKOFF_MS;
-  for (uint32_t i = 1; i < failures && b < retry_max_ms; i++) {
-    b *= 2;
-  }
-  return b < retry_max_ms ? b : retry_max_ms;
-}
-
-int64_t lk_oauth_refresh_due_at(const Latchkey__V1__Credential *c,
-                                int64_t margin_ms) {
-  if (c == NULL || c->oauth == NULL || c->oauth->reauthorize) {
-    return INT64_MAX;
-  }
-  const Latchkey__V1__OAuthState *o = c->oauth;
-  int64_t exp = lk_oauth_expires_at_ms(c);
-  int64_t due = 0;
-  if (exp > 0) {
-    int64_t lead = margin_ms;
-    if (o->last_success_at > 0 && exp > o->last_success_at &&
-        (exp - o->last_success_at) / 2 < lead) {
-      lead = (exp - o->last_success_at) / 2;
-    }
-    due = exp - lead;
-    if (o->last_success_at > 0 &&
-        due < o->last_success_at + LK_OAUTH_REFRESH_MIN_INTERVAL_MS) {
-      due = o->last_success_at + LK_OAUTH_REFRESH_MIN_INTERVAL_MS;
-    }
-  }
-  if (o->next_attempt_at > due) {
-    due = o->next_attempt_at;
-  }
-  return due;
-}
 
 const char *lk_oauth_refresh_id(const lk_oauth_refresh *r) {
   return r->cp_id;
@@ -457,173 +420,92 @@ static void drop_claim(lk_oauth_refresh *r, const char *id, int64_t claim_rev) {
 
 /* ---- the new record ----------------------------------------------------- */
 
-/* One field value this commit writes anew. */
+/* lk_oauth_policy_sealer's context over the key ring: every sealed value
+ * of a record ends up under the ring's active key, and the record notes
+ * that one key so the commit's fence compare can vouch for it. */
 typedef struct {
-  Latchkey__V1__FieldValue fv;
-  Latchkey__V1__SealedValue sv;
-  unsigned char nonce[LK_SEAL_NONCE_BYTES];
-  unsigned char *ct; /* ciphertext only */
-  size_t ct_len;
-  char plain[24];
-} slot;
-
-/* A credential record built over a decoded one: its own field array and
- * OAuthState, the rest borrowed from the decoded record. */
-typedef struct {
-  slot *slots;
-  size_t n_slots;
-  Latchkey__V1__FieldValue **fields;
-  Latchkey__V1__OAuthState oauth;
-  Latchkey__V1__Credential cred;
+  lk_keyring *kr;
+  uint32_t active;
   uint32_t key_id; /* the one key every sealed value is under */
   int sealed;      /* the record has sealed values */
-} record;
-
-static void record_free(record *rec) {
-  for (size_t i = 0; rec->slots != NULL && i < rec->n_slots; i++) {
-    free(rec->slots[i].ct);
-  }
-  free(rec->slots);
-  free(rec->fields);
-  memset(rec, 0, sizeof(*rec));
-}
+} ring_sealer;
 
 /* Notes that a sealed value under key_id is in the record; 0 when another
  * one is under a different key (the ring moved meanwhile). */
-static int note_key(record *rec, uint32_t key_id) {
-  if (rec->sealed && rec->key_id != key_id) {
+static int note_key(ring_sealer *rs, uint32_t key_id) {
+  if (rs->sealed && rs->key_id != key_id) {
     return 0;
   }
-  rec->sealed = 1;
-  rec->key_id = key_id;
+  rs->sealed = 1;
+  rs->key_id = key_id;
   return 1;
 }
 
-/* Seals len bytes at pt for field name of cred_id into a new slot and adds
- * it to the record's fields. */
-static lk_status seal_field(lk_oauth_refresh *r, record *rec,
-                            const char *cred_id, const char *name,
-                            const unsigned char *pt, size_t len, lk_err *err) {
-  slot *s = &rec->slots[rec->n_slots++];
-  latchkey__v1__field_value__init(&s->fv);
-  latchkey__v1__sealed_value__init(&s->sv);
-  lk_status st = lk_keyring_seal(r->kr, cred_id, name, pt, len, &s->sv.key_id,
-                                 s->nonce, &s->ct, &s->ct_len, err);
+/* lk_oauth_policy_seal_fn: seals under the ring's active key. */
+static lk_status ring_seal(void *ctx, const char *cred_id, const char *field,
+                           const unsigned char *pt, size_t len,
+                           uint32_t *key_id,
+                           unsigned char nonce[LK_SEAL_NONCE_BYTES],
+                           unsigned char **ct, size_t *ct_len, lk_err *err) {
+  ring_sealer *rs = ctx;
+  lk_status st = lk_keyring_seal(rs->kr, cred_id, field, pt, len, key_id, nonce,
+                                 ct, ct_len, err);
+  if (st == LK_OK && !note_key(rs, *key_id)) {
+    return lk_fail(err, LK_UNAVAILABLE, "%s", LK_KEYFENCE_RETRY_MSG);
+  }
+  return st;
+}
+
+/* lk_oauth_policy_keep_fn: a kept value under a key other than the active
+ * one is re-sealed under it, so the record is under one key. */
+static lk_status ring_keep(void *ctx, const char *cred_id,
+                           const Latchkey__V1__FieldValue *f, int *changed,
+                           uint32_t *key_id,
+                           unsigned char nonce[LK_SEAL_NONCE_BYTES],
+                           unsigned char **ct, size_t *ct_len, lk_err *err) {
+  ring_sealer *rs = ctx;
+  const char *name = f->name != NULL ? f->name : "";
+  lk_secret *pt = NULL;
+  *changed = 0;
+  if (f->sealed->key_id == rs->active) {
+    if (!note_key(rs, f->sealed->key_id)) {
+      return lk_fail(err, LK_UNAVAILABLE, "%s", LK_KEYFENCE_RETRY_MSG);
+    }
+    return LK_OK;
+  }
+  lk_status st = lk_keyring_unseal(rs->kr, f->sealed->key_id, cred_id, name,
+                                   f->sealed->nonce.data, f->sealed->nonce.len,
+                                   f->sealed->ciphertext.data,
+                                   f->sealed->ciphertext.len, &pt, err);
+  if (st == LK_OK) {
+    st = ring_seal(rs, cred_id, name, lk_secret_data(pt), lk_secret_len(pt),
+                   key_id, nonce, ct, ct_len, err);
+  }
+  lk_secret_free(pt); /* last use of the plaintext */
+  if (st == LK_OK) {
+    *changed = 1;
+  }
+  return st;
+}
+
+/* Builds the record outcome o makes of decoded credential c
+ * (lk_oauth_policy_record_new) under the ring's active key, noting that
+ * key in *rs. LK_UNAVAILABLE (LK_KEYFENCE_RETRY_MSG) when the ring moved
+ * while sealing: build again. */
+static lk_status build_record(lk_oauth_refresh *r,
+                              const Latchkey__V1__Credential *c,
+                              const lk_oauth_policy_outcome *o, ring_sealer *rs,
+                              lk_oauth_policy_record **rec, lk_err *err) {
+  memset(rs, 0, sizeof(*rs));
+  *rec = NULL;
+  lk_status st = lk_keyring_refresh(r->kr, NULL, err);
   if (st != LK_OK) {
     return st;
   }
-  s->fv.name = (char *)name;
-  s->fv.secret = 1;
-  s->fv.sealed = &s->sv;
-  s->sv.nonce.data = s->nonce;
-  s->sv.nonce.len = sizeof(s->nonce);
-  s->sv.ciphertext.data = s->ct;
-  s->sv.ciphertext.len = s->ct_len;
-  rec->fields[rec->cred.n_fields++] = &s->fv;
-  if (!note_key(rec, s->sv.key_id)) {
-    return lk_fail(err, LK_UNAVAILABLE, "%s", LK_KEYFENCE_RETRY_MSG);
-  }
-  return LK_OK;
-}
-
-/* Builds the record to commit over decoded credential c: state as its
- * OAuthState; with res (a success) the new access token, the rotated
- * refresh token, expires_at (unix seconds), version + 1 and updated_at =
- * now_wall. Every other sealed value under a key other than the active
- * one is re-sealed under it, so the record is under one key, which the
- * fence compare vouches for. LK_UNAVAILABLE (LK_KEYFENCE_RETRY_MSG) when
- * the ring moved while sealing: build again. */
-static lk_status build_record(lk_oauth_refresh *r,
-                              const Latchkey__V1__Credential *c,
-                              const lk_oauth_token_result *res,
-                              const Latchkey__V1__OAuthState *state,
-                              int64_t expires_at_s, int64_t now_wall,
-                              record *rec, lk_err *err) {
-  lk_status st = LK_OK;
-  int have_at = 0;
-  int have_rt = 0;
-  int have_exp = 0;
-  memset(rec, 0, sizeof(*rec));
-  if ((st = lk_keyring_refresh(r->kr, NULL, err)) != LK_OK) {
-    return st;
-  }
-  uint32_t active = lk_keyring_active_id(r->kr);
-  rec->slots = calloc(c->n_fields + 3, sizeof(*rec->slots));
-  rec->fields = calloc(c->n_fields + 3, sizeof(*rec->fields));
-  if (rec->slots == NULL || rec->fields == NULL) {
-    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
-  }
-  rec->cred = *c;
-  rec->cred.fields = rec->fields;
-  rec->cred.n_fields = 0;
-  rec->oauth = *state;
-  rec->cred.oauth = &rec->oauth;
-  for (size_t i = 0; i < c->n_fields && st == LK_OK; i++) {
-    Latchkey__V1__FieldValue *f = c->fields[i];
-    const char *name = f->name != NULL ? f->name : "";
-    int sealed =
-        f->secret && f->sealed != NULL && f->sealed->ciphertext.len > 0;
-    if (res != NULL && strcmp(name, LK_OAUTH_ACCESS_TOKEN) == 0) {
-      have_at = 1;
-      st = seal_field(r, rec, c->id, LK_OAUTH_ACCESS_TOKEN,
-                      lk_secret_data(res->access_token),
-                      lk_secret_len(res->access_token), err);
-    } else if (res != NULL && res->refresh_token != NULL &&
-               strcmp(name, LK_OAUTH_REFRESH_TOKEN) == 0) {
-      have_rt = 1;
-      st = seal_field(r, rec, c->id, LK_OAUTH_REFRESH_TOKEN,
-                      lk_secret_data(res->refresh_token),
-                      lk_secret_len(res->refresh_token), err);
-    } else if (res != NULL && !f->secret &&
-               strcmp(name, LK_OAUTH_EXPIRES_AT) == 0) {
-      have_exp = 1;
-      slot *s = &rec->slots[rec->n_slots++];
-      latchkey__v1__field_value__init(&s->fv);
-      snprintf(s->plain, sizeof(s->plain), "%lld", (long long)expires_at_s);
-      s->fv.name = (char *)LK_OAUTH_EXPIRES_AT;
-      s->fv.value = s->plain;
-      rec->fields[rec->cred.n_fields++] = &s->fv;
-    } else if (sealed && f->sealed->key_id != active) {
-      lk_secret *pt = NULL;
-      st = lk_keyring_unseal(r->kr, f->sealed->key_id, c->id, name,
-                             f->sealed->nonce.data, f->sealed->nonce.len,
-                             f->sealed->ciphertext.data,
-                             f->sealed->ciphertext.len, &pt, err);
-      if (st == LK_OK) {
-        st = seal_field(r, rec, c->id, name, lk_secret_data(pt),
-                        lk_secret_len(pt), err);
-      }
-      lk_secret_free(pt); /* last use of the plaintext */
-    } else {
-      if (sealed && !note_key(rec, f->sealed->key_id)) {
-        st = lk_fail(err, LK_UNAVAILABLE, "%s", LK_KEYFENCE_RETRY_MSG);
-      }
-      rec->fields[rec->cred.n_fields++] = f;
-    }
-  }
-  if (st == LK_OK && res != NULL && !have_at) {
-    st = seal_field(r, rec, c->id, LK_OAUTH_ACCESS_TOKEN,
-                    lk_secret_data(res->access_token),
-                    lk_secret_len(res->access_token), err);
-  }
-  if (st == LK_OK && res != NULL && res->refresh_token != NULL && !have_rt) {
-    st = seal_field(r, rec, c->id, LK_OAUTH_REFRESH_TOKEN,
-                    lk_secret_data(res->refresh_token),
-                    lk_secret_len(res->refresh_token), err);
-  }
-  if (st == LK_OK && res != NULL && !have_exp) {
-    slot *s = &rec->slots[rec->n_slots++];
-    latchkey__v1__field_value__init(&s->fv);
-    snprintf(s->plain, sizeof(s->plain), "%lld", (long long)expires_at_s);
-    s->fv.name = (char *)LK_OAUTH_EXPIRES_AT;
-    s->fv.value = s->plain;
-    rec->fields[rec->cred.n_fields++] = &s->fv;
-  }
-  if (st == LK_OK && res != NULL) {
-    rec->cred.version = c->version + 1;
-    rec->cred.updated_at = now_wall;
-  }
-  return st;
+  rs->kr = r->kr;
+  rs->active = lk_keyring_active_id(r->kr);
+  lk_oauth_policy_sealer sealer = {ring_seal, ring_keep, rs};
+  return lk_oauth_policy_record_new(c, o, &sealer, rec, err);
 }
 
 /* ---- commit ------------------------------------------------------------- */
@@ -655,14 +537,13 @@ static lk_status read_cred(lk_oauth_refresh *r, const char *key,
   return LK_OK;
 }
 
-/* Commits the outcome of one attempt on credential c0 (as read at
- * mod_rev, claimed at claim_rev): res on success, else the failure's
- * state. See the protocol in oauth_refresh.h. */
+/* Commits outcome o of one attempt on credential c0 (as read at mod_rev,
+ * claimed at claim_rev); state is the OAuthState it stores
+ * (lk_oauth_policy_next_state). See the protocol in oauth_refresh.h. */
 static lk_status commit(lk_oauth_refresh *r, const Latchkey__V1__Credential *c0,
                         int64_t mod_rev, int64_t claim_rev,
-                        const lk_oauth_token_result *res,
+                        const lk_oauth_policy_outcome *o,
                         const Latchkey__V1__OAuthState *state,
-                        int64_t expires_at_s, int64_t now_wall,
                         int64_t claim_until, commit_info *ci, lk_err *err) {
   char key[sizeof(CRED_PREFIX) + ID_BYTES];
   char ckey[CLAIM_KEY_BYTES];
@@ -673,7 +554,8 @@ static lk_status commit(lk_oauth_refresh *r, const Latchkey__V1__Credential *c0,
   make_cred_key(c0->id, key, sizeof(key));
   make_claim_key(c0->id, ckey, sizeof(ckey));
   for (int tries = 0;; tries++) {
-    record rec;
+    lk_oauth_policy_record *rec = NULL;
+    ring_sealer rs;
     unsigned char *buf = NULL;
     size_t len = 0;
     if (tries == MAX_COMMIT_TRIES || lk_wall_ms() >= claim_until ||
@@ -686,9 +568,11 @@ static lk_status commit(lk_oauth_refresh *r, const Latchkey__V1__Credential *c0,
       }
       break;
     }
-    st = build_record(r, c, res, state, expires_at_s, now_wall, &rec, err);
+    st = build_record(r, c, o, &rs, &rec, err);
+    const Latchkey__V1__Credential *next =
+        rec != NULL ? lk_oauth_policy_record_credential(rec) : NULL;
     if (st == LK_OK) {
-      len = latchkey__v1__credential__get_packed_size(&rec.cred);
+      len = latchkey__v1__credential__get_packed_size(next);
       buf = malloc(len > 0 ? len : 1);
       if (buf == NULL) {
         st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
@@ -698,10 +582,10 @@ static lk_status commit(lk_oauth_refresh *r, const Latchkey__V1__Credential *c0,
     if (st == LK_OK && t == NULL) {
       st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
     }
-    uint32_t fence_id = rec.key_id;
-    int fenced = rec.sealed;
+    uint32_t fence_id = rs.key_id;
+    int fenced = rs.sealed;
     if (st == LK_OK) {
-      latchkey__v1__credential__pack(&rec.cred, buf);
+      latchkey__v1__credential__pack(next, buf);
       lk_etcd_txn_expect_mod_revision(t, key, mod_rev);
       lk_etcd_txn_expect_mod_revision(t, ckey, claim_rev);
       if (fenced) {
@@ -715,7 +599,7 @@ static lk_status commit(lk_oauth_refresh *r, const Latchkey__V1__Credential *c0,
     if (buf != NULL) {
       lk_wipe_free(buf, len);
     }
-    record_free(&rec);
+    lk_oauth_policy_record_destroy(rec);
     if (st == LK_OK) {
       ci->landed = 1;
       ci->generation = state->generation;
@@ -835,63 +719,12 @@ static lk_status unseal_field(lk_oauth_refresh *r,
   return LK_OK;
 }
 
-/* The label of an attempt's result (metrics and audit). */
-static const char *result_label(lk_status xst, const commit_info *ci) {
-  if (ci->dropped != NULL) {
-    return "discarded";
-  }
-  if (xst == LK_OK) {
-    return "ok";
-  }
-  return xst == LK_FAILED_PRECONDITION ? "reauthorize" : "failed";
-}
-
-/* Writes the audit.oauth.refresh line of one attempt. */
-static void audit(lk_oauth_refresh *r, const char *id, const char *label,
-                  long http, const commit_info *ci,
-                  const lk_oauth_token_result *res, int64_t expires_at_s,
-                  const Latchkey__V1__OAuthState *state, const char *why) {
-  json_t *o = json_object();
-  if (o == NULL) {
-    lk_log(LK_LOG_INFO, "audit.oauth.refresh", "credential %s: %s", id, label);
-    return;
-  }
-  json_object_set_new(o, "credential_id", json_string(id));
-  json_object_set_new(o, "result", json_string(label));
-  json_object_set_new(o, "control_plane", json_string(r->cp_id));
-  json_object_set_new(o, "http_status", json_integer(http));
-  /* The generation etcd holds after this attempt. */
-  uint64_t gen = ci->dropped != NULL && ci->generation > 0 ? ci->generation
-                 : ci->landed                              ? state->generation
-                              : state->generation - (res != NULL ? 1 : 0);
-  json_object_set_new(o, "generation", json_integer((json_int_t)gen));
-  if (res != NULL && ci->landed) {
-    char at[LK_KEYRING_AUDIT_HEX_BYTES];
-    json_t *h = json_object();
-    lk_keyring_audit_hash(r->kr, lk_secret_data(res->access_token),
-                          lk_secret_len(res->access_token), at);
-    json_object_set_new(h, LK_OAUTH_ACCESS_TOKEN, json_string(at));
-    if (res->refresh_token != NULL) {
-      char rt[LK_KEYRING_AUDIT_HEX_BYTES];
-      lk_keyring_audit_hash(r->kr, lk_secret_data(res->refresh_token),
-                            lk_secret_len(res->refresh_token), rt);
-      json_object_set_new(h, LK_OAUTH_REFRESH_TOKEN, json_string(rt));
-    }
-    json_object_set_new(o, "secret_hashes", h);
-    json_object_set_new(o, "rotated", json_boolean(res->refresh_token != NULL));
-    json_object_set_new(o, LK_OAUTH_EXPIRES_AT, json_integer(expires_at_s));
-  }
-  if (res == NULL) {
-    json_object_set_new(o, "failures", json_integer(state->failures));
-    json_object_set_new(o, "next_attempt_at",
-                        json_integer(state->next_attempt_at));
-  }
-  if (why != NULL && why[0] != '\0') {
-    json_object_set_new(o, "reason", json_string(why));
-  }
-  lk_log_fields(LK_LOG_INFO, "audit.oauth.refresh", o, "credential %s: %s", id,
-                label);
-  json_decref(o);
+/* lk_oauth_policy_hash_fn over the key ring's audit key. */
+static lk_status ring_hash(void *ctx, const void *value, size_t len,
+                           char out_hex[LK_AUDIT_HEX_BYTES], lk_err *err) {
+  (void)err;
+  lk_keyring_audit_hash(ctx, value, len, out_hex);
+  return LK_OK;
 }
 
 /* Asks the provider for credential c (claimed at claim_rev, read at
@@ -908,8 +741,7 @@ static void refresh_claimed(lk_oauth_refresh *r,
   long http = 0;
   commit_info ci;
   Latchkey__V1__OAuthState state;
-  char why[MAX_RESULT_BYTES + 1];
-  int64_t expires_at_s = 0;
+  char why[LK_OAUTH_POLICY_MAX_RESULT_BYTES + 1];
   memset(&res, 0, sizeof(res));
   memset(&ci, 0, sizeof(ci));
   lk_err_clear(&xerr);
@@ -921,15 +753,8 @@ static void refresh_claimed(lk_oauth_refresh *r,
   }
   if (xst == LK_OK) {
     lk_oauth_token_request req;
-    memset(&req, 0, sizeof(req));
-    req.token_url = lk_oauth_plain_field(c, LK_OAUTH_TOKEN_URL);
-    req.grant_type = lk_oauth_plain_field(c, LK_OAUTH_GRANT_TYPE);
-    req.refresh_token = rt;
-    req.client_id = lk_oauth_plain_field(c, LK_OAUTH_CLIENT_ID);
-    req.client_secret = cs;
-    req.scope = lk_oauth_plain_field(c, LK_OAUTH_SCOPE);
-    req.allow_insecure = r->allow_insecure;
-    req.deadline_ms = lk_now_ms() + r->token_timeout_ms;
+    lk_oauth_policy_token_request(c, rt, cs, r->allow_insecure,
+                                  lk_now_ms() + r->token_timeout_ms, &req);
     req.cancelled = halted;
     req.cancel_ctx = r;
     xst = lk_oauth_token_exchange(&req, &res, &http, &xerr);
@@ -954,46 +779,33 @@ static void refresh_claimed(lk_oauth_refresh *r,
   if (xst != LK_OK && xst != LK_FAILED_PRECONDITION) {
     xst = LK_UNAVAILABLE; /* every other failure is retried */
   }
-  state = *c->oauth; /* shallow: c outlives state */
-  state.last_refresh_at = sent_wall;
-  if (xst == LK_OK) {
-    state.generation = c->oauth->generation + 1;
-    state.last_refresh_result = (char *)"ok";
-    state.failures = 0;
-    state.next_attempt_at = 0;
-    state.reauthorize = 0;
-    state.last_success_at = sent_wall;
-    /* RFC 6749 §5.1 makes expires_in optional ("the authorization server
-     * SHOULD provide the expiration time via other means or document the
-     * default value"): without it, assume the common default of an hour
-     * from when the request was sent. */
-    expires_at_s = sent_wall / 1000 +
-                   (res.expires_in >= 0 ? res.expires_in
-                                        : LK_OAUTH_REFRESH_DEFAULT_LIFETIME_S);
-  } else {
-    size_t n = strnlen(xerr.msg, sizeof(why) - 1);
-    memcpy(why, xerr.msg, n);
-    why[n] = '\0';
-    state.last_refresh_result = why;
-    state.failures =
-        c->oauth->failures < UINT32_MAX ? c->oauth->failures + 1 : UINT32_MAX;
-    state.reauthorize = xst == LK_FAILED_PRECONDITION;
-    state.next_attempt_at =
-        state.reauthorize ? 0
-                          : sent_wall + lk_oauth_refresh_backoff_ms(
-                                            state.failures, r->retry_max_ms);
-  }
+  lk_oauth_policy_outcome out = {xst, xst == LK_OK ? &res : NULL, xerr.msg,
+                                 sent_wall, r->retry_max_ms};
+  lk_oauth_policy_next_state(c->oauth, &out, &state, why);
   lk_status cst =
-      commit(r, c, mod_rev, claim_rev, xst == LK_OK ? &res : NULL, &state,
-             expires_at_s, sent_wall, claim_until, &ci, &cerr);
-  const char *label = result_label(xst, &ci);
+      commit(r, c, mod_rev, claim_rev, &out, &state, claim_until, &ci, &cerr);
+  const char *label = lk_oauth_policy_result_label(xst, ci.dropped != NULL);
   const char *labels[1] = {label};
   lk_metric_inc(r->m_refreshes, labels, 1);
-  audit(r, c->id, label, http, &ci, xst == LK_OK ? &res : NULL, expires_at_s,
-        &state,
-        ci.dropped != NULL ? ci.dropped
-        : xst != LK_OK     ? xerr.msg
-                           : NULL);
+  /* The generation etcd holds after this attempt. */
+  uint64_t gen = ci.dropped != NULL && ci.generation > 0 ? ci.generation
+                 : ci.landed                             ? state.generation
+                             : state.generation - (xst == LK_OK ? 1 : 0);
+  lk_oauth_policy_audit_line line = {
+      .cred_id = c->id,
+      .label = label,
+      .by_key = "control_plane",
+      .by_value = r->cp_id,
+      .http_status = http,
+      .generation = gen,
+      .stored = xst == LK_OK && ci.landed ? &res : NULL,
+      .expires_at_s = xst == LK_OK ? lk_oauth_policy_expires_at_s(&out) : 0,
+      .failed = xst != LK_OK ? &state : NULL,
+      .reason = ci.dropped != NULL ? ci.dropped
+                : xst != LK_OK     ? xerr.msg
+                                   : NULL,
+  };
+  lk_oauth_policy_audit(&line, ring_hash, r->kr);
   lk_oauth_token_result_clear(&res); /* the tokens are sealed in etcd now */
   if (cst != LK_OK) {
     lk_log(LK_LOG_ERROR, "oauth.refresh.commit_failed",
@@ -1064,28 +876,17 @@ static void attempt(lk_oauth_refresh *r, const work_item *item, outcome *o) {
     goto done;
   }
   if (item->forced) {
-    if (c->oauth->generation > item->asked) {
+    int already = 0;
+    st = lk_oauth_policy_check_request(c, item->asked, now, &already, &o->err);
+    if (st != LK_OK) {
+      o->answer = 1;
+      o->st = st;
+      goto done;
+    }
+    if (already) {
       goto done; /* refreshed meanwhile: the mirror will show it */
     }
-    if (c->oauth->reauthorize) {
-      o->answer = 1;
-      o->st = lk_fail(&o->err, LK_FAILED_PRECONDITION,
-                      "credential %s must be re-authorised by its owner (the "
-                      "last refresh said: %s)",
-                      item->id, c->oauth->last_refresh_result);
-      goto done;
-    }
-    if (c->oauth->failures > 0 && c->oauth->next_attempt_at > now) {
-      o->answer = 1;
-      o->st =
-          lk_fail(&o->err, LK_UNAVAILABLE,
-                  "refreshing credential %s keeps failing (%s); the next "
-                  "attempt is in %lld s",
-                  item->id, c->oauth->last_refresh_result,
-                  (long long)((c->oauth->next_attempt_at - now + 999) / 1000));
-      goto done;
-    }
-  } else if (lk_oauth_refresh_due_at(c, r->margin_ms) > now) {
+  } else if (lk_oauth_policy_due_at(c, r->margin_ms) > now) {
     goto done; /* not due (any more): the mirror was behind */
   }
   st = take_claim(r, item->id, mod_rev, &claim_rev, &held_until, &err);
@@ -1176,7 +977,7 @@ typedef struct {
 static int scan_cred(void *ctx, Latchkey__V1__Credential *c) {
   scan_ctx *s = ctx;
   if (c->oauth != NULL) {
-    int64_t due = lk_oauth_refresh_due_at(c, s->r->margin_ms);
+    int64_t due = lk_oauth_policy_due_at(c, s->r->margin_ms);
     if (due <= s->now_wall) {
       if (s->n < LK_OAUTH_REFRESH_MAX_QUEUE) {
         snprintf(s->ids[s->n++], ID_BYTES, "%s", c->id);
@@ -1368,14 +1169,14 @@ lk_status lk_oauth_refresh_start(const lk_oauth_refresh_config *cfg,
   r->cat = cfg->cat;
   r->kr = cfg->kr;
   r->margin_ms =
-      cfg->margin_ms > 0 ? cfg->margin_ms : LK_OAUTH_REFRESH_DEFAULT_MARGIN_MS;
+      cfg->margin_ms > 0 ? cfg->margin_ms : LK_OAUTH_POLICY_DEFAULT_MARGIN_MS;
   r->retry_max_ms = cfg->retry_max_ms > 0
                         ? cfg->retry_max_ms
-                        : LK_OAUTH_REFRESH_DEFAULT_RETRY_MAX_MS;
+                        : LK_OAUTH_POLICY_DEFAULT_RETRY_MAX_MS;
   r->allow_insecure = cfg->allow_insecure;
   r->token_timeout_ms = cfg->token_timeout_ms > 0
                             ? cfg->token_timeout_ms
-                            : LK_OAUTH_REFRESH_TOKEN_TIMEOUT_MS;
+                            : LK_OAUTH_POLICY_TOKEN_TIMEOUT_MS;
   r->claim_ttl_ms =
       cfg->claim_ttl_ms > 0 ? cfg->claim_ttl_ms : LK_OAUTH_REFRESH_CLAIM_TTL_MS;
   if (r->claim_ttl_ms <= r->token_timeout_ms) {
@@ -1515,33 +1316,15 @@ void lk_oauth_refresh_request_async(lk_oauth_refresh *r, const char *cred_id,
   if (st != LK_OK) {
     goto answer;
   }
-  if (c->oauth == NULL) {
-    st = lk_fail(&err, LK_FAILED_PRECONDITION,
-                 "credential %s is not an oauth2 credential: nothing to "
-                 "refresh",
-                 cred_id);
+  int64_t now_wall = lk_wall_ms();
+  int already = 0;
+  st = lk_oauth_policy_check_request(c, generation, now_wall, &already, &err);
+  if (st != LK_OK) {
     goto answer;
   }
   gen = c->oauth->generation;
-  if (gen > generation) {
+  if (already) {
     goto answer; /* already refreshed */
-  }
-  int64_t now_wall = lk_wall_ms();
-  if (c->oauth->reauthorize) {
-    st = lk_fail(&err, LK_FAILED_PRECONDITION,
-                 "credential %s must be re-authorised by its owner (the last "
-                 "refresh said: %s)",
-                 cred_id, c->oauth->last_refresh_result);
-    goto answer;
-  }
-  if (c->oauth->failures > 0 && c->oauth->next_attempt_at > now_wall) {
-    st = lk_fail(
-        &err, LK_UNAVAILABLE,
-        "refreshing credential %s keeps failing (%s); the next "
-        "attempt is in %lld s",
-        cred_id, c->oauth->last_refresh_result,
-        (long long)((c->oauth->next_attempt_at - now_wall + 999) / 1000));
-    goto answer;
   }
   w = calloc(1, sizeof(*w));
   if (w == NULL) {

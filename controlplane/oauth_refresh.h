@@ -9,15 +9,15 @@
  * would keep injecting a stale token while the provider is down. The
  * control plane holds the sealed tokens in etcd already; refreshing there
  * means one request per expiry, one commit, and a token every replica
- * receives as an ordinary credential change.
+ * receives as an ordinary credential change. (A standalone sidecar is its
+ * own control plane and the only holder of its credentials: it refreshes
+ * them itself, sidecar/local_refresh.)
  *
- * When a credential is due (lk_oauth_refresh_due_at): its OAuthState
- * says no re-authorisation is pending, now >= next_attempt_at (the
- * backoff), and now >= expires_at - min(margin, lifetime / 2), where
- * lifetime = expires_at - last_success_at when that is known; an unknown
- * expires_at ("" or "0") is due at once. Successful refreshes are at
- * least LK_OAUTH_REFRESH_MIN_INTERVAL_MS apart, so a provider answering
- * expires_in 0 is not asked in a loop.
+ * When a credential is due, what a provider's answer or failure becomes
+ * (new tokens, OAuthState, backoff, reauthorize) and the audit line are
+ * the shared policy of lib/oauth_policy.h, which a standalone sidecar's
+ * refresher (sidecar/local_refresh) applies too; this module adds what
+ * is particular to a fleet: etcd claims, fenced commits, the key ring.
  *
  * How one refresh goes, on a worker thread of this module:
  *  1. read the credential from etcd (not the mirror) with its mod
@@ -34,15 +34,11 @@
  *     ask the token endpoint (lib/oauth_token) with a deadline
  *     (token_timeout_ms) well inside the claim's;
  *  4. commit in ONE Txn, guarded by the credential's mod revision, the
- *     claim's mod revision and the key-ring fence: on success the new
- *     access token sealed under the active key, the new refresh token
- *     when the provider rotated it (else the old one), expires_at,
- *     OAuthState {generation + 1, last_refresh_at, "ok", failures 0,
- *     next_attempt_at 0, reauthorize false, last_success_at}, version + 1
- *     and updated_at; on failure only the OAuthState (failures + 1, the
- *     reason, next_attempt_at = now + backoff doubling from
- *     LK_OAUTH_REFRESH_FIRST_BACKOFF_MS up to retry_max_ms, reauthorize
- *     when the provider refused the grant). The claim is deleted in the
+ *     claim's mod revision and the key-ring fence, the record
+ *     lk_oauth_policy_record_new builds (on success the new tokens sealed
+ *     under the active key, expires_at, the next generation; on failure
+ *     only the OAuthState, with the backoff or reauthorize), every other
+ *     sealed value moved to the active key too. The claim is deleted in the
  *     same Txn. When the Txn fails: a credential changed only by the
  *     re-sealer (same version) is read again and the commit rebuilt on
  *     it; a credential the owner updated (version changed) or deleted
@@ -91,22 +87,14 @@
 #include "lib/etcd.h"
 #include "lib/keyring.h"
 #include "lib/metrics.h"
+#include "lib/oauth_policy.h"
 #include "lib/status.h"
 
-/* --oauth-refresh-margin and --oauth-retry-max defaults. */
-#define LK_OAUTH_REFRESH_DEFAULT_MARGIN_MS (300 * 1000)
-#define LK_OAUTH_REFRESH_DEFAULT_RETRY_MAX_MS (300 * 1000)
-/* The first pause after a failed attempt; it doubles per failure. */
-#define LK_OAUTH_REFRESH_FIRST_BACKOFF_MS 1000
-/* How long one token request may take. */
-#define LK_OAUTH_REFRESH_TOKEN_TIMEOUT_MS 15000
+/* Defaults, the backoff and the token request's timeout are
+ * lib/oauth_policy.h's LK_OAUTH_POLICY_*. */
 /* A claim's lifetime: the token request, two etcd calls and a margin. */
 #define LK_OAUTH_REFRESH_CLAIM_TTL_MS \
-  (LK_OAUTH_REFRESH_TOKEN_TIMEOUT_MS + 2 * LK_ETCD_DEADLINE_MS + 5000)
-/* Lifetime assumed when the provider's answer has no expires_in. */
-#define LK_OAUTH_REFRESH_DEFAULT_LIFETIME_S 3600
-/* Successful refreshes of one credential are at least this far apart. */
-#define LK_OAUTH_REFRESH_MIN_INTERVAL_MS 1000
+  (LK_OAUTH_POLICY_TOKEN_TIMEOUT_MS + 2 * LK_ETCD_DEADLINE_MS + 5000)
 /* The mirror is scanned at least this often. */
 #define LK_OAUTH_REFRESH_RESCAN_MS 10000
 /* Credentials queued for attempts at most; more wait for the next scan. */
@@ -127,10 +115,10 @@ typedef struct {
   lk_catalog *cat;      /* the mirror: what is scanned for due credentials */
   lk_keyring *kr;       /* unseals and seals the tokens */
   lk_metrics *metrics;  /* NULL: no metrics */
-  int64_t margin_ms;    /* 0: LK_OAUTH_REFRESH_DEFAULT_MARGIN_MS */
-  int64_t retry_max_ms; /* 0: LK_OAUTH_REFRESH_DEFAULT_RETRY_MAX_MS */
+  int64_t margin_ms;    /* 0: LK_OAUTH_POLICY_DEFAULT_MARGIN_MS */
+  int64_t retry_max_ms; /* 0: LK_OAUTH_POLICY_DEFAULT_RETRY_MAX_MS */
   int allow_insecure;   /* 1: http:// token URLs (loopback tests) */
-  int64_t token_timeout_ms; /* 0: LK_OAUTH_REFRESH_TOKEN_TIMEOUT_MS */
+  int64_t token_timeout_ms; /* 0: LK_OAUTH_POLICY_TOKEN_TIMEOUT_MS */
   int64_t claim_ttl_ms;     /* 0: LK_OAUTH_REFRESH_CLAIM_TTL_MS; must
                                exceed token_timeout_ms */
   const char *cp_id; /* this control plane in claims; NULL: host-pid-random */
@@ -188,17 +176,6 @@ lk_status lk_oauth_refresh_request(lk_oauth_refresh *r, const char *cred_id,
                                    uint64_t generation, int64_t deadline_ms,
                                    uint64_t *now_generation,
                                    lk_err *err) LK_MUST_CHECK;
-
-/* Returns when credential c is due (unix ms) under the rule above with
- * margin_ms, or INT64_MAX when it never is by itself (not oauth2, or
- * re-authorisation pending). */
-int64_t lk_oauth_refresh_due_at(const Latchkey__V1__Credential *c,
-                                int64_t margin_ms);
-
-/* Returns the pause after the failures-th consecutive failure (>= 1):
- * LK_OAUTH_REFRESH_FIRST_BACKOFF_MS doubled failures - 1 times, at most
- * retry_max_ms. */
-int64_t lk_oauth_refresh_backoff_ms(uint32_t failures, int64_t retry_max_ms);
 
 /* Returns this control plane's id as written in its claims. */
 const char *lk_oauth_refresh_id(const lk_oauth_refresh *r);

@@ -9,7 +9,6 @@
  *
  * What it shows, reading back from etcd itself and from the token
  * endpoint's own counters:
- *  - the due rule and the backoff (pure functions);
  *  - a credential is refreshed once before it expires: the new access
  *    token and the rotated refresh token are sealed in etcd, expires_at,
  *    version and OAuthState follow, the claim is gone;
@@ -58,6 +57,7 @@
 #include "lib/etcd.h"
 #include "lib/keyring.h"
 #include "lib/oauth.h"
+#include "lib/oauth_policy.h"
 #include "lib/oauth_token.h"
 #include "lib/secret.h"
 #include "lib/status.h"
@@ -365,57 +365,6 @@ static void sleep_ms(int ms) {
 
 /* ---- tests -------------------------------------------------------------- */
 
-static void due_rule_and_backoff(void **state) {
-  (void)state;
-  Latchkey__V1__FieldValue exp = LATCHKEY__V1__FIELD_VALUE__INIT;
-  Latchkey__V1__FieldValue *fields[1] = {&exp};
-  Latchkey__V1__OAuthState o = LATCHKEY__V1__OAUTH_STATE__INIT;
-  Latchkey__V1__Credential c = LATCHKEY__V1__CREDENTIAL__INIT;
-  const int64_t m = 300000;
-  exp.name = (char *)LK_OAUTH_EXPIRES_AT;
-  exp.value = (char *)"1000000";
-  c.n_fields = 1;
-  c.fields = fields;
-  assert_int_equal(lk_oauth_refresh_due_at(&c, m), INT64_MAX); /* no oauth */
-  c.oauth = &o;
-  /* Lifetime unknown: the margin. */
-  assert_int_equal(lk_oauth_refresh_due_at(&c, m), 1000000000LL - m);
-  /* Lifetime 200 s: half of it is less than the margin. */
-  o.last_success_at = 1000000000LL - 200000;
-  assert_int_equal(lk_oauth_refresh_due_at(&c, m), 1000000000LL - 100000);
-  /* Lifetime 2000 s: the margin. */
-  o.last_success_at = 1000000000LL - 2000000;
-  assert_int_equal(lk_oauth_refresh_due_at(&c, m), 1000000000LL - m);
-  /* Backoff: not before next_attempt_at. */
-  o.next_attempt_at = 1000000000LL + 5;
-  assert_int_equal(lk_oauth_refresh_due_at(&c, m), 1000000000LL + 5);
-  o.next_attempt_at = 0;
-  /* expires_in 0: at least LK_OAUTH_REFRESH_MIN_INTERVAL_MS apart. */
-  o.last_success_at = 1000000000LL;
-  assert_int_equal(lk_oauth_refresh_due_at(&c, m),
-                   1000000000LL + LK_OAUTH_REFRESH_MIN_INTERVAL_MS);
-  /* Unknown expiry: at once. */
-  o.last_success_at = 0;
-  exp.value = (char *)"";
-  assert_int_equal(lk_oauth_refresh_due_at(&c, m), 0);
-  exp.value = (char *)"0";
-  assert_int_equal(lk_oauth_refresh_due_at(&c, m), 0);
-  exp.value = (char *)"soon";
-  assert_int_equal(lk_oauth_refresh_due_at(&c, m), 0);
-  /* Re-authorisation pending: never by itself. */
-  o.reauthorize = 1;
-  assert_int_equal(lk_oauth_refresh_due_at(&c, m), INT64_MAX);
-
-  assert_int_equal(lk_oauth_refresh_backoff_ms(1, 300000), 1000);
-  assert_int_equal(lk_oauth_refresh_backoff_ms(2, 300000), 2000);
-  assert_int_equal(lk_oauth_refresh_backoff_ms(3, 300000), 4000);
-  assert_int_equal(lk_oauth_refresh_backoff_ms(9, 300000), 256000);
-  assert_int_equal(lk_oauth_refresh_backoff_ms(10, 300000), 300000);
-  assert_int_equal(lk_oauth_refresh_backoff_ms(4000000000u, 300000), 300000);
-  assert_int_equal(lk_oauth_refresh_backoff_ms(2, 1500), 1500);
-  assert_int_equal(lk_oauth_refresh_backoff_ms(1, 500), 500);
-}
-
 static void refreshes_once_before_expiry(void **state) {
   (void)state;
   world *w = world_new();
@@ -501,9 +450,9 @@ static void client_credentials_get_a_new_token_with_their_scope(void **state) {
   }
   int64_t at = lk_oauth_expires_at_ms(cred);
   assert_true(at >=
-              (before / 1000 + LK_OAUTH_REFRESH_DEFAULT_LIFETIME_S) * 1000);
-  assert_true(
-      at <= (lk_wall_ms() / 1000 + LK_OAUTH_REFRESH_DEFAULT_LIFETIME_S) * 1000);
+              (before / 1000 + LK_OAUTH_POLICY_DEFAULT_LIFETIME_S) * 1000);
+  assert_true(at <= (lk_wall_ms() / 1000 + LK_OAUTH_POLICY_DEFAULT_LIFETIME_S) *
+                        1000);
   latchkey__v1__credential__free_unpacked(cred, NULL);
   cp_close(&c);
   world_free(w);
@@ -580,7 +529,7 @@ static void a_failing_provider_backs_off_then_recovers(void **state) {
   assert_int_equal(cred->oauth->generation, 1);
   assert_int_equal(cred->oauth->last_success_at, 0);
   assert_int_equal(cred->oauth->next_attempt_at - cred->oauth->last_refresh_at,
-                   lk_oauth_refresh_backoff_ms(cred->oauth->failures, 2000));
+                   lk_oauth_policy_backoff_ms(cred->oauth->failures, 2000));
   assert_int_equal(cred->version, 1); /* a failure is no new version */
   latchkey__v1__credential__free_unpacked(cred, NULL);
   /* One request per failure: the backoff holds. */
@@ -928,7 +877,6 @@ static void on_demand_during_backoff_fails_fast(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(due_rule_and_backoff),
       cmocka_unit_test(refreshes_once_before_expiry),
       cmocka_unit_test(client_credentials_get_a_new_token_with_their_scope),
       cmocka_unit_test(two_control_planes_send_one_request_per_expiry),
