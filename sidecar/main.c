@@ -8,14 +8,19 @@
  * sigwait here, so SIGTERM drains in-flight calls instead of killing them.
  *
  * Two modes. Standalone (no --control-plane): the sidecar is its own
- * control plane and may serve Admin on --admin-listen. Replica
+ * control plane and may serve Admin on --admin-listen; it refreshes its
+ * own oauth2 credentials (sidecar/local_refresh, committing through the
+ * Admin service, which exists whether or not Admin is served), and a
+ * vendor's 401 to an oauth2 token asks that refresher for an immediate
+ * refresh (sidecar/oauth_retry). Replica
  * (--control-plane): the catalog comes from the control plane over
  * Sync/Stream (sidecar/replica); Admin is refused, ToolCalls serve from
  * the replica on disk at once, before the first contact, and with
  * --max-staleness refuse calls once contact is too old; a vendor's 401
  * to an oauth2 token asks the control plane for a refresh over the
  * replica's channel (sidecar/oauth_retry). Shutdown drains calls, then
- * stops the replica thread and the refresh flights, then closes the store.
+ * stops the replica thread (or the local refresher) and the refresh
+ * flights, then closes the store.
  *
  * Audit key (lib/audit.h): standalone, it is derived from the node key
  * (lk_seal_key_audit_key), so hashes stay the same across restarts for as
@@ -48,12 +53,15 @@
 #include "lib/log.h"
 #include "lib/metrics.h"
 #include "lib/metrics_http.h"
+#include "lib/oauth_policy.h"
+#include "lib/oauth_token.h"
 #include "lib/rpc_server.h"
 #include "lib/seal.h"
 #include "lib/secret.h"
 #include "lib/store.h"
 #include "lib/token.h"
 #include "sidecar/forward.h"
+#include "sidecar/local_refresh.h"
 #include "sidecar/node_keys.h"
 #include "sidecar/oauth_retry.h"
 #include "sidecar/replica.h"
@@ -84,12 +92,31 @@ typedef struct {
   const char *health_listen;
   int64_t drain_timeout_ms;
   int check_config;
+  int64_t oauth_margin_s;
+  int64_t oauth_retry_max_s;
+  int allow_insecure_token_urls;
 } options;
 
 typedef struct {
   lk_admin *admin;
   lk_token *token;
+  lk_local_refresh *refresh; /* told about credential writes */
 } admin_ctx;
+
+/* Returns 1 when Admin method path writes credentials. */
+static int writes_credentials(const char *method) {
+  static const char *const paths[] = {
+      "/latchkey.v1.Admin/CreateCredential",
+      "/latchkey.v1.Admin/UpdateCredential",
+      "/latchkey.v1.Admin/DeleteCredential",
+  };
+  for (size_t i = 0; method != NULL && i < sizeof(paths) / sizeof(paths[0]);
+       i++) {
+    if (strcmp(method, paths[i]) == 0)
+      return 1;
+  }
+  return 0;
+}
 
 /* Admin: every call needs the bearer token, checked in constant time. */
 static void admin_handle(void *ctx, lk_rpc_call *call) {
@@ -119,6 +146,8 @@ static void admin_handle(void *ctx, lk_rpc_call *call) {
     lk_rpc_call_fail(call, &err);
     return;
   }
+  if (writes_credentials(lk_rpc_call_method(call)))
+    lk_local_refresh_changed(a->refresh);
   lk_rpc_call_finish(call, resp, resp_len);
   free(resp);
 }
@@ -174,6 +203,24 @@ static uint64_t replica_wait_applied(void *ctx, uint64_t seen,
   return lk_replica_wait_applied(ctx, seen, deadline_ms);
 }
 
+/* lk_oauth_retry_config's view of the local refresher (standalone mode):
+ * it returns once the catalog holds the new token. */
+static lk_status local_refresh(void *ctx, const char *credential_id,
+                               uint64_t generation, int64_t deadline_ms,
+                               uint64_t *now_generation, lk_err *err) {
+  return lk_local_refresh_request(ctx, credential_id, generation, deadline_ms,
+                                  now_generation, err);
+}
+
+static uint64_t local_stored_count(void *ctx) {
+  return lk_local_refresh_stored_count(ctx);
+}
+
+static uint64_t local_wait_stored(void *ctx, uint64_t seen,
+                                  int64_t deadline_ms) {
+  return lk_local_refresh_wait_stored(ctx, seen, deadline_ms);
+}
+
 /* This daemon's gRPC servers whose client connections the scrape-time
  * gauge latchkey_open_connections counts (NULL entries are skipped). */
 typedef struct {
@@ -226,9 +273,10 @@ static int run(const options *o) {
   lk_forwarder *fwd = NULL;
   lk_toolcalls *tc = NULL;
   lk_replica *replica = NULL;
+  lk_local_refresh *local = NULL;
   lk_oauth_retry *oauth_retry = NULL;
   lk_rpc_server *srv = NULL;
-  admin_ctx admin = {NULL, NULL};
+  admin_ctx admin = {NULL, NULL, NULL};
   lk_token *agent_token = NULL;
   lk_metrics *metrics = NULL;
   lk_metrics_http *metrics_http = NULL;
@@ -313,6 +361,28 @@ static int run(const options *o) {
     };
     if (lk_replica_start(&rcfg, store, &replica, &err) != LK_OK)
       goto fail;
+  } else {
+    /* Standalone: the Admin service seals under the node key and is the
+     * one writer of the catalog, also for the refresher's commits. */
+    if (lk_admin_new(cat, lk_node_keys_standalone_key(keys), &admin.admin,
+                     &err) != LK_OK)
+      goto fail;
+    lk_admin_auditor auditor = {hash_with_audit_key, audit};
+    lk_admin_set_auditor(admin.admin, auditor);
+    lk_local_refresh_config lcfg = {
+        .cat = cat,
+        .admin = admin.admin,
+        .key = lk_node_keys_standalone_key(keys),
+        .audit = audit,
+        .metrics = metrics,
+        .agent_id = o->agent_id,
+        .margin_ms = o->oauth_margin_s * 1000,
+        .retry_max_ms = o->oauth_retry_max_s * 1000,
+        .allow_insecure = o->allow_insecure_token_urls,
+    };
+    if (lk_local_refresh_start(&lcfg, &local, &err) != LK_OK)
+      goto fail;
+    admin.refresh = local;
   }
   lk_toolcalls_config tcfg = {
       .agent_id = o->agent_id,
@@ -322,17 +392,23 @@ static int run(const options *o) {
       .audit = audit,
       .metrics = metrics,
   };
-  if (replica != NULL) {
-    tcfg.stale = replica_stale;
-    tcfg.stale_ctx = replica;
+  {
+    /* A vendor's 401 to an oauth2 token: one refresh, one retry, asked of
+     * the control plane (replica) or of the local refresher. */
     lk_oauth_retry_config ocfg = {
-        .refresh = replica_refresh,
-        .applied_count = replica_applied_count,
-        .wait_applied = replica_wait_applied,
-        .ctx = replica,
+        .refresh = replica != NULL ? replica_refresh : local_refresh,
+        .applied_count =
+            replica != NULL ? replica_applied_count : local_stored_count,
+        .wait_applied =
+            replica != NULL ? replica_wait_applied : local_wait_stored,
+        .ctx = replica != NULL ? (void *)replica : (void *)local,
         .cat = cat,
         .metrics = metrics,
     };
+    if (replica != NULL) {
+      tcfg.stale = replica_stale;
+      tcfg.stale_ctx = replica;
+    }
     if (lk_oauth_retry_new(&ocfg, &oauth_retry, &err) != LK_OK)
       goto fail;
     tcfg.oauth_retry = oauth_retry;
@@ -358,11 +434,6 @@ static int run(const options *o) {
     if (lk_token_load(o->admin_token_file, &admin.token, &err) != LK_OK) {
       goto fail;
     }
-    if (lk_admin_new(cat, lk_node_keys_standalone_key(keys), &admin.admin,
-                     &err) != LK_OK)
-      goto fail;
-    lk_admin_auditor auditor = {hash_with_audit_key, audit};
-    lk_admin_set_auditor(admin.admin, auditor);
     m = lk_admin_methods(&n);
     if (lk_rpc_server_listen(srv, o->admin_listen, m, n, admin_handle, &admin,
                              &err) != LK_OK ||
@@ -395,8 +466,8 @@ static int run(const options *o) {
   } else {
     lk_log(LK_LOG_INFO, "ready",
            "latchkeyd serving ToolCalls on %s%s%s for agent %s (standalone)",
-           o->listen, admin.admin ? ", Admin on " : "",
-           admin.admin ? o->admin_listen : "", o->agent_id);
+           o->listen, admin.token ? ", Admin on " : "",
+           admin.token ? o->admin_listen : "", o->agent_id);
   }
 
   int sig = 0;
@@ -444,8 +515,10 @@ cleanup:
     lk_health_end_watches(health);
   lk_rpc_server_shutdown(health_srv, 1000);
   lk_rpc_server_destroy(health_srv);
-  /* No batch may land while the store flushes and closes. */
+  /* No batch may land while the store flushes and closes, and no refresh
+   * either (waiting refresh requests are answered UNAVAILABLE). */
   lk_replica_stop(replica);
+  lk_local_refresh_stop(local);
   /* Calls waiting for a refreshed token are answered (the replica is
    * stopped: no new one comes) before the forwarder they would retry on
    * goes. */
@@ -455,6 +528,7 @@ cleanup:
   lk_toolcalls_destroy(tc);
   lk_oauth_retry_destroy(oauth_retry);
   lk_replica_destroy(replica);
+  lk_local_refresh_destroy(local);
   lk_admin_destroy(admin.admin);
   lk_token_destroy(admin.token);
   lk_token_destroy(agent_token);
@@ -513,6 +587,13 @@ static int64_t default_workers(void) {
 }
 
 int main(int argc, char **argv) {
+  /* Before any thread and any curl or jansson use: their copies of OAuth
+   * tokens are wiped when freed (lib/oauth_token). */
+  lk_err init_err;
+  if (lk_oauth_token_global_init(&init_err) != LK_OK) {
+    fprintf(stderr, "latchkeyd: %s\n", init_err.msg);
+    return 1;
+  }
   options o = {
       .listen = "unix:/run/latchkey/agent.sock",
       .data_dir = "/var/lib/latchkey",
@@ -521,6 +602,8 @@ int main(int argc, char **argv) {
       .workers = default_workers(),
       .log_level = "info",
       .drain_timeout_ms = 30000,
+      .oauth_margin_s = LK_OAUTH_POLICY_DEFAULT_MARGIN_MS / 1000,
+      .oauth_retry_max_s = LK_OAUTH_POLICY_DEFAULT_RETRY_MAX_MS / 1000,
   };
   const lk_flag flags[] = {
       {"listen", LK_FLAG_STRING, &o.listen,
@@ -564,6 +647,15 @@ int main(int argc, char **argv) {
        "on SIGTERM/SIGINT, how long in-flight calls may take to finish"},
       {"check-config", LK_FLAG_BOOL, &o.check_config,
        "check flags, files and addresses, print \"config ok\" and exit"},
+      {"oauth-refresh-margin", LK_FLAG_INT, &o.oauth_margin_s,
+       "refresh an oauth2 access token this many seconds before it expires "
+       "(at most half its lifetime; standalone)"},
+      {"oauth-retry-max", LK_FLAG_INT, &o.oauth_retry_max_s,
+       "longest pause in seconds between failed OAuth refresh attempts "
+       "(doubling from 1 s; they go on past expiry; standalone)"},
+      {"allow-insecure-token-urls", LK_FLAG_BOOL, &o.allow_insecure_token_urls,
+       "let oauth2 credentials use http:// token URLs (loopback tests only; "
+       "standalone)"},
   };
   int n_flags = (int)(sizeof(flags) / sizeof(flags[0]));
   int rc = lk_flags_main("latchkeyd",
@@ -607,6 +699,22 @@ int main(int argc, char **argv) {
         "clients refuse messages over 4 MiB by default)";
   } else if (o.workers < 1 || o.workers > 64) {
     usage_error = "--workers must be between 1 and 64";
+  } else if (o.oauth_margin_s < 1 || o.oauth_margin_s > 7 * 86400) {
+    usage_error =
+        "--oauth-refresh-margin must be between 1 and 604800 "
+        "seconds";
+  } else if (o.oauth_retry_max_s < 1 || o.oauth_retry_max_s > 86400) {
+    usage_error = "--oauth-retry-max must be between 1 and 86400 seconds";
+  } else if (is_set(o.control_plane) &&
+             (o.allow_insecure_token_urls ||
+              o.oauth_margin_s != LK_OAUTH_POLICY_DEFAULT_MARGIN_MS / 1000 ||
+              o.oauth_retry_max_s !=
+                  LK_OAUTH_POLICY_DEFAULT_RETRY_MAX_MS / 1000)) {
+    usage_error =
+        "--oauth-refresh-margin, --oauth-retry-max and "
+        "--allow-insecure-token-urls apply to standalone mode only: a "
+        "replica's credentials are refreshed by its control plane (set them "
+        "on latchkey-cp)";
   } else if (lk_log_set_level_name(o.log_level) != 0) {
     usage_error = "--log-level must be debug, info, warn or error";
   } else if (is_set(o.metrics_listen) &&

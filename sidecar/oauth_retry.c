@@ -75,10 +75,11 @@ lk_status lk_oauth_retry_new(const lk_oauth_retry_config *cfg,
   r->cfg = *cfg;
   lk_status st = lk_metrics_counter(
       cfg->metrics, "latchkey_oauth_refresh_requests_total",
-      "Sync/Refresh requests this sidecar made after a vendor refused an "
-      "oauth2 access token, by result: ok, reauthorize (the provider "
-      "refused the grant), timeout (no answer by the call's deadline) or "
-      "failed.",
+      "Refresh requests this sidecar made after a vendor refused an oauth2 "
+      "access token (Sync/Refresh to its control plane, or to its own "
+      "refresher when standalone), by result: ok, reauthorize (the "
+      "provider refused the grant), timeout (no answer by the call's "
+      "deadline) or failed.",
       labels, 1, &r->m_requests, err);
   if (st != LK_OK) {
     free(r);
@@ -187,9 +188,8 @@ static void wait_for_token(lk_oauth_retry *r, flight *f) {
                "the replica holds the refreshed token");
     if (late != NULL) {
       lk_log(LK_LOG_INFO, "oauth_refresh_not_applied",
-             "credential %s: the control plane refreshed it, but no newer "
-             "generation than %llu reached the replica before the call's "
-             "deadline%s",
+             "credential %s: it was refreshed, but no newer generation than "
+             "%llu reached the catalog before the call's deadline%s",
              f->cred_id, (unsigned long long)f->generation,
              stopping ? " (the sidecar is stopping)" : "");
     }
@@ -225,8 +225,8 @@ static void *flight_main(void *arg) {
   pthread_mutex_unlock(&r->mu);
   if (st == LK_OK) {
     lk_log(LK_LOG_INFO, "oauth_refresh_requested",
-           "credential %s: the control plane refreshed generation %llu "
-           "(now %llu) after a vendor refused its token",
+           "credential %s: refreshed past generation %llu (now %llu) after "
+           "a vendor refused its token",
            f->cred_id, (unsigned long long)f->generation,
            (unsigned long long)now_generation);
     wait_for_token(r, f);
@@ -462,8 +462,7 @@ void lk_oauth_reauthorize_hint(const Latchkey__V1__Credential *cred,
     if (o->failures > 0)
       put(out, cap, &n, " (%u failed attempts in a row)", o->failures);
   } else {
-    put(out, cap, &n,
-        "the control plane has not refreshed it (no attempt recorded)");
+    put(out, cap, &n, "it has not been refreshed yet (no attempt recorded)");
   }
   put(out, cap, &n, ". Re-authorise the connection");
   if (setup_url != NULL && setup_url[0] != '\0')

@@ -1,9 +1,11 @@
 /*
- * oauth_retry.h - what a replica sidecar does when a vendor refuses the
- * access token of an oauth2 credential that has not expired (HTTP 401):
- * ask the control plane for an immediate refresh, once per credential
- * however many calls were refused, wait for the new token to reach the
- * local replica, and tell each refused call whether to retry. Also the
+ * oauth_retry.h - what a sidecar does when a vendor refuses the access
+ * token of an oauth2 credential that has not expired (HTTP 401): ask for
+ * an immediate refresh (a replica asks its control plane, Sync/Refresh; a
+ * standalone sidecar its own refresher, sidecar/local_refresh), once per
+ * credential however many calls were refused, wait for the new token to
+ * reach the local catalog, and tell each refused call whether to retry.
+ * Also the
  * text of the re-authorise hint, which every "this connection needs its
  * owner" answer carries.
  *
@@ -17,7 +19,8 @@
  * OAuthState.generation of the token the vendor refused). It runs on a
  * thread of its own:
  *
- *   1. refresh(credential, generation, deadline): Sync/Refresh, deadline
+ *   1. refresh(credential, generation, deadline): Sync/Refresh or the
+ *      local refresher's lk_local_refresh_request, deadline
  *      = the first refused call's deadline.
  *   2. OK: each waiting call is told NEW_TOKEN as soon as the catalog
  *      holds the credential at a generation above the one that call used
@@ -75,11 +78,13 @@ typedef struct {
   /* Asks the control plane to refresh credential_id past generation,
    * blocking until deadline_ms (CLOCK_MONOTONIC); LK_OK sets
    * *now_generation; LK_FAILED_PRECONDITION means the provider refused
-   * the grant (sidecar/replica: lk_replica_refresh). */
+   * the grant (sidecar/replica: lk_replica_refresh; standalone,
+   * sidecar/local_refresh: lk_local_refresh_request). */
   lk_status (*refresh)(void *ctx, const char *credential_id,
                        uint64_t generation, int64_t deadline_ms,
                        uint64_t *now_generation, lk_err *err);
-  /* A count that grows after each batch the replica applies. */
+  /* A count that grows after each batch the replica applies (standalone:
+   * each record the local refresher stores). */
   uint64_t (*applied_count)(void *ctx);
   /* Waits until the count differs from seen or deadline_ms passes;
    * returns the count then. */

@@ -14,13 +14,13 @@
  * secret values are taken on the worker thread, right before the unsealed
  * values are wiped, and travel to the audit line with the call.
  *
- * An oauth2 call in replica mode may have a third part: when the vendor
- * answers 401, the scrubbed answer is kept (packed, no secret in it) and
- * the call is handed to sidecar/oauth_retry; when a newer token is in the
- * replica, the refresh flight's thread runs the first half again (resolve,
- * unseal, build, wipe) and submits once more, marked retried so a second
- * 401 is answered as it is. The call belongs to exactly one thread at a
- * time: worker, forwarder, flight, forwarder.
+ * An oauth2 call may have a third part: when the vendor answers 401, the
+ * scrubbed answer is kept (packed, no secret in it) and the call is
+ * handed to sidecar/oauth_retry; when a newer token is in the catalog
+ * (the replica's, or the standalone sidecar's own), the refresh flight's thread
+ * runs the first half again (resolve, unseal, build, wipe) and submits once
+ * more, marked retried so a second 401 is answered as it is. The call belongs
+ * to exactly one thread at a time: worker, forwarder, flight, forwarder.
  */
 #include "sidecar/toolcalls.h"
 
@@ -83,7 +83,7 @@ typedef struct {
   int64_t submitted_us;   /* when the request went to the forwarder */
   json_t *hashes;         /* field name -> audit hash, or NULL */
   const char *hash_error; /* static text when hashes is NULL, or NULL */
-  /* oauth2 credential in replica mode: what a retry after a 401 needs. */
+  /* oauth2 credential: what a retry after a 401 needs. */
   int may_refresh;           /* not yet refused, not yet retried */
   int retried;               /* the request in flight is the retry */
   uint64_t oauth_generation; /* of the token sent first */
@@ -939,7 +939,7 @@ static void retry_abandoned(pending *p, const char *why) {
   answer_first(p);
 }
 
-/* The replica holds a newer token: resolve and unseal again and send the
+/* The catalog holds a newer token: resolve and unseal again and send the
  * request once more. Whatever that answers is the call's answer. */
 static void retry_call(pending *p) {
   lk_toolcalls *t = p->t;
@@ -1044,7 +1044,7 @@ static void on_refresh_outcome(void *ctx, lk_oauth_retry_outcome outcome,
     lk_catalog_free_credential(cred);
     retry_abandoned(p,
                     "the provider refused the grant, and the credential "
-                    "is no longer an oauth2 one in the replica");
+                    "is no longer an oauth2 one in the catalog");
     return;
   }
   lk_log(LK_LOG_INFO, "oauth_reauthorize",
@@ -1080,7 +1080,7 @@ static void on_vendor_done(void *ctx, const lk_forward_result *res) {
   int redacted = 0;
   lk_status st = pack_result(p, res, &buf, &len, &body_len, &redacted, &err);
   if (st == LK_OK && res->http_status == 401 && p->may_refresh) {
-    /* A token the replica holds as valid was refused: ask for a refresh
+    /* A token the catalog holds as valid was refused: ask for a refresh
      * and retry once (sidecar/oauth_retry). The answer is kept, scrubbed,
      * in case no new token comes. */
     p->may_refresh = 0;

@@ -21,9 +21,10 @@
  * OAuth 2.0 (lib/oauth.h): an oauth2 credential whose access token has
  * expired (or whose expiry is unknown) is never sent: the call is answered
  * missing_credential with a re-authorise hint (lk_oauth_reauthorize_hint).
- * In replica mode (oauth_retry set), a vendor's 401 to a token that had
- * not expired asks the control plane for a refresh (sidecar/oauth_retry)
- * and the call is sent once more with the refreshed token, whatever that
+ * With oauth_retry set (both modes), a vendor's 401 to a token that had
+ * not expired asks for a refresh (sidecar/oauth_retry: the control plane
+ * in replica mode, the local refresher standalone) and the call is sent
+ * once more with the refreshed token, whatever that
  * answers; when no new token comes by the deadline the first 401 is
  * returned, and when the provider refused the grant the call is answered
  * missing_credential with the re-authorise hint. Never a loop.
@@ -62,9 +63,9 @@ typedef struct {
   /* Registry for the call metrics (borrowed; it must outlive the
    * service). NULL = no metrics. */
   lk_metrics *metrics;
-  /* Replica mode: refreshes the token of an oauth2 credential a vendor
-   * refused with 401 (borrowed; stop it before the forwarder is
-   * destroyed). NULL = a 401 is returned as it is (standalone). */
+  /* Refreshes the token of an oauth2 credential a vendor refused with 401
+   * (borrowed; stop it before the forwarder is destroyed). NULL = a 401 is
+   * returned as it is. */
   lk_oauth_retry *oauth_retry;
 } lk_toolcalls_config;
 

@@ -29,6 +29,7 @@ Test controls (plain Python, thread-safe):
   srv.vendor_always_401 = True: the vendor refuses every token
   srv.revoke_current()     the vendor refuses the current access token
   srv.stats()              counters and the list of token requests
+  srv.issued_tokens()      every access and refresh token issued so far
   srv.stop()
 """
 
@@ -213,6 +214,12 @@ class OAuthServer:
     def generation(self):
         with self._lock:
             return self._generation
+
+    def issued_tokens(self):
+        """Every access and refresh token issued so far (for tests that
+        search files and logs for them)."""
+        with self._lock:
+            return list(self._access) + list(self._refresh)
 
     def stats(self):
         with self._lock:

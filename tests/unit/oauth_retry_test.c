@@ -617,8 +617,8 @@ static void hint_without_any_attempt_says_so(void **state) {
   lk_oauth_reauthorize_hint(&h.c, EXPIRY_MS + 1, 0, 0, NULL, hint,
                             sizeof(hint));
   assert_non_null(strstr(hint,
-                         "the control plane has not refreshed it (no "
-                         "attempt recorded)"));
+                         "it has not been refreshed yet (no attempt "
+                         "recorded)"));
 }
 
 static void hint_is_cut_short_safely(void **state) {
