@@ -12,6 +12,7 @@
 #include "sidecar/args.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lib/schema.h"
@@ -286,7 +287,15 @@ lk_status lk_args_schema(const Latchkey__V1__Operation *op, char **out_json,
     st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory building schema");
     goto done;
   }
-  *out_json = json_dumps(root, JSON_COMPACT);
+  /* json_dumps allocates with jansson's functions, which latchkeyd
+   * replaces (lib/oauth_token); the caller frees with free(). */
+  char *text = json_dumps(root, JSON_COMPACT);
+  *out_json = text != NULL ? strdup(text) : NULL;
+  if (text != NULL) {
+    json_free_t jfree = free;
+    json_get_alloc_funcs(NULL, &jfree);
+    jfree(text);
+  }
   if (*out_json == NULL) {
     st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory building schema");
   }

@@ -321,9 +321,18 @@ static lk_status arg_text_of(const json_t *v, arg_text *t, lk_err *err) {
   return LK_OK;
 }
 
+/* Wipes and frees text of n bytes that json_dumps made: with jansson's own
+ * free, which latchkeyd replaces with a wiping one (lib/oauth_token). */
+static void json_text_free(char *text, size_t n) {
+  json_free_t jfree = free;
+  json_get_alloc_funcs(NULL, &jfree);
+  lk_wipe(text, n);
+  jfree(text);
+}
+
 static void arg_text_free(arg_text *t) {
   if (t->owned != NULL) {
-    lk_wipe_free(t->owned, t->n);
+    json_text_free(t->owned, t->n);
     t->owned = NULL;
   }
 }
@@ -820,7 +829,7 @@ static lk_status build_body(lk_http_request *r,
     }
     size_t n = strlen(text);
     st = em_put(&e, ENC_RAW, text, n, err);
-    lk_wipe_free(text, n);
+    json_text_free(text, n);
   }
   for (size_t i = 0; type != NULL && i < type->n_inject && st == LK_OK; i++) {
     const Latchkey__V1__InjectRule *rule = type->inject[i];

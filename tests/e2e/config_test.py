@@ -102,7 +102,8 @@ LATCHKEYD_FLAGS = (
     "control-plane-token-file", "tls-ca", "rotate-node-key",
     "max-staleness", "allow-insecure-vendors", "setup-url-template",
     "max-response-bytes", "workers", "log-level", "health-listen",
-    "drain-timeout", "check-config")
+    "drain-timeout", "check-config", "oauth-refresh-margin",
+    "oauth-retry-max", "allow-insecure-token-urls")
 CP_FLAGS = (
     "listen", "etcd", "etcd-prefix", "keyring", "admin-token-file",
     "node-token-file", "tls-cert", "tls-key", "workers", "log-level",
@@ -179,6 +180,8 @@ class ConfigCheckTest(harness.StackTestCase):
             (base + ["--drain-timeout", "soon"], "--drain-timeout"),
             (base + ["--health-listen", "nohostport"], "--health-listen"),
             (base + ["--log-level", "loud"], "--log-level"),
+            (base + ["--oauth-refresh-margin", "0"], "--oauth-refresh-margin"),
+            (base + ["--oauth-retry-max", "5m"], "--oauth-retry-max"),
         ]
         for args, flag in cases:
             with self.subTest(flag=flag, args=args[-2:]):
@@ -219,6 +222,39 @@ class ConfigCheckTest(harness.StackTestCase):
             f.write("x")
         os.chmod(self.lk.node_key, 0o644)
         self._refused(base, "--node-key")
+
+    def test_check_config_knows_the_oauth_flags(self):
+        self.lk.stop_daemon()
+        base = self.lk.daemon_args() + ["--check-config"]
+        proc = self._run(base + ["--oauth-refresh-margin", "60",
+                                 "--oauth-retry-max", "30",
+                                 "--allow-insecure-token-urls"])
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(proc.stdout, "config ok\n")
+        self._refused(base + ["--oauth-refresh-margin", "604801"],
+                      "--oauth-refresh-margin must be between 1 and 604800")
+        self._refused(base + ["--oauth-retry-max", "0"],
+                      "--oauth-retry-max must be between 1 and 86400")
+        env = dict(self.lk.daemon_env(), LATCHKEY_OAUTH_REFRESH_MARGIN="abc")
+        self.assertIn("LATCHKEY_OAUTH_REFRESH_MARGIN",
+                      self._refused(base, "--oauth-refresh-margin", env))
+        # A replica's credentials are refreshed by its control plane: the
+        # flags are refused there, naming where they belong.
+        replica = ["--listen", self.lk.agent_addr,
+                   "--agent-id", self.lk.agent_id,
+                   "--data-dir", self.lk.data_dir,
+                   "--node-key", self.lk.node_key,
+                   "--control-plane", "127.0.0.1:7700",
+                   "--control-plane-token-file", self.lk.token_file,
+                   "--check-config"]
+        proc = self._run(replica)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        for extra in (["--allow-insecure-token-urls"],
+                      ["--oauth-refresh-margin", "60"],
+                      ["--oauth-retry-max", "30"]):
+            line = self._refused(replica + extra, extra[0])
+            self.assertIn("apply to standalone mode only", line)
+            self.assertIn("latchkey-cp", line)
 
     def test_latchkey_cp_check_config(self):
         self.lk.stop_daemon()
@@ -262,6 +298,9 @@ class ConfigCheckTest(harness.StackTestCase):
         self.assertIn("(default 30s)", d["drain-timeout"][1])
         self.assertIn("(default 1048576)", d["max-response-bytes"][1])
         self.assertIn("(default info)", d["log-level"][1])
+        self.assertIn("(default 300)", d["oauth-refresh-margin"][1])
+        self.assertIn("(default 300)", d["oauth-retry-max"][1])
+        self.assertIn("(default false)", d["allow-insecure-token-urls"][1])
         c = help_flags(latchkey_cp_path())
         self.assertIn("(default 300)", c["oauth-refresh-margin"][1])
         self.assertIn("(default 300)", c["oauth-retry-max"][1])

@@ -17,7 +17,10 @@ import time
 import harness
 
 AGENT = harness.AGENT
-TOKEN_URL = "https://oauth2.googleapis.com/token"
+# A name that never resolves (RFC 2606 .invalid): a standalone latchkeyd
+# refreshes its due oauth2 credentials itself, and no test may reach a real
+# identity provider.
+TOKEN_URL = "https://oauth2.googleapis.invalid/token"
 CLIENT_ID = "1234.apps.googleusercontent.com"
 SCOPE = "https://www.googleapis.com/auth/drive.readonly"
 STANDARD_FIELDS = ["access_token", "refresh_token", "expires_at", "token_url",

@@ -20,8 +20,10 @@ What is proven, from the vendor's and the control plane's own counters:
   missing_credential with the re-authorise hint;
 - a failed Refresh, or a refreshed token that never arrives, returns the
   first 401 (in time for the call's deadline);
-- a standalone sidecar (credential created through its Admin) returns a
-  401 as it is, asking no one, and never sends an expired token either.
+- a standalone sidecar (credential created through its Admin) is its own
+  control plane: a 401 makes one token request of its own refresher and
+  one retry with the new token, and an expired token is never sent while
+  the provider is down (oauth_standalone_test.py covers the rest).
 """
 
 import json
@@ -368,9 +370,12 @@ class OAuthSidecarTest(harness.E2EAssertions, unittest.TestCase):
 
 class StandaloneOAuthTest(harness.StackTestCase):
     """A standalone latchkeyd (no control plane) whose oauth2 credential
-    was created through its own Admin listener."""
+    was created through its own Admin listener: it refreshes the
+    credential itself (sidecar/local_refresh)."""
 
     with_catalog = False
+    stack_options = {"extra_args": ["--allow-insecure-token-urls",
+                                    "--oauth-retry-max", "1"]}
 
     def setUp(self):
         super().setUp()
@@ -389,25 +394,33 @@ class StandaloneOAuthTest(harness.StackTestCase):
     def whoami(self):
         return self.lk.call("main", TOOL, "whoami", {})
 
-    def test_standalone_returns_a_401_as_it_is(self):
-        self.connect(expires_in=3600)
+    def test_standalone_401_makes_one_local_refresh_and_one_retry(self):
+        _, fields = self.connect(expires_in=3600)
         resp = self.whoami()
         self.assertEqual(resp.result.http_status, 200)
         self.idp.revoke_current()
         resp = self.whoami()
         self.assertEqual(resp.WhichOneof("outcome"), "result")
-        self.assertEqual(resp.result.http_status, 401)
-        self.assertEqual(json.loads(resp.result.body),
-                         {"error": "invalid_token"})
-        self.assertEqual(self.idp.stats()["vendor_requests"], 2,
-                         "no retry without a control plane")
-        self.assertEqual(events(self.lk, "oauth_retry"), [])
-        self.assertEqual(events(self.lk, "oauth_refresh_requested"), [])
-        self.assertNotIn("oauth_retry",
-                         events(self.lk, "audit.tool_call")[-1])
+        self.assertEqual(resp.result.http_status, 200)
+        self.assertEqual(json.loads(resp.result.body)["generation"], 2)
+        stats = self.idp.stats()
+        self.assertEqual([v["generation"] for v in stats["vendor"]], [1, 1, 2],
+                         "one refused request, then the retry with token 2")
+        (req,) = stats["requests"]
+        self.assertEqual(req["refresh_token"], fields["refresh_token"])
+        (asked,) = events(self.lk, "oauth_refresh_requested")
+        self.assertIn("generation 1 (now 2)", asked["msg"])
+        self.assertEqual(len(events(self.lk, "oauth_retry")), 1)
+        self.assertIs(events(self.lk, "audit.tool_call")[-1]["oauth_retry"],
+                      True)
 
     def test_standalone_never_sends_an_expired_token(self):
+        self.idp.mode = "fail"  # the provider is down: no new token comes
         cred_id, fields = self.connect(expires_in=-30)
+        wait = time.monotonic() + 10
+        while (self.idp.stats()["token_requests"] == 0
+               and time.monotonic() < wait):
+            time.sleep(0.05)
         resp = self.whoami()
         self.assertEqual(resp.WhichOneof("outcome"), "missing_credential")
         missing = resp.missing_credential
@@ -423,6 +436,8 @@ class StandaloneOAuthTest(harness.StackTestCase):
             self.assertNoSecret(resp.SerializeToString(), fields[name],
                                 "missing_credential")
         self.assertEqual(self.idp.stats()["vendor_requests"], 0)
+        self.assertGreaterEqual(self.idp.stats()["token_requests"], 1,
+                                "the standalone sidecar tried to refresh")
 
 
 if __name__ == "__main__":
