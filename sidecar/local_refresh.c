@@ -16,7 +16,9 @@
  * what the catalog shows: a generation past the one asked (OK), a failure
  * recorded after it asked, a refused grant, the credential gone; or by
  * its deadline or stop. It looks again whenever a record is stored and at
- * least every WAIT_SLICE_MS.
+ * least every WAIT_SLICE_MS. An attempt that neither answers its waiters
+ * nor moves the generation past theirs (it found nothing due, or the
+ * owner's write won) queues one more on-demand attempt for them.
  *
  * Secrets: the refresh token and client secret exist in plaintext only in
  * lk_secrets from unsealing to the end of the token request; the new
@@ -450,6 +452,45 @@ static void answer_waiters(lk_local_refresh *r, const char *id,
   }
 }
 
+/* Returns the OAuthState generation credential id holds in the catalog, 0
+ * when it has none or is gone (its waiters then read that themselves). */
+static uint64_t stored_generation(lk_local_refresh *r, const char *id) {
+  Latchkey__V1__Credential *c = NULL;
+  lk_err err;
+  uint64_t g = 0;
+  if (lk_catalog_get_credential(r->cat, id, &c, &err) == LK_OK &&
+      c->oauth != NULL) {
+    g = c->oauth->generation;
+  }
+  lk_catalog_free_credential(c);
+  return g;
+}
+
+/* Asks again for id on behalf of its unanswered waiters not yet past
+ * what they asked (the catalog holds now_gen); mu held. */
+static void requeue_waiters(lk_local_refresh *r, const char *id,
+                            uint64_t now_gen) {
+  for (waiter *w = r->waiters; w != NULL; w = w->next) {
+    if (w->answered || strcmp(w->cred_id, id) != 0 || now_gen == 0 ||
+        now_gen > w->generation) {
+      continue;
+    }
+    size_t i = 0;
+    while (i < r->n_asked && strcmp(r->asked[i].id, id) != 0) {
+      i++;
+    }
+    if (i < r->n_asked) {
+      if (w->generation > r->asked[i].asked) {
+        r->asked[i].asked = w->generation;
+      }
+    } else if (r->n_asked < LK_LOCAL_REFRESH_MAX_ASKED) {
+      work_item *a = &r->asked[r->n_asked++];
+      snprintf(a->id, sizeof(a->id), "%s", id);
+      a->asked = w->generation;
+    }
+  }
+}
+
 static void *thread_main(void *arg) {
   lk_local_refresh *r = arg;
   int64_t next_scan = 0; /* monotonic ms: at once */
@@ -503,6 +544,10 @@ static void *thread_main(void *arg) {
     if (o.hold) {
       set_hold(r, item.id, lk_wall_ms() + HOLD_AFTER_ERROR_MS);
     }
+    /* Requests that joined this attempt and that it neither answered nor
+     * served (it found nothing to do, or the owner's write won without a
+     * new generation) are asked for again. */
+    uint64_t now_gen = o.answer ? 0 : stored_generation(r, item.id);
     pthread_mutex_lock(&r->mu);
     r->in_flight[0] = '\0';
     r->changed = 1; /* its due time moved: scan again */
@@ -511,6 +556,8 @@ static void *thread_main(void *arg) {
     }
     if (o.answer) {
       answer_waiters(r, item.id, &o);
+    } else {
+      requeue_waiters(r, item.id, now_gen);
     }
     pthread_cond_broadcast(&r->done_cv);
     pthread_mutex_unlock(&r->mu);
