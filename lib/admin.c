@@ -73,8 +73,11 @@
 #define MASK_MIN_CHARS 12
 #define CRED_ID_RANDOM_BYTES 8
 #define CRED_ID_TRIES 8
-/* Runs of a write whose credential keeps changing under it. */
+/* Runs of a write whose credential keeps changing under it, and the cap
+ * of the random pause between runs (ms, doubling from 4), so that two
+ * control planes writing one credential at once do not keep colliding. */
 #define WRITE_TRIES 8
+#define WRITE_PAUSE_MAX_MS 128
 
 /* What the write in progress noted for its audit line (under mu). */
 typedef struct {
@@ -2436,6 +2439,13 @@ lk_status lk_admin_handle(lk_admin *a, const char *method_path,
     free(*resp);
     *resp = NULL;
     *resp_len = 0;
+    {
+      uint32_t cap = 2u << (i < 6 ? i : 6);
+      uint32_t ms = randombytes_uniform(
+          cap < WRITE_PAUSE_MAX_MS ? cap : WRITE_PAUSE_MAX_MS);
+      struct timespec pause = {0, (long)ms * 1000000L};
+      nanosleep(&pause, NULL);
+    }
   }
   if (audited) {
     audit_line(md->path, m, md->writes ? &a->rec : NULL, st);
