@@ -6,6 +6,15 @@
  * supervisor thread rebuilds the mirror when the watch reports that etcd
  * compacted past it; Admin handlers commit from gRPC workers and wait on
  * a condition variable for the mirror to reach their Txn's revision.
+ *
+ * Conditional commits (lk_catalog_commit_if): each record the writer read
+ * becomes a value compare in the Txn (absent: mod revision 0). When etcd
+ * refuses, the committer reads the records from etcd itself to tell why:
+ * the batch may already be there (lib/etcd resent the Txn after an
+ * ambiguous failure and its first attempt landed); else a record changed,
+ * and the committer waits until the mirror shows what etcd now holds
+ * before it reports the change, so the writer's next read is fresh; else
+ * the key-ring fence moved.
  */
 #include "controlplane/etcd_catalog.h"
 
@@ -99,9 +108,14 @@ static lk_status reload(lk_etcd_catalog *c, lk_err *err) {
 }
 
 /* A catalog refusing every commit: a past revision is read-only. */
-static lk_status refuse_commit(void *ctx, lk_store_batch *b, lk_err *err) {
+static lk_status refuse_commit(void *ctx, lk_store_batch *b,
+                               lk_catalog_seen *const *seen, size_t n_seen,
+                               int *changed, lk_err *err) {
   (void)ctx;
   (void)b;
+  (void)seen;
+  (void)n_seen;
+  (void)changed;
   return lk_fail(err, LK_FAILED_PRECONDITION,
                  "a catalog at a past etcd revision is read-only");
 }
@@ -350,8 +364,191 @@ static void shown_delete(void *ctx, const char *key, size_t key_len) {
   lk_store_value_free(v, n);
 }
 
-/* lk_catalog_commit_fn: the batch as one etcd Txn, visible on return. */
-static lk_status commit_to_etcd(void *ctx, lk_store_batch *b, lk_err *err) {
+/* Waits (at most COMMIT_VISIBLE_TIMEOUT_S) until the mirror has applied
+ * revision rev or, with rev 0, no longer holds key (NULL: nothing to wait
+ * for). Returns 1 once it has, 0 when the time ran out or the catalog is
+ * stopping. */
+static int wait_shown(lk_etcd_catalog *c, int64_t rev, const char *key) {
+  struct timespec until;
+  int shown = 0;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += COMMIT_VISIBLE_TIMEOUT_S;
+  pthread_mutex_lock(&c->mu);
+  for (;;) {
+    if (rev > 0) {
+      shown = c->event_revision >= rev;
+    } else if (key == NULL) {
+      shown = 1;
+    } else {
+      unsigned char *v = NULL;
+      size_t n = 0;
+      lk_err err;
+      shown = lk_store_get(c->mirror, key, &v, &n, &err) == LK_NOT_FOUND;
+      lk_store_value_free(v, n);
+    }
+    if (shown || c->stopping ||
+        pthread_cond_timedwait(&c->cv, &c->mu, &until) == ETIMEDOUT) {
+      break;
+    }
+  }
+  pthread_mutex_unlock(&c->mu);
+  return shown;
+}
+
+/* Whether every operation of a refused batch is in etcd as it wrote it. */
+typedef struct {
+  lk_etcd_catalog *c;
+  int landed;
+  int64_t rev;  /* the highest mod revision of a key it put */
+  lk_status st; /* etcd could not be read */
+  lk_err err;
+} landed_ctx;
+
+static void landed_put(void *ctx, const char *key, size_t key_len,
+                       const unsigned char *val, size_t val_len) {
+  landed_ctx *lc = ctx;
+  char k[MAX_KEY];
+  unsigned char *cur = NULL;
+  size_t n = 0;
+  int64_t rev = 0;
+  if (!lc->landed || lc->st != LK_OK || copy_key(key, key_len, k) != 0) {
+    lc->landed = 0;
+    return;
+  }
+  lk_status st = lk_etcd_get(lc->c->etcd, k, &cur, &n, &rev, &lc->err);
+  /* The bytes hold fresh nonces or a new version: only this batch wrote
+   * them. */
+  if (st == LK_OK && lk_ct_equal(cur, n, val, val_len)) {
+    lc->rev = rev > lc->rev ? rev : lc->rev;
+  } else if (st == LK_OK || st == LK_NOT_FOUND) {
+    lc->landed = 0;
+  } else {
+    lc->st = st;
+  }
+  lk_etcd_value_free(cur, n);
+}
+
+static void landed_delete(void *ctx, const char *key, size_t key_len) {
+  landed_ctx *lc = ctx;
+  char k[MAX_KEY];
+  unsigned char *cur = NULL;
+  size_t n = 0;
+  if (!lc->landed || lc->st != LK_OK || copy_key(key, key_len, k) != 0) {
+    lc->landed = 0;
+    return;
+  }
+  lk_status st = lk_etcd_get(lc->c->etcd, k, &cur, &n, NULL, &lc->err);
+  if (st == LK_OK) {
+    lc->landed = 0;
+  } else if (st != LK_NOT_FOUND) {
+    lc->st = st;
+  }
+  lk_etcd_value_free(cur, n);
+}
+
+/* Waits until the mirror no longer holds each key a landed batch deleted. */
+typedef struct {
+  lk_etcd_catalog *c;
+  int shown;
+} gone_ctx;
+
+static void gone_delete(void *ctx, const char *key, size_t key_len) {
+  gone_ctx *gc = ctx;
+  char k[MAX_KEY];
+  if (gc->shown && copy_key(key, key_len, k) == 0) {
+    gc->shown = wait_shown(gc->c, 0, k);
+  }
+}
+
+/* Finds the first seen record etcd no longer holds as it was read:
+ * *which is its index (n when every one is as read) and *rev its mod
+ * revision now (0: absent). */
+static lk_status find_changed(lk_etcd_catalog *c, lk_catalog_seen *const *seen,
+                              size_t n, size_t *which, int64_t *rev,
+                              lk_err *err) {
+  for (*which = 0; *which < n; (*which)++) {
+    size_t want_len = 0;
+    const unsigned char *want = lk_catalog_seen_value(seen[*which], &want_len);
+    unsigned char *cur = NULL;
+    size_t len = 0;
+    *rev = 0;
+    lk_status st = lk_etcd_get(c->etcd, lk_catalog_seen_key(seen[*which]), &cur,
+                               &len, rev, err);
+    int same = st == LK_NOT_FOUND
+                   ? want == NULL
+                   : want != NULL && lk_ct_equal(cur, len, want, want_len);
+    lk_etcd_value_free(cur, len);
+    if (st != LK_OK && st != LK_NOT_FOUND) {
+      return st;
+    }
+    if (!same) {
+      lk_err_clear(err);
+      return LK_OK;
+    }
+  }
+  lk_err_clear(err);
+  return LK_OK;
+}
+
+/* Tells why etcd refused a batch with seen records (see the file comment).
+ * LK_OK with *rev set when it had landed; LK_UNAVAILABLE with *changed
+ * set, once the mirror shows the change, when a record changed; the
+ * fence's answer when it moved. */
+static lk_status explain_refusal(lk_etcd_catalog *c, lk_store_batch *b,
+                                 lk_catalog_seen *const *seen, size_t n,
+                                 const txn_ctx *tc, int64_t *rev, int *changed,
+                                 lk_err *err) {
+  landed_ctx lc;
+  size_t which = n;
+  int64_t cur_rev = 0;
+  memset(&lc, 0, sizeof(lc));
+  lc.c = c;
+  lc.landed = 1;
+  lk_store_batch_iterate(b, landed_put, landed_delete, &lc);
+  if (lc.st != LK_OK) {
+    return lk_fail(err, lc.st, "%s", lc.err.msg);
+  }
+  if (lc.landed) {
+    gone_ctx gc = {c, 1};
+    lk_store_batch_iterate(b, shown_put, gone_delete, &gc);
+    *rev = lc.rev;
+    if (!gc.shown) {
+      return lk_fail(err, LK_UNAVAILABLE,
+                     "the change was committed to etcd but this control "
+                     "plane has not seen it yet: list again shortly");
+    }
+    return LK_OK;
+  }
+  lk_status st = find_changed(c, seen, n, &which, &cur_rev, err);
+  if (st != LK_OK) {
+    return st;
+  }
+  if (which == n && tc->fenced) {
+    return lk_keyfence_refused(c->etcd, c->fence_kr, tc->fence_id, err);
+  }
+  if (which == n) {
+    /* A compared value changed and changed back: read and build again. */
+    *changed = 1;
+    return lk_fail(err, LK_UNAVAILABLE, LK_CATALOG_CHANGED_FMT,
+                   lk_catalog_seen_key(seen[0]));
+  }
+  /* The caller reads the record again: the mirror must show it first. */
+  const char *key = lk_catalog_seen_key(seen[which]);
+  if (!wait_shown(c, cur_rev, key)) {
+    return lk_fail(err, LK_UNAVAILABLE,
+                   "%s changed while this write was being applied and this "
+                   "control plane has not seen the change yet; retry shortly",
+                   key);
+  }
+  *changed = 1;
+  return lk_fail(err, LK_UNAVAILABLE, LK_CATALOG_CHANGED_FMT, key);
+}
+
+/* lk_catalog_commit_fn: the batch as one etcd Txn comparing every seen
+ * record, visible on return. */
+static lk_status commit_to_etcd(void *ctx, lk_store_batch *b,
+                                lk_catalog_seen *const *seen, size_t n_seen,
+                                int *changed, lk_err *err) {
   lk_etcd_catalog *c = ctx;
   lk_status st = lk_store_batch_status(b, err);
   if (st != LK_OK)
@@ -363,6 +560,15 @@ static lk_status commit_to_etcd(void *ctx, lk_store_batch *b, lk_err *err) {
   if (tc.txn == NULL)
     return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   lk_store_batch_iterate(b, txn_put, txn_delete, &tc);
+  for (size_t i = 0; i < n_seen; i++) {
+    size_t len = 0;
+    const unsigned char *val = lk_catalog_seen_value(seen[i], &len);
+    if (val != NULL) {
+      lk_etcd_txn_expect_value(tc.txn, lk_catalog_seen_key(seen[i]), val, len);
+    } else {
+      lk_etcd_txn_expect_mod_revision(tc.txn, lk_catalog_seen_key(seen[i]), 0);
+    }
+  }
   int64_t rev = 0;
   if (tc.bad) {
     st = lk_fail(err, LK_INVALID_ARGUMENT, "a key in the batch is too long");
@@ -372,8 +578,10 @@ static lk_status commit_to_etcd(void *ctx, lk_store_batch *b, lk_err *err) {
     if (tc.fenced)
       lk_keyfence_expect(tc.txn, tc.fence_id);
     st = lk_etcd_txn_commit(c->etcd, tc.txn, &rev, err);
-    /* The batch has no compare but the fence's. */
-    if (st == LK_FAILED_PRECONDITION && tc.fenced)
+    if (st == LK_FAILED_PRECONDITION && n_seen > 0)
+      st = explain_refusal(c, b, seen, n_seen, &tc, &rev, changed, err);
+    else if (st == LK_FAILED_PRECONDITION && tc.fenced)
+      /* The batch has no compare but the fence's. */
       st = lk_keyfence_refused(c->etcd, c->fence_kr, tc.fence_id, err);
   }
   lk_etcd_txn_destroy(tc.txn);
@@ -389,17 +597,7 @@ static lk_status commit_to_etcd(void *ctx, lk_store_batch *b, lk_err *err) {
     if (!sc.present)
       return LK_OK;
   }
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += COMMIT_VISIBLE_TIMEOUT_S;
-  pthread_mutex_lock(&c->mu);
-  while (c->event_revision < rev && !c->stopping) {
-    if (pthread_cond_timedwait(&c->cv, &c->mu, &until) == ETIMEDOUT)
-      break;
-  }
-  int visible = c->event_revision >= rev;
-  pthread_mutex_unlock(&c->mu);
-  if (!visible) {
+  if (!wait_shown(c, rev, NULL)) {
     return lk_fail(err, LK_UNAVAILABLE,
                    "the change was committed to etcd at revision %lld but "
                    "this control plane has not seen it yet: list again "

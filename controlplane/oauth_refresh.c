@@ -58,8 +58,10 @@
  * costs the scheduler at most a tenth of a core. */
 #define MIN_SCAN_GAP_MS 200
 #define SCAN_DUTY 10
-/* Commit attempts per refresh when the credential keeps changing under
- * the re-sealer or the key ring moves. */
+/* Commit attempts of a failure's state when the credential keeps changing
+ * under owners' updates, the re-sealer or the key ring. A provider's
+ * answer is tried until the claim runs out instead: with a rotating
+ * provider the old refresh token is already spent. */
 #define MAX_COMMIT_TRIES 8
 
 typedef struct waiter {
@@ -558,8 +560,8 @@ static lk_status commit(lk_oauth_refresh *r, const Latchkey__V1__Credential *c0,
     ring_sealer rs;
     unsigned char *buf = NULL;
     size_t len = 0;
-    if (tries == MAX_COMMIT_TRIES || lk_wall_ms() >= claim_until ||
-        (tries > 1 && halted(r))) {
+    if ((tries == MAX_COMMIT_TRIES && o->res == NULL) ||
+        lk_wall_ms() >= claim_until || (tries > 1 && halted(r))) {
       if (st == LK_OK || st == LK_FAILED_PRECONDITION) {
         st = lk_fail(err, LK_UNAVAILABLE,
                      "credential %s kept changing while its refresh was being "
@@ -654,8 +656,9 @@ static lk_status commit(lk_oauth_refresh *r, const Latchkey__V1__Credential *c0,
       drop_claim(r, c0->id, claim_rev);
       break;
     }
-    if (rst != LK_OK || now_c->version != c0->version || now_c->oauth == NULL) {
-      ci->dropped = "the owner updated the credential meanwhile";
+    if (rst != LK_OK || now_c->oauth == NULL || c->oauth == NULL ||
+        now_c->oauth->generation != c->oauth->generation) {
+      ci->dropped = "the owner re-authorised the credential meanwhile";
       ci->generation =
           now_c != NULL && now_c->oauth != NULL ? now_c->oauth->generation : 0;
       st = LK_OK;
@@ -663,8 +666,11 @@ static lk_status commit(lk_oauth_refresh *r, const Latchkey__V1__Credential *c0,
       drop_claim(r, c0->id, claim_rev);
       break;
     }
-    /* Same version: the re-sealer moved its values, or the fence moved
-     * past the key we sealed under. Build again on what etcd holds. */
+    /* Same generation: the owner changed something else (a label, the
+     * client id: the provider's answer is still the live grant, and with
+     * a rotating provider dropping it would leave a spent refresh token),
+     * the re-sealer moved its values, or the fence moved past the key we
+     * sealed under. Build again on what etcd holds, keeping the change. */
     if (fenced) {
       lk_err ferr;
       lk_status fst = lk_keyfence_refused(r->etcd, r->kr, fence_id, &ferr);
@@ -1204,7 +1210,7 @@ lk_status lk_oauth_refresh_start(const lk_oauth_refresh_config *cfg,
            "OAuth token refreshes this control plane asked an identity "
            "provider for, by result (ok, failed: retried with backoff, "
            "reauthorize: the provider refused the grant, discarded: the "
-           "owner updated the credential meanwhile).",
+           "owner re-authorised or deleted the credential meanwhile).",
            result_l, 1, &r->m_refreshes, err)) != LK_OK ||
       (st = lk_metrics_counter(
            cfg->metrics, "latchkey_oauth_refresh_requests_total",

@@ -39,12 +39,13 @@
  *     under the active key, expires_at, the next generation; on failure
  *     only the OAuthState, with the backoff or reauthorize), every other
  *     sealed value moved to the active key too. The claim is deleted in the
- *     same Txn. When the Txn fails: a credential changed only by the
- *     re-sealer (same version) is read again and the commit rebuilt on
- *     it; a credential the owner updated (version changed) or deleted
- *     wins, and the provider's answer is dropped (the owner
- *     re-authorised); a claim taken over means this answer is dropped
- *     too. One `audit.oauth.refresh` log line per provider request.
+ *     same Txn. When the Txn fails: a credential whose OAuthState
+ *     generation is unchanged (an owner's update that set no token, such
+ *     as a label; the re-sealer's) is read again and the commit rebuilt
+ *     on it, keeping that change; a credential the owner re-authorised
+ *     (generation changed) or deleted wins, and the provider's answer is
+ *     dropped; a claim taken over means this answer is dropped too. One
+ *     `audit.oauth.refresh` log line per provider request.
  *
  * Exactly once: a refresh token is sent only under a claim this process
  * created, the claim names the credential's mod revision it was taken

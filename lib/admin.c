@@ -20,10 +20,11 @@
  * response is packed before anything it points to is freed.
  *
  * Secrets: a credential request's values are validated (pattern, length,
- * UTF-8) in place, each secret one is sealed and wiped right after its
- * last use (mask, seal), and the scrub hook wipes all of them again on
- * every exit path. Error messages name fields, patterns and ids, never a
- * value; ids are echoed only after they have been validated, and
+ * UTF-8) in place and each secret one is masked and sealed; the scrub hook
+ * wipes all of them once the write has landed or failed (a write that
+ * found its credential changed is built again from the same values: see
+ * below), on every exit path. Error messages name fields, patterns and ids,
+ * never a value; ids are echoed only after they have been validated, and
  * base_url (which may carry a password in user info) never is.
  *
  * Audit: writes run one at a time under the service mutex, so the write in
@@ -34,6 +35,18 @@
  * RotateKey changes the key ring through the keys hook, not the catalog,
  * so it runs outside the mutex and its line carries only the action and
  * the outcome.
+ *
+ * Concurrent writers: the mutex orders this service's writes only. A
+ * credential is also written by other control planes' Admin, the OAuth
+ * refresher and the re-sealer, and this service reads a mirror that may
+ * lag them. So every credential write (create, update, delete) reads the
+ * record with lk_catalog_get_credential_seen and commits with
+ * lk_catalog_commit_if: it lands only if the record is still the one it
+ * was built from. When it is not, the commit notes a->changed (the
+ * catalog then already reads fresh) and lk_admin_handle runs the handler
+ * again, at most WRITE_TRIES times, so an update keeps whatever landed
+ * meanwhile (a refresh's rotated tokens and OAuthState) and a delete is
+ * never undone by an update built before it.
  */
 #include "lib/admin.h"
 
@@ -60,6 +73,11 @@
 #define MASK_MIN_CHARS 12
 #define CRED_ID_RANDOM_BYTES 8
 #define CRED_ID_TRIES 8
+/* Runs of a write whose credential keeps changing under it, and the cap
+ * of the random pause between runs (ms, doubling from 4), so that two
+ * control planes writing one credential at once do not keep colliding. */
+#define WRITE_TRIES 8
+#define WRITE_PAUSE_MAX_MS 128
 
 /* What the write in progress noted for its audit line (under mu). */
 typedef struct {
@@ -79,6 +97,7 @@ struct lk_admin {
   lk_admin_keys keys; /* fn NULL: not a control plane */
   pthread_mutex_t mu;
   audit_rec rec; /* under mu */
+  int changed;   /* under mu: a record the write read changed; run again */
 };
 
 /* A handler gets the decoded request and packs its own response. */
@@ -124,6 +143,16 @@ static lk_status oom(lk_err *err) {
 /* Writes b atomically; b stays the caller's. */
 static lk_status commit(lk_admin *a, lk_store_batch *b, lk_err *err) {
   return lk_catalog_commit(a->cat, b, err);
+}
+
+/* Writes b atomically if the record seen is still as read; else notes
+ * a->changed (mu held) so that lk_admin_handle runs the write again. */
+static lk_status commit_if(lk_admin *a, lk_store_batch *b,
+                           lk_catalog_seen *seen, lk_err *err) {
+  int changed = 0;
+  lk_status st = lk_catalog_commit_if(a->cat, b, &seen, 1, &changed, err);
+  a->changed = a->changed || changed;
+  return st;
 }
 
 static int64_t now_ms(void) {
@@ -657,7 +686,8 @@ static void audit_note_hash(lk_admin *a, const char *field, const char *v,
 }
 
 /* Fills s for field f of credential cred_id from value v; secret values are
- * sealed, masked, then wiped (their last use). */
+ * masked and sealed. v stays as it is: a write run again needs it, and the
+ * request's scrub hook wipes it. */
 static lk_status fill_slot(lk_admin *a, slot *s, const char *cred_id,
                            const Latchkey__V1__CredentialField *f, char *v,
                            lk_err *err) {
@@ -679,7 +709,6 @@ static lk_status fill_slot(lk_admin *a, slot *s, const char *cred_id,
     st = a->sealer.seal(a->sealer.ctx, cred_id, f->name,
                         (const unsigned char *)v, len, &key_id, s->nonce,
                         &s->ct, &ct_len, err);
-    lk_wipe(v, len);
     if (st != LK_OK) {
       return st;
     }
@@ -765,9 +794,10 @@ static lk_status check_label(const char *label, lk_err *err) {
   return LK_OK;
 }
 
-/* Picks a fresh "cred_" + 16 hex id that no credential has. */
+/* Picks a fresh "cred_" + 16 hex id that no credential has; *seen records
+ * its absence. */
 static lk_status new_cred_id(lk_admin *a, char out[LK_CATALOG_ID_MAX + 1],
-                             lk_err *err) {
+                             lk_catalog_seen **seen, lk_err *err) {
   int i;
   for (i = 0; i < CRED_ID_TRIES; i++) {
     unsigned char rnd[CRED_ID_RANDOM_BYTES];
@@ -776,9 +806,11 @@ static lk_status new_cred_id(lk_admin *a, char out[LK_CATALOG_ID_MAX + 1],
     randombytes_buf(rnd, sizeof(rnd));
     memcpy(out, "cred_", 5);
     sodium_bin2hex(out + 5, 2 * sizeof(rnd) + 1, rnd, sizeof(rnd));
-    st = lk_catalog_get_credential(a->cat, out, &old, err);
+    st = lk_catalog_get_credential_seen(a->cat, out, &old, seen, err);
     if (st == LK_OK) {
       lk_catalog_free_credential(old);
+      lk_catalog_seen_free(*seen);
+      *seen = NULL;
       continue;
     }
     if (st == LK_NOT_FOUND) {
@@ -791,10 +823,11 @@ static lk_status new_cred_id(lk_admin *a, char out[LK_CATALOG_ID_MAX + 1],
                  "could not pick an unused credential id; retry");
 }
 
-/* Packs a view credential as the Admin API shows it, after storing it. */
+/* Packs a view credential as the Admin API shows it, after storing it if
+ * its record is still as seen. */
 static lk_status store_and_answer(lk_admin *a, Latchkey__V1__Credential *c,
-                                  unsigned char **resp, size_t *resp_len,
-                                  lk_err *err) {
+                                  lk_catalog_seen *seen, unsigned char **resp,
+                                  size_t *resp_len, lk_err *err) {
   lk_store_batch *b = lk_store_batch_new();
   lk_status st;
 
@@ -803,7 +836,7 @@ static lk_status store_and_answer(lk_admin *a, Latchkey__V1__Credential *c,
   }
   st = lk_catalog_put_credential(a->cat, b, c, err);
   if (st == LK_OK) {
-    st = commit(a, b, err);
+    st = commit_if(a, b, seen, err);
   }
   lk_store_batch_destroy(b);
   if (st != LK_OK) {
@@ -828,6 +861,7 @@ static lk_status h_create_credential(lk_admin *a, ProtobufCMessage *m,
   oauth_plan plan;
   int oauth2 = 0;
   char id[LK_CATALOG_ID_MAX + 1];
+  lk_catalog_seen *seen = NULL;
   size_t i;
   lk_status st;
 
@@ -871,7 +905,7 @@ static lk_status h_create_credential(lk_admin *a, ProtobufCMessage *m,
     if (st != LK_OK) {
       goto done;
     }
-    st = lk_catalog_get_credential(a->cat, r->id, &old, err);
+    st = lk_catalog_get_credential_seen(a->cat, r->id, &old, &seen, err);
     if (st == LK_OK) {
       lk_catalog_free_credential(old);
       st = lk_fail(err, LK_ALREADY_EXISTS,
@@ -886,7 +920,7 @@ static lk_status h_create_credential(lk_admin *a, ProtobufCMessage *m,
     lk_err_clear(err);
     snprintf(id, sizeof(id), "%s", r->id);
   } else {
-    st = new_cred_id(a, id, err);
+    st = new_cred_id(a, id, &seen, err);
     if (st != LK_OK) {
       goto done;
     }
@@ -922,12 +956,13 @@ static lk_status h_create_credential(lk_admin *a, ProtobufCMessage *m,
   cred.updated_at = cred.created_at;
   cred.version = 1;
   cred.oauth = oauth2 ? &plan.state : NULL;
-  st = store_and_answer(a, &cred, resp, resp_len, err);
+  st = store_and_answer(a, &cred, seen, resp, resp_len, err);
 done:
   slots_free(slots, nslots);
   free(fvs);
   free(e);
   lk_catalog_free_type(type);
+  lk_catalog_seen_free(seen);
   return st;
 }
 
@@ -948,12 +983,13 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   size_t ne = r->n_fields;
   oauth_plan plan;
   int oauth2 = 0;
+  lk_catalog_seen *seen = NULL;
   size_t nfv;
   size_t i;
   lk_status st = lk_schema_check_id(r->id, "UpdateCredentialRequest.id", err);
 
   if (st == LK_OK) {
-    st = lk_catalog_get_credential(a->cat, r->id, &old, err);
+    st = lk_catalog_get_credential_seen(a->cat, r->id, &old, &seen, err);
   }
   if (st == LK_OK) {
     st = check_label(r->label, err);
@@ -1049,7 +1085,7 @@ static lk_status h_update_credential(lk_admin *a, ProtobufCMessage *m,
   cred.updated_at = now_ms();
   cred.version = old->version + 1;
   cred.oauth = oauth2 ? &plan.state : NULL;
-  st = store_and_answer(a, &cred, resp, resp_len, err);
+  st = store_and_answer(a, &cred, seen, resp, resp_len, err);
 done:
   slots_free(slots, nslots);
   slots_free(kslots, old != NULL ? old->n_fields : 0);
@@ -1058,6 +1094,7 @@ done:
   free(e);
   lk_catalog_free_type(type);
   lk_catalog_free_credential(old);
+  lk_catalog_seen_free(seen);
   return st;
 }
 
@@ -1089,11 +1126,12 @@ static lk_status h_delete_credential(lk_admin *a, ProtobufCMessage *m,
   Latchkey__V1__DeleteRequest *r = (Latchkey__V1__DeleteRequest *)m;
   Latchkey__V1__Credential *c = NULL;
   lk_store_batch *b = NULL;
+  lk_catalog_seen *seen = NULL;
   cred_use u;
   lk_status st = lk_schema_check_id(r->id, "DeleteRequest.id", err);
 
   if (st == LK_OK) {
-    st = lk_catalog_get_credential(a->cat, r->id, &c, err);
+    st = lk_catalog_get_credential_seen(a->cat, r->id, &c, &seen, err);
   }
   if (st != LK_OK) {
     goto done;
@@ -1119,7 +1157,7 @@ static lk_status h_delete_credential(lk_admin *a, ProtobufCMessage *m,
   }
   st = lk_catalog_delete_credential(a->cat, b, r->id, err);
   if (st == LK_OK) {
-    st = commit(a, b, err);
+    st = commit_if(a, b, seen, err);
   }
   if (st == LK_OK) {
     st = pack_empty(resp, resp_len, err);
@@ -1127,6 +1165,7 @@ static lk_status h_delete_credential(lk_admin *a, ProtobufCMessage *m,
 done:
   lk_store_batch_destroy(b);
   lk_catalog_free_credential(c);
+  lk_catalog_seen_free(seen);
   return st;
 }
 
@@ -2384,10 +2423,30 @@ lk_status lk_admin_handle(lk_admin *a, const char *method_path,
   drop_unknown_fields(m);
   if (md->writes) {
     pthread_mutex_lock(&a->mu);
-    memset(&a->rec, 0, sizeof(a->rec));
   }
-  st = md->fn != NULL ? md->fn(a, m, resp, resp_len, err)
-                      : md->kfn(a, md->kind, m, resp, resp_len, err);
+  /* A write whose credential changed under it is built again on a fresh
+   * read (see the file comment). */
+  for (i = 1;; i++) {
+    if (md->writes) {
+      memset(&a->rec, 0, sizeof(a->rec));
+      a->changed = 0;
+    }
+    st = md->fn != NULL ? md->fn(a, m, resp, resp_len, err)
+                        : md->kfn(a, md->kind, m, resp, resp_len, err);
+    if (st == LK_OK || !md->writes || !a->changed || i == WRITE_TRIES) {
+      break;
+    }
+    free(*resp);
+    *resp = NULL;
+    *resp_len = 0;
+    {
+      uint32_t cap = 2u << (i < 6 ? i : 6);
+      uint32_t ms = randombytes_uniform(
+          cap < WRITE_PAUSE_MAX_MS ? cap : WRITE_PAUSE_MAX_MS);
+      struct timespec pause = {0, (long)ms * 1000000L};
+      nanosleep(&pause, NULL);
+    }
+  }
   if (audited) {
     audit_line(md->path, m, md->writes ? &a->rec : NULL, st);
   }

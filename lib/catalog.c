@@ -8,9 +8,16 @@
  * store. Credential encodings hold sealed ciphertexts and masks only, but
  * are still wiped before free so no heap page keeps a copy longer than
  * needed.
+ *
+ * Conditional commits: a seen record carries a copy of the bytes its read
+ * decoded (never a second read, which could see a later write). The
+ * default committer compares them with the store under commit_mu, which
+ * every commit through the catalog takes, so a compare and its write are
+ * one step for every writer that goes through the catalog.
  */
 #include "lib/catalog.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +33,14 @@ struct lk_catalog {
   lk_store *store;
   lk_catalog_commit_fn commit; /* NULL: write to store */
   void *commit_ctx;
+  pthread_mutex_t commit_mu; /* the default committer's compare and write */
+};
+
+struct lk_catalog_seen {
+  char key[KEY_MAX];
+  int present;
+  unsigned char *val; /* present: a copy of the bytes read */
+  size_t len;
 };
 
 /* What a record kind is called in messages, its key prefix and decoder. */
@@ -125,6 +140,12 @@ lk_status lk_catalog_open(lk_store *store, lk_catalog **out, lk_err *err) {
     st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory opening catalog");
     goto done;
   }
+  if (pthread_mutex_init(&c->commit_mu, NULL) != 0) {
+    free(c);
+    c = NULL;
+    st = lk_fail(err, LK_INTERNAL, "could not create the catalog's mutex");
+    goto done;
+  }
   c->store = store;
   *out = c;
 done:
@@ -135,6 +156,10 @@ done:
 }
 
 void lk_catalog_destroy(lk_catalog *c) {
+  if (c == NULL) {
+    return;
+  }
+  pthread_mutex_destroy(&c->commit_mu);
   free(c);
 }
 
@@ -213,6 +238,76 @@ lk_status lk_catalog_get_credential(lk_catalog *c, const char *id,
     *out = (Latchkey__V1__Credential *)m;
   }
   return st;
+}
+
+lk_status lk_catalog_get_credential_seen(lk_catalog *c, const char *id,
+                                         Latchkey__V1__Credential **out,
+                                         lk_catalog_seen **seen, lk_err *err) {
+  unsigned char *val = NULL;
+  size_t len = 0;
+  lk_catalog_seen *s = NULL;
+  lk_status st;
+
+  *seen = NULL;
+  if (!lk_catalog_valid_id(id)) {
+    return bad_id(err, kind_cred.noun);
+  }
+  s = calloc(1, sizeof(*s));
+  if (s == NULL) {
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory; retry");
+  }
+  key_of(s->key, &kind_cred, id);
+  st = lk_store_get(c->store, s->key, &val, &len, err);
+  if (st == LK_NOT_FOUND) {
+    *seen = s;
+    return lk_fail(err, LK_NOT_FOUND, "%s '%s' not found; %s", kind_cred.noun,
+                   id, kind_cred.hint);
+  }
+  if (st == LK_OK) {
+    s->val = malloc(len > 0 ? len : 1);
+    if (s->val == NULL) {
+      st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory; retry");
+    }
+  }
+  if (st == LK_OK) {
+    memcpy(s->val, val, len);
+    s->len = len;
+    s->present = 1;
+    *out = latchkey__v1__credential__unpack(NULL, len, val);
+    if (*out == NULL) {
+      st = lk_fail(err, LK_INTERNAL,
+                   "stored record %s does not decode; restore the data dir "
+                   "from a backup or re-create the %s",
+                   s->key, kind_cred.noun);
+    }
+  }
+  lk_store_value_free(val, len); /* wipes */
+  if (st != LK_OK) {
+    lk_catalog_seen_free(s);
+    return st;
+  }
+  *seen = s;
+  return LK_OK;
+}
+
+const char *lk_catalog_seen_key(const lk_catalog_seen *s) {
+  return s->key;
+}
+
+const unsigned char *lk_catalog_seen_value(const lk_catalog_seen *s,
+                                           size_t *len) {
+  *len = s->present ? s->len : 0;
+  return s->present ? s->val : NULL;
+}
+
+void lk_catalog_seen_free(lk_catalog_seen *s) {
+  if (s == NULL) {
+    return;
+  }
+  if (s->val != NULL) {
+    lk_wipe_free(s->val, s->len);
+  }
+  free(s);
 }
 
 lk_status lk_catalog_get_budget(lk_catalog *c, const char *id,
@@ -526,10 +621,63 @@ lk_status lk_catalog_key_of(const ProtobufCMessage *m, char key[KEY_MAX],
   return LK_OK;
 }
 
+/* Sets *same to 1 when the store still holds what s found under its key. */
+static lk_status still_there(lk_catalog *c, const lk_catalog_seen *s, int *same,
+                             lk_err *err) {
+  unsigned char *val = NULL;
+  size_t len = 0;
+  lk_status st = lk_store_get(c->store, s->key, &val, &len, err);
+
+  *same = 0;
+  if (st == LK_NOT_FOUND) {
+    lk_err_clear(err);
+    *same = !s->present;
+    return LK_OK;
+  }
+  if (st == LK_OK) {
+    *same = s->present && lk_ct_equal(val, len, s->val, s->len);
+  }
+  lk_store_value_free(val, len);
+  return st;
+}
+
+/* The default committer: compare and write under commit_mu. A record found
+ * changed is already what the next read returns. */
+static lk_status commit_local(lk_catalog *c, lk_store_batch *b,
+                              lk_catalog_seen *const *seen, size_t n,
+                              int *changed, lk_err *err) {
+  lk_status st = LK_OK;
+  size_t i;
+
+  pthread_mutex_lock(&c->commit_mu);
+  for (i = 0; i < n && st == LK_OK; i++) {
+    int same = 0;
+    st = still_there(c, seen[i], &same, err);
+    if (st == LK_OK && !same) {
+      *changed = 1;
+      st = lk_fail(err, LK_UNAVAILABLE, LK_CATALOG_CHANGED_FMT, seen[i]->key);
+    }
+  }
+  if (st == LK_OK) {
+    st = lk_store_write(c->store, b, err);
+  }
+  pthread_mutex_unlock(&c->commit_mu);
+  return st;
+}
+
+lk_status lk_catalog_commit_if(lk_catalog *c, lk_store_batch *b,
+                               lk_catalog_seen *const *seen, size_t n,
+                               int *changed, lk_err *err) {
+  *changed = 0;
+  if (c->commit != NULL) {
+    return c->commit(c->commit_ctx, b, seen, n, changed, err);
+  }
+  return commit_local(c, b, seen, n, changed, err);
+}
+
 lk_status lk_catalog_commit(lk_catalog *c, lk_store_batch *b, lk_err *err) {
-  if (c->commit != NULL)
-    return c->commit(c->commit_ctx, b, err);
-  return lk_store_write(c->store, b, err);
+  int changed = 0;
+  return lk_catalog_commit_if(c, b, NULL, 0, &changed, err);
 }
 
 void lk_catalog_set_committer(lk_catalog *c, lk_catalog_commit_fn fn,

@@ -28,6 +28,12 @@
  *   lk_catalog_delete_* add to an lk_store_batch, and lk_catalog_commit
  *   writes the batch atomically, so an Admin operation touching several
  *   records (a tool and its bindings) lands all at once or not at all.
+ * - A read-modify-write of a record that other writers also change (a
+ *   credential: Admin on several control planes, the OAuth refresher, the
+ *   re-sealer) reads it with lk_catalog_get_credential_seen and commits
+ *   with lk_catalog_commit_if, which lands only while the record still
+ *   holds the bytes that read found; otherwise the caller reads again and
+ *   rebuilds its write.
  * - The catalog does not own the store: destroy the catalog, then close the
  *   store. The catalog is safe to use from several threads when the store
  *   is (RocksDB is).
@@ -174,13 +180,63 @@ lk_status lk_catalog_key_of(const ProtobufCMessage *m,
 lk_status lk_catalog_commit(lk_catalog *c, lk_store_batch *b,
                             lk_err *err) LK_MUST_CHECK;
 
+/* What a read found under one record's key: the record's stored bytes, or
+ * that the key was absent. A commit given it (lk_catalog_commit_if) lands
+ * only while the key still holds exactly those bytes: optimistic
+ * concurrency with the bytes as the version token. Every write of a
+ * credential changes its bytes (version and updated_at, the OAuth
+ * generation or failure count, or fresh nonces), and equal bytes are an
+ * equal record, so a commit never overwrites a change it was not built
+ * from. The same token works for both stores below, which need no
+ * revision bookkeeping for it. Free with lk_catalog_seen_free (wipes). */
+typedef struct lk_catalog_seen lk_catalog_seen;
+
+/* Like lk_catalog_get_credential, and also sets *seen: on LK_OK to the
+ * bytes read, on LK_NOT_FOUND to the key's absence (so a create can
+ * require it); NULL on every other result. */
+lk_status lk_catalog_get_credential_seen(lk_catalog *c, const char *id,
+                                         Latchkey__V1__Credential **out,
+                                         lk_catalog_seen **seen,
+                                         lk_err *err) LK_MUST_CHECK;
+
+/* Returns the store key s was read under. */
+const char *lk_catalog_seen_key(const lk_catalog_seen *s);
+
+/* Returns the bytes s found, their length in *len; NULL (and *len 0) when
+ * the key was absent. */
+const unsigned char *lk_catalog_seen_value(const lk_catalog_seen *s,
+                                           size_t *len);
+
+/* Wipes and frees s; NULL is a no-op. */
+void lk_catalog_seen_free(lk_catalog_seen *s);
+
+/* Message of the retryable failure of lk_catalog_commit_if; the %s is the
+ * record's key. */
+#define LK_CATALOG_CHANGED_FMT                                          \
+  "%s changed while this write was being applied (an OAuth refresh, a " \
+  "key rotation or another Admin write); retry"
+
+/* Writes b atomically when every record in seen[0..n) still holds what
+ * its read found (n 0: lk_catalog_commit). Otherwise writes nothing, sets
+ * *changed to 1 and returns LK_UNAVAILABLE (LK_CATALOG_CHANGED_FMT) once
+ * reads through c show the record as it now is, so the caller can read
+ * again and rebuild the write. *changed is 0 on every other result. */
+lk_status lk_catalog_commit_if(lk_catalog *c, lk_store_batch *b,
+                               lk_catalog_seen *const *seen, size_t n,
+                               int *changed, lk_err *err) LK_MUST_CHECK;
+
 /* The catalog-store interface: how a committed batch reaches the source of
- * truth. Two implementations exist. The default (no committer) writes b to
- * the catalog's own RocksDB store: the standalone sidecar. The control
- * plane's (controlplane/etcd_catalog) commits b as one etcd Txn and
- * returns once the in-memory mirror the catalog reads from has applied
- * that revision, so reads after a write see it. Set before first use. */
+ * truth, with lk_catalog_commit_if's contract. Two implementations exist.
+ * The default (no committer) writes b to the catalog's own RocksDB store,
+ * checking seen under a mutex that every commit through the catalog
+ * takes: the standalone sidecar. The control plane's
+ * (controlplane/etcd_catalog) commits b as one etcd Txn that compares
+ * every seen record's value, and returns once the in-memory mirror the
+ * catalog reads from has applied that revision, so reads after a write
+ * see it. Set before first use. */
 typedef lk_status (*lk_catalog_commit_fn)(void *ctx, lk_store_batch *b,
+                                          lk_catalog_seen *const *seen,
+                                          size_t n_seen, int *changed,
                                           lk_err *err);
 void lk_catalog_set_committer(lk_catalog *c, lk_catalog_commit_fn fn,
                               void *ctx);

@@ -4,9 +4,16 @@
  * Why it is shaped this way:
  *  - RocksDB reports errors through a malloc'd errptr string; store_fail is
  *    the one place that turns such a string into an lk_err and frees it.
- *  - Memory stays small for a sidecar with a 30 MB RSS target: one 8 MiB
- *    LRU block cache that also holds index and filter blocks, 4 MiB write
- *    buffers (two at most), a bounded number of open files.
+ *  - Memory stays small for a sidecar with a 30 MB RSS target
+ *    (docs/PERFORMANCE.md, "Memory"): one 2 MiB LRU block cache that also
+ *    holds index and filter blocks, 1 MiB write buffers (two at most), a
+ *    bounded number of open files. 100,000 bindings are about 5 MB of
+ *    SST; a block the cache drops is read again from the kernel's page
+ *    cache (a pread, not RSS), and the call path's few records are served
+ *    by the read cache below, so a larger cache would buy resident memory,
+ *    not calls. A memtable is allocated in blocks of write_buffer_size / 8
+ *    (128 KiB here), which glibc serves from their own mappings (latchkeyd
+ *    fixes M_MMAP_THRESHOLD) and unmaps when a flushed memtable is freed.
  *  - Compression is off: values are mostly sealed ciphertext, which does
  *    not compress, and uncompressed files let the canary test prove that a
  *    deleted plaintext really left the disk.
@@ -42,8 +49,8 @@
 
 #include "lib/secret.h"
 
-#define STORE_BLOCK_CACHE_BYTES (8u * 1024u * 1024u)
-#define STORE_WRITE_BUFFER_BYTES (4u * 1024u * 1024u)
+#define STORE_BLOCK_CACHE_BYTES (2u * 1024u * 1024u)
+#define STORE_WRITE_BUFFER_BYTES (1u * 1024u * 1024u)
 #define STORE_MAX_OPEN_FILES 256
 #define STORE_LOG_FILE_BYTES (1u * 1024u * 1024u)
 #define STORE_BLOOM_BITS_PER_KEY 10.0

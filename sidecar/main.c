@@ -36,10 +36,12 @@
 #include <grpc/grpc.h>
 #include <grpc/support/log.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lib/admin.h"
@@ -50,6 +52,7 @@
 #include "lib/drain.h"
 #include "lib/flags.h"
 #include "lib/health.h"
+#include "lib/heap.h"
 #include "lib/log.h"
 #include "lib/metrics.h"
 #include "lib/metrics_http.h"
@@ -97,9 +100,20 @@ typedef struct {
   int allow_insecure_token_urls;
 } options;
 
+/* Trim once free heap has grown by this much since the last trim
+ * (lib/heap.h; docs/PERFORMANCE.md, "Memory"). */
+#define HEAP_TRIM_SLACK_BYTES (1024 * 1024)
+/* The main loop trims only after a poll interval (100 ms) in which the
+ * process used less CPU than this: under load the heap's free part swings
+ * by more than the slack from one poll to the next, and trimming then
+ * would only hand pages back to be faulted in again. */
+#define HEAP_TRIM_QUIET_CPU_NS (10 * 1000 * 1000)
+
 typedef struct {
   lk_admin *admin;
   lk_token *token;
+  lk_heap_trimmer *trimmer;
+  atomic_int in_flight;      /* Admin calls inside admin_handle */
   lk_local_refresh *refresh; /* told about credential writes */
 } admin_ctx;
 
@@ -140,8 +154,16 @@ static void admin_handle(void *ctx, lk_rpc_call *call) {
   unsigned char *resp = NULL;
   size_t resp_len = 0;
   /* lk_admin_handle writes the audit.admin line of every change. */
+  atomic_fetch_add(&a->in_flight, 1);
   lk_status st = lk_admin_handle(a->admin, lk_rpc_call_method(call), req,
                                  req_len, &resp, &resp_len, &err);
+  /* The last Admin call of a burst (a bulk load: hundreds of binds in
+   * flight) gives the burst's free heap back before it replies, so the
+   * caller that waits for its replies finds the sidecar at its settled
+   * size. Each Admin write already waits for an fsync; the check is a
+   * /proc read and a mallinfo2 walk. */
+  if (atomic_fetch_sub(&a->in_flight, 1) == 1)
+    lk_heap_trim_if_slack(a->trimmer);
   if (st != LK_OK) {
     lk_rpc_call_fail(call, &err);
     return;
@@ -249,12 +271,30 @@ static int is_set(const char *s) {
 typedef struct {
   lk_replica *replica;
   lk_health *health;
+  lk_heap_trimmer *trimmer;
+  int64_t cpu_ns; /* process CPU time at the previous poll */
 } readiness;
 
-/* lk_drain_wait's poll: a replica is ready once it has a catalog, from
- * disk or from its first snapshot (revision > 0). */
+/* This process's CPU time (all threads) in nanoseconds, 0 if unknown. */
+static int64_t process_cpu_ns(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0)
+    return 0;
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* lk_drain_wait's poll, every 100 ms: once a burst is over (a replica
+ * snapshot, a burst of calls), give its free heap back; a replica is
+ * ready once it has a catalog, from disk or from its first snapshot
+ * (revision > 0). */
 static void poll_ready(void *ctx) {
   readiness *r = ctx;
+  int64_t cpu = process_cpu_ns();
+  if (cpu - r->cpu_ns < HEAP_TRIM_QUIET_CPU_NS)
+    lk_heap_trim_if_slack(r->trimmer);
+  r->cpu_ns = cpu;
+  if (r->replica == NULL)
+    return;
   if (!lk_health_serving(r->health) && lk_replica_revision(r->replica) > 0) {
     lk_log(LK_LOG_INFO, "replica_loaded", "replica at revision %lld: serving",
            (long long)lk_replica_revision(r->replica));
@@ -276,7 +316,8 @@ static int run(const options *o) {
   lk_local_refresh *local = NULL;
   lk_oauth_retry *oauth_retry = NULL;
   lk_rpc_server *srv = NULL;
-  admin_ctx admin = {NULL, NULL, NULL};
+  admin_ctx admin = {NULL, NULL, NULL, 0, NULL};
+  lk_heap_trimmer *trimmer = NULL;
   lk_token *agent_token = NULL;
   lk_metrics *metrics = NULL;
   lk_metrics_http *metrics_http = NULL;
@@ -287,11 +328,18 @@ static int run(const options *o) {
   int draining = 0;
   sigset_t sigs;
 
-  if (lk_secret_disable_core_dumps(&err) != LK_OK ||
+  /* malloc's policy first: no thread may exist yet (lib/heap.h). */
+  if (!lk_heap_configure())
+    lk_log(LK_LOG_DEBUG, "heap_policy_unsupported",
+           "this malloc ignores mallopt (a sanitizer build): default policy");
+  if (lk_heap_trimmer_new(HEAP_TRIM_SLACK_BYTES, &trimmer, &err) != LK_OK ||
+      lk_secret_disable_core_dumps(&err) != LK_OK ||
       lk_secret_init() != LK_OK || lk_forward_global_init(&err) != LK_OK) {
     lk_log(LK_LOG_ERROR, "startup_failed", "%s", err.msg);
+    lk_heap_trimmer_destroy(trimmer);
     return 1;
   }
+  admin.trimmer = trimmer;
   /* Block signals before any thread starts so only sigwait sees them. */
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGTERM);
@@ -452,7 +500,7 @@ static int run(const options *o) {
     goto fail;
   /* Standalone: serving now. A replica: once its catalog is loaded (from
    * disk already, or after its first snapshot: poll_ready). */
-  readiness ready = {replica, health};
+  readiness ready = {replica, health, trimmer, process_cpu_ns()};
   if (replica == NULL)
     lk_health_set_serving(health, 1);
   else
@@ -472,8 +520,7 @@ static int run(const options *o) {
 
   int sig = 0;
   for (;;) {
-    sig =
-        lk_drain_wait(&sigs, 100, replica != NULL ? poll_ready : NULL, &ready);
+    sig = lk_drain_wait(&sigs, 100, poll_ready, &ready);
     if (sig != SIGHUP || replica == NULL)
       break;
     /* Replica mode: SIGHUP starts a node key rotation; calls go on. */
@@ -531,6 +578,7 @@ cleanup:
   lk_local_refresh_destroy(local);
   lk_admin_destroy(admin.admin);
   lk_token_destroy(admin.token);
+  lk_heap_trimmer_destroy(trimmer);
   lk_token_destroy(agent_token);
   lk_audit_key_destroy(audit);
   lk_node_keys_destroy(keys);

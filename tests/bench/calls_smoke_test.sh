@@ -50,6 +50,16 @@ for k in ("seeded", "with_bindings"):
         problems.append("no cold start " + k)
 if r["bindings"]["count"] != 1000 or not r["bindings"]["rss_kb_loaded"]:
     problems.append("bindings: %r" % r["bindings"])
+for state in ("idle", "loaded", "after_restart", "after_restart_and_calls"):
+    sp = r.get("rss_split", {}).get(state, {})
+    if not all(sp.get(k) for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")):
+        problems.append("rss_split %s: %r" % (state, sp))
+for state in ("idle", "loaded", "after_restart_and_calls"):
+    bd = r.get("rss_breakdown", {}).get(state, {})
+    if not any(k.startswith("file: latchkeyd") and v for k, v in bd.items()):
+        problems.append("rss_breakdown %s: %r" % (state, bd))
+if not r["bindings"].get("rss_kb_load_peak"):
+    problems.append("no rss_kb_load_peak")
 for k in ("vendor_nginx_workers", "proxy_nginx_workers",
           "latchkeyd_workers"):
     if not r["config"].get(k):

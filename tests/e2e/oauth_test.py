@@ -10,18 +10,26 @@ own counters), not what Latchkey reports about itself:
 - with the provider down past expiry the sidecars answer missing_credential
   with a re-authorise hint and setup_url, and send nothing to the vendor;
   once the provider is back, calls succeed again without anyone acting;
-- a vendor 401 causes one refresh and one retry, never a loop.
+- a vendor 401 causes one refresh and one retry, never a loop;
+- owners updating the label through both control planes while both
+  refresh every ~1.5 s lose no rotation: every provider answer lands, no
+  refresh token is presented twice, and calls keep succeeding with a
+  recent token.
 
 Every wait is a bounded poll for the state the test then asserts.
 """
 
 import json
+import threading
 import time
 import unittest
+
+import grpc
 
 import cluster
 import harness
 from cluster import wait_until
+from latchkey.v1 import admin_pb2, types_pb2
 from oauth_server import OAuthServer, oauth_tool
 
 TOOL = "idp-api"
@@ -198,6 +206,101 @@ class OAuthClusterTest(harness.E2EAssertions, unittest.TestCase):
         self.assertEqual(after["vendor_requests"] - before["vendor_requests"],
                          2)
         self.assertEqual(after["refresh_token_reuse"], 0)
+
+    def _stored(self, cred_id):
+        """The credential record etcd itself holds."""
+        value, _ = self.c.etcd.get(cluster.ETCD_PREFIX + "cred/" + cred_id)
+        cred = types_pb2.Credential()
+        cred.ParseFromString(value)
+        return cred
+
+    def test_owner_updates_during_refreshes_lose_no_rotation(self):
+        # Tokens live 3 s, so the control planes refresh every ~1.5 s,
+        # while owners rename the credential through both of them.
+        self.idp.expires_in = 3
+        cred_id, _ = self._credential(["agent-u"], expires_in=3)
+        (sidecar,) = self._sidecars(["agent-u"])
+        stop = threading.Event()
+        done = {"cp1": 0, "cp2": 0}
+        told_to_retry = {"cp1": 0, "cp2": 0}
+        failures = []
+        last = {}
+
+        def rename(cp, tag):
+            # An owner's client: one rename after another, retrying what
+            # the control plane answers UNAVAILABLE "...; retry" (a write
+            # that kept meeting newer versions of the credential).
+            n = 0
+            while not stop.is_set():
+                n += 1
+                label = "%s-%d" % (tag, n)
+                for _ in range(5):
+                    try:
+                        cp.admin("UpdateCredential",
+                                 admin_pb2.UpdateCredentialRequest(
+                                     id=cred_id, label=label))
+                        done[tag] += 1
+                        last[tag] = label
+                        break
+                    except grpc.RpcError as e:
+                        if (e.code() != grpc.StatusCode.UNAVAILABLE
+                                or not e.details().endswith("; retry")):
+                            failures.append((tag, e.code(), e.details()))
+                            break
+                        told_to_retry[tag] += 1
+                else:
+                    failures.append((tag, "still refused after 5 tries"))
+                time.sleep(0.005)
+
+        threads = [threading.Thread(target=rename, args=(cp, tag))
+                   for cp, tag in ((self.cp1, "cp1"), (self.cp2, "cp2"))]
+        requests_before = self.idp.stats()["token_requests"]
+        for t in threads:
+            t.start()
+        try:
+            # At least 10 s and five refreshes (bounded: a lost connection
+            # stops the refreshes, which the assertions below then show).
+            started = time.time()
+            while time.time() - started < 40 and (
+                    time.time() - started < 10
+                    or self.idp.stats()["token_requests"]
+                    - requests_before < 5):
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        self.assertEqual(failures, [], "every update landed")
+        # Conflicts are rare: each write is rebuilt on a fresh read until
+        # it lands.
+        self.assertLessEqual(sum(told_to_retry.values()),
+                             sum(done.values()) // 20, told_to_retry)
+        self.assertGreaterEqual(done["cp1"], 100, done)
+        self.assertGreaterEqual(done["cp2"], 100, done)
+        stats = self.idp.stats()
+        self.assertEqual(stats["refresh_token_reuse"], 0, stats["requests"])
+        presented = [r["refresh_token"] for r in stats["requests"]]
+        self.assertEqual(len(presented), len(set(presented)), presented)
+        self.assertTrue(all(r["client_ok"] for r in stats["requests"]))
+        stored = self._stored(cred_id)
+        self.assertFalse(stored.oauth.reauthorize,
+                         stored.oauth.last_refresh_result)
+        self.assertGreaterEqual(stats["token_requests"] - requests_before, 5,
+                                "refreshes ran during the updates")
+        # Every provider answer landed: the stored generation is one past
+        # the number of token requests (a request in flight catches up).
+        wait_until(lambda: self._stored(cred_id).oauth.generation
+                   == self.idp.stats()["token_requests"] + 1,
+                   what="one stored generation per token request")
+        stored = self._stored(cred_id)
+        self.assertFalse(stored.oauth.reauthorize)
+        self.assertEqual(stored.oauth.last_refresh_result, "ok")
+        self.assertIn(stored.label, last.values())
+        # The sidecar still calls with a recent token.
+        newest = self.idp.stats()["generation"]
+        seen = self._generation_seen(sidecar)
+        self.assertIsNotNone(seen, "the call succeeded")
+        self.assertGreaterEqual(seen, newest - 1)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@
  * LK_NOT_FOUND / LK_INVALID_ARGUMENT / LK_INTERNAL codes, listings in id
  * order with ownership handed to the callback and early stop, budget
  * prefixes that cannot bleed into each other, and the schema marker.
+ * Conditional commits on the default (RocksDB) committer: a write lands
+ * only over the bytes its read found, and a create only where its read
+ * found nothing.
  */
 #include <ftw.h>
 #include <setjmp.h>
@@ -469,6 +472,83 @@ static void catalog_survives_reopen(void **state) {
   lk_catalog_destroy(NULL);
 }
 
+/* Puts credential id with label; through lk_catalog_commit_if with read_seen
+ * when read_seen is non-NULL. */
+static lk_status put_cred(fx *f, const char *id, const char *label,
+                          lk_catalog_seen *read_seen, int *changed,
+                          lk_err *err) {
+  Latchkey__V1__Credential c = LATCHKEY__V1__CREDENTIAL__INIT;
+  lk_store_batch *b = lk_store_batch_new();
+  assert_non_null(b);
+  c.id = (char *)id;
+  c.type = (char *)"t";
+  c.label = (char *)label;
+  lk_status st = lk_catalog_put_credential(f->cat, b, &c, err);
+  if (st == LK_OK && read_seen != NULL) {
+    st = lk_catalog_commit_if(f->cat, b, &read_seen, 1, changed, err);
+  } else if (st == LK_OK) {
+    st = lk_catalog_commit(f->cat, b, err);
+  }
+  lk_store_batch_destroy(b);
+  return st;
+}
+
+/* Reads credential id: its label into out ("-" when absent), and what the
+ * read saw. */
+static lk_catalog_seen *read_cred(fx *f, const char *id, char out[32]) {
+  Latchkey__V1__Credential *c = NULL;
+  lk_catalog_seen *read_seen = NULL;
+  lk_err err;
+  lk_status st =
+      lk_catalog_get_credential_seen(f->cat, id, &c, &read_seen, &err);
+  assert_true(st == LK_OK || st == LK_NOT_FOUND);
+  assert_non_null(read_seen);
+  snprintf(out, 32, "%s", st == LK_OK ? c->label : "-");
+  lk_catalog_free_credential(c);
+  return read_seen;
+}
+
+static void commit_if_writes_only_over_what_was_read(void **state) {
+  fx *f = *state;
+  char label[32];
+  char want[256];
+  int changed = 0;
+  lk_err err;
+  lk_catalog_seen *read_seen = read_cred(f, "c1", label);
+  assert_string_equal(label, "-");
+  assert_string_equal(lk_catalog_seen_key(read_seen), "cred/c1");
+  /* Another writer creates it after the read: the create is refused. */
+  assert_int_equal(put_cred(f, "c1", "theirs", NULL, NULL, &err), LK_OK);
+  assert_int_equal(put_cred(f, "c1", "mine", read_seen, &changed, &err),
+                   LK_UNAVAILABLE);
+  assert_int_equal(changed, 1);
+  snprintf(want, sizeof(want), LK_CATALOG_CHANGED_FMT, "cred/c1");
+  assert_string_equal(err.msg, want);
+  lk_catalog_seen_free(read_seen);
+  read_seen = read_cred(f, "c1", label);
+  assert_string_equal(label, "theirs");
+  size_t len = 0;
+  assert_non_null(lk_catalog_seen_value(read_seen, &len));
+  assert_true(len > 0);
+  /* Changed after the read: refused, nothing written. */
+  assert_int_equal(put_cred(f, "c1", "refreshed", NULL, NULL, &err), LK_OK);
+  assert_int_equal(put_cred(f, "c1", "owner", read_seen, &changed, &err),
+                   LK_UNAVAILABLE);
+  assert_int_equal(changed, 1);
+  lk_catalog_seen_free(read_seen);
+  read_seen = read_cred(f, "c1", label);
+  assert_string_equal(label, "refreshed");
+  /* Unchanged since the read: lands. */
+  assert_int_equal(put_cred(f, "c1", "owner", read_seen, &changed, &err),
+                   LK_OK);
+  assert_int_equal(changed, 0);
+  lk_catalog_seen_free(read_seen);
+  read_seen = read_cred(f, "c1", label);
+  assert_string_equal(label, "owner");
+  lk_catalog_seen_free(read_seen);
+  lk_catalog_seen_free(NULL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(valid_id_accepts_and_rejects),
@@ -494,6 +574,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(corrupt_record_is_internal_naming_the_key,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(catalog_survives_reopen, setup, teardown),
+      cmocka_unit_test_setup_teardown(commit_if_writes_only_over_what_was_read,
+                                      setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,7 +6,13 @@
  * same etcd follows the first one's puts and deletes (on_change reporting
  * increasing revisions), a catalog keeps working and converges when etcd
  * compacts past the revision it has applied, and a commit that changes
- * nothing in etcd returns at once.
+ * nothing in etcd returns at once. Conditional commits
+ * (lk_catalog_commit_if): a write built on a mirror held behind a change
+ * made in etcd by another writer is refused with nothing written, and
+ * returns only once the mirror shows that change, so the writer's next
+ * read is fresh; a record deleted or created behind the reader is never
+ * overwritten; a refused batch whose bytes are already in etcd (lib/etcd
+ * resent a Txn whose first attempt landed) counts as landed.
  *
  * Each test uses its own etcd prefix, so tests do not see each other's
  * keys. Every wait is bounded (WAIT_MS); bounds are functional, not tight.
@@ -17,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -611,6 +618,263 @@ static void catalog_at_a_past_revision_until_compacted(void **state) {
   lk_etcd_close(e);
 }
 
+/* ---- conditional commits (lk_catalog_commit_if) ----------------------- */
+
+/* The encoding of credential id with label (the caller frees *out). */
+static size_t cred_bytes(const char *id, const char *label,
+                         unsigned char **out) {
+  Latchkey__V1__Credential c = LATCHKEY__V1__CREDENTIAL__INIT;
+  c.id = (char *)id;
+  c.type = (char *)"t";
+  c.label = (char *)label;
+  c.version = 1;
+  size_t len = latchkey__v1__credential__get_packed_size(&c);
+  *out = malloc(len);
+  assert_non_null(*out);
+  latchkey__v1__credential__pack(&c, *out);
+  return len;
+}
+
+/* Writes credential id with label straight into etcd, as another writer
+ * (an OAuth refresher, another control plane) does. */
+static void etcd_put_cred(lk_etcd *e, const char *id, const char *label) {
+  char key[LK_CATALOG_KEY_MAX];
+  unsigned char *v = NULL;
+  size_t len = cred_bytes(id, label, &v);
+  lk_etcd_txn *t = lk_etcd_txn_new();
+  lk_err err;
+  assert_non_null(t);
+  snprintf(key, sizeof(key), "cred/%s", id);
+  lk_etcd_txn_put(t, key, v, len);
+  lk_status st = lk_etcd_txn_commit(e, t, NULL, &err);
+  lk_etcd_txn_destroy(t);
+  free(v);
+  if (st != LK_OK)
+    fail_msg("etcd put %s: %s", key, err.msg);
+}
+
+static void etcd_delete_cred(lk_etcd *e, const char *id) {
+  char key[LK_CATALOG_KEY_MAX];
+  lk_etcd_txn *t = lk_etcd_txn_new();
+  lk_err err;
+  assert_non_null(t);
+  snprintf(key, sizeof(key), "cred/%s", id);
+  lk_etcd_txn_delete(t, key);
+  lk_status st = lk_etcd_txn_commit(e, t, NULL, &err);
+  lk_etcd_txn_destroy(t);
+  if (st != LK_OK)
+    fail_msg("etcd delete %s: %s", key, err.msg);
+}
+
+/* Copies credential id's label as etcd holds it into out ("-" when
+ * absent). */
+static void etcd_label(lk_etcd *e, const char *id, char out[64]) {
+  char key[LK_CATALOG_KEY_MAX];
+  unsigned char *v = NULL;
+  size_t n = 0;
+  lk_err err;
+  snprintf(key, sizeof(key), "cred/%s", id);
+  lk_status st = lk_etcd_get(e, key, &v, &n, NULL, &err);
+  snprintf(out, 64, "-");
+  if (st == LK_OK) {
+    Latchkey__V1__Credential *c = latchkey__v1__credential__unpack(NULL, n, v);
+    assert_non_null(c);
+    snprintf(out, 64, "%s", c->label);
+    lk_catalog_free_credential(c);
+  } else if (st != LK_NOT_FOUND) {
+    fail_msg("etcd get %s: %s", key, err.msg);
+  }
+  lk_etcd_value_free(v, n);
+}
+
+/* Reads credential id through c's catalog: its label into out ("-" when
+ * absent) and what the read saw. */
+static lk_catalog_seen *read_cred(lk_etcd_catalog *c, const char *id,
+                                  char out[64]) {
+  Latchkey__V1__Credential *cred = NULL;
+  lk_catalog_seen *seen = NULL;
+  lk_err err;
+  lk_status st = lk_catalog_get_credential_seen(lk_etcd_catalog_catalog(c), id,
+                                                &cred, &seen, &err);
+  if (st != LK_OK && st != LK_NOT_FOUND)
+    fail_msg("get credential %s: %s: %s", id, lk_status_name(st), err.msg);
+  assert_non_null(seen);
+  snprintf(out, 64, "%s", st == LK_OK ? cred->label : "-");
+  lk_catalog_free_credential(cred);
+  return seen;
+}
+
+/* Puts credential id with label through c's catalog if seen still holds;
+ * returns the status, *changed and the message in err. */
+static lk_status put_cred_if(lk_etcd_catalog *c, const char *id,
+                             const char *label, lk_catalog_seen *seen,
+                             int *changed, lk_err *err) {
+  Latchkey__V1__Credential cred = LATCHKEY__V1__CREDENTIAL__INIT;
+  lk_catalog *cat = lk_etcd_catalog_catalog(c);
+  lk_store_batch *b = lk_store_batch_new();
+  assert_non_null(b);
+  cred.id = (char *)id;
+  cred.type = (char *)"t";
+  cred.label = (char *)label;
+  cred.version = 1;
+  lk_status st = lk_catalog_put_credential(cat, b, &cred, err);
+  if (st == LK_OK)
+    st = lk_catalog_commit_if(cat, b, &seen, 1, changed, err);
+  lk_store_batch_destroy(b);
+  return st;
+}
+
+/* Opens the gate after delay_ms, on its own thread. */
+typedef struct {
+  recorder *r;
+  int delay_ms;
+} opener;
+
+static void *open_gate_later(void *arg) {
+  opener *o = arg;
+  usleep((useconds_t)o->delay_ms * 1000);
+  recorder_set_gate(o->r, 0);
+  return NULL;
+}
+
+static void a_write_built_on_a_mirror_behind_etcd_is_refused_then_reads_fresh(
+    void **state) {
+  (void)state;
+  lk_etcd *e = open_client("/t-cas-stale/");
+  recorder r;
+  recorder_init(&r);
+  lk_etcd_catalog *c = open_catalog(e, &r);
+  char label[64];
+  char want[256];
+  int changed = 0;
+  lk_err err;
+
+  lk_catalog_seen *seen = read_cred(c, "c1", label);
+  assert_int_equal(put_cred_if(c, "c1", "v1", seen, &changed, &err), LK_OK);
+  assert_int_equal(changed, 0);
+  lk_catalog_seen_free(seen);
+  /* Hold the mirror: the next change it applies keeps its watch thread at
+   * the gate, so what etcd gets after that stays out of the mirror. */
+  unsigned char *v = NULL;
+  size_t n = 0;
+  int64_t mod = 0;
+  assert_int_equal(lk_etcd_get(e, "cred/c1", &v, &n, &mod, &err), LK_OK);
+  lk_etcd_value_free(v, n);
+  recorder_wait_rev(&r, mod);
+  recorder_set_gate(&r, 1);
+  put_budget(c, "unrelated", 0);
+  recorder_wait_held(&r);
+  etcd_put_cred(e, "c1", "v2-refreshed");
+  /* The owner's write is built on the mirror, which still shows v1. */
+  seen = read_cred(c, "c1", label);
+  assert_string_equal(label, "v1");
+  opener o = {&r, 300};
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, open_gate_later, &o), 0);
+  int64_t t0 = lk_now_ms();
+  assert_int_equal(put_cred_if(c, "c1", "v3-owner", seen, &changed, &err),
+                   LK_UNAVAILABLE);
+  int64_t took = lk_now_ms() - t0;
+  assert_int_equal(pthread_join(t, NULL), 0);
+  lk_catalog_seen_free(seen);
+  assert_int_equal(changed, 1);
+  snprintf(want, sizeof(want), LK_CATALOG_CHANGED_FMT, "cred/c1");
+  assert_string_equal(err.msg, want);
+  /* Nothing was written, and the refusal waited for the mirror: the next
+   * read is fresh at once. */
+  etcd_label(e, "c1", label);
+  assert_string_equal(label, "v2-refreshed");
+  assert_true(took >= 250);
+  seen = read_cred(c, "c1", label);
+  assert_string_equal(label, "v2-refreshed");
+  /* Built again on the fresh read, it lands. */
+  assert_int_equal(put_cred_if(c, "c1", "v3-owner", seen, &changed, &err),
+                   LK_OK);
+  assert_int_equal(changed, 0);
+  lk_catalog_seen_free(seen);
+  etcd_label(e, "c1", label);
+  assert_string_equal(label, "v3-owner");
+  seen = read_cred(c, "c1", label);
+  assert_string_equal(label, "v3-owner");
+  lk_catalog_seen_free(seen);
+
+  lk_etcd_catalog_destroy(c);
+  recorder_destroy(&r);
+  lk_etcd_close(e);
+}
+
+static void a_record_deleted_or_created_behind_a_reader_is_never_overwritten(
+    void **state) {
+  (void)state;
+  lk_etcd *e = open_client("/t-cas-gone/");
+  lk_etcd_catalog *c = open_catalog(e, NULL);
+  char label[64];
+  int changed = 0;
+  lk_err err;
+  lk_catalog_seen *seen = read_cred(c, "c1", label);
+  assert_int_equal(put_cred_if(c, "c1", "v1", seen, &changed, &err), LK_OK);
+  lk_catalog_seen_free(seen);
+
+  /* Deleted after the read: the write would bring it back. */
+  seen = read_cred(c, "c1", label);
+  assert_string_equal(label, "v1");
+  etcd_delete_cred(e, "c1");
+  assert_int_equal(put_cred_if(c, "c1", "v2", seen, &changed, &err),
+                   LK_UNAVAILABLE);
+  assert_int_equal(changed, 1);
+  lk_catalog_seen_free(seen);
+  etcd_label(e, "c1", label);
+  assert_string_equal(label, "-");
+  seen = read_cred(c, "c1", label);
+  assert_string_equal(label, "-");
+  size_t len = 99;
+  assert_null(lk_catalog_seen_value(seen, &len));
+  assert_int_equal(len, 0);
+  assert_string_equal(lk_catalog_seen_key(seen), "cred/c1");
+
+  /* Absent when read, created by another writer since: a create must not
+   * replace it. */
+  etcd_put_cred(e, "c1", "theirs");
+  assert_int_equal(put_cred_if(c, "c1", "mine", seen, &changed, &err),
+                   LK_UNAVAILABLE);
+  assert_int_equal(changed, 1);
+  lk_catalog_seen_free(seen);
+  etcd_label(e, "c1", label);
+  assert_string_equal(label, "theirs");
+  seen = read_cred(c, "c1", label);
+  assert_string_equal(label, "theirs");
+  lk_catalog_seen_free(seen);
+
+  lk_etcd_catalog_destroy(c);
+  lk_etcd_close(e);
+}
+
+static void a_refused_commit_whose_bytes_are_in_etcd_counts_as_landed(
+    void **state) {
+  (void)state;
+  lk_etcd *e = open_client("/t-cas-landed/");
+  lk_etcd_catalog *c = open_catalog(e, NULL);
+  char label[64];
+  int changed = 0;
+  lk_err err;
+  lk_catalog_seen *seen = read_cred(c, "c1", label);
+  assert_int_equal(put_cred_if(c, "c1", "v1", seen, &changed, &err), LK_OK);
+  lk_catalog_seen_free(seen);
+  seen = read_cred(c, "c1", label);
+  /* The exact bytes this write puts are already there, as after a Txn
+   * that lib/etcd sent again once its first attempt had landed. */
+  etcd_put_cred(e, "c1", "v2");
+  assert_int_equal(put_cred_if(c, "c1", "v2", seen, &changed, &err), LK_OK);
+  assert_int_equal(changed, 0);
+  lk_catalog_seen_free(seen);
+  seen = read_cred(c, "c1", label);
+  assert_string_equal(label, "v2");
+  lk_catalog_seen_free(seen);
+  lk_catalog_seen_free(NULL);
+  lk_etcd_catalog_destroy(c);
+  lk_etcd_close(e);
+}
+
 static void destroy_of_null_is_a_no_op(void **state) {
   (void)state;
   lk_etcd_catalog_destroy(NULL);
@@ -626,6 +890,12 @@ int main(void) {
           compaction_past_a_follower_leaves_it_working_and_converging),
       cmocka_unit_test(commit_that_changes_nothing_returns_at_once),
       cmocka_unit_test(catalog_at_a_past_revision_until_compacted),
+      cmocka_unit_test(
+          a_write_built_on_a_mirror_behind_etcd_is_refused_then_reads_fresh),
+      cmocka_unit_test(
+          a_record_deleted_or_created_behind_a_reader_is_never_overwritten),
+      cmocka_unit_test(
+          a_refused_commit_whose_bytes_are_in_etcd_counts_as_landed),
       cmocka_unit_test(destroy_of_null_is_a_no_op),
   };
   return cmocka_run_group_tests_name("etcd_catalog", live, etcd_group_setup,
