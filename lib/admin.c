@@ -2464,33 +2464,3 @@ lk_status lk_admin_handle(lk_admin *a, const char *method_path,
   }
   return st;
 }
-
-lk_status lk_admin_store_refreshed(lk_admin *a,
-                                   const Latchkey__V1__Credential *cred,
-                                   uint64_t expected_version, lk_err *err) {
-  Latchkey__V1__Credential *now = NULL;
-  lk_store_batch *b = NULL;
-  lk_status st;
-
-  pthread_mutex_lock(&a->mu);
-  st = lk_catalog_get_credential(a->cat, cred->id, &now, err);
-  if (st == LK_OK && (now->version != expected_version || now->oauth == NULL)) {
-    st = lk_fail(err, LK_FAILED_PRECONDITION,
-                 "credential %s changed while it was being refreshed "
-                 "(version %llu, the refresh read %llu): the owner's write "
-                 "wins",
-                 cred->id, (unsigned long long)now->version,
-                 (unsigned long long)expected_version);
-  }
-  if (st == LK_OK) {
-    b = lk_store_batch_new();
-    st = b == NULL ? oom(err) : lk_catalog_put_credential(a->cat, b, cred, err);
-  }
-  if (st == LK_OK) {
-    st = commit(a, b, err);
-  }
-  pthread_mutex_unlock(&a->mu);
-  lk_store_batch_destroy(b);
-  lk_catalog_free_credential(now);
-  return st;
-}

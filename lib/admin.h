@@ -185,17 +185,4 @@ lk_status lk_admin_handle(lk_admin *a, const char *method,
  * sets *n to its length (the server registers them). */
 const char *const *lk_admin_methods(size_t *n);
 
-/* Stores cred, the record a standalone sidecar's OAuth refresher built
- * from the stored credential of the same id (sidecar/local_refresh,
- * lib/oauth_policy), in one batch under the service mutex, so it never
- * overwrites an owner's write: only while the stored credential still
- * exists, still carries OAuthState and is still at expected_version.
- * LK_NOT_FOUND when it was deleted; LK_FAILED_PRECONDITION when it
- * changed (the owner's write wins); the catalog's errors. Writes no
- * audit.admin line (the refresher writes audit.oauth.refresh). */
-lk_status lk_admin_store_refreshed(lk_admin *a,
-                                   const Latchkey__V1__Credential *cred,
-                                   uint64_t expected_version,
-                                   lk_err *err) LK_MUST_CHECK;
-
 #endif

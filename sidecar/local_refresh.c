@@ -48,6 +48,11 @@
 #define MAX_HOLDS 64
 /* A waiting request looks at the catalog at least this often. */
 #define WAIT_SLICE_MS 100
+/* Commits of a failure's state, at most, while the credential keeps
+ * changing under Admin writes; a provider's answer is tried for
+ * STORE_PERSIST_MS. */
+#define MAX_STORE_TRIES 8
+#define STORE_PERSIST_MS 10000
 
 typedef struct waiter {
   struct waiter *next;
@@ -71,7 +76,6 @@ typedef struct {
 
 struct lk_local_refresh {
   lk_catalog *cat;
-  lk_admin *admin;
   const lk_seal_key *key;
   lk_audit_key *audit;
   char agent_id[AGENT_BYTES];
@@ -222,13 +226,97 @@ typedef struct {
   int hold;   /* leave the credential alone for a while */
 } outcome;
 
-/* Asks the provider for credential c and stores the outcome. */
+/* Stores the record outcome out makes of credential c0, which the attempt
+ * read as seen0: one batch committed only over those bytes
+ * (lk_catalog_commit_if). When the credential changed meanwhile it is
+ * read again: deleted, or re-authorised by its owner (another
+ * generation), the outcome is dropped (*dropped says why, *gen_now is the
+ * generation stored now); anything else (a label, another field) is kept
+ * and the record rebuilt on it. LK_OK with *stored 1 once it landed. */
+static lk_status store(lk_local_refresh *r, const Latchkey__V1__Credential *c0,
+                       lk_catalog_seen *seen0,
+                       const lk_oauth_policy_outcome *out, int *stored,
+                       const char **dropped, uint64_t *gen_now, lk_err *err) {
+  const Latchkey__V1__Credential *c = c0;
+  lk_catalog_seen *seen = seen0;
+  Latchkey__V1__Credential *fresh = NULL;
+  lk_catalog_seen *fresh_seen = NULL;
+  lk_oauth_policy_sealer sealer = {node_seal, NULL, (void *)r->key};
+  lk_status st = LK_OK;
+  int64_t until = lk_now_ms() + STORE_PERSIST_MS;
+  *stored = 0;
+  *dropped = NULL;
+  for (int tries = 0;; tries++) {
+    lk_oauth_policy_record *rec = NULL;
+    lk_store_batch *b = NULL;
+    int changed = 0;
+    /* A failure's state is not worth many tries; a provider's answer is
+     * (with a rotating provider the old refresh token is spent). */
+    if ((tries == MAX_STORE_TRIES && out->res == NULL) ||
+        lk_now_ms() >= until) {
+      st = lk_fail(err, LK_UNAVAILABLE,
+                   "credential %s kept changing while its refresh was being "
+                   "stored",
+                   c0->id);
+      break;
+    }
+    st = lk_oauth_policy_record_new(c, out, &sealer, &rec, err);
+    if (st == LK_OK) {
+      b = lk_store_batch_new();
+      st = b == NULL
+               ? lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory")
+               : lk_catalog_put_credential(
+                     r->cat, b, lk_oauth_policy_record_credential(rec), err);
+    }
+    if (st == LK_OK) {
+      st = lk_catalog_commit_if(r->cat, b, &seen, 1, &changed, err);
+    }
+    lk_store_batch_destroy(b);
+    lk_oauth_policy_record_destroy(rec);
+    if (st == LK_OK) {
+      *stored = 1;
+      break;
+    }
+    if (!changed) {
+      break;
+    }
+    /* Changed since it was read: by whom? */
+    Latchkey__V1__Credential *now_c = NULL;
+    lk_catalog_seen *now_seen = NULL;
+    st = lk_catalog_get_credential_seen(r->cat, c0->id, &now_c, &now_seen, err);
+    if (st == LK_NOT_FOUND) {
+      *dropped = "the credential was deleted";
+      st = LK_OK;
+    } else if (st == LK_OK &&
+               (now_c->oauth == NULL ||
+                now_c->oauth->generation != c0->oauth->generation)) {
+      *dropped = "the owner re-authorised the credential meanwhile";
+      *gen_now = now_c->oauth != NULL ? now_c->oauth->generation : 0;
+    }
+    if (st != LK_OK || *dropped != NULL) {
+      lk_catalog_free_credential(now_c);
+      lk_catalog_seen_free(now_seen);
+      break;
+    }
+    lk_catalog_free_credential(fresh);
+    lk_catalog_seen_free(fresh_seen);
+    fresh = now_c;
+    fresh_seen = now_seen;
+    c = fresh;
+    seen = fresh_seen;
+  }
+  lk_catalog_free_credential(fresh);
+  lk_catalog_seen_free(fresh_seen);
+  return st;
+}
+
+/* Asks the provider for credential c (read as seen) and stores the
+ * outcome. */
 static void refresh(lk_local_refresh *r, const Latchkey__V1__Credential *c,
-                    outcome *o) {
+                    lk_catalog_seen *seen, outcome *o) {
   lk_secret *rt = NULL;
   lk_secret *cs = NULL;
   lk_oauth_token_result res;
-  lk_oauth_policy_record *rec = NULL;
   Latchkey__V1__OAuthState state;
   char why[LK_OAUTH_POLICY_MAX_RESULT_BYTES + 1];
   lk_err xerr;
@@ -272,26 +360,9 @@ static void refresh(lk_local_refresh *r, const Latchkey__V1__Credential *c,
   lk_oauth_policy_outcome out = {xst, xst == LK_OK ? &res : NULL, xerr.msg,
                                  sent_wall, r->retry_max_ms};
   lk_oauth_policy_next_state(c->oauth, &out, &state, why);
-  lk_oauth_policy_sealer sealer = {node_seal, NULL, (void *)r->key};
-  lk_status cst = lk_oauth_policy_record_new(c, &out, &sealer, &rec, &cerr);
-  if (cst == LK_OK) {
-    cst = lk_admin_store_refreshed(
-        r->admin, lk_oauth_policy_record_credential(rec), c->version, &cerr);
-  }
-  lk_oauth_policy_record_destroy(rec);
-  if (cst == LK_NOT_FOUND || cst == LK_FAILED_PRECONDITION) {
-    Latchkey__V1__Credential *now_c = NULL;
-    lk_err rerr;
-    dropped = cst == LK_NOT_FOUND
-                  ? "the credential was deleted"
-                  : "the owner updated the credential meanwhile";
-    if (lk_catalog_get_credential(r->cat, c->id, &now_c, &rerr) == LK_OK &&
-        now_c->oauth != NULL) {
-      gen_now = now_c->oauth->generation;
-    }
-    lk_catalog_free_credential(now_c);
-    cst = LK_OK;
-  } else if (cst == LK_OK) {
+  int stored = 0;
+  lk_status cst = store(r, c, seen, &out, &stored, &dropped, &gen_now, &cerr);
+  if (stored) {
     o->stored = 1;
     gen_now = state.generation;
   }
@@ -353,14 +424,21 @@ static void refresh(lk_local_refresh *r, const Latchkey__V1__Credential *c,
 static void attempt(lk_local_refresh *r, const char *id, uint64_t asked,
                     int forced, outcome *o) {
   Latchkey__V1__Credential *c = NULL;
+  lk_catalog_seen *seen = NULL;
   lk_err err;
   memset(o, 0, sizeof(*o));
   int64_t now = lk_wall_ms();
-  lk_status st = lk_catalog_get_credential(r->cat, id, &c, &err);
+  lk_status st = lk_catalog_get_credential_seen(r->cat, id, &c, &seen, &err);
   if (st != LK_OK) {
     o->answer = 1;
     o->st = st == LK_NOT_FOUND ? LK_NOT_FOUND : LK_UNAVAILABLE;
     lk_fail(&o->err, o->st, "credential %s cannot be read: %s", id, err.msg);
+    goto done;
+  }
+  if (c->oauth == NULL) {
+    o->answer = 1;
+    o->st = lk_fail(&o->err, LK_FAILED_PRECONDITION,
+                    "credential %s is not an oauth2 credential", id);
     goto done;
   }
   if (forced) {
@@ -377,9 +455,10 @@ static void attempt(lk_local_refresh *r, const char *id, uint64_t asked,
   } else if (lk_oauth_policy_due_at(c, r->margin_ms) > now) {
     goto done; /* not due any more (an Admin write moved it) */
   }
-  refresh(r, c, o);
+  refresh(r, c, seen, o);
 done:
   lk_catalog_free_credential(c);
+  lk_catalog_seen_free(seen);
 }
 
 /* ---- the thread -----------------------------------------------------------
@@ -573,11 +652,9 @@ lk_status lk_local_refresh_start(const lk_local_refresh_config *cfg,
   lk_status st = LK_OK;
   pthread_condattr_t ca;
   *out = NULL;
-  if (cfg == NULL || cfg->cat == NULL || cfg->admin == NULL ||
-      cfg->key == NULL) {
+  if (cfg == NULL || cfg->cat == NULL || cfg->key == NULL) {
     return lk_fail(err, LK_INVALID_ARGUMENT,
-                   "the OAuth refresher needs the catalog, the Admin service "
-                   "and the node key");
+                   "the OAuth refresher needs the catalog and the node key");
   }
   if (lk_secret_init() != LK_OK) {
     return lk_fail(err, LK_INTERNAL, "libsodium failed to initialize");
@@ -587,7 +664,6 @@ lk_status lk_local_refresh_start(const lk_local_refresh_config *cfg,
     return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   }
   r->cat = cfg->cat;
-  r->admin = cfg->admin;
   r->key = cfg->key;
   r->audit = cfg->audit;
   snprintf(r->agent_id, sizeof(r->agent_id), "%s",
@@ -617,7 +693,8 @@ lk_status lk_local_refresh_start(const lk_local_refresh_config *cfg,
       "OAuth token refreshes this sidecar asked an identity provider for "
       "(standalone: it refreshes its own credentials), by result (ok, "
       "failed: retried with backoff, reauthorize: the provider refused the "
-      "grant, discarded: the owner updated the credential meanwhile).",
+      "grant, discarded: the owner re-authorised or deleted the credential "
+      "meanwhile).",
       result_l, 1, &r->m_refreshes, err);
   if (st != LK_OK) {
     goto done;

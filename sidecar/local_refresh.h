@@ -29,12 +29,16 @@
  *    node key into lk_secret memory for the token request only; the new
  *    tokens are sealed with the node key (lk_seal) as the standalone
  *    Admin seals, so the record looks exactly like one Admin wrote.
- *  - Committing: through lk_admin_store_refreshed, which writes the record
- *    in one batch under the Admin service's mutex and only while the
- *    credential is still at the version the attempt read. An owner who
- *    updated (re-authorised) or deleted the credential meanwhile wins and
- *    the provider's answer is dropped ("discarded"), as on the control
- *    plane. A crash between the provider's answer and the commit loses
+ *  - Committing: the credential is read with lk_catalog_get_credential_seen
+ *    and the record committed in one batch with lk_catalog_commit_if, which
+ *    lands only while the store still holds the bytes read (compared under
+ *    the catalog's commit mutex, which the Admin service's writes take
+ *    too). When the credential changed meanwhile it is read again, with
+ *    the control plane's rules: an owner who re-authorised it (another
+ *    generation) or deleted it wins and the provider's answer is dropped
+ *    ("discarded"); any other change (a label) is kept and the record is
+ *    rebuilt on it, since the old refresh token is already spent. A crash
+ *    between the provider's answer and the commit loses
  *    that answer (with a rotating provider the old refresh token is then
  *    spent: the next attempt is refused and the owner must re-authorise);
  *    a commit that landed is durable (RocksDB, synced), so a restart keeps
@@ -60,7 +64,6 @@
 
 #include <stdint.h>
 
-#include "lib/admin.h"
 #include "lib/audit.h"
 #include "lib/catalog.h"
 #include "lib/metrics.h"
@@ -81,8 +84,7 @@
 typedef struct lk_local_refresh lk_local_refresh;
 
 typedef struct {
-  lk_catalog *cat;          /* the sidecar's catalog: scanned and read */
-  lk_admin *admin;          /* commits, under the Admin service's mutex */
+  lk_catalog *cat;          /* the sidecar's catalog: scanned, read, written */
   const lk_seal_key *key;   /* the node key: unseals and seals the tokens */
   lk_audit_key *audit;      /* hashes new tokens in audit lines; NULL: none */
   lk_metrics *metrics;      /* NULL: no metrics */
@@ -105,7 +107,7 @@ lk_status lk_local_refresh_start(const lk_local_refresh_config *cfg,
 /* Stops the thread (a token request in flight is cut short; an answer
  * already received is still committed) and answers every waiting
  * request, and any made later, UNAVAILABLE. Idempotent; NULL is a no-op.
- * Call before the Admin service, catalog or node key go away. */
+ * Call before the catalog or node key go away. */
 void lk_local_refresh_stop(lk_local_refresh *r);
 
 /* Stops r and frees it; NULL is a no-op. */

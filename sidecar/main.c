@@ -9,10 +9,9 @@
  *
  * Two modes. Standalone (no --control-plane): the sidecar is its own
  * control plane and may serve Admin on --admin-listen; it refreshes its
- * own oauth2 credentials (sidecar/local_refresh, committing through the
- * Admin service, which exists whether or not Admin is served), and a
- * vendor's 401 to an oauth2 token asks that refresher for an immediate
- * refresh (sidecar/oauth_retry). Replica
+ * own oauth2 credentials (sidecar/local_refresh, told about Admin
+ * credential writes), and a vendor's 401 to an oauth2 token asks that
+ * refresher for an immediate refresh (sidecar/oauth_retry). Replica
  * (--control-plane): the catalog comes from the control plane over
  * Sync/Stream (sidecar/replica); Admin is refused, ToolCalls serve from
  * the replica on disk at once, before the first contact, and with
@@ -410,16 +409,9 @@ static int run(const options *o) {
     if (lk_replica_start(&rcfg, store, &replica, &err) != LK_OK)
       goto fail;
   } else {
-    /* Standalone: the Admin service seals under the node key and is the
-     * one writer of the catalog, also for the refresher's commits. */
-    if (lk_admin_new(cat, lk_node_keys_standalone_key(keys), &admin.admin,
-                     &err) != LK_OK)
-      goto fail;
-    lk_admin_auditor auditor = {hash_with_audit_key, audit};
-    lk_admin_set_auditor(admin.admin, auditor);
+    /* Standalone: this sidecar refreshes its own oauth2 credentials. */
     lk_local_refresh_config lcfg = {
         .cat = cat,
-        .admin = admin.admin,
         .key = lk_node_keys_standalone_key(keys),
         .audit = audit,
         .metrics = metrics,
@@ -482,6 +474,11 @@ static int run(const options *o) {
     if (lk_token_load(o->admin_token_file, &admin.token, &err) != LK_OK) {
       goto fail;
     }
+    if (lk_admin_new(cat, lk_node_keys_standalone_key(keys), &admin.admin,
+                     &err) != LK_OK)
+      goto fail;
+    lk_admin_auditor auditor = {hash_with_audit_key, audit};
+    lk_admin_set_auditor(admin.admin, auditor);
     m = lk_admin_methods(&n);
     if (lk_rpc_server_listen(srv, o->admin_listen, m, n, admin_handle, &admin,
                              &err) != LK_OK ||
@@ -514,8 +511,8 @@ static int run(const options *o) {
   } else {
     lk_log(LK_LOG_INFO, "ready",
            "latchkeyd serving ToolCalls on %s%s%s for agent %s (standalone)",
-           o->listen, admin.token ? ", Admin on " : "",
-           admin.token ? o->admin_listen : "", o->agent_id);
+           o->listen, admin.admin ? ", Admin on " : "",
+           admin.admin ? o->admin_listen : "", o->agent_id);
   }
 
   int sig = 0;

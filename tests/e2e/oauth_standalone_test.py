@@ -16,7 +16,8 @@ from what Latchkey says about itself):
   calls refused together too), never a loop; a provider that refuses the
   grant turns the call into missing_credential, asks nothing more, and an
   owner's update brings the connection back;
-- an owner's update made while the provider is answering wins;
+- an owner's re-authorisation made while the provider is answering wins;
+  a label change made then is kept under the new tokens;
 - a restart (SIGTERM, or kill -9) keeps the refreshed tokens: nothing is
   asked again and the rotated refresh token is the one used next;
 - no token and no client secret appears in latchkeyd's stderr or in any
@@ -353,7 +354,7 @@ class OAuthStandaloneTest(harness.E2EAssertions, unittest.TestCase):
             lambda: [e for e in self.events("audit.oauth.refresh")
                      if e["result"] == "discarded"],
             what="the provider's late answer discarded")
-        self.assertIn("owner updated", line["reason"])
+        self.assertIn("owner re-authorised", line["reason"])
         self.assertEqual(self.generation_seen(), 2,
                          "the owner's token, not the late refresh's")
         cred = self.stored(cred_id)
@@ -363,6 +364,31 @@ class OAuthStandaloneTest(harness.E2EAssertions, unittest.TestCase):
         self.assertEqual(self.idp.stats()["token_requests"], 1)
         self.assertEqual(self.metric('latchkey_oauth_refreshes_total'
                                      '{result="discarded"}'), 1)
+
+    def test_label_update_during_a_refresh_keeps_the_new_tokens(self):
+        self.idp.mode = "slow"
+        self.idp.delay = 2.0
+        cred_id, _ = self.connect(expires_in=MARGIN_S - 2)
+        wait_until(lambda: self.idp.stats()["token_requests"] == 1,
+                   what="the refresh request in flight")
+        self.lk.admin("UpdateCredential", admin_pb2.UpdateCredentialRequest(
+            id=cred_id, label="renamed while refreshing"))
+        wait_until(lambda: self.stored(cred_id).oauth.generation == 2,
+                   what="the refresh stored on top of the owner's update")
+        cred = self.stored(cred_id)
+        self.assertEqual(cred.label, "renamed while refreshing")
+        self.assertEqual(cred.version, 3)
+        self.assertEqual(cred.oauth.last_refresh_result, "ok")
+        (line,) = self.events("audit.oauth.refresh")
+        self.assertEqual(line["result"], "ok")
+        self.idp.mode = "ok"
+        self.assertEqual(self.generation_seen(), 2)
+        # The rotated refresh token was kept: the next refresh presents it.
+        self.idp.revoke_current()
+        self.assertEqual(self.generation_seen(), 3)
+        stats = self.idp.stats()
+        self.assertEqual(stats["token_requests"], 2)
+        self.assertEqual(stats["refresh_token_reuse"], 0, stats["requests"])
 
     def test_restart_keeps_the_refreshed_tokens(self):
         cred_id, fields = self.connect(expires_in=MARGIN_S + 2)

@@ -11,8 +11,10 @@
  *  - a credential near expiry is refreshed once: the new access token and
  *    the rotated refresh token are sealed under the node key in the store,
  *    with expires_at, version and OAuthState, and the stored count moves;
- *  - lk_admin_store_refreshed, the commit, lands only at the version read:
- *    an owner's update or delete in between wins;
+ *  - the commit lands only on the bytes read: an owner's re-authorisation
+ *    made while the provider answers wins, a label change made then is
+ *    kept under the new tokens (and the rotated refresh token is the one
+ *    used next);
  *  - on demand: an invalid id, an unknown credential, a generation already
  *    past, a refused grant (then nothing more is asked), a provider that
  *    fails (then the backoff answers at once), a deadline (and the slow
@@ -104,7 +106,6 @@ static void start(fx *f, int64_t margin_ms, int64_t retry_max_ms) {
   lk_err err;
   lk_local_refresh_config cfg = {
       .cat = f->cat,
-      .admin = f->admin,
       .key = f->key,
       .metrics = f->metrics,
       .agent_id = "agent-1",
@@ -291,43 +292,112 @@ static void refreshes_once_before_expiry_under_the_node_key(void **state) {
   assert_int_equal(generation(f), 2);
 }
 
-static void a_commit_lands_only_at_the_version_read(void **state) {
+/* Starts a token request that takes 1.5 s and returns once it is there. */
+static void slow_refresh_in_flight(fx *f) {
+  ts_set_delay_ms(f->ts, 1500);
+  start(f, 2000, 1000);
+  create(f, 1); /* inside the margin: due at once */
+  lk_local_refresh_changed(f->r);
+  int64_t end = lk_now_ms() + WAIT_MS;
+  while (ts_get_stats(f->ts).requests == 0) {
+    if (lk_now_ms() > end) {
+      fail_msg("no token request");
+    }
+    usleep(10 * 1000);
+  }
+}
+
+static void a_label_update_during_a_refresh_is_kept_under_the_new_tokens(
+    void **state) {
   fx *f = *state;
   lk_err err;
-  start(f, 2000, 1000);
-  create(f, 3600);
-  Latchkey__V1__Credential *c = read_cred(f);
-  /* The owner renames it: a record built from c no longer lands. */
+  char got[TS_MAX_VALUE];
+  char now_access[TS_MAX_VALUE];
+  slow_refresh_in_flight(f);
   Latchkey__V1__UpdateCredentialRequest u =
       LATCHKEY__V1__UPDATE_CREDENTIAL_REQUEST__INIT;
   u.id = (char *)CRED;
   u.label = (char *)"renamed";
   assert_int_equal(admin_call(f, "UpdateCredential", &u.base, &err), LK_OK);
-  c->oauth->failures = 9;
-  assert_int_equal(lk_admin_store_refreshed(f->admin, c, c->version, &err),
-                   LK_FAILED_PRECONDITION);
-  assert_non_null(strstr(err.msg, "the owner's write wins"));
-  Latchkey__V1__Credential *now = read_cred(f);
-  assert_string_equal(now->label, "renamed");
-  assert_int_equal(now->oauth->failures, 0);
-  /* At the version now stored, it lands. */
-  now->oauth->failures = 3;
-  assert_int_equal(lk_admin_store_refreshed(f->admin, now, now->version, &err),
-                   LK_OK);
-  Latchkey__V1__Credential *back = read_cred(f);
-  assert_int_equal(back->oauth->failures, 3);
-  lk_catalog_free_credential(back);
-  /* Deleted meanwhile: NOT_FOUND, and nothing comes back. */
+  wait_generation(f, 2);
+  Latchkey__V1__Credential *c = read_cred(f);
+  /* Both changes: the owner's label and the provider's tokens. */
+  assert_string_equal(c->label, "renamed");
+  assert_int_equal(c->version, 3);
+  assert_string_equal(c->oauth->last_refresh_result, "ok");
+  ts_current_access(f->ts, now_access, sizeof(now_access));
+  unseal(f, c, LK_OAUTH_ACCESS_TOKEN, got, sizeof(got));
+  assert_string_equal(got, now_access);
+  lk_catalog_free_credential(c);
+  /* The rotated refresh token is the one the next refresh presents. */
+  ts_set_delay_ms(f->ts, 0);
+  uint64_t gen = 0;
+  assert_int_equal(
+      lk_local_refresh_request(f->r, CRED, 2, INT64_MAX, &gen, &err), LK_OK);
+  assert_int_equal(gen, 3);
+  ts_stats s = ts_get_stats(f->ts);
+  assert_int_equal(s.requests, 2);
+  assert_int_equal(s.reuse, 0);
+}
+
+static void a_reauthorisation_during_a_refresh_wins(void **state) {
+  fx *f = *state;
+  lk_err err;
+  char got[TS_MAX_VALUE];
+  char owner_access[TS_MAX_VALUE];
+  char owner_refresh[TS_MAX_VALUE];
+  slow_refresh_in_flight(f);
+  /* The owner stores tokens of a new consent meanwhile. */
+  ts_seed(f->ts, owner_access, owner_refresh, sizeof(owner_access));
+  char exp[24];
+  snprintf(exp, sizeof(exp), "%lld", (long long)(lk_wall_ms() / 1000 + 3600));
+  Latchkey__V1__UpdateCredentialRequest__FieldsEntry e[3];
+  Latchkey__V1__UpdateCredentialRequest__FieldsEntry *es[3] = {&e[0], &e[1],
+                                                               &e[2]};
+  for (int i = 0; i < 3; i++) {
+    latchkey__v1__update_credential_request__fields_entry__init(&e[i]);
+  }
+  e[0].key = (char *)LK_OAUTH_ACCESS_TOKEN;
+  e[0].value = owner_access;
+  e[1].key = (char *)LK_OAUTH_REFRESH_TOKEN;
+  e[1].value = owner_refresh;
+  e[2].key = (char *)LK_OAUTH_EXPIRES_AT;
+  e[2].value = exp;
+  Latchkey__V1__UpdateCredentialRequest u =
+      LATCHKEY__V1__UPDATE_CREDENTIAL_REQUEST__INIT;
+  u.id = (char *)CRED;
+  u.fields = es;
+  u.n_fields = 3;
+  assert_int_equal(admin_call(f, "UpdateCredential", &u.base, &err), LK_OK);
+  assert_int_equal(generation(f), 2); /* the owner's */
+  /* The provider's late answer is dropped: the owner's tokens stay. */
+  usleep(2000 * 1000);
+  Latchkey__V1__Credential *c = read_cred(f);
+  assert_int_equal(c->oauth->generation, 2);
+  assert_string_equal(c->oauth->last_refresh_result,
+                      "re-authorised by the owner");
+  unseal(f, c, LK_OAUTH_ACCESS_TOKEN, got, sizeof(got));
+  assert_string_equal(got, owner_access);
+  unseal(f, c, LK_OAUTH_REFRESH_TOKEN, got, sizeof(got));
+  assert_string_equal(got, owner_refresh);
+  lk_catalog_free_credential(c);
+  assert_int_equal(ts_get_stats(f->ts).requests, 1);
+}
+
+static void a_delete_during_a_refresh_stays_deleted(void **state) {
+  fx *f = *state;
+  lk_err err;
+  slow_refresh_in_flight(f);
+  uint64_t seen = lk_local_refresh_stored_count(f->r);
   Latchkey__V1__DeleteRequest d = LATCHKEY__V1__DELETE_REQUEST__INIT;
   d.id = (char *)CRED;
   assert_int_equal(admin_call(f, "DeleteCredential", &d.base, &err), LK_OK);
-  assert_int_equal(lk_admin_store_refreshed(f->admin, now, now->version, &err),
-                   LK_NOT_FOUND);
+  usleep(2000 * 1000); /* the provider has answered */
   Latchkey__V1__Credential *gone = NULL;
   assert_int_equal(lk_catalog_get_credential(f->cat, CRED, &gone, &err),
                    LK_NOT_FOUND);
-  lk_catalog_free_credential(c);
-  lk_catalog_free_credential(now);
+  assert_int_equal(lk_local_refresh_stored_count(f->r), seen);
+  assert_int_equal(ts_get_stats(f->ts).requests, 1);
 }
 
 static void on_demand_answers_with_exact_codes(void **state) {
@@ -479,7 +549,7 @@ static void start_needs_its_parts(void **state) {
   fx *f = *state;
   lk_err err;
   lk_local_refresh *r = NULL;
-  lk_local_refresh_config cfg = {.cat = f->cat, .key = f->key};
+  lk_local_refresh_config cfg = {.key = f->key}; /* no catalog */
   assert_int_equal(lk_local_refresh_start(&cfg, &r, &err), LK_INVALID_ARGUMENT);
   assert_null(r);
   lk_local_refresh_destroy(NULL);
@@ -490,7 +560,12 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(
           refreshes_once_before_expiry_under_the_node_key, setup, teardown),
-      cmocka_unit_test_setup_teardown(a_commit_lands_only_at_the_version_read,
+      cmocka_unit_test_setup_teardown(
+          a_label_update_during_a_refresh_is_kept_under_the_new_tokens, setup,
+          teardown),
+      cmocka_unit_test_setup_teardown(a_reauthorisation_during_a_refresh_wins,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(a_delete_during_a_refresh_stays_deleted,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(on_demand_answers_with_exact_codes, setup,
                                       teardown),
