@@ -64,7 +64,7 @@ void lk_oauth_text_expiry(const Latchkey__V1__Credential *cred, int64_t now_ms,
   char span[32];
 
   if (at == 0) {
-    snprintf(out, n, "unknown (the control plane refreshes it at once)");
+    snprintf(out, n, "unknown (refreshed at once)");
     return;
   }
   rfc3339(at, when, sizeof(when));

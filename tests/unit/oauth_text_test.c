@@ -80,10 +80,10 @@ static void expiry_reads_in_or_expired_or_unknown(void **state) {
   assert_string_equal(out, "2026-11-26T03:18:00Z (expired 2m ago)");
   cred_fx_init(&f, "0");
   lk_oauth_text_expiry(&f.cred, NOW_MS, out, sizeof(out));
-  assert_string_equal(out, "unknown (the control plane refreshes it at once)");
+  assert_string_equal(out, "unknown (refreshed at once)");
   cred_fx_init(&f, NULL);
   lk_oauth_text_expiry(&f.cred, NOW_MS, out, sizeof(out));
-  assert_string_equal(out, "unknown (the control plane refreshes it at once)");
+  assert_string_equal(out, "unknown (refreshed at once)");
 }
 
 static void refresh_reads_each_state(void **state) {
