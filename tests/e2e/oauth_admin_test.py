@@ -224,8 +224,8 @@ class OAuthAdminTest(harness.StackTestCase):
                             label="robot")
         shown = self.ok("credential", "show", robot)
         self.assertIn("    - expires_at = 0\n", shown)
-        self.assertIn("    access token expires: unknown (the control plane "
-                      "refreshes it at once)\n", shown)
+        self.assertIn("    access token expires: unknown (refreshed at once)\n",
+                      shown)
         self.assertNotIn("refresh_token", shown)
         oauth = self.show_json(robot)["oauth"]
         self.assertIsNone(oauth["access_token_expires_at"])
