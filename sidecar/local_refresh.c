@@ -151,29 +151,14 @@ static lk_status audit_hash(void *ctx, const void *value, size_t len,
   return lk_audit_key_hash(ctx, value, len, out_hex, err);
 }
 
-/* Unseals secret field name of c with the node key into *out (NULL when
- * c has no such value). */
-static lk_status unseal_field(lk_local_refresh *r,
-                              const Latchkey__V1__Credential *c,
-                              const char *name, lk_secret **out, lk_err *err) {
-  *out = NULL;
-  for (size_t i = 0; i < c->n_fields; i++) {
-    const Latchkey__V1__FieldValue *f = c->fields[i];
-    if (f->name == NULL || strcmp(f->name, name) != 0 || !f->secret ||
-        f->sealed == NULL || f->sealed->ciphertext.len == 0) {
-      continue;
-    }
-    lk_status st =
-        lk_unseal(r->key, f->sealed->key_id, c->id, name, f->sealed->nonce.data,
-                  f->sealed->nonce.len, f->sealed->ciphertext.data,
-                  f->sealed->ciphertext.len, out, err);
-    if (st != LK_OK) {
-      return lk_fail(err, LK_UNAVAILABLE, "cannot unseal %s: %s", name,
-                     err->msg);
-    }
-    return LK_OK;
-  }
-  return LK_OK;
+/* lk_oauth_policy_unseal_fn over the node key (ctx). */
+static lk_status node_unseal(void *ctx, const char *cred_id,
+                             const Latchkey__V1__FieldValue *f, lk_secret **out,
+                             lk_err *err) {
+  return lk_unseal(ctx, f->sealed->key_id, cred_id, f->name,
+                   f->sealed->nonce.data, f->sealed->nonce.len,
+                   f->sealed->ciphertext.data, f->sealed->ciphertext.len, out,
+                   err);
 }
 
 /* ---- holds (the thread's) ------------------------------------------------ */
@@ -314,77 +299,36 @@ static lk_status store(lk_local_refresh *r, const Latchkey__V1__Credential *c0,
  * outcome. */
 static void refresh(lk_local_refresh *r, const Latchkey__V1__Credential *c,
                     lk_catalog_seen *seen, outcome *o) {
-  lk_secret *rt = NULL;
-  lk_secret *cs = NULL;
-  lk_oauth_token_result res;
-  Latchkey__V1__OAuthState state;
-  char why[LK_OAUTH_POLICY_MAX_RESULT_BYTES + 1];
-  lk_err xerr;
+  lk_oauth_policy_attempt a;
   lk_err cerr;
-  long http = 0;
   const char *dropped = NULL;
   uint64_t gen_now = c->oauth->generation;
-  memset(&res, 0, sizeof(res));
-  lk_err_clear(&xerr);
   lk_err_clear(&cerr);
-  int64_t sent_wall = lk_wall_ms();
-  lk_status xst = unseal_field(r, c, LK_OAUTH_REFRESH_TOKEN, &rt, &xerr);
-  if (xst == LK_OK) {
-    xst = unseal_field(r, c, LK_OAUTH_CLIENT_SECRET, &cs, &xerr);
-  }
-  if (xst == LK_OK) {
-    lk_oauth_token_request req;
-    lk_oauth_policy_token_request(c, rt, cs, r->allow_insecure,
-                                  lk_now_ms() + r->token_timeout_ms, &req);
-    req.cancelled = halted;
-    req.cancel_ctx = r;
-    xst = lk_oauth_token_exchange(&req, &res, &http, &xerr);
-  }
-  lk_secret_free(rt); /* last use of the old refresh token */
-  lk_secret_free(cs);
-  if (halted(r) && xst != LK_OK) {
+  lk_oauth_policy_requester rq = {
+      node_unseal,       (void *)r->key,      halted,         r,
+      r->allow_insecure, r->token_timeout_ms, r->retry_max_ms};
+  lk_oauth_policy_attempt_run(c, &rq, &a);
+  if (a.cut_short) {
     /* Stopping cut the request short: record nothing. A provider that
      * processed it may have rotated the refresh token, as after a crash
      * (local_refresh.h). A successful answer is still stored below. */
     lk_log(LK_LOG_WARN, "oauth.refresh.abandoned",
            "credential %s: latchkeyd stopped during its refresh (%s)", c->id,
-           xerr.msg);
+           a.err.msg);
     o->answer = 1;
     o->st = lk_fail(&o->err, LK_UNAVAILABLE, "the sidecar is stopping");
-    lk_oauth_token_result_clear(&res);
     return;
   }
-  if (xst != LK_OK && xst != LK_FAILED_PRECONDITION) {
-    xst = LK_UNAVAILABLE; /* every other failure is retried */
-  }
-  lk_oauth_policy_outcome out = {xst, xst == LK_OK ? &res : NULL, xerr.msg,
-                                 sent_wall, r->retry_max_ms};
-  lk_oauth_policy_next_state(c->oauth, &out, &state, why);
+  lk_status xst = a.out.status;
   int stored = 0;
-  lk_status cst = store(r, c, seen, &out, &stored, &dropped, &gen_now, &cerr);
+  lk_status cst = store(r, c, seen, &a.out, &stored, &dropped, &gen_now, &cerr);
   if (stored) {
     o->stored = 1;
-    gen_now = state.generation;
+    gen_now = a.state.generation;
   }
-  const char *label = lk_oauth_policy_result_label(xst, dropped != NULL);
-  const char *labels[1] = {label};
-  lk_metric_inc(r->m_refreshes, labels, 1);
-  lk_oauth_policy_audit_line line = {
-      .cred_id = c->id,
-      .label = label,
-      .by_key = "sidecar",
-      .by_value = r->agent_id,
-      .http_status = http,
-      .generation = gen_now,
-      .stored = xst == LK_OK && o->stored ? &res : NULL,
-      .expires_at_s = xst == LK_OK ? lk_oauth_policy_expires_at_s(&out) : 0,
-      .failed = xst != LK_OK ? &state : NULL,
-      .reason = dropped != NULL ? dropped
-                : xst != LK_OK  ? xerr.msg
-                                : NULL,
-  };
-  lk_oauth_policy_audit(&line, audit_hash, r->audit);
-  lk_oauth_token_result_clear(&res); /* sealed in the store now, or lost */
+  lk_oauth_policy_reporter rp = {"sidecar", r->agent_id, r->m_refreshes,
+                                 audit_hash, r->audit};
+  lk_oauth_policy_attempt_report(c, &a, &rp, gen_now, o->stored, dropped);
   if (cst != LK_OK) {
     lk_log(LK_LOG_ERROR, "oauth.refresh.commit_failed",
            "credential %s: the %s of its refresh could not be stored (%s)%s",
@@ -404,19 +348,8 @@ static void refresh(lk_local_refresh *r, const Latchkey__V1__Credential *c,
     return; /* waiters read the owner's record */
   }
   o->answer = 1;
-  o->st = xst;
   o->gen = gen_now;
-  if (xst == LK_FAILED_PRECONDITION) {
-    lk_fail(&o->err, xst,
-            "credential %s must be re-authorised by its owner (the refresh "
-            "said: %s)",
-            c->id, xerr.msg);
-  } else if (xst != LK_OK) {
-    lk_fail(&o->err, xst,
-            "refreshing credential %s failed (%s); latchkeyd retries with "
-            "backoff",
-            c->id, xerr.msg);
-  }
+  o->st = lk_oauth_policy_attempt_error(c, &a, "latchkeyd", &o->err);
 }
 
 /* One attempt on credential id: read, check, refresh, store. forced: on
@@ -435,25 +368,18 @@ static void attempt(lk_local_refresh *r, const char *id, uint64_t asked,
     lk_fail(&o->err, o->st, "credential %s cannot be read: %s", id, err.msg);
     goto done;
   }
-  if (c->oauth == NULL) {
+  int go = 0;
+  st = lk_oauth_policy_should_attempt(c, forced, asked, now, r->margin_ms, &go,
+                                      &o->err);
+  if (st != LK_OK) {
     o->answer = 1;
-    o->st = lk_fail(&o->err, LK_FAILED_PRECONDITION,
-                    "credential %s is not an oauth2 credential", id);
+    o->st = st;
     goto done;
   }
-  if (forced) {
-    int already = 0;
-    st = lk_oauth_policy_check_request(c, asked, now, &already, &o->err);
-    if (st != LK_OK) {
-      o->answer = 1;
-      o->st = st;
-      goto done;
-    }
-    if (already) {
-      goto done; /* refreshed meanwhile: waiters read it */
-    }
-  } else if (lk_oauth_policy_due_at(c, r->margin_ms) > now) {
-    goto done; /* not due any more (an Admin write moved it) */
+  if (!go) {
+    /* Refreshed meanwhile (waiters read it), or not due any more (an Admin
+     * write moved it). */
+    goto done;
   }
   refresh(r, c, seen, o);
 done:
