@@ -32,6 +32,7 @@
 #include "controlplane/keyfence.h"
 #include "lib/clock.h"
 #include "lib/log.h"
+#include "lib/oauth_holds.h"
 #include "lib/oauth.h"
 #include "lib/oauth_token.h"
 #include "lib/secret.h"
@@ -85,11 +86,6 @@ typedef struct {
   int forced;     /* on demand: attempt even when not due */
 } work_item;
 
-typedef struct {
-  char id[ID_BYTES];
-  int64_t until_wall_ms;
-} hold;
-
 struct lk_oauth_refresh {
   lk_etcd *etcd;
   lk_catalog *cat;
@@ -122,8 +118,7 @@ struct lk_oauth_refresh {
   size_t n_forced;
   waiter *waiters;
   size_t n_waiters;
-  hold holds[MAX_HOLDS];
-  size_t n_holds;
+  lk_oauth_holds *holds;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -186,50 +181,6 @@ static int is_queued(const lk_oauth_refresh *r, const char *id) {
     }
   }
   return 0;
-}
-
-/* Returns the hold of id, or NULL. */
-static hold *find_hold(lk_oauth_refresh *r, const char *id) {
-  for (size_t i = 0; i < r->n_holds; i++) {
-    if (strcmp(r->holds[i].id, id) == 0) {
-      return &r->holds[i];
-    }
-  }
-  return NULL;
-}
-
-/* Leaves id alone until until_wall_ms (a later hold already there stays). */
-static void set_hold(lk_oauth_refresh *r, const char *id,
-                     int64_t until_wall_ms) {
-  hold *h = find_hold(r, id);
-  if (h == NULL) {
-    if (r->n_holds == MAX_HOLDS) { /* drop the one ending first */
-      size_t k = 0;
-      for (size_t i = 1; i < r->n_holds; i++) {
-        if (r->holds[i].until_wall_ms < r->holds[k].until_wall_ms) {
-          k = i;
-        }
-      }
-      r->holds[k] = r->holds[--r->n_holds];
-    }
-    h = &r->holds[r->n_holds++];
-    snprintf(h->id, sizeof(h->id), "%s", id);
-    h->until_wall_ms = until_wall_ms;
-    return;
-  }
-  if (until_wall_ms > h->until_wall_ms) {
-    h->until_wall_ms = until_wall_ms;
-  }
-}
-
-static void prune_holds(lk_oauth_refresh *r, int64_t now_wall) {
-  for (size_t i = 0; i < r->n_holds;) {
-    if (r->holds[i].until_wall_ms <= now_wall) {
-      r->holds[i] = r->holds[--r->n_holds];
-    } else {
-      i++;
-    }
-  }
 }
 
 /* Queues id for an attempt; 0 when the queue is full. */
@@ -885,10 +836,10 @@ static void *worker_main(void *arg) {
     int64_t now = lk_wall_ms();
     pthread_mutex_lock(&r->mu);
     r->in_flight[idx][0] = '\0';
-    set_hold(r, item.id,
-             o.hold_until > now + HOLD_AFTER_ATTEMPT_MS
-                 ? o.hold_until
-                 : now + HOLD_AFTER_ATTEMPT_MS);
+    lk_oauth_holds_set(r->holds, item.id,
+                       o.hold_until > now + HOLD_AFTER_ATTEMPT_MS
+                           ? o.hold_until
+                           : now + HOLD_AFTER_ATTEMPT_MS);
     if (o.answer) {
       answer_waiters(r, item.id, o.st, &o.err);
     }
@@ -940,11 +891,11 @@ static int64_t scan(lk_oauth_refresh *r, char (*ids)[ID_BYTES]) {
   }
   int64_t next = s.next_due == INT64_MAX ? INT64_MAX : s.next_due;
   pthread_mutex_lock(&r->mu);
-  prune_holds(r, s.now_wall);
+  lk_oauth_holds_prune(r->holds, s.now_wall);
   for (size_t i = 0; i < s.n; i++) {
-    hold *h = find_hold(r, ids[i]);
-    if (h != NULL) {
-      next = min64(next, h->until_wall_ms);
+    int64_t held = lk_oauth_holds_until(r->holds, ids[i]);
+    if (held > 0) {
+      next = min64(next, held);
       continue;
     }
     if (is_queued(r, ids[i]) || is_in_flight(r, ids[i])) {
@@ -1105,15 +1056,12 @@ lk_status lk_oauth_refresh_start(const lk_oauth_refresh_config *cfg,
   r->etcd = cfg->etcd;
   r->cat = cfg->cat;
   r->kr = cfg->kr;
-  r->margin_ms =
-      cfg->margin_ms > 0 ? cfg->margin_ms : LK_OAUTH_POLICY_DEFAULT_MARGIN_MS;
-  r->retry_max_ms = cfg->retry_max_ms > 0
-                        ? cfg->retry_max_ms
-                        : LK_OAUTH_POLICY_DEFAULT_RETRY_MAX_MS;
+  r->margin_ms = cfg->margin_ms;
+  r->retry_max_ms = cfg->retry_max_ms;
+  r->token_timeout_ms = cfg->token_timeout_ms;
+  lk_oauth_policy_defaults(&r->margin_ms, &r->retry_max_ms,
+                           &r->token_timeout_ms);
   r->allow_insecure = cfg->allow_insecure;
-  r->token_timeout_ms = cfg->token_timeout_ms > 0
-                            ? cfg->token_timeout_ms
-                            : LK_OAUTH_POLICY_TOKEN_TIMEOUT_MS;
   r->claim_ttl_ms =
       cfg->claim_ttl_ms > 0 ? cfg->claim_ttl_ms : LK_OAUTH_REFRESH_CLAIM_TTL_MS;
   if (r->claim_ttl_ms <= r->token_timeout_ms) {
@@ -1135,6 +1083,9 @@ lk_status lk_oauth_refresh_start(const lk_oauth_refresh_config *cfg,
   pthread_cond_init(&r->cv, &ca);
   pthread_condattr_destroy(&ca);
   pthread_cond_init(&r->work_cv, NULL);
+  if ((st = lk_oauth_holds_new(MAX_HOLDS, &r->holds, err)) != LK_OK) {
+    goto done;
+  }
   static const char *const result_l[1] = {"result"};
   if ((st = lk_metrics_counter(
            cfg->metrics, "latchkey_oauth_refreshes_total",
@@ -1221,6 +1172,7 @@ void lk_oauth_refresh_destroy(lk_oauth_refresh *r) {
   pthread_cond_destroy(&r->cv);
   pthread_cond_destroy(&r->work_cv);
   pthread_mutex_destroy(&r->mu);
+  lk_oauth_holds_destroy(r->holds);
   free(r);
 }
 

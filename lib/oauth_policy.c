@@ -20,6 +20,19 @@
 #include "lib/log.h"
 #include "lib/oauth.h"
 
+void lk_oauth_policy_defaults(int64_t *margin_ms, int64_t *retry_max_ms,
+                              int64_t *token_timeout_ms) {
+  if (*margin_ms <= 0) {
+    *margin_ms = LK_OAUTH_POLICY_DEFAULT_MARGIN_MS;
+  }
+  if (*retry_max_ms <= 0) {
+    *retry_max_ms = LK_OAUTH_POLICY_DEFAULT_RETRY_MAX_MS;
+  }
+  if (*token_timeout_ms <= 0) {
+    *token_timeout_ms = LK_OAUTH_POLICY_TOKEN_TIMEOUT_MS;
+  }
+}
+
 int64_t lk_oauth_policy_backoff_ms(uint32_t failures, int64_t retry_max_ms) {
   int64_t b = LK_OAUTH_POLICY_FIRST_BACKOFF_MS;
   for (uint32_t i = 1; i < failures && b < retry_max_ms; i++) {

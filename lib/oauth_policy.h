@@ -84,6 +84,12 @@
 /* last_refresh_result is cut to this many bytes. */
 #define LK_OAUTH_POLICY_MAX_RESULT_BYTES 400
 
+/* Sets each of *margin_ms, *retry_max_ms and *token_timeout_ms that is
+ * not positive to its default: LK_OAUTH_POLICY_DEFAULT_MARGIN_MS,
+ * LK_OAUTH_POLICY_DEFAULT_RETRY_MAX_MS, LK_OAUTH_POLICY_TOKEN_TIMEOUT_MS. */
+void lk_oauth_policy_defaults(int64_t *margin_ms, int64_t *retry_max_ms,
+                              int64_t *token_timeout_ms);
+
 /* Returns when credential c is due (unix ms) under the rule above with
  * margin_ms, or INT64_MAX when it never is by itself (not oauth2, or
  * re-authorisation pending). */

@@ -35,6 +35,7 @@
 
 #include "lib/clock.h"
 #include "lib/log.h"
+#include "lib/oauth_holds.h"
 #include "lib/oauth.h"
 #include "lib/oauth_policy.h"
 #include "lib/oauth_token.h"
@@ -69,11 +70,6 @@ typedef struct {
   uint64_t asked; /* on demand: the generation refused */
 } work_item;
 
-typedef struct {
-  char id[ID_BYTES];
-  int64_t until_wall_ms;
-} hold;
-
 struct lk_local_refresh {
   lk_catalog *cat;
   const lk_seal_key *key;
@@ -103,8 +99,7 @@ struct lk_local_refresh {
   /* The thread's own. */
   char (*due)[ID_BYTES]; /* LK_LOCAL_REFRESH_MAX_BATCH */
   size_t n_due;
-  hold holds[MAX_HOLDS];
-  size_t n_holds;
+  lk_oauth_holds *holds;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -159,44 +154,6 @@ static lk_status node_unseal(void *ctx, const char *cred_id,
                    f->sealed->nonce.data, f->sealed->nonce.len,
                    f->sealed->ciphertext.data, f->sealed->ciphertext.len, out,
                    err);
-}
-
-/* ---- holds (the thread's) ------------------------------------------------ */
-
-static hold *find_hold(lk_local_refresh *r, const char *id) {
-  for (size_t i = 0; i < r->n_holds; i++) {
-    if (strcmp(r->holds[i].id, id) == 0) {
-      return &r->holds[i];
-    }
-  }
-  return NULL;
-}
-
-static void set_hold(lk_local_refresh *r, const char *id, int64_t until) {
-  hold *h = find_hold(r, id);
-  if (h == NULL && r->n_holds == MAX_HOLDS) {
-    size_t k = 0;
-    for (size_t i = 1; i < r->n_holds; i++) {
-      if (r->holds[i].until_wall_ms < r->holds[k].until_wall_ms) {
-        k = i;
-      }
-    }
-    h = &r->holds[k];
-  } else if (h == NULL) {
-    h = &r->holds[r->n_holds++];
-  }
-  snprintf(h->id, sizeof(h->id), "%s", id);
-  h->until_wall_ms = until;
-}
-
-static void prune_holds(lk_local_refresh *r, int64_t now_wall) {
-  for (size_t i = 0; i < r->n_holds;) {
-    if (r->holds[i].until_wall_ms <= now_wall) {
-      r->holds[i] = r->holds[--r->n_holds];
-    } else {
-      i++;
-    }
-  }
 }
 
 /* ---- one attempt --------------------------------------------------------- */
@@ -403,9 +360,9 @@ static int scan_cred(void *ctx, Latchkey__V1__Credential *c) {
   lk_local_refresh *r = s->r;
   if (c->oauth != NULL) {
     int64_t due = lk_oauth_policy_due_at(c, r->margin_ms);
-    hold *h = find_hold(r, c->id);
-    if (h != NULL && h->until_wall_ms > due) {
-      due = h->until_wall_ms;
+    int64_t held = lk_oauth_holds_until(r->holds, c->id);
+    if (held > due) {
+      due = held;
     }
     if (due <= s->now_wall && r->n_due < LK_LOCAL_REFRESH_MAX_BATCH) {
       snprintf(r->due[r->n_due++], ID_BYTES, "%s", c->id);
@@ -424,7 +381,7 @@ static int scan_cred(void *ctx, Latchkey__V1__Credential *c) {
 static int64_t scan(lk_local_refresh *r) {
   lk_err err;
   scan_ctx s = {r, lk_wall_ms(), INT64_MAX};
-  prune_holds(r, s.now_wall);
+  lk_oauth_holds_prune(r->holds, s.now_wall);
   r->n_due = 0;
   if (lk_catalog_list_credentials(r->cat, scan_cred, &s, &err) != LK_OK) {
     lk_log(LK_LOG_WARN, "oauth.refresh.scan_failed", "%s", err.msg);
@@ -547,7 +504,7 @@ static void *thread_main(void *arg) {
     outcome o;
     attempt(r, item.id, item.asked, forced, &o);
     if (o.hold) {
-      set_hold(r, item.id, lk_wall_ms() + HOLD_AFTER_ERROR_MS);
+      lk_oauth_holds_set(r->holds, item.id, lk_wall_ms() + HOLD_AFTER_ERROR_MS);
     }
     /* Requests that joined this attempt and that it neither answered nor
      * served (it found nothing to do, or the owner's write won without a
@@ -594,15 +551,12 @@ lk_status lk_local_refresh_start(const lk_local_refresh_config *cfg,
   r->audit = cfg->audit;
   snprintf(r->agent_id, sizeof(r->agent_id), "%s",
            cfg->agent_id != NULL ? cfg->agent_id : "");
-  r->margin_ms =
-      cfg->margin_ms > 0 ? cfg->margin_ms : LK_OAUTH_POLICY_DEFAULT_MARGIN_MS;
-  r->retry_max_ms = cfg->retry_max_ms > 0
-                        ? cfg->retry_max_ms
-                        : LK_OAUTH_POLICY_DEFAULT_RETRY_MAX_MS;
+  r->margin_ms = cfg->margin_ms;
+  r->retry_max_ms = cfg->retry_max_ms;
+  r->token_timeout_ms = cfg->token_timeout_ms;
+  lk_oauth_policy_defaults(&r->margin_ms, &r->retry_max_ms,
+                           &r->token_timeout_ms);
   r->allow_insecure = cfg->allow_insecure;
-  r->token_timeout_ms = cfg->token_timeout_ms > 0
-                            ? cfg->token_timeout_ms
-                            : LK_OAUTH_POLICY_TOKEN_TIMEOUT_MS;
   pthread_mutex_init(&r->mu, NULL);
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -612,6 +566,9 @@ lk_status lk_local_refresh_start(const lk_local_refresh_config *cfg,
   r->due = calloc(LK_LOCAL_REFRESH_MAX_BATCH, ID_BYTES);
   if (r->due == NULL) {
     st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    goto done;
+  }
+  if ((st = lk_oauth_holds_new(MAX_HOLDS, &r->holds, err)) != LK_OK) {
     goto done;
   }
   st = lk_metrics_counter(
@@ -674,6 +631,7 @@ void lk_local_refresh_destroy(lk_local_refresh *r) {
   pthread_cond_destroy(&r->cv);
   pthread_cond_destroy(&r->done_cv);
   pthread_mutex_destroy(&r->mu);
+  lk_oauth_holds_destroy(r->holds);
   free(r->due);
   free(r);
 }
