@@ -32,6 +32,7 @@
 #include "controlplane/keyfence.h"
 #include "lib/clock.h"
 #include "lib/log.h"
+#include "lib/oauth_holds.h"
 #include "lib/oauth.h"
 #include "lib/oauth_token.h"
 #include "lib/secret.h"
@@ -85,11 +86,6 @@ typedef struct {
   int forced;     /* on demand: attempt even when not due */
 } work_item;
 
-typedef struct {
-  char id[ID_BYTES];
-  int64_t until_wall_ms;
-} hold;
-
 struct lk_oauth_refresh {
   lk_etcd *etcd;
   lk_catalog *cat;
@@ -122,8 +118,7 @@ struct lk_oauth_refresh {
   size_t n_forced;
   waiter *waiters;
   size_t n_waiters;
-  hold holds[MAX_HOLDS];
-  size_t n_holds;
+  lk_oauth_holds *holds;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -186,50 +181,6 @@ static int is_queued(const lk_oauth_refresh *r, const char *id) {
     }
   }
   return 0;
-}
-
-/* Returns the hold of id, or NULL. */
-static hold *find_hold(lk_oauth_refresh *r, const char *id) {
-  for (size_t i = 0; i < r->n_holds; i++) {
-    if (strcmp(r->holds[i].id, id) == 0) {
-      return &r->holds[i];
-    }
-  }
-  return NULL;
-}
-
-/* Leaves id alone until until_wall_ms (a later hold already there stays). */
-static void set_hold(lk_oauth_refresh *r, const char *id,
-                     int64_t until_wall_ms) {
-  hold *h = find_hold(r, id);
-  if (h == NULL) {
-    if (r->n_holds == MAX_HOLDS) { /* drop the one ending first */
-      size_t k = 0;
-      for (size_t i = 1; i < r->n_holds; i++) {
-        if (r->holds[i].until_wall_ms < r->holds[k].until_wall_ms) {
-          k = i;
-        }
-      }
-      r->holds[k] = r->holds[--r->n_holds];
-    }
-    h = &r->holds[r->n_holds++];
-    snprintf(h->id, sizeof(h->id), "%s", id);
-    h->until_wall_ms = until_wall_ms;
-    return;
-  }
-  if (until_wall_ms > h->until_wall_ms) {
-    h->until_wall_ms = until_wall_ms;
-  }
-}
-
-static void prune_holds(lk_oauth_refresh *r, int64_t now_wall) {
-  for (size_t i = 0; i < r->n_holds;) {
-    if (r->holds[i].until_wall_ms <= now_wall) {
-      r->holds[i] = r->holds[--r->n_holds];
-    } else {
-      i++;
-    }
-  }
 }
 
 /* Queues id for an attempt; 0 when the queue is full. */
@@ -695,34 +646,23 @@ typedef struct {
   int64_t hold_until; /* wall ms; 0: the usual hold after an attempt */
 } outcome;
 
-/* Unseals secret field name of c into *out (NULL when it has none). */
-static lk_status unseal_field(lk_oauth_refresh *r,
-                              const Latchkey__V1__Credential *c,
-                              const char *name, lk_secret **out, lk_err *err) {
-  *out = NULL;
-  for (size_t i = 0; i < c->n_fields; i++) {
-    const Latchkey__V1__FieldValue *f = c->fields[i];
-    if (f->name == NULL || strcmp(f->name, name) != 0 || !f->secret ||
-        f->sealed == NULL || f->sealed->ciphertext.len == 0) {
-      continue;
-    }
-    lk_status st = LK_OK;
-    if (!lk_keyring_has_key(r->kr, f->sealed->key_id)) {
-      st = lk_keyring_refresh(r->kr, NULL, err);
-    }
-    if (st == LK_OK) {
-      st = lk_keyring_unseal(r->kr, f->sealed->key_id, c->id, name,
-                             f->sealed->nonce.data, f->sealed->nonce.len,
-                             f->sealed->ciphertext.data,
-                             f->sealed->ciphertext.len, out, err);
-    }
-    if (st != LK_OK) {
-      return lk_fail(err, LK_UNAVAILABLE, "cannot unseal %s: %s", name,
-                     err->msg);
-    }
-    return LK_OK;
+/* lk_oauth_policy_unseal_fn over the key ring (ctx), fetched again when
+ * the value's key is not known yet. */
+static lk_status ring_unseal(void *ctx, const char *cred_id,
+                             const Latchkey__V1__FieldValue *f, lk_secret **out,
+                             lk_err *err) {
+  lk_keyring *kr = ctx;
+  lk_status st = LK_OK;
+  if (!lk_keyring_has_key(kr, f->sealed->key_id)) {
+    st = lk_keyring_refresh(kr, NULL, err);
   }
-  return LK_OK;
+  if (st == LK_OK) {
+    st = lk_keyring_unseal(kr, f->sealed->key_id, cred_id, f->name,
+                           f->sealed->nonce.data, f->sealed->nonce.len,
+                           f->sealed->ciphertext.data,
+                           f->sealed->ciphertext.len, out, err);
+  }
+  return st;
 }
 
 /* lk_oauth_policy_hash_fn over the key ring's audit key. */
@@ -739,42 +679,23 @@ static void refresh_claimed(lk_oauth_refresh *r,
                             const Latchkey__V1__Credential *c, int64_t mod_rev,
                             int64_t claim_rev, int64_t claim_until,
                             outcome *o) {
-  lk_secret *rt = NULL;
-  lk_secret *cs = NULL;
-  lk_oauth_token_result res;
-  lk_err xerr;
+  lk_oauth_policy_attempt a;
   lk_err cerr;
-  long http = 0;
   commit_info ci;
-  Latchkey__V1__OAuthState state;
-  char why[LK_OAUTH_POLICY_MAX_RESULT_BYTES + 1];
-  memset(&res, 0, sizeof(res));
   memset(&ci, 0, sizeof(ci));
-  lk_err_clear(&xerr);
   lk_err_clear(&cerr);
-  int64_t sent_wall = lk_wall_ms();
-  lk_status xst = unseal_field(r, c, LK_OAUTH_REFRESH_TOKEN, &rt, &xerr);
-  if (xst == LK_OK) {
-    xst = unseal_field(r, c, LK_OAUTH_CLIENT_SECRET, &cs, &xerr);
-  }
-  if (xst == LK_OK) {
-    lk_oauth_token_request req;
-    lk_oauth_policy_token_request(c, rt, cs, r->allow_insecure,
-                                  lk_now_ms() + r->token_timeout_ms, &req);
-    req.cancelled = halted;
-    req.cancel_ctx = r;
-    xst = lk_oauth_token_exchange(&req, &res, &http, &xerr);
-  }
-  lk_secret_free(rt); /* last use of the old refresh token */
-  lk_secret_free(cs);
-  if (halted(r) && xst != LK_OK) {
+  lk_oauth_policy_requester rq = {
+      ring_unseal,         r->kr,          halted, r, r->allow_insecure,
+      r->token_timeout_ms, r->retry_max_ms};
+  lk_oauth_policy_attempt_run(c, &rq, &a);
+  if (a.cut_short) {
     /* Stopping cut the request short: record nothing, free the claim for
      * another control plane. A provider that processed the request may
      * have rotated the refresh token, as after a crash (oauth_refresh.h).
      * A successful answer is still committed below. */
     lk_log(LK_LOG_WARN, "oauth.refresh.abandoned",
            "credential %s: the control plane stopped during its refresh (%s)",
-           c->id, xerr.msg);
+           c->id, a.err.msg);
     drop_claim(r, c->id, claim_rev);
     o->answer = 1;
     o->st = lk_fail(&o->err, LK_UNAVAILABLE,
@@ -782,37 +703,16 @@ static void refresh_claimed(lk_oauth_refresh *r,
                     "one");
     return;
   }
-  if (xst != LK_OK && xst != LK_FAILED_PRECONDITION) {
-    xst = LK_UNAVAILABLE; /* every other failure is retried */
-  }
-  lk_oauth_policy_outcome out = {xst, xst == LK_OK ? &res : NULL, xerr.msg,
-                                 sent_wall, r->retry_max_ms};
-  lk_oauth_policy_next_state(c->oauth, &out, &state, why);
-  lk_status cst =
-      commit(r, c, mod_rev, claim_rev, &out, &state, claim_until, &ci, &cerr);
-  const char *label = lk_oauth_policy_result_label(xst, ci.dropped != NULL);
-  const char *labels[1] = {label};
-  lk_metric_inc(r->m_refreshes, labels, 1);
+  lk_status xst = a.out.status;
+  lk_status cst = commit(r, c, mod_rev, claim_rev, &a.out, &a.state,
+                         claim_until, &ci, &cerr);
   /* The generation etcd holds after this attempt. */
   uint64_t gen = ci.dropped != NULL && ci.generation > 0 ? ci.generation
-                 : ci.landed                             ? state.generation
-                             : state.generation - (xst == LK_OK ? 1 : 0);
-  lk_oauth_policy_audit_line line = {
-      .cred_id = c->id,
-      .label = label,
-      .by_key = "control_plane",
-      .by_value = r->cp_id,
-      .http_status = http,
-      .generation = gen,
-      .stored = xst == LK_OK && ci.landed ? &res : NULL,
-      .expires_at_s = xst == LK_OK ? lk_oauth_policy_expires_at_s(&out) : 0,
-      .failed = xst != LK_OK ? &state : NULL,
-      .reason = ci.dropped != NULL ? ci.dropped
-                : xst != LK_OK     ? xerr.msg
-                                   : NULL,
-  };
-  lk_oauth_policy_audit(&line, ring_hash, r->kr);
-  lk_oauth_token_result_clear(&res); /* the tokens are sealed in etcd now */
+                 : ci.landed                             ? a.state.generation
+                             : a.state.generation - (xst == LK_OK ? 1 : 0);
+  lk_oauth_policy_reporter rp = {"control_plane", r->cp_id, r->m_refreshes,
+                                 ring_hash, r->kr};
+  lk_oauth_policy_attempt_report(c, &a, &rp, gen, ci.landed, ci.dropped);
   if (cst != LK_OK) {
     lk_log(LK_LOG_ERROR, "oauth.refresh.commit_failed",
            "credential %s: the %s of its refresh could not be stored (%s); "
@@ -832,18 +732,7 @@ static void refresh_claimed(lk_oauth_refresh *r,
   }
   if (xst != LK_OK && ci.dropped == NULL) {
     o->answer = 1;
-    o->st = xst;
-    if (xst == LK_FAILED_PRECONDITION) {
-      lk_fail(&o->err, xst,
-              "credential %s must be re-authorised by its owner (the "
-              "refresh said: %s)",
-              c->id, xerr.msg);
-    } else {
-      lk_fail(&o->err, xst,
-              "refreshing credential %s failed (%s); the control plane "
-              "retries with backoff",
-              c->id, xerr.msg);
-    }
+    o->st = lk_oauth_policy_attempt_error(c, &a, "the control plane", &o->err);
   }
 }
 
@@ -875,25 +764,18 @@ static void attempt(lk_oauth_refresh *r, const work_item *item, outcome *o) {
     o->hold_until = now + HOLD_AFTER_ETCD_MS;
     goto done;
   }
-  if (c->oauth == NULL) {
+  int go = 0;
+  st = lk_oauth_policy_should_attempt(c, item->forced, item->asked, now,
+                                      r->margin_ms, &go, &o->err);
+  if (st != LK_OK) {
     o->answer = 1;
-    o->st = lk_fail(&o->err, LK_FAILED_PRECONDITION,
-                    "credential %s is not an oauth2 credential", item->id);
+    o->st = st;
     goto done;
   }
-  if (item->forced) {
-    int already = 0;
-    st = lk_oauth_policy_check_request(c, item->asked, now, &already, &o->err);
-    if (st != LK_OK) {
-      o->answer = 1;
-      o->st = st;
-      goto done;
-    }
-    if (already) {
-      goto done; /* refreshed meanwhile: the mirror will show it */
-    }
-  } else if (lk_oauth_policy_due_at(c, r->margin_ms) > now) {
-    goto done; /* not due (any more): the mirror was behind */
+  if (!go) {
+    /* Refreshed meanwhile, or not due (any more): the mirror shows it or
+     * was behind. */
+    goto done;
   }
   st = take_claim(r, item->id, mod_rev, &claim_rev, &held_until, &err);
   if (st == LK_ALREADY_EXISTS) {
@@ -954,10 +836,10 @@ static void *worker_main(void *arg) {
     int64_t now = lk_wall_ms();
     pthread_mutex_lock(&r->mu);
     r->in_flight[idx][0] = '\0';
-    set_hold(r, item.id,
-             o.hold_until > now + HOLD_AFTER_ATTEMPT_MS
-                 ? o.hold_until
-                 : now + HOLD_AFTER_ATTEMPT_MS);
+    lk_oauth_holds_set(r->holds, item.id,
+                       o.hold_until > now + HOLD_AFTER_ATTEMPT_MS
+                           ? o.hold_until
+                           : now + HOLD_AFTER_ATTEMPT_MS);
     if (o.answer) {
       answer_waiters(r, item.id, o.st, &o.err);
     }
@@ -1009,11 +891,11 @@ static int64_t scan(lk_oauth_refresh *r, char (*ids)[ID_BYTES]) {
   }
   int64_t next = s.next_due == INT64_MAX ? INT64_MAX : s.next_due;
   pthread_mutex_lock(&r->mu);
-  prune_holds(r, s.now_wall);
+  lk_oauth_holds_prune(r->holds, s.now_wall);
   for (size_t i = 0; i < s.n; i++) {
-    hold *h = find_hold(r, ids[i]);
-    if (h != NULL) {
-      next = min64(next, h->until_wall_ms);
+    int64_t held = lk_oauth_holds_until(r->holds, ids[i]);
+    if (held > 0) {
+      next = min64(next, held);
       continue;
     }
     if (is_queued(r, ids[i]) || is_in_flight(r, ids[i])) {
@@ -1174,15 +1056,12 @@ lk_status lk_oauth_refresh_start(const lk_oauth_refresh_config *cfg,
   r->etcd = cfg->etcd;
   r->cat = cfg->cat;
   r->kr = cfg->kr;
-  r->margin_ms =
-      cfg->margin_ms > 0 ? cfg->margin_ms : LK_OAUTH_POLICY_DEFAULT_MARGIN_MS;
-  r->retry_max_ms = cfg->retry_max_ms > 0
-                        ? cfg->retry_max_ms
-                        : LK_OAUTH_POLICY_DEFAULT_RETRY_MAX_MS;
+  r->margin_ms = cfg->margin_ms;
+  r->retry_max_ms = cfg->retry_max_ms;
+  r->token_timeout_ms = cfg->token_timeout_ms;
+  lk_oauth_policy_defaults(&r->margin_ms, &r->retry_max_ms,
+                           &r->token_timeout_ms);
   r->allow_insecure = cfg->allow_insecure;
-  r->token_timeout_ms = cfg->token_timeout_ms > 0
-                            ? cfg->token_timeout_ms
-                            : LK_OAUTH_POLICY_TOKEN_TIMEOUT_MS;
   r->claim_ttl_ms =
       cfg->claim_ttl_ms > 0 ? cfg->claim_ttl_ms : LK_OAUTH_REFRESH_CLAIM_TTL_MS;
   if (r->claim_ttl_ms <= r->token_timeout_ms) {
@@ -1204,6 +1083,9 @@ lk_status lk_oauth_refresh_start(const lk_oauth_refresh_config *cfg,
   pthread_cond_init(&r->cv, &ca);
   pthread_condattr_destroy(&ca);
   pthread_cond_init(&r->work_cv, NULL);
+  if ((st = lk_oauth_holds_new(MAX_HOLDS, &r->holds, err)) != LK_OK) {
+    goto done;
+  }
   static const char *const result_l[1] = {"result"};
   if ((st = lk_metrics_counter(
            cfg->metrics, "latchkey_oauth_refreshes_total",
@@ -1290,6 +1172,7 @@ void lk_oauth_refresh_destroy(lk_oauth_refresh *r) {
   pthread_cond_destroy(&r->cv);
   pthread_cond_destroy(&r->work_cv);
   pthread_mutex_destroy(&r->mu);
+  lk_oauth_holds_destroy(r->holds);
   free(r);
 }
 

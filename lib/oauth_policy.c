@@ -3,8 +3,9 @@
  * oauth_policy.h).
  *
  * Everything here is a pure function of its arguments except the audit
- * line (which logs) and the sealer the caller passes in. A record is a
- * shallow copy of the credential read: it owns only its field array, the
+ * line (which logs), the sealer the caller passes in, and one attempt
+ * (which asks the provider through lib/oauth_token and counts it). A record is
+ * a shallow copy of the credential read: it owns only its field array, the
  * slots of the values it writes anew (ciphertext, never plaintext) and its
  * OAuthState; every other value is borrowed from the credential.
  */
@@ -15,8 +16,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/oauth.h"
+
+void lk_oauth_policy_defaults(int64_t *margin_ms, int64_t *retry_max_ms,
+                              int64_t *token_timeout_ms) {
+  if (*margin_ms <= 0) {
+    *margin_ms = LK_OAUTH_POLICY_DEFAULT_MARGIN_MS;
+  }
+  if (*retry_max_ms <= 0) {
+    *retry_max_ms = LK_OAUTH_POLICY_DEFAULT_RETRY_MAX_MS;
+  }
+  if (*token_timeout_ms <= 0) {
+    *token_timeout_ms = LK_OAUTH_POLICY_TOKEN_TIMEOUT_MS;
+  }
+}
 
 int64_t lk_oauth_policy_backoff_ms(uint32_t failures, int64_t retry_max_ms) {
   int64_t b = LK_OAUTH_POLICY_FIRST_BACKOFF_MS;
@@ -402,4 +417,135 @@ void lk_oauth_policy_audit(const lk_oauth_policy_audit_line *line,
   lk_log_fields(LK_LOG_INFO, "audit.oauth.refresh", o, "credential %s: %s",
                 line->cred_id, line->label);
   json_decref(o);
+}
+
+/* ---- one attempt -------------------------------------------------------- */
+
+lk_status lk_oauth_policy_should_attempt(const Latchkey__V1__Credential *c,
+                                         int forced, uint64_t asked,
+                                         int64_t now_wall_ms, int64_t margin_ms,
+                                         int *go, lk_err *err) {
+  *go = 0;
+  if (c->oauth == NULL) {
+    return lk_fail(err, LK_FAILED_PRECONDITION,
+                   "credential %s is not an oauth2 credential", c->id);
+  }
+  if (forced) {
+    int already = 0;
+    lk_status st =
+        lk_oauth_policy_check_request(c, asked, now_wall_ms, &already, err);
+    if (st != LK_OK) {
+      return st;
+    }
+    *go = !already;
+    return LK_OK;
+  }
+  *go = lk_oauth_policy_due_at(c, margin_ms) <= now_wall_ms;
+  return LK_OK;
+}
+
+/* Unseals secret field name of c through rq into *out (NULL when c has no
+ * such value). */
+static lk_status unseal_field(const lk_oauth_policy_requester *rq,
+                              const Latchkey__V1__Credential *c,
+                              const char *name, lk_secret **out, lk_err *err) {
+  *out = NULL;
+  for (size_t i = 0; i < c->n_fields; i++) {
+    const Latchkey__V1__FieldValue *f = c->fields[i];
+    if (f->name == NULL || strcmp(f->name, name) != 0 || !f->secret ||
+        f->sealed == NULL || f->sealed->ciphertext.len == 0) {
+      continue;
+    }
+    if (rq->unseal(rq->unseal_ctx, c->id, f, out, err) != LK_OK) {
+      char why[sizeof(err->msg)];
+      snprintf(why, sizeof(why), "%s", err->msg); /* err is rewritten */
+      return lk_fail(err, LK_UNAVAILABLE, "cannot unseal %s: %s", name, why);
+    }
+    return LK_OK;
+  }
+  return LK_OK;
+}
+
+void lk_oauth_policy_attempt_run(const Latchkey__V1__Credential *c,
+                                 const lk_oauth_policy_requester *rq,
+                                 lk_oauth_policy_attempt *a) {
+  lk_secret *rt = NULL;
+  lk_secret *cs = NULL;
+  memset(a, 0, sizeof(*a));
+  lk_err_clear(&a->err);
+  int64_t sent_wall = lk_wall_ms();
+  lk_status st = unseal_field(rq, c, LK_OAUTH_REFRESH_TOKEN, &rt, &a->err);
+  if (st == LK_OK) {
+    st = unseal_field(rq, c, LK_OAUTH_CLIENT_SECRET, &cs, &a->err);
+  }
+  if (st == LK_OK) {
+    lk_oauth_token_request req;
+    lk_oauth_policy_token_request(c, rt, cs, rq->allow_insecure,
+                                  lk_now_ms() + rq->timeout_ms, &req);
+    req.cancelled = rq->cancelled;
+    req.cancel_ctx = rq->cancel_ctx;
+    st = lk_oauth_token_exchange(&req, &a->res, &a->http_status, &a->err);
+  }
+  lk_secret_free(rt); /* last use of the old refresh token */
+  lk_secret_free(cs);
+  if (st != LK_OK && rq->cancelled != NULL && rq->cancelled(rq->cancel_ctx)) {
+    a->cut_short = 1;
+    lk_oauth_token_result_clear(&a->res);
+    return;
+  }
+  if (st != LK_OK && st != LK_FAILED_PRECONDITION) {
+    st = LK_UNAVAILABLE; /* every other failure is retried */
+  }
+  a->out.status = st;
+  a->out.res = st == LK_OK ? &a->res : NULL;
+  a->out.reason = a->err.msg;
+  a->out.sent_at_ms = sent_wall;
+  a->out.retry_max_ms = rq->retry_max_ms;
+  lk_oauth_policy_next_state(c->oauth, &a->out, &a->state, a->why);
+}
+
+void lk_oauth_policy_attempt_report(const Latchkey__V1__Credential *c,
+                                    lk_oauth_policy_attempt *a,
+                                    const lk_oauth_policy_reporter *rp,
+                                    uint64_t generation, int stored,
+                                    const char *dropped) {
+  lk_status st = a->out.status;
+  const char *label = lk_oauth_policy_result_label(st, dropped != NULL);
+  const char *labels[1] = {label};
+  lk_metric_inc(rp->refreshes, labels, 1);
+  lk_oauth_policy_audit_line line = {
+      .cred_id = c->id,
+      .label = label,
+      .by_key = rp->by_key,
+      .by_value = rp->by_value,
+      .http_status = a->http_status,
+      .generation = generation,
+      .stored = st == LK_OK && stored ? &a->res : NULL,
+      .expires_at_s = st == LK_OK ? lk_oauth_policy_expires_at_s(&a->out) : 0,
+      .failed = st != LK_OK ? &a->state : NULL,
+      .reason = dropped != NULL ? dropped
+                : st != LK_OK   ? a->err.msg
+                                : NULL,
+  };
+  lk_oauth_policy_audit(&line, rp->hash, rp->hash_ctx);
+  lk_oauth_token_result_clear(&a->res); /* sealed in the store now, or lost */
+}
+
+lk_status lk_oauth_policy_attempt_error(const Latchkey__V1__Credential *c,
+                                        const lk_oauth_policy_attempt *a,
+                                        const char *who, lk_err *err) {
+  lk_status st = a->out.status;
+  if (st == LK_FAILED_PRECONDITION) {
+    return lk_fail(err, st,
+                   "credential %s must be re-authorised by its owner (the "
+                   "refresh said: %s)",
+                   c->id, a->err.msg);
+  }
+  if (st != LK_OK) {
+    return lk_fail(err, st,
+                   "refreshing credential %s failed (%s); %s retries with "
+                   "backoff",
+                   c->id, a->err.msg, who);
+  }
+  return LK_OK;
 }

@@ -47,6 +47,12 @@
  * expires_at on a stored success, failures and next_attempt_at on a
  * failure, and the reason. Never a value.
  *
+ * One attempt (lk_oauth_policy_should_attempt, lk_oauth_policy_attempt_run,
+ * lk_oauth_policy_attempt_report, lk_oauth_policy_attempt_error): the
+ * same steps in both refreshers, over their own unsealer, stop hook,
+ * metric and audit key; each keeps its storage (the control plane's etcd
+ * claim and Txn, the sidecar's lk_catalog_commit_if) and its log lines.
+ *
  * Secrets: tokens pass through only as lk_secrets and straight into the
  * sealer; a record holds ciphertext only.
  */
@@ -58,8 +64,10 @@
 
 #include "latchkey/v1/types.pb-c.h"
 #include "lib/audit.h"
+#include "lib/metrics.h"
 #include "lib/oauth_token.h"
 #include "lib/seal.h"
+#include "lib/secret.h"
 #include "lib/status.h"
 
 /* --oauth-refresh-margin and --oauth-retry-max defaults. */
@@ -75,6 +83,12 @@
 #define LK_OAUTH_POLICY_MIN_INTERVAL_MS 1000
 /* last_refresh_result is cut to this many bytes. */
 #define LK_OAUTH_POLICY_MAX_RESULT_BYTES 400
+
+/* Sets each of *margin_ms, *retry_max_ms and *token_timeout_ms that is
+ * not positive to its default: LK_OAUTH_POLICY_DEFAULT_MARGIN_MS,
+ * LK_OAUTH_POLICY_DEFAULT_RETRY_MAX_MS, LK_OAUTH_POLICY_TOKEN_TIMEOUT_MS. */
+void lk_oauth_policy_defaults(int64_t *margin_ms, int64_t *retry_max_ms,
+                              int64_t *token_timeout_ms);
 
 /* Returns when credential c is due (unix ms) under the rule above with
  * margin_ms, or INT64_MAX when it never is by itself (not oauth2, or
@@ -208,5 +222,86 @@ typedef struct {
  * the line says secret_hashes_unavailable. */
 void lk_oauth_policy_audit(const lk_oauth_policy_audit_line *line,
                            lk_oauth_policy_hash_fn hash, void *ctx);
+
+/* Decides whether to attempt credential c at now_wall_ms: on demand
+ * (forced) for a token refused at generation asked, under
+ * lk_oauth_policy_check_request; by schedule when it is due under
+ * margin_ms. LK_OK with *go 1 to attempt, *go 0 when there is nothing to
+ * do (refreshed meanwhile, or not due); LK_FAILED_PRECONDITION when c is
+ * not oauth2; otherwise lk_oauth_policy_check_request's refusals. */
+lk_status lk_oauth_policy_should_attempt(const Latchkey__V1__Credential *c,
+                                         int forced, uint64_t asked,
+                                         int64_t now_wall_ms, int64_t margin_ms,
+                                         int *go, lk_err *err) LK_MUST_CHECK;
+
+/* Unseals sealed secret value f of credential cred_id into *out
+ * (sodium_malloc'd, the caller frees it). */
+typedef lk_status (*lk_oauth_policy_unseal_fn)(
+    void *ctx, const char *cred_id, const Latchkey__V1__FieldValue *f,
+    lk_secret **out, lk_err *err);
+
+/* How a refresher makes a token request: its unsealer, its stop hook
+ * (lk_oauth_token_request's cancelled) and its settings. */
+typedef struct {
+  lk_oauth_policy_unseal_fn unseal;
+  void *unseal_ctx;
+  int (*cancelled)(void *ctx);
+  void *cancel_ctx;
+  int allow_insecure;
+  int64_t timeout_ms;   /* one token request, at most */
+  int64_t retry_max_ms; /* the backoff's cap */
+} lk_oauth_policy_requester;
+
+/* One token request of a refresher and what it came to. */
+typedef struct {
+  /* The refresher stopped during a request that failed: record nothing
+   * (err says what the request came to; out and state are not set). */
+  int cut_short;
+  long http_status;               /* 0: no HTTP answer */
+  lk_err err;                     /* a failure's reason; no value in it */
+  lk_oauth_token_result res;      /* the provider's answer (secrets) */
+  lk_oauth_policy_outcome out;    /* borrows res and err.msg */
+  Latchkey__V1__OAuthState state; /* the OAuthState after out */
+  char why[LK_OAUTH_POLICY_MAX_RESULT_BYTES + 1]; /* state's reason */
+} lk_oauth_policy_attempt;
+
+/* Makes one token request for credential c through rq into *a (filled
+ * anew; a must not move afterwards): unseals its refresh token and client
+ * secret (a value that cannot be unsealed fails as LK_UNAVAILABLE "cannot
+ * unseal <field>: <why>"), asks the provider, wipes both at last use, and
+ * unless cut short builds a->out (every failure but LK_FAILED_PRECONDITION
+ * becomes LK_UNAVAILABLE) and a->state. The caller wipes a's tokens with
+ * lk_oauth_policy_attempt_report (a cut-short attempt holds none). */
+void lk_oauth_policy_attempt_run(const Latchkey__V1__Credential *c,
+                                 const lk_oauth_policy_requester *rq,
+                                 lk_oauth_policy_attempt *a);
+
+/* How a refresher reports its attempts: who it is in the audit line, the
+ * counter of refreshes by result label, and its audit hash. */
+typedef struct {
+  const char *by_key;   /* "control_plane" or "sidecar" */
+  const char *by_value; /* its id */
+  lk_metric *refreshes; /* one label: the result */
+  lk_oauth_policy_hash_fn hash;
+  void *hash_ctx;
+} lk_oauth_policy_reporter;
+
+/* Counts attempt a on credential c (not cut short) in rp's refreshes and
+ * logs its audit line: generation is the one stored after it, stored
+ * nonzero when its outcome landed, dropped (or NULL) why the outcome was
+ * discarded for the owner's change; then wipes a's tokens. */
+void lk_oauth_policy_attempt_report(const Latchkey__V1__Credential *c,
+                                    lk_oauth_policy_attempt *a,
+                                    const lk_oauth_policy_reporter *rp,
+                                    uint64_t generation, int stored,
+                                    const char *dropped);
+
+/* Returns the status attempt a (stored, not cut short) answers its
+ * on-demand requests with, filling *err on a failure: the owner must
+ * re-authorise (LK_FAILED_PRECONDITION), or who ("the control plane",
+ * "latchkeyd") retries with backoff (LK_UNAVAILABLE). */
+lk_status lk_oauth_policy_attempt_error(const Latchkey__V1__Credential *c,
+                                        const lk_oauth_policy_attempt *a,
+                                        const char *who, lk_err *err);
 
 #endif

@@ -35,6 +35,7 @@
 
 #include "lib/clock.h"
 #include "lib/log.h"
+#include "lib/oauth_holds.h"
 #include "lib/oauth.h"
 #include "lib/oauth_policy.h"
 #include "lib/oauth_token.h"
@@ -69,11 +70,6 @@ typedef struct {
   uint64_t asked; /* on demand: the generation refused */
 } work_item;
 
-typedef struct {
-  char id[ID_BYTES];
-  int64_t until_wall_ms;
-} hold;
-
 struct lk_local_refresh {
   lk_catalog *cat;
   const lk_seal_key *key;
@@ -103,8 +99,7 @@ struct lk_local_refresh {
   /* The thread's own. */
   char (*due)[ID_BYTES]; /* LK_LOCAL_REFRESH_MAX_BATCH */
   size_t n_due;
-  hold holds[MAX_HOLDS];
-  size_t n_holds;
+  lk_oauth_holds *holds;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -151,67 +146,14 @@ static lk_status audit_hash(void *ctx, const void *value, size_t len,
   return lk_audit_key_hash(ctx, value, len, out_hex, err);
 }
 
-/* Unseals secret field name of c with the node key into *out (NULL when
- * c has no such value). */
-static lk_status unseal_field(lk_local_refresh *r,
-                              const Latchkey__V1__Credential *c,
-                              const char *name, lk_secret **out, lk_err *err) {
-  *out = NULL;
-  for (size_t i = 0; i < c->n_fields; i++) {
-    const Latchkey__V1__FieldValue *f = c->fields[i];
-    if (f->name == NULL || strcmp(f->name, name) != 0 || !f->secret ||
-        f->sealed == NULL || f->sealed->ciphertext.len == 0) {
-      continue;
-    }
-    lk_status st =
-        lk_unseal(r->key, f->sealed->key_id, c->id, name, f->sealed->nonce.data,
-                  f->sealed->nonce.len, f->sealed->ciphertext.data,
-                  f->sealed->ciphertext.len, out, err);
-    if (st != LK_OK) {
-      return lk_fail(err, LK_UNAVAILABLE, "cannot unseal %s: %s", name,
-                     err->msg);
-    }
-    return LK_OK;
-  }
-  return LK_OK;
-}
-
-/* ---- holds (the thread's) ------------------------------------------------ */
-
-static hold *find_hold(lk_local_refresh *r, const char *id) {
-  for (size_t i = 0; i < r->n_holds; i++) {
-    if (strcmp(r->holds[i].id, id) == 0) {
-      return &r->holds[i];
-    }
-  }
-  return NULL;
-}
-
-static void set_hold(lk_local_refresh *r, const char *id, int64_t until) {
-  hold *h = find_hold(r, id);
-  if (h == NULL && r->n_holds == MAX_HOLDS) {
-    size_t k = 0;
-    for (size_t i = 1; i < r->n_holds; i++) {
-      if (r->holds[i].until_wall_ms < r->holds[k].until_wall_ms) {
-        k = i;
-      }
-    }
-    h = &r->holds[k];
-  } else if (h == NULL) {
-    h = &r->holds[r->n_holds++];
-  }
-  snprintf(h->id, sizeof(h->id), "%s", id);
-  h->until_wall_ms = until;
-}
-
-static void prune_holds(lk_local_refresh *r, int64_t now_wall) {
-  for (size_t i = 0; i < r->n_holds;) {
-    if (r->holds[i].until_wall_ms <= now_wall) {
-      r->holds[i] = r->holds[--r->n_holds];
-    } else {
-      i++;
-    }
-  }
+/* lk_oauth_policy_unseal_fn over the node key (ctx). */
+static lk_status node_unseal(void *ctx, const char *cred_id,
+                             const Latchkey__V1__FieldValue *f, lk_secret **out,
+                             lk_err *err) {
+  return lk_unseal(ctx, f->sealed->key_id, cred_id, f->name,
+                   f->sealed->nonce.data, f->sealed->nonce.len,
+                   f->sealed->ciphertext.data, f->sealed->ciphertext.len, out,
+                   err);
 }
 
 /* ---- one attempt --------------------------------------------------------- */
@@ -314,77 +256,36 @@ static lk_status store(lk_local_refresh *r, const Latchkey__V1__Credential *c0,
  * outcome. */
 static void refresh(lk_local_refresh *r, const Latchkey__V1__Credential *c,
                     lk_catalog_seen *seen, outcome *o) {
-  lk_secret *rt = NULL;
-  lk_secret *cs = NULL;
-  lk_oauth_token_result res;
-  Latchkey__V1__OAuthState state;
-  char why[LK_OAUTH_POLICY_MAX_RESULT_BYTES + 1];
-  lk_err xerr;
+  lk_oauth_policy_attempt a;
   lk_err cerr;
-  long http = 0;
   const char *dropped = NULL;
   uint64_t gen_now = c->oauth->generation;
-  memset(&res, 0, sizeof(res));
-  lk_err_clear(&xerr);
   lk_err_clear(&cerr);
-  int64_t sent_wall = lk_wall_ms();
-  lk_status xst = unseal_field(r, c, LK_OAUTH_REFRESH_TOKEN, &rt, &xerr);
-  if (xst == LK_OK) {
-    xst = unseal_field(r, c, LK_OAUTH_CLIENT_SECRET, &cs, &xerr);
-  }
-  if (xst == LK_OK) {
-    lk_oauth_token_request req;
-    lk_oauth_policy_token_request(c, rt, cs, r->allow_insecure,
-                                  lk_now_ms() + r->token_timeout_ms, &req);
-    req.cancelled = halted;
-    req.cancel_ctx = r;
-    xst = lk_oauth_token_exchange(&req, &res, &http, &xerr);
-  }
-  lk_secret_free(rt); /* last use of the old refresh token */
-  lk_secret_free(cs);
-  if (halted(r) && xst != LK_OK) {
+  lk_oauth_policy_requester rq = {
+      node_unseal,       (void *)r->key,      halted,         r,
+      r->allow_insecure, r->token_timeout_ms, r->retry_max_ms};
+  lk_oauth_policy_attempt_run(c, &rq, &a);
+  if (a.cut_short) {
     /* Stopping cut the request short: record nothing. A provider that
      * processed it may have rotated the refresh token, as after a crash
      * (local_refresh.h). A successful answer is still stored below. */
     lk_log(LK_LOG_WARN, "oauth.refresh.abandoned",
            "credential %s: latchkeyd stopped during its refresh (%s)", c->id,
-           xerr.msg);
+           a.err.msg);
     o->answer = 1;
     o->st = lk_fail(&o->err, LK_UNAVAILABLE, "the sidecar is stopping");
-    lk_oauth_token_result_clear(&res);
     return;
   }
-  if (xst != LK_OK && xst != LK_FAILED_PRECONDITION) {
-    xst = LK_UNAVAILABLE; /* every other failure is retried */
-  }
-  lk_oauth_policy_outcome out = {xst, xst == LK_OK ? &res : NULL, xerr.msg,
-                                 sent_wall, r->retry_max_ms};
-  lk_oauth_policy_next_state(c->oauth, &out, &state, why);
+  lk_status xst = a.out.status;
   int stored = 0;
-  lk_status cst = store(r, c, seen, &out, &stored, &dropped, &gen_now, &cerr);
+  lk_status cst = store(r, c, seen, &a.out, &stored, &dropped, &gen_now, &cerr);
   if (stored) {
     o->stored = 1;
-    gen_now = state.generation;
+    gen_now = a.state.generation;
   }
-  const char *label = lk_oauth_policy_result_label(xst, dropped != NULL);
-  const char *labels[1] = {label};
-  lk_metric_inc(r->m_refreshes, labels, 1);
-  lk_oauth_policy_audit_line line = {
-      .cred_id = c->id,
-      .label = label,
-      .by_key = "sidecar",
-      .by_value = r->agent_id,
-      .http_status = http,
-      .generation = gen_now,
-      .stored = xst == LK_OK && o->stored ? &res : NULL,
-      .expires_at_s = xst == LK_OK ? lk_oauth_policy_expires_at_s(&out) : 0,
-      .failed = xst != LK_OK ? &state : NULL,
-      .reason = dropped != NULL ? dropped
-                : xst != LK_OK  ? xerr.msg
-                                : NULL,
-  };
-  lk_oauth_policy_audit(&line, audit_hash, r->audit);
-  lk_oauth_token_result_clear(&res); /* sealed in the store now, or lost */
+  lk_oauth_policy_reporter rp = {"sidecar", r->agent_id, r->m_refreshes,
+                                 audit_hash, r->audit};
+  lk_oauth_policy_attempt_report(c, &a, &rp, gen_now, o->stored, dropped);
   if (cst != LK_OK) {
     lk_log(LK_LOG_ERROR, "oauth.refresh.commit_failed",
            "credential %s: the %s of its refresh could not be stored (%s)%s",
@@ -404,19 +305,8 @@ static void refresh(lk_local_refresh *r, const Latchkey__V1__Credential *c,
     return; /* waiters read the owner's record */
   }
   o->answer = 1;
-  o->st = xst;
   o->gen = gen_now;
-  if (xst == LK_FAILED_PRECONDITION) {
-    lk_fail(&o->err, xst,
-            "credential %s must be re-authorised by its owner (the refresh "
-            "said: %s)",
-            c->id, xerr.msg);
-  } else if (xst != LK_OK) {
-    lk_fail(&o->err, xst,
-            "refreshing credential %s failed (%s); latchkeyd retries with "
-            "backoff",
-            c->id, xerr.msg);
-  }
+  o->st = lk_oauth_policy_attempt_error(c, &a, "latchkeyd", &o->err);
 }
 
 /* One attempt on credential id: read, check, refresh, store. forced: on
@@ -435,25 +325,18 @@ static void attempt(lk_local_refresh *r, const char *id, uint64_t asked,
     lk_fail(&o->err, o->st, "credential %s cannot be read: %s", id, err.msg);
     goto done;
   }
-  if (c->oauth == NULL) {
+  int go = 0;
+  st = lk_oauth_policy_should_attempt(c, forced, asked, now, r->margin_ms, &go,
+                                      &o->err);
+  if (st != LK_OK) {
     o->answer = 1;
-    o->st = lk_fail(&o->err, LK_FAILED_PRECONDITION,
-                    "credential %s is not an oauth2 credential", id);
+    o->st = st;
     goto done;
   }
-  if (forced) {
-    int already = 0;
-    st = lk_oauth_policy_check_request(c, asked, now, &already, &o->err);
-    if (st != LK_OK) {
-      o->answer = 1;
-      o->st = st;
-      goto done;
-    }
-    if (already) {
-      goto done; /* refreshed meanwhile: waiters read it */
-    }
-  } else if (lk_oauth_policy_due_at(c, r->margin_ms) > now) {
-    goto done; /* not due any more (an Admin write moved it) */
+  if (!go) {
+    /* Refreshed meanwhile (waiters read it), or not due any more (an Admin
+     * write moved it). */
+    goto done;
   }
   refresh(r, c, seen, o);
 done:
@@ -477,9 +360,9 @@ static int scan_cred(void *ctx, Latchkey__V1__Credential *c) {
   lk_local_refresh *r = s->r;
   if (c->oauth != NULL) {
     int64_t due = lk_oauth_policy_due_at(c, r->margin_ms);
-    hold *h = find_hold(r, c->id);
-    if (h != NULL && h->until_wall_ms > due) {
-      due = h->until_wall_ms;
+    int64_t held = lk_oauth_holds_until(r->holds, c->id);
+    if (held > due) {
+      due = held;
     }
     if (due <= s->now_wall && r->n_due < LK_LOCAL_REFRESH_MAX_BATCH) {
       snprintf(r->due[r->n_due++], ID_BYTES, "%s", c->id);
@@ -498,7 +381,7 @@ static int scan_cred(void *ctx, Latchkey__V1__Credential *c) {
 static int64_t scan(lk_local_refresh *r) {
   lk_err err;
   scan_ctx s = {r, lk_wall_ms(), INT64_MAX};
-  prune_holds(r, s.now_wall);
+  lk_oauth_holds_prune(r->holds, s.now_wall);
   r->n_due = 0;
   if (lk_catalog_list_credentials(r->cat, scan_cred, &s, &err) != LK_OK) {
     lk_log(LK_LOG_WARN, "oauth.refresh.scan_failed", "%s", err.msg);
@@ -621,7 +504,7 @@ static void *thread_main(void *arg) {
     outcome o;
     attempt(r, item.id, item.asked, forced, &o);
     if (o.hold) {
-      set_hold(r, item.id, lk_wall_ms() + HOLD_AFTER_ERROR_MS);
+      lk_oauth_holds_set(r->holds, item.id, lk_wall_ms() + HOLD_AFTER_ERROR_MS);
     }
     /* Requests that joined this attempt and that it neither answered nor
      * served (it found nothing to do, or the owner's write won without a
@@ -668,15 +551,12 @@ lk_status lk_local_refresh_start(const lk_local_refresh_config *cfg,
   r->audit = cfg->audit;
   snprintf(r->agent_id, sizeof(r->agent_id), "%s",
            cfg->agent_id != NULL ? cfg->agent_id : "");
-  r->margin_ms =
-      cfg->margin_ms > 0 ? cfg->margin_ms : LK_OAUTH_POLICY_DEFAULT_MARGIN_MS;
-  r->retry_max_ms = cfg->retry_max_ms > 0
-                        ? cfg->retry_max_ms
-                        : LK_OAUTH_POLICY_DEFAULT_RETRY_MAX_MS;
+  r->margin_ms = cfg->margin_ms;
+  r->retry_max_ms = cfg->retry_max_ms;
+  r->token_timeout_ms = cfg->token_timeout_ms;
+  lk_oauth_policy_defaults(&r->margin_ms, &r->retry_max_ms,
+                           &r->token_timeout_ms);
   r->allow_insecure = cfg->allow_insecure;
-  r->token_timeout_ms = cfg->token_timeout_ms > 0
-                            ? cfg->token_timeout_ms
-                            : LK_OAUTH_POLICY_TOKEN_TIMEOUT_MS;
   pthread_mutex_init(&r->mu, NULL);
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -686,6 +566,9 @@ lk_status lk_local_refresh_start(const lk_local_refresh_config *cfg,
   r->due = calloc(LK_LOCAL_REFRESH_MAX_BATCH, ID_BYTES);
   if (r->due == NULL) {
     st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    goto done;
+  }
+  if ((st = lk_oauth_holds_new(MAX_HOLDS, &r->holds, err)) != LK_OK) {
     goto done;
   }
   st = lk_metrics_counter(
@@ -748,6 +631,7 @@ void lk_local_refresh_destroy(lk_local_refresh *r) {
   pthread_cond_destroy(&r->cv);
   pthread_cond_destroy(&r->done_cv);
   pthread_mutex_destroy(&r->mu);
+  lk_oauth_holds_destroy(r->holds);
   free(r->due);
   free(r);
 }

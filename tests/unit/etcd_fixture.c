@@ -175,6 +175,13 @@ int etcd_fx_start(etcd_fx *f) {
   return -1;
 }
 
+void etcd_fx_world(etcd_fx *f, const char *label, char *prefix,
+                   size_t prefix_cap, char *ring, size_t ring_cap) {
+  int n = f->worlds++;
+  snprintf(prefix, prefix_cap, "/%s-%d/", label, n);
+  snprintf(ring, ring_cap, "%s/ring-%d", f->dir, n);
+}
+
 void etcd_fx_stop(etcd_fx *f) {
   etcd_fx_kill(f, SIGTERM);
   if (f->dir[0] != '\0' && getenv("LK_ETCD_TEST_KEEP") == NULL)

@@ -9,11 +9,13 @@
  *
  * etcd runs with a 1 s progress-notify interval so watch tests need not
  * wait for etcd's 10-minute default. Its output goes to <dir>/etcd.log;
+ * tests keep their other files (key rings: etcd_fx_world) there too;
  * setting LK_ETCD_TEST_KEEP keeps the directory after etcd_fx_stop.
  */
 #ifndef LK_TESTS_ETCD_FIXTURE_H
 #define LK_TESTS_ETCD_FIXTURE_H
 
+#include <stddef.h>
 #include <sys/types.h>
 
 /* How long etcd may take to answer after it is spawned. */
@@ -25,6 +27,7 @@ typedef struct {
   int peer_port;
   pid_t pid;   /* 0 when not running */
   char ep[64]; /* "127.0.0.1:<client_port>" */
+  int worlds;  /* etcd_fx_world names handed out */
 } etcd_fx;
 
 /* Returns a loopback TCP port that was free a moment ago, or -1. */
@@ -44,6 +47,12 @@ void etcd_fx_kill(etcd_fx *f, int sig);
 
 /* Prints the tail of f's etcd.log to stderr. */
 void etcd_fx_print_log(const etcd_fx *f);
+
+/* Names the next test world of f, so each test has its own: its etcd
+ * prefix "/<label>-<n>/" in prefix and its key ring file
+ * "<f->dir>/ring-<n>" in ring (removed with f's temp dir). */
+void etcd_fx_world(etcd_fx *f, const char *label, char *prefix,
+                   size_t prefix_cap, char *ring, size_t ring_cap);
 
 /* Stops etcd (SIGTERM) and removes f's temp dir unless LK_ETCD_TEST_KEEP
  * is set. */

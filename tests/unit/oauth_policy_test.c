@@ -328,6 +328,92 @@ static void on_demand_requests_are_checked(void **state) {
   cred_free(&x);
 }
 
+static void should_attempt_follows_the_request_or_the_schedule(void **state) {
+  (void)state;
+  cred_fx x;
+  lk_err err;
+  int go = 7;
+  cred_init(&x, 1);
+  int64_t due = lk_oauth_policy_due_at(&x.c, 60000);
+  /* By schedule: only once due. */
+  assert_int_equal(
+      lk_oauth_policy_should_attempt(&x.c, 0, 0, due - 1, 60000, &go, &err),
+      LK_OK);
+  assert_int_equal(go, 0);
+  assert_int_equal(
+      lk_oauth_policy_should_attempt(&x.c, 0, 0, due, 60000, &go, &err), LK_OK);
+  assert_int_equal(go, 1);
+  /* On demand: whenever the generation refused is still stored. */
+  assert_int_equal(
+      lk_oauth_policy_should_attempt(&x.c, 1, 3, due - 1, 60000, &go, &err),
+      LK_OK);
+  assert_int_equal(go, 1);
+  assert_int_equal(
+      lk_oauth_policy_should_attempt(&x.c, 1, 2, due, 60000, &go, &err), LK_OK);
+  assert_int_equal(go, 0);
+  x.o.reauthorize = 1;
+  x.o.last_refresh_result = (char *)"invalid_grant";
+  assert_int_equal(
+      lk_oauth_policy_should_attempt(&x.c, 1, 3, due, 60000, &go, &err),
+      LK_FAILED_PRECONDITION);
+  assert_int_equal(go, 0);
+  /* Not oauth2: refused either way, with the refreshers' message. */
+  x.c.oauth = NULL;
+  assert_int_equal(
+      lk_oauth_policy_should_attempt(&x.c, 0, 0, due, 60000, &go, &err),
+      LK_FAILED_PRECONDITION);
+  assert_string_equal(err.msg, "credential cred-1 is not an oauth2 credential");
+  cred_free(&x);
+}
+
+static void defaults_fill_only_unset_settings(void **state) {
+  (void)state;
+  int64_t margin = 0;
+  int64_t retry = -5;
+  int64_t timeout = 2500;
+  lk_oauth_policy_defaults(&margin, &retry, &timeout);
+  assert_int_equal(margin, LK_OAUTH_POLICY_DEFAULT_MARGIN_MS);
+  assert_int_equal(retry, LK_OAUTH_POLICY_DEFAULT_RETRY_MAX_MS);
+  assert_int_equal(timeout, 2500);
+  margin = 10;
+  retry = 20;
+  timeout = 0;
+  lk_oauth_policy_defaults(&margin, &retry, &timeout);
+  assert_int_equal(margin, 10);
+  assert_int_equal(retry, 20);
+  assert_int_equal(timeout, LK_OAUTH_POLICY_TOKEN_TIMEOUT_MS);
+}
+
+static void attempt_errors_say_who_retries(void **state) {
+  (void)state;
+  cred_fx x;
+  lk_err err;
+  lk_oauth_policy_attempt a;
+  cred_init(&x, 1);
+  memset(&a, 0, sizeof(a));
+  lk_err_clear(&err);
+  a.out.status = LK_OK;
+  assert_int_equal(lk_oauth_policy_attempt_error(&x.c, &a, "latchkeyd", &err),
+                   LK_OK);
+  assert_string_equal(err.msg, "");
+  a.out.status = LK_UNAVAILABLE;
+  snprintf(a.err.msg, sizeof(a.err.msg), "token endpoint answered 503");
+  assert_int_equal(
+      lk_oauth_policy_attempt_error(&x.c, &a, "the control plane", &err),
+      LK_UNAVAILABLE);
+  assert_string_equal(err.msg,
+                      "refreshing credential cred-1 failed (token endpoint "
+                      "answered 503); the control plane retries with backoff");
+  a.out.status = LK_FAILED_PRECONDITION;
+  snprintf(a.err.msg, sizeof(a.err.msg), "invalid_grant");
+  assert_int_equal(lk_oauth_policy_attempt_error(&x.c, &a, "latchkeyd", &err),
+                   LK_FAILED_PRECONDITION);
+  assert_string_equal(err.msg,
+                      "credential cred-1 must be re-authorised by its owner "
+                      "(the refresh said: invalid_grant)");
+  cred_free(&x);
+}
+
 static void token_request_comes_from_the_plain_fields(void **state) {
   (void)state;
   cred_fx x;
@@ -727,6 +813,9 @@ int main(void) {
       cmocka_unit_test(due_rule),
       cmocka_unit_test(backoff_doubles_up_to_the_cap),
       cmocka_unit_test(on_demand_requests_are_checked),
+      cmocka_unit_test(should_attempt_follows_the_request_or_the_schedule),
+      cmocka_unit_test(defaults_fill_only_unset_settings),
+      cmocka_unit_test(attempt_errors_say_who_retries),
       cmocka_unit_test(token_request_comes_from_the_plain_fields),
       cmocka_unit_test(success_starts_the_next_generation),
       cmocka_unit_test(failure_backs_off_or_waits_for_the_owner),

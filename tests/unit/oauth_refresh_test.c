@@ -33,7 +33,6 @@
  * Each test uses its own etcd prefix, key ring and token endpoint; every
  * wait is bounded.
  */
-#include <ftw.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -43,7 +42,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -69,8 +67,6 @@
 #define CRED "idp1"
 
 static etcd_fx g_etcd;
-static char g_tmp[1024];
-static int g_counter;
 
 /* One control plane's parts. */
 typedef struct {
@@ -89,22 +85,10 @@ typedef struct {
   char refresh[TS_MAX_VALUE];
 } world;
 
-static int remove_entry(const char *path, const struct stat *sb, int flag,
-                        struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  return remove(path);
-}
-
 static int group_setup(void **state) {
   (void)state;
   lk_err err;
-  const char *base = getenv("TEST_TMPDIR");
-  snprintf(g_tmp, sizeof(g_tmp), "%s/oauth_refresh_test.XXXXXX",
-           base ? base : "/tmp");
-  if (mkdtemp(g_tmp) == NULL || lk_secret_init() != LK_OK ||
-      lk_oauth_token_global_init(&err) != LK_OK) {
+  if (lk_secret_init() != LK_OK || lk_oauth_token_global_init(&err) != LK_OK) {
     return -1;
   }
   return etcd_fx_start(&g_etcd);
@@ -112,17 +96,15 @@ static int group_setup(void **state) {
 
 static int group_teardown(void **state) {
   (void)state;
-  etcd_fx_stop(&g_etcd);
-  nftw(g_tmp, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+  etcd_fx_stop(&g_etcd); /* key rings too */
   return 0;
 }
 
 static world *world_new(void) {
   world *w = calloc(1, sizeof(*w));
   assert_non_null(w);
-  int n = g_counter++;
-  snprintf(w->prefix, sizeof(w->prefix), "/oauth-%d/", n);
-  snprintf(w->ring, sizeof(w->ring), "%s/ring-%d", g_tmp, n);
+  etcd_fx_world(&g_etcd, "oauth", w->prefix, sizeof(w->prefix), w->ring,
+                sizeof(w->ring));
   w->ts = ts_start();
   assert_non_null(w->ts);
   ts_seed(w->ts, w->access, w->refresh, sizeof(w->access));

@@ -18,7 +18,6 @@
  * Each test uses its own etcd prefix and key ring. Grace and poll periods
  * are short (GRACE_MS) so tests run in seconds; every wait is bounded.
  */
-#include <ftw.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -55,8 +53,6 @@
 #define TYPE_ID "pair"
 
 static etcd_fx g_etcd;
-static char g_tmp[1024];
-static int g_counter;
 
 /* One control plane's parts over etcd prefix and a key ring file. */
 typedef struct {
@@ -76,19 +72,9 @@ typedef struct {
   char key2[MAX_CREDS][64];
 } world;
 
-static int remove_entry(const char *path, const struct stat *sb, int flag,
-                        struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  return remove(path);
-}
-
 static int group_setup(void **state) {
   (void)state;
-  const char *base = getenv("TEST_TMPDIR");
-  snprintf(g_tmp, sizeof(g_tmp), "%s/reseal_test.XXXXXX", base ? base : "/tmp");
-  if (mkdtemp(g_tmp) == NULL || lk_secret_init() != LK_OK) {
+  if (lk_secret_init() != LK_OK) {
     return -1;
   }
   return etcd_fx_start(&g_etcd);
@@ -96,17 +82,15 @@ static int group_setup(void **state) {
 
 static int group_teardown(void **state) {
   (void)state;
-  etcd_fx_stop(&g_etcd);
-  nftw(g_tmp, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+  etcd_fx_stop(&g_etcd); /* key rings too */
   return 0;
 }
 
 static world *world_new(void) {
   world *w = calloc(1, sizeof(*w));
   assert_non_null(w);
-  int n = g_counter++;
-  snprintf(w->prefix, sizeof(w->prefix), "/reseal-%d/", n);
-  snprintf(w->ring, sizeof(w->ring), "%s/ring-%d", g_tmp, n);
+  etcd_fx_world(&g_etcd, "reseal", w->prefix, sizeof(w->prefix), w->ring,
+                sizeof(w->ring));
   return w;
 }
 
