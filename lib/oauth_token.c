@@ -263,14 +263,26 @@ static lk_status other_members(const json_t *root, long status,
   return LK_OK;
 }
 
-/* Returns 1 when msg contains the bytes of s. Values shorter than 8 bytes
- * are not looked for: they occur in ordinary words, and no real token or
- * client secret is that short. */
+/* Returns 1 when msg quotes any part of s at least LK_OAUTH_QUOTE_WINDOW
+ * bytes long (all of s when s is shorter): the provider's error text is
+ * cut to a few dozen bytes, so a long token echoed in it shows only in
+ * part, and a part is a leak too. Values shorter than 8 bytes are not
+ * looked for: they occur in ordinary words, and no real token or client
+ * secret is that short. */
+#define LK_OAUTH_QUOTE_WINDOW 12
 static int quotes(const char *msg, const lk_secret *s) {
-  if (s == NULL || lk_secret_len(s) < 8) {
+  size_t slen = s != NULL ? lk_secret_len(s) : 0;
+  if (slen < 8) {
     return 0;
   }
-  return memmem(msg, strlen(msg), lk_secret_data(s), lk_secret_len(s)) != NULL;
+  size_t w = slen < LK_OAUTH_QUOTE_WINDOW ? slen : LK_OAUTH_QUOTE_WINDOW;
+  size_t mlen = strlen(msg);
+  for (size_t i = 0; i + w <= mlen; i++) {
+    if (memmem(lk_secret_data(s), slen, msg + i, w) != NULL) {
+      return 1;
+    }
+  }
+  return 0;
 }
 
 /* lk_oauth_token_parse_response, with quote 0 leaving the provider's

@@ -512,6 +512,27 @@ static void an_echoed_refresh_token_is_withheld(void **state) {
   assert_null(strstr(err.msg, f->refresh));
 }
 
+/* A long token echoed in part (the provider's text is cut short, or it
+ * quotes a fragment) is withheld too: any 12 bytes of it are a leak. */
+static void a_fragment_of_the_refresh_token_is_withheld(void **state) {
+  xfx *f = *state;
+  char body[512];
+  assert_true(strlen(f->refresh) >= 20);
+  snprintf(body, sizeof(body),
+           "{\"error\":\"invalid_request\",\"error_description\":\"malformed "
+           "token near '%.14s'\"}",
+           f->refresh + 4);
+  ts_set_canned(f->ts, 400, body, strlen(body));
+  lk_oauth_token_result r;
+  lk_err err;
+  assert_int_equal(lk_oauth_token_exchange(&f->req, &r, NULL, &err),
+                   LK_UNAVAILABLE);
+  assert_non_null(strstr(err.msg, "withheld: it quoted a credential"));
+  char frag[16];
+  snprintf(frag, sizeof(frag), "%.12s", f->refresh + 4);
+  assert_null(strstr(err.msg, frag));
+}
+
 static void an_answer_over_the_cap_stops_the_transfer(void **state) {
   xfx *f = *state;
   size_t n = LK_OAUTH_TOKEN_MAX_RESPONSE_BYTES + 4096;
@@ -676,6 +697,8 @@ int main(void) {
                                       x_teardown),
       cmocka_unit_test_setup_teardown(refusals_come_back_classified, x_setup,
                                       x_teardown),
+      cmocka_unit_test_setup_teardown(
+          a_fragment_of_the_refresh_token_is_withheld, x_setup, x_teardown),
       cmocka_unit_test_setup_teardown(an_echoed_refresh_token_is_withheld,
                                       x_setup, x_teardown),
       cmocka_unit_test_setup_teardown(an_answer_over_the_cap_stops_the_transfer,
