@@ -44,6 +44,7 @@
 #include "lib/audit.h"
 #include "lib/clock.h"
 #include "lib/log.h"
+#include "lib/oauth.h"
 #include "lib/seal.h"
 #include "lib/secret.h"
 
@@ -475,8 +476,21 @@ typedef struct {
   size_t ct_len;
 } node_seal;
 
+/* Returns 1 when field f of credential c never goes to a replica: an
+ * OAuth credential's refresh token and client secret are only ever sent
+ * to the token endpoint, by the control plane (controlplane/oauth_refresh),
+ * so a compromised pod holding its replica cannot mint tokens or break
+ * the refresh chain by rotating the refresh token. */
+static int withheld_from_replicas(const Latchkey__V1__Credential *c,
+                                  const Latchkey__V1__FieldValue *f) {
+  return lk_oauth_credential_is_oauth2(c) && f->name != NULL &&
+         (strcmp(f->name, LK_OAUTH_REFRESH_TOKEN) == 0 ||
+          strcmp(f->name, LK_OAUTH_CLIENT_SECRET) == 0);
+}
+
 /* Re-encodes the stored credential r with every secret field re-sealed
- * from the key ring to node key pk; *out is malloc'd (wipe it). */
+ * from the key ring to node key pk, leaving out the fields
+ * withheld_from_replicas names; *out is malloc'd (wipe it). */
 static lk_status reseal(lk_keyring *kr, const unsigned char *pk,
                         const lk_scope_record *r, unsigned char **out,
                         size_t *out_len, lk_err *err) {
@@ -484,6 +498,7 @@ static lk_status reseal(lk_keyring *kr, const unsigned char *pk,
   node_seal *ns = NULL;
   size_t n = 0;
   unsigned char *buf = NULL;
+  Latchkey__V1__FieldValue **all = NULL; /* c->fields while packing */
   Latchkey__V1__Credential *c =
       latchkey__v1__credential__unpack(NULL, r->len, r->value);
 
@@ -505,7 +520,7 @@ static lk_status reseal(lk_keyring *kr, const unsigned char *pk,
   }
   for (size_t i = 0; i < n; i++) {
     Latchkey__V1__FieldValue *f = c->fields[i];
-    if (!f->secret) {
+    if (!f->secret || withheld_from_replicas(c, f)) {
       continue;
     }
     if (f->value != NULL && f->value[0] != '\0') {
@@ -554,6 +569,23 @@ static lk_status reseal(lk_keyring *kr, const unsigned char *pk,
     ns[i].sv.ephemeral_public_key.len = sizeof(ns[i].eph);
     f->sealed = &ns[i].sv;
   }
+  /* Pack only the fields a replica may hold; the cleanup puts the full
+   * array back so free_unpacked frees every field. */
+  Latchkey__V1__FieldValue **kept = calloc(n > 0 ? n : 1, sizeof(*kept));
+  if (kept == NULL) {
+    st = lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory re-sealing %s",
+                 r->key);
+    goto done;
+  }
+  size_t n_kept = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!withheld_from_replicas(c, c->fields[i])) {
+      kept[n_kept++] = c->fields[i];
+    }
+  }
+  all = c->fields;
+  c->fields = kept;
+  c->n_fields = n_kept;
   size_t len = latchkey__v1__credential__get_packed_size(c);
   buf = malloc(len > 0 ? len : 1);
   if (buf == NULL) {
@@ -564,6 +596,11 @@ static lk_status reseal(lk_keyring *kr, const unsigned char *pk,
   *out_len = latchkey__v1__credential__pack(c, buf);
   *out = buf;
 done:
+  if (all != NULL) {
+    free(c->fields);
+    c->fields = all;
+    c->n_fields = n;
+  }
   for (size_t i = 0; ns != NULL && i < n; i++) {
     c->fields[i]->sealed = ns[i].orig;
     free(ns[i].ct);

@@ -182,6 +182,62 @@ static void put_cred(fx *f, const char *id, const char *secret,
   free(ct);
 }
 
+/* Replaces credential id with an OAuth one of type wkey: access_token,
+ * refresh_token and client_secret sealed under the key ring, token_url
+ * plain, and refresh state (Credential.oauth) set. */
+static void put_oauth_cred(fx *f, const char *id) {
+  static const char *const names[] = {"access_token", "refresh_token",
+                                      "client_secret"};
+  static const char *const values[] = {"at-live-Qm3vX9", "rt-never-Pz8kW2",
+                                       "cs-never-Lc4nB7"};
+  Latchkey__V1__SealedValue sv[3];
+  Latchkey__V1__FieldValue fv[4];
+  Latchkey__V1__FieldValue *fields[4];
+  unsigned char nonce[3][LK_SEAL_NONCE_BYTES];
+  unsigned char *ct[3] = {NULL, NULL, NULL};
+  Latchkey__V1__OAuthState state = LATCHKEY__V1__OAUTH_STATE__INIT;
+  Latchkey__V1__Credential c = LATCHKEY__V1__CREDENTIAL__INIT;
+  lk_store_batch *b = lk_store_batch_new();
+  lk_err err;
+  for (size_t i = 0; i < 3; i++) {
+    size_t ct_len = 0;
+    uint32_t key_id = 0;
+    latchkey__v1__sealed_value__init(&sv[i]);
+    latchkey__v1__field_value__init(&fv[i]);
+    assert_int_equal(
+        lk_keyring_seal(f->kr, id, names[i], (const unsigned char *)values[i],
+                        strlen(values[i]), &key_id, nonce[i], &ct[i], &ct_len,
+                        &err),
+        LK_OK);
+    sv[i].key_id = key_id;
+    sv[i].nonce.data = nonce[i];
+    sv[i].nonce.len = sizeof(nonce[i]);
+    sv[i].ciphertext.data = ct[i];
+    sv[i].ciphertext.len = ct_len;
+    fv[i].name = (char *)names[i];
+    fv[i].secret = 1;
+    fv[i].mask = "****";
+    fv[i].sealed = &sv[i];
+    fields[i] = &fv[i];
+  }
+  latchkey__v1__field_value__init(&fv[3]);
+  fv[3].name = "token_url";
+  fv[3].value = "https://idp.example/token";
+  fields[3] = &fv[3];
+  state.generation = 3;
+  c.id = (char *)id;
+  c.type = "wkey";
+  c.label = "oauth";
+  c.fields = fields;
+  c.n_fields = 4;
+  c.oauth = &state;
+  assert_int_equal(lk_catalog_put_credential(f->cat, b, &c, &err), LK_OK);
+  commit_ok(f, b);
+  for (size_t i = 0; i < 3; i++) {
+    free(ct[i]);
+  }
+}
+
 /* Replaces credential id with one whose first secret field claims key
  * ring key 77 (which no ring here holds) and whose second is a good value:
  * re-sealing it for a node fails at the first field. */
@@ -798,6 +854,46 @@ static void test_snapshot_secret_is_sealed_to_the_node_key(void **state) {
   client_done(&c);
 }
 
+/* A replica gets an OAuth credential's access token (sealed to its node
+ * key) and its refresh state, never the refresh token or client secret:
+ * only the control plane talks to the token endpoint. */
+static void test_oauth_refresh_token_and_client_secret_stay_home(void **state) {
+  fx *f = *state;
+  client c;
+  msg got[8];
+  lk_err err;
+  put_oauth_cred(f, "w1");
+  lk_sync_server_changed(f->sync, 2);
+  client_open(f, &c, "Bearer " TOKEN);
+  send_hello(f, &c, "agent-a", 0);
+  size_t n = recv_snapshot(&c, got, 8);
+  const Latchkey__V1__SyncRecord *r = find_put(got, n, "cred/w1");
+  assert_non_null(r);
+  Latchkey__V1__Credential *cred =
+      latchkey__v1__credential__unpack(NULL, r->value.len, r->value.data);
+  assert_non_null(cred);
+  assert_int_equal(cred->n_fields, 2);
+  assert_string_equal(cred->fields[0]->name, "access_token");
+  assert_string_equal(cred->fields[1]->name, "token_url");
+  assert_non_null(cred->oauth);
+  assert_int_equal(cred->oauth->generation, 3);
+  const Latchkey__V1__SealedValue *at = cred->fields[0]->sealed;
+  lk_secret *pt = NULL;
+  assert_int_equal(
+      lk_unseal_from_node(
+          f->node, "w1", "access_token", at->ephemeral_public_key.data,
+          at->ephemeral_public_key.len, at->nonce.data, at->nonce.len,
+          at->ciphertext.data, at->ciphertext.len, &pt, &err),
+      LK_OK);
+  assert_memory_equal(lk_secret_data(pt), "at-live-Qm3vX9", 14);
+  lk_secret_free(pt);
+  latchkey__v1__credential__free_unpacked(cred, NULL);
+  for (size_t i = 0; i < n; i++) {
+    msg_free(&got[i]);
+  }
+  client_done(&c);
+}
+
 static void test_credential_that_does_not_open_withholds_the_snapshot(
     void **state) {
   fx *f = *state;
@@ -1407,6 +1503,7 @@ int main(void) {
       T(test_hello_with_bad_node_key_is_invalid_argument),
       T(test_snapshot_holds_exactly_the_agents_scope),
       T(test_snapshot_secret_is_sealed_to_the_node_key),
+      T(test_oauth_refresh_token_and_client_secret_stay_home),
       T(test_credential_that_does_not_open_withholds_the_snapshot),
       T(test_change_brings_one_batch_of_puts_and_deletes),
       T(test_change_outside_scope_brings_an_empty_batch),
