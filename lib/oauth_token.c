@@ -412,6 +412,54 @@ static int printable_value(const char *s, size_t max) {
 }
 
 /* Checks what the request names before anything is sent. */
+/* Returns 1 when the authority at h (up to '/', '?', '#' or the end) is a
+ * loopback host with an optional port: 127.x.y.z, localhost or [::1]. Plain
+ * http carries the refresh token and client secret in clear, so even with
+ * --allow-insecure-token-urls it may only stay on this host. */
+static int loopback_authority(const char *h) {
+  size_t n = strcspn(h, "/?#");
+  size_t host_len;
+  if (memchr(h, '@', n) != NULL) {
+    return 0; /* userinfo: the host is what follows it */
+  }
+  if (n >= 5 && strncmp(h, "[::1]", 5) == 0) {
+    host_len = 5;
+  } else {
+    const char *colon = memchr(h, ':', n);
+    host_len = colon != NULL ? (size_t)(colon - h) : n;
+    if (host_len == 9 && strncasecmp(h, "localhost", 9) == 0) {
+      /* loopback by name: resolved, then checked again on connect */
+    } else {
+      int dots = 0;
+      if (host_len < 7 || strncmp(h, "127.", 4) != 0) {
+        return 0;
+      }
+      for (size_t i = 0; i < host_len; i++) {
+        if (h[i] == '.') {
+          dots++;
+        } else if (h[i] < '0' || h[i] > '9') {
+          return 0;
+        }
+      }
+      if (dots != 3) {
+        return 0;
+      }
+    }
+  }
+  if (host_len == n) {
+    return 1;
+  }
+  if (h[host_len] != ':' || host_len + 1 == n) {
+    return 0;
+  }
+  for (size_t i = host_len + 1; i < n; i++) {
+    if (h[i] < '0' || h[i] > '9') {
+      return 0;
+    }
+  }
+  return 1;
+}
+
 static lk_status check_request(const lk_oauth_token_request *req, int *refresh,
                                lk_err *err) {
   const char *url = req->token_url != NULL ? req->token_url : "";
@@ -446,6 +494,12 @@ static lk_status check_request(const lk_oauth_token_request *req, int *refresh,
   }
   if (url[host_at] == '\0' || url[host_at] == '/') {
     return lk_fail(err, LK_FAILED_PRECONDITION, "%s names no host",
+                   LK_OAUTH_TOKEN_URL);
+  }
+  if (host_at == 7 && !loopback_authority(url + host_at)) {
+    return lk_fail(err, LK_FAILED_PRECONDITION,
+                   "%s: http:// is allowed only to a loopback host "
+                   "(127.0.0.1, localhost, [::1]); use https://",
                    LK_OAUTH_TOKEN_URL);
   }
   if (!printable_value(req->client_id, MAX_CLIENT_ID_BYTES)) {

@@ -597,15 +597,30 @@ static void unreachable_and_refused_destinations(void **state) {
                       "--allow-insecure-token-urls, for loopback tests)");
   assert_int_equal(ts_get_stats(f->ts).requests, 0);
   f->req.allow_insecure = 1;
+  /* With the flag, http still only to a loopback host: the refresh token
+   * and client secret would cross the network in clear. */
+  static const char *const off_host[] = {
+      "http://idp.example/token", "http://10.0.0.7:8080/token",
+      "http://127.0.0.1.evil.example/token", "http://127.0.0.1@evil.example/",
+      "http://127.0.0.1:80x/token"};
+  for (size_t i = 0; i < sizeof(off_host) / sizeof(off_host[0]); i++) {
+    f->req.token_url = off_host[i];
+    assert_int_equal(lk_oauth_token_exchange(&f->req, &r, NULL, &err),
+                     LK_FAILED_PRECONDITION);
+    assert_string_equal(err.msg,
+                        "token_url: http:// is allowed only to a loopback "
+                        "host (127.0.0.1, localhost, [::1]); use https://");
+  }
+  assert_int_equal(ts_get_stats(f->ts).requests, 0);
   /* The cloud metadata address: refused at connect time. */
-  f->req.token_url = "http://169.254.169.254/token";
+  f->req.token_url = "https://169.254.169.254/token";
   assert_int_equal(lk_oauth_token_exchange(&f->req, &r, NULL, &err),
                    LK_FAILED_PRECONDITION);
   assert_string_equal(err.msg,
                       "token_url resolves to 169.254.169.254, a link-local, "
                       "metadata, multicast or unspecified address, which a "
                       "token request never goes to");
-  f->req.token_url = "http://[::ffff:169.254.169.254]:80/token";
+  f->req.token_url = "https://[::ffff:169.254.169.254]:443/token";
   assert_int_equal(lk_oauth_token_exchange(&f->req, &r, NULL, &err),
                    LK_FAILED_PRECONDITION);
   /* A closed port. */
