@@ -28,6 +28,12 @@
 #include "lib/log.h"
 #include "lib/oauth.h"
 
+/* A call joins a flight still asking only when its deadline is at most
+ * this much earlier than the flight's: the caller keeps this margin
+ * between the deadline it passes and its own (toolcalls.c
+ * OAUTH_ANSWER_MARGIN_MS), so the refusal still reaches it in time. */
+#define LK_OAUTH_RETRY_JOIN_SLACK_MS 250
+
 typedef struct waiter {
   struct waiter *next;
   uint64_t generation; /* of the token the vendor refused */
@@ -316,6 +322,18 @@ lk_status lk_oauth_retry_submit(lk_oauth_retry *r, const char *credential_id,
     goto out;
   }
   f = joinable(r, credential_id, generation);
+  if (f != NULL && f->asking &&
+      deadline_ms + LK_OAUTH_RETRY_JOIN_SLACK_MS < f->deadline_ms) {
+    /* The flight's Refresh request may run to its own deadline, well past
+     * this call's; one request per credential stays the rule, so this
+     * call answers its refusal now instead of overrunning. */
+    st = lk_fail(err, LK_DEADLINE_EXCEEDED,
+                 "a refresh of credential %s is in flight with a later "
+                 "deadline than this call's",
+                 credential_id);
+    f = NULL; /* the flight is not this call's to free */
+    goto out;
+  }
   if (f != NULL) {
     w->next = f->waiters;
     f->waiters = w;

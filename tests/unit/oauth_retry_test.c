@@ -389,6 +389,28 @@ static void refusal_while_the_flight_waits_joins_it(void **state) {
   assert_int_equal(f->cp.requests, 1);
 }
 
+/* A call whose deadline is well before the flight's does not join a
+ * Refresh still in progress (it would wait past its own deadline): it is
+ * told at once, and the one request stays the only one. */
+static void a_call_with_an_earlier_deadline_does_not_join_a_slow_refresh(
+    void **state) {
+  fx *f = *state;
+  lk_err err;
+  f->cp.hold = 1;
+  submit_ok(f, CRED, 1, lk_now_ms() + WAIT_MS);
+  wait_requests(&f->cp, 1);
+  assert_int_equal(lk_oauth_retry_submit(f->r, CRED, 1, lk_now_ms() + 1000,
+                                         on_done, &f->got, &err),
+                   LK_DEADLINE_EXCEEDED);
+  assert_non_null(strstr(err.msg, "in flight with a later deadline"));
+  /* One with the same deadline or later still joins. */
+  submit_ok(f, CRED, 1, lk_now_ms() + WAIT_MS);
+  release(&f->cp);
+  wait_answers(&f->got, 2);
+  assert_int_equal(f->got.new_token, 2);
+  assert_int_equal(f->cp.requests, 1);
+}
+
 static void refusal_of_the_new_token_asks_again(void **state) {
   fx *f = *state;
   submit_ok(f, CRED, 1, lk_now_ms() + WAIT_MS);
@@ -648,6 +670,9 @@ int main(void) {
           no_new_generation_gives_up_at_the_deadline, setup, teardown),
       cmocka_unit_test_setup_teardown(
           token_applied_after_the_answer_wakes_the_waiter, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          a_call_with_an_earlier_deadline_does_not_join_a_slow_refresh, setup,
+          teardown),
       cmocka_unit_test_setup_teardown(refusal_while_the_flight_waits_joins_it,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(refusal_of_the_new_token_asks_again,
