@@ -669,14 +669,17 @@ static int in4(uint32_t a, uint32_t net, int bits) {
 
 /* 1 for IPv4 addresses a token request never goes to: 0/8 (this host),
  * 169.254/16 (link-local, with the cloud metadata service), 224/3
- * (multicast, reserved, broadcast). a is in host byte order. */
+ * (multicast, reserved, broadcast) and 100.100.100.200 (Alibaba Cloud's
+ * metadata service). a is in host byte order. */
 static int never4(uint32_t a) {
   return in4(a, 0x00000000u, 8) || in4(a, 0xa9fe0000u, 16) ||
-         in4(a, 0xe0000000u, 3);
+         in4(a, 0xe0000000u, 3) ||
+         a == 0x646464c8u; /* 100.100.100.200: Alibaba Cloud metadata */
 }
 
-/* The IPv6 counterpart: ::, IPv4-mapped/compatible forms of never4,
- * fe80::/10 and fec0::/10, and ff00::/8 multicast. */
+/* The IPv6 counterpart: ::, IPv4-mapped/compatible and NAT64 forms of
+ * never4, AWS's IPv6 metadata address, fe80::/10 and fec0::/10, and
+ * ff00::/8 multicast. */
 static int never6(const unsigned char *b) {
   static const unsigned char zero[16];
   static const unsigned char mapped[12] = {0, 0, 0, 0, 0,    0,
@@ -684,7 +687,17 @@ static int never6(const unsigned char *b) {
   if (memcmp(b, zero, 15) == 0) {
     return b[15] != 1; /* :: is never; ::1 is loopback */
   }
-  if (memcmp(b, mapped, 12) == 0 || memcmp(b, zero, 12) == 0) {
+  /* 64:ff9b::/96 (NAT64) reaches the IPv4 address in its last 32 bits. */
+  static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0,
+                                          0, 0,    0,    0,    0, 0};
+  /* fd00:ec2::254: the AWS instance metadata service over IPv6. */
+  static const unsigned char aws6[16] = {0xfd, 0, 0, 0xec, 0x02, 0, 0,    0,
+                                         0,    0, 0, 0,    0,    0, 0x02, 0x54};
+  if (memcmp(b, aws6, 16) == 0) {
+    return 1;
+  }
+  if (memcmp(b, mapped, 12) == 0 || memcmp(b, zero, 12) == 0 ||
+      memcmp(b, nat64, 12) == 0) {
     uint32_t a = ((uint32_t)b[12] << 24) | ((uint32_t)b[13] << 16) |
                  ((uint32_t)b[14] << 8) | (uint32_t)b[15];
     return never4(a);

@@ -623,6 +623,21 @@ static void unreachable_and_refused_destinations(void **state) {
   f->req.token_url = "https://[::ffff:169.254.169.254]:443/token";
   assert_int_equal(lk_oauth_token_exchange(&f->req, &r, NULL, &err),
                    LK_FAILED_PRECONDITION);
+  /* Other clouds' metadata services, and the metadata address via NAT64. */
+  /* (AWS's fd00:ec2::254 is on the list too, but a host without IPv6
+   * routes fails it before any socket is opened, so it is not asserted.) */
+  static const char *const metadata[] = {"https://100.100.100.200/token",
+                                         "https://[64:ff9b::a9fe:a9fe]/token"};
+  for (size_t i = 0; i < sizeof(metadata) / sizeof(metadata[0]); i++) {
+    f->req.token_url = metadata[i];
+    lk_status st = lk_oauth_token_exchange(&f->req, &r, NULL, &err);
+    if (st != LK_FAILED_PRECONDITION) {
+      fail_msg("%s: %s (%s)", metadata[i], err.msg, lk_status_name(st));
+    }
+    assert_non_null(strstr(err.msg,
+                           "a link-local, metadata, multicast or "
+                           "unspecified address"));
+  }
   /* A closed port. */
   char url[64];
   snprintf(url, sizeof(url), "http://127.0.0.1:%d/token", ts_port(f->ts));
