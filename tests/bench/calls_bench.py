@@ -621,6 +621,8 @@ def table(runs, concs):
             cell = {m: median([r[m] for r in rs]) for m in METRICS}
             cell["vendor_cpu_us_per_call"] = median(
                 [r["vendor_cpu_us_per_call"] for r in rs])
+            cell["loadgen_cpu_us_per_call"] = median(
+                [r["loadgen_cpu_us_per_call"] for r in rs])
             cell["errors"] = sum(r["errors"] for r in rs)
             cell["calls"] = sum(r["ok"] for r in rs)
             out["%s@%d" % (s, c)] = cell
@@ -670,16 +672,16 @@ def print_table(res):
     print("Call path, one run, median of %d repeats (%s, %d CPUs)" % (
         res["config"]["repeats"], res["machine"]["cpu_model"],
         res["machine"]["cpus"]))
-    print("%-13s %4s %10s %9s %9s %9s %9s %9s %7s" % (
+    print("%-13s %4s %10s %9s %9s %9s %9s %9s %9s %7s" % (
         "system", "c", "calls/s", "p50 us", "p90 us", "p99 us", "p99.9 us",
-        "cpu us/c", "errors"))
+        "cpu us/c", "lg us/c", "errors"))
     for key, cell in res["table"].items():
         s, c = key.split("@")
-        print("%-13s %4s %10s %9s %9s %9s %9s %9s %7d" % (
+        print("%-13s %4s %10s %9s %9s %9s %9s %9s %9s %7d" % (
             s, c, fmt(cell["throughput"], ".0f"), fmt(cell["p50_us"], ".1f"),
             fmt(cell["p90_us"], ".1f"), fmt(cell["p99_us"], ".1f"),
             fmt(cell["p999_us"], ".1f"), fmt(cell["cpu_us_per_call"], ".1f"),
-            cell["errors"]))
+            fmt(cell["loadgen_cpu_us_per_call"], ".1f"), cell["errors"]))
     print("Ratios (median of per-repeat ratios):")
     for c, rs in res["ratios"].items():
         for k, v in rs.items():

@@ -159,7 +159,7 @@ static long long sum_ticks(const int *pids, int n) {
  * loop the first time it sees the clock pass each edge. */
 typedef struct {
   int64_t m0, m1, t0, t1;
-  long long c0, c1, v0, v1;
+  long long c0, c1, v0, v1, l0, l1; /* l: the load generator itself */
   int seen0, seen1;
   const opts *o;
 } cpu_window;
@@ -170,12 +170,14 @@ static void cpu_mark(cpu_window *w, int64_t t) {
     w->t0 = t;
     w->c0 = sum_ticks(w->o->pids, w->o->n_pids);
     w->v0 = sum_ticks(w->o->vpids, w->o->n_vpids);
+    w->l0 = cpu_ticks(getpid());
   }
   if (w->seen0 && !w->seen1 && t >= w->m1) {
     w->seen1 = 1;
     w->t1 = t;
     w->c1 = sum_ticks(w->o->pids, w->o->n_pids);
     w->v1 = sum_ticks(w->o->vpids, w->o->n_vpids);
+    w->l1 = cpu_ticks(getpid());
   }
 }
 
@@ -607,6 +609,11 @@ int main(int argc, char **argv) {
            (double)(v1 - v0) * tick_us / calls);
   else
     printf("\"vendor_cpu_us_per_call\":null,");
+  if (cw.l0 >= 0 && cw.l1 >= 0)
+    printf("\"loadgen_cpu_us_per_call\":%.2f,",
+           (double)(cw.l1 - cw.l0) * tick_us / calls);
+  else
+    printf("\"loadgen_cpu_us_per_call\":null,");
   printf("\"first_error\":\"");
   for (const char *p = s.first_error; *p; p++)
     putchar(*p == '"' || *p == '\\' || (unsigned char)*p < 0x20 ? '?' : *p);
