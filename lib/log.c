@@ -117,6 +117,10 @@ static size_t format_head(char *line, size_t cap, lk_log_level level,
   return pos;
 }
 
+int lk_log_enabled(lk_log_level level) {
+  return level >= min_level;
+}
+
 void lk_log(lk_log_level level, const char *event, const char *fmt, ...) {
   if (level < min_level)
     return;

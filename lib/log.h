@@ -25,6 +25,10 @@ typedef enum {
  * Returns 0 on success, -1 for an unknown name. */
 int lk_log_set_level_name(const char *name);
 
+/* Returns nonzero when a line at level would be written, so a caller can
+ * skip building members nobody will read. */
+int lk_log_enabled(lk_log_level level);
+
 /* Writes one line {"ts":..., "level":..., "event":event, "msg":...} when
  * level is at or above the configured minimum. Thread-safe. Over-long text
  * is cut short; bytes that are not UTF-8 (such as a character the cut split)

@@ -477,6 +477,8 @@ static void count_call(const lk_toolcalls *t, const call_audit *c,
 static void write_audit(const lk_toolcalls *t, const call_audit *c) {
   int64_t now_us = lk_now_us();
   count_call(t, c, now_us);
+  if (!lk_log_enabled(LK_LOG_INFO))
+    return; /* audit lines are off (--log-level warn or error) */
   double latency_ms = (double)(now_us - c->start_us) / 1000.0;
   json_t *obj = json_object();
   if (obj != NULL) {
@@ -681,6 +683,10 @@ static json_t *hash_secrets(lk_toolcalls *t, const lk_field *fields, size_t n,
                             const char **why) {
   *why = NULL;
   if (t->cfg.audit == NULL) {
+    return NULL;
+  }
+  if (!lk_log_enabled(LK_LOG_INFO)) {
+    *why = "audit lines were off when the call started";
     return NULL;
   }
   json_t *obj = json_object();

@@ -277,6 +277,18 @@ static void set_level_name_accepts_the_four_names(void **state) {
   assert_int_equal(lk_log_set_level_name("error"), 0);
 }
 
+static void enabled_answers_whether_a_level_is_written(void **state) {
+  (void)state;
+  assert_int_equal(lk_log_set_level_name("warn"), 0);
+  assert_false(lk_log_enabled(LK_LOG_DEBUG));
+  assert_false(lk_log_enabled(LK_LOG_INFO));
+  assert_true(lk_log_enabled(LK_LOG_WARN));
+  assert_true(lk_log_enabled(LK_LOG_ERROR));
+  assert_int_equal(lk_log_set_level_name("debug"), 0);
+  assert_true(lk_log_enabled(LK_LOG_DEBUG));
+  assert_true(lk_log_enabled(LK_LOG_INFO));
+}
+
 static void unknown_level_name_is_refused_and_level_kept(void **state) {
   (void)state;
   assert_int_equal(lk_log_set_level_name("error"), 0);
@@ -661,6 +673,7 @@ int main(void) {
       T(event_is_escaped_like_msg),
       T(utf8_in_msg_is_kept),
       T(set_level_name_accepts_the_four_names),
+      T(enabled_answers_whether_a_level_is_written),
       T(unknown_level_name_is_refused_and_level_kept),
       T(debug_level_writes_everything),
       T(info_level_drops_debug),
