@@ -47,6 +47,7 @@ import time
 import grpc
 
 import harness
+import perf_split
 from latchkey.v1 import admin_pb2_grpc
 from latchkey.v1 import toolcalls_pb2
 from latchkey.v1 import toolcalls_pb2_grpc
@@ -518,7 +519,8 @@ def main():
                           file=sys.stderr, flush=True)
         result["runs"] = runs
         if args.perf:
-            profile(args.perf, runner, argv["latchkey-uds"], max(concs))
+            result["profile_split"] = profile(
+                args.perf, runner, argv["latchkey-uds"], max(concs))
         result["table"] = table(runs, concs)
         result["ratios"] = ratios(runs, concs, args.repeats)
         result["seal"] = json.loads(subprocess.run(
@@ -578,26 +580,37 @@ def main():
 
 
 def profile(out_dir, runner, spec, conc):
-    """perf record -g of latchkeyd during one more loadgen run; writes
-    perf.data and a flat and a caller report into out_dir."""
+    """perf record of latchkeyd during one more loadgen run, with DWARF
+    call graphs (the Debian libraries have no frame pointers); writes
+    perf.data, a flat and a caller report, and perf-split.txt (latchkeyd's
+    CPU per call by component, perf_split.py) into out_dir. Returns the
+    split as a dict."""
     os.makedirs(out_dir, exist_ok=True)
     data = os.path.join(out_dir, "perf.data")
     a, sut, vp = spec
-    rec = subprocess.Popen(["perf", "record", "-g", "-F", "999", "-o", data,
-                            "-p", str(sut[0])],
+    rec = subprocess.Popen(["perf", "record", "--call-graph", "dwarf,16384",
+                            "-F", "499", "-o", data, "-p", str(sut[0])],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     res = runner.run(a + ["-c", str(conc)], sut, vp)
     rec.send_signal(signal.SIGINT)
-    rec.wait(60)
+    rec.wait(120)
     for name, extra in (("perf-flat.txt", ["--no-children"]),
                         ("perf-children.txt", ["--children"])):
         with open(os.path.join(out_dir, name), "w") as f:
             subprocess.run(["perf", "report", "-i", data, "--stdio",
                             "--percent-limit", "0.5"] + extra, stdout=f,
                            stderr=subprocess.DEVNULL, check=False)
+    total, counts = perf_split.split(data)
+    rows = perf_split.rows(total, counts, res["cpu_us_per_call"])
+    with open(os.path.join(out_dir, "perf-split.txt"), "w") as f:
+        f.write(perf_split.render(total, rows, res["cpu_us_per_call"]))
     print("  perf: %s (%.0f calls/s while recording)" % (
         out_dir, res["throughput"]), file=sys.stderr)
+    print(perf_split.render(total, rows, res["cpu_us_per_call"]),
+          file=sys.stderr, end="")
+    return {"samples": total, "cpu_us_per_call": res["cpu_us_per_call"],
+            "throughput": res["throughput"], "components": rows}
 
 
 def machine():
