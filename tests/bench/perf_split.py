@@ -49,13 +49,12 @@ OTHER = "other (thread start-up, heap trimmer, unattributed)"
 FRAME = re.compile(r"^\s+[0-9a-f]+ (\S+)")
 
 
-def samples(data):
-    """Yields each sample's frames (leaf first) from `perf script`."""
-    out = subprocess.run(["perf", "script", "-i", data, "-F", "comm,ip,sym"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                         check=True, text=True, errors="replace").stdout
+def parse(text):
+    """Yields each sample's frames (leaf first) from `perf script -F
+    comm,ip,sym` text: a line naming the command, then one tab-indented
+    "ADDR SYMBOL" line per frame."""
     cur = None
-    for line in out.splitlines():
+    for line in text.splitlines():
         if not line.strip():
             continue
         if line[0] in " \t":
@@ -70,6 +69,14 @@ def samples(data):
         yield cur
 
 
+def samples(data):
+    """Yields each sample's frames (leaf first) of the perf.data file."""
+    out = subprocess.run(["perf", "script", "-i", data, "-F", "comm,ip,sym"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         check=True, text=True, errors="replace").stdout
+    return parse(out)
+
+
 def component(frames):
     for name, keys in RULES:
         for f in frames:
@@ -79,14 +86,19 @@ def component(frames):
     return OTHER
 
 
-def split(data):
+def count(stacks):
+    """Returns (samples, {component: samples}) over the stacks."""
     counts = {}
     total = 0
-    for frames in samples(data):
+    for frames in stacks:
         total += 1
         c = component(frames)
         counts[c] = counts.get(c, 0) + 1
     return total, counts
+
+
+def split(data):
+    return count(samples(data))
 
 
 def rows(total, counts, cpu):
