@@ -36,6 +36,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import grpc
 
@@ -290,11 +292,13 @@ class Latchkeyd(harness.AdminClient):
     def start(self):
         """Starts latchkeyd; returns the monotonic time of the exec."""
         self.admin_port = harness.free_port()
+        self.metrics_port = harness.free_port()
         args = [self.binary, "--listen", self.listen,
                 "--agent-id", "agent-bench", "--data-dir", self.data_dir,
                 "--node-key", self.node_key,
                 "--admin-listen", "127.0.0.1:%d" % self.admin_port,
                 "--admin-token-file", self.token_file,
+                "--metrics-listen", "127.0.0.1:%d" % self.metrics_port,
                 "--allow-insecure-vendors", "--log-level", "warn"]
         self.stderr = open(os.path.join(self.dir, "stderr.log"), "ab")
         t0 = time.monotonic()
@@ -342,6 +346,21 @@ class Latchkeyd(harness.AdminClient):
         self.bind("bench", cred.id, tool="bench")
         return cred.id
 
+    def internal_buckets(self):
+        """{upper bound in s: cumulative count} of latchkeyd's
+        latchkey_sidecar_internal_seconds histogram, read from /metrics."""
+        with urllib.request.urlopen(
+                "http://127.0.0.1:%d/metrics" % self.metrics_port,
+                timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            m = INTERNAL_BUCKET.match(line)
+            if m:
+                le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+                out[le] = float(m.group(2))
+        return out
+
     def stop(self):
         for ch in (self.agent, self.admin_channel):
             ch.close()
@@ -353,6 +372,40 @@ class Latchkeyd(harness.AdminClient):
             rc = self.proc.wait()
         self.stderr.close()
         return rc
+
+
+INTERNAL_BUCKET = re.compile(
+    r'^latchkey_sidecar_internal_seconds_bucket\{le="([^"]+)"\} (\S+)$')
+
+
+def internal_percentiles(before, after):
+    """From two readings of the cumulative histogram: the calls observed
+    between them, the share of them at or under 50 us, and p50 / p90
+    interpolated linearly inside their bucket (in us)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return {"internal_calls": 0, "internal_le_50us_share": None,
+                "internal_p50_us": None, "internal_p90_us": None}
+
+    def pct(q):
+        rank = q * total
+        lo, below = 0.0, 0.0
+        for b, c in zip(bounds, counts):
+            if c >= rank:
+                if b == float("inf"):
+                    return lo * 1e6
+                frac = (rank - below) / (c - below) if c > below else 1.0
+                return (lo + (b - lo) * frac) * 1e6
+            lo, below = b, c
+        return lo * 1e6
+    le50 = next((c for b, c in zip(bounds, counts) if abs(b - 5e-5) < 1e-12),
+                None)
+    return {"internal_calls": int(total),
+            "internal_le_50us_share": le50 / total if le50 is not None
+            else None,
+            "internal_p50_us": pct(0.5), "internal_p90_us": pct(0.9)}
 
 
 def bench_tool(tool_id, base_url):
@@ -504,13 +557,19 @@ def main():
                              [lk_tcp.proc.pid], vw),
         }
         runner = Runner(args)
+        lks = {"latchkey-uds": lk_uds, "latchkey-tcp": lk_tcp}
         runs = []
         for r in range(args.repeats):
             for c in concs:
                 order = SYSTEMS[r % len(SYSTEMS):] + SYSTEMS[:r % len(SYSTEMS)]
                 for system in order:
                     a, sut, vp = argv[system]
+                    lk = lks.get(system)
+                    before = lk.internal_buckets() if lk else None
                     res = runner.run(a + ["-c", str(c)], sut, vp)
+                    if lk:
+                        res.update(internal_percentiles(
+                            before, lk.internal_buckets()))
                     res.update(system=system, repeat=r)
                     runs.append(res)
                     print("  repeat %d c=%-3d %-13s %9.0f/s p50 %8.1f us "
@@ -636,6 +695,9 @@ def table(runs, concs):
                 [r["vendor_cpu_us_per_call"] for r in rs])
             cell["loadgen_cpu_us_per_call"] = median(
                 [r["loadgen_cpu_us_per_call"] for r in rs])
+            for k in ("internal_p50_us", "internal_p90_us",
+                      "internal_le_50us_share"):
+                cell[k] = median([r.get(k) for r in rs])
             cell["errors"] = sum(r["errors"] for r in rs)
             cell["calls"] = sum(r["ok"] for r in rs)
             out["%s@%d" % (s, c)] = cell
@@ -664,9 +726,12 @@ def ratios(runs, concs, repeats):
                     "nginx_added_p50_us": n["p50_us"] - d["p50_us"],
                     "added_p99_us": l["p99_us"] - d["p99_us"],
                     "nginx_added_p99_us": n["p99_us"] - d["p99_us"],
+                    # None when nginx-proxy's p50 was at or under direct's
+                    # (noise at c = 1): no ratio to take.
                     "added_p50_vs_nginx_added_p50":
                         (l["p50_us"] - d["p50_us"])
-                        / max(n["p50_us"] - d["p50_us"], 1e-9),
+                        / (n["p50_us"] - d["p50_us"])
+                        if n["p50_us"] > d["p50_us"] else None,
                     "internal_p50_us_estimate":
                         l["p50_us"] - cell["grpc-floor"]["p50_us"]
                         - d["p50_us"],
@@ -695,10 +760,19 @@ def print_table(res):
             fmt(cell["p90_us"], ".1f"), fmt(cell["p99_us"], ".1f"),
             fmt(cell["p999_us"], ".1f"), fmt(cell["cpu_us_per_call"], ".1f"),
             fmt(cell["loadgen_cpu_us_per_call"], ".1f"), cell["errors"]))
+    print("Sidecar-internal time, latchkeyd's own histogram "
+          "(latchkey_sidecar_internal_seconds, interpolated in its bucket):")
+    for key, cell in res["table"].items():
+        if cell.get("internal_p50_us") is None:
+            continue
+        s, c = key.split("@")
+        print("  %-13s c=%-3s p50 %6.1f us  p90 %6.1f us  <= 50 us: %5.1f %%"
+              % (s, c, cell["internal_p50_us"], cell["internal_p90_us"],
+                 100 * cell["internal_le_50us_share"]))
     print("Ratios (median of per-repeat ratios):")
     for c, rs in res["ratios"].items():
         for k, v in rs.items():
-            print("  %s %-55s %10.3f" % (c, k, v))
+            print("  %s %-55s %10s" % (c, k, fmt(v, ".3f")))
     s = res["seal"]
     print("seal 64 B: %.0f/s, unseal: %.0f/s" % (s["seal_per_s"],
                                                  s["unseal_per_s"]))
