@@ -1064,7 +1064,8 @@ int main(int argc, char **argv) {
   long long c0 = cw.c0, c1 = cw.c1, v0 = cw.v0, v1 = cw.v1;
   int64_t w0 = cw.t0, w1 = cw.t1 ? cw.t1 : now_ns();
 
-  qsort(s.v, s.n, sizeof(*s.v), cmp_u32);
+  if (s.n > 0) /* qsort wants a non-null base even for no samples */
+    qsort(s.v, s.n, sizeof(*s.v), cmp_u32);
   double secs = (double)(w1 - w0) / 1e9;
   double tick_us = 1e6 / (double)sysconf(_SC_CLK_TCK);
   double calls = (double)(s.ok ? s.ok : 1);
