@@ -14,7 +14,12 @@ system must really inject it):
   latchkey-tcp the same over loopback TCP
 
 with one load generator (loadgen.c: N requests in flight, fixed duration,
-warm-up excluded, every latency kept) at each concurrency. The systems are
+warm-up excluded, every latency kept) at each concurrency. Its gRPC client
+is --grpc-client: h2 (the default) frames gRPC over HTTP/2 with libnghttp2
+on the same epoll loop as its HTTP/1.1 client, all calls multiplexed over
+one connection, so the client costs about as little CPU per call as the
+HTTP one and leaves the shared cores to the servers; core is grpc core's C
+client (one channel), kept to cross-check. The systems are
 alternated (the order rotates every repeat) and each cell is the median of
 the repeats; the ratios latchkey/direct and latchkey/nginx-proxy are
 computed within each repeat, then their median taken. CPU per call is the
@@ -27,9 +32,11 @@ and on the one holding the bindings), and lk_seal/lk_unseal throughput of
 a 64-byte secret (seal_bench.c).
 
 Usage: calls_bench.py --bin-dir DIR [--out FILE] [--duration S]
-       [--warmup S] [--repeats N] [--conc 1,32] [--bindings N] [--smoke]
+       [--warmup S] [--repeats N] [--conc 1,32] [--bindings N]
+       [--grpc-client h2|core] [--perf DIR] [--smoke]
 --smoke checks the harness (1 s runs, concurrency 2, 1 repeat, 1,000
-bindings) and exits nonzero when any request failed or a field is missing.
+bindings, plus one latchkey-uds run with the other gRPC client) and exits
+nonzero when any request failed or a field is missing.
 """
 
 import argparse
@@ -63,6 +70,8 @@ KEY = "sk-bench-" + "7" * 32
 BODY = '{"id":"item-1","status":"ok","value":42}'
 SYSTEMS = ["direct", "nginx-proxy", "grpc-floor", "latchkey-uds",
            "latchkey-tcp"]
+# --grpc-client: the loadgen mode that drives the gRPC systems.
+GRPC_MODES = {"h2": "grpc", "core": "grpc-core"}
 METRICS = ["throughput", "p50_us", "p90_us", "p99_us", "p999_us",
            "cpu_us_per_call"]
 NGINX = harness.NGINX
@@ -486,6 +495,11 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--conc", default="1,32")
     ap.add_argument("--bindings", type=int, default=100000)
+    ap.add_argument("--grpc-client", choices=sorted(GRPC_MODES),
+                    default="h2",
+                    help="loadgen's gRPC client for grpc-floor and "
+                    "latchkey-uds/-tcp: h2 (HTTP/2 via libnghttp2 on "
+                    "loadgen's epoll loop) or core (grpc core's client)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--perf", metavar="DIR",
                     help="also record latchkeyd-uds at the highest "
@@ -503,6 +517,8 @@ def main():
               "config": {"duration_s": args.duration,
                          "warmup_s": args.warmup, "repeats": args.repeats,
                          "concurrency": concs,
+                         "grpc_client": args.grpc_client,
+                         "loadgen_grpc_mode": GRPC_MODES[args.grpc_client],
                          "vendor_nginx_workers": VENDOR_WORKERS,
                          "proxy_nginx_workers": PROXY_WORKERS,
                          "latchkeyd_workers": LATCHKEYD_WORKERS,
@@ -540,18 +556,19 @@ def main():
         req_hex = request().SerializeToString().hex()
         expect = "08c801"  # ToolResult.http_status = 200
         vw = vendor.workers()
+        gm = GRPC_MODES[args.grpc_client]
         argv = {
             "direct": (["http", "127.0.0.1:%d" % vendor.port, "/v1/item",
                         "-H", "Authorization: Bearer " + KEY], vw, []),
             "nginx-proxy": (["http", "127.0.0.1:%d" % proxy.port,
                              "/v1/item"], proxy.workers(), vw),
-            "grpc-floor": (["grpc", "unix:" + floor_sock,
+            "grpc-floor": ([gm, "unix:" + floor_sock,
                             "/latchkey.v1.ToolCalls/Call"], [floor.pid], []),
-            "latchkey-uds": (["grpc", lk_uds.listen,
+            "latchkey-uds": ([gm, lk_uds.listen,
                               "/latchkey.v1.ToolCalls/Call", "--body-hex",
                               req_hex, "--expect-hex", expect],
                              [lk_uds.proc.pid], vw),
-            "latchkey-tcp": (["grpc", lk_tcp.listen,
+            "latchkey-tcp": ([gm, lk_tcp.listen,
                               "/latchkey.v1.ToolCalls/Call", "--body-hex",
                               req_hex, "--expect-hex", expect],
                              [lk_tcp.proc.pid], vw),
@@ -577,6 +594,14 @@ def main():
                                          res["p50_us"], res["errors"]),
                           file=sys.stderr, flush=True)
         result["runs"] = runs
+        if args.smoke:
+            # Keeps the other gRPC client alive: one run against latchkeyd.
+            other = next(k for k in GRPC_MODES if k != args.grpc_client)
+            a, sut, vp = argv["latchkey-uds"]
+            res = runner.run([GRPC_MODES[other]] + a[1:] + ["-c", "2"], sut,
+                             vp)
+            res.update(system="latchkey-uds", grpc_client=other)
+            result["other_grpc_client_run"] = res
         if args.perf:
             result["profile_split"] = profile(
                 args.perf, runner, argv["latchkey-uds"], max(concs))
@@ -633,8 +658,10 @@ def main():
     print_table(result)
     print("JSON: " + args.out)
     shutil.rmtree(tmp, ignore_errors=True)
-    errors = sum(r["errors"] + r["exit"] for r in result["runs"])
-    oks = all(r["ok"] > 0 for r in result["runs"])
+    checked = result["runs"] + ([result["other_grpc_client_run"]]
+                                if "other_grpc_client_run" in result else [])
+    errors = sum(r["errors"] + r["exit"] for r in checked)
+    oks = all(r["ok"] > 0 for r in checked)
     return 0 if errors == 0 and oks else 1
 
 
@@ -747,9 +774,10 @@ def fmt(v, spec):
 
 
 def print_table(res):
-    print("Call path, one run, median of %d repeats (%s, %d CPUs)" % (
-        res["config"]["repeats"], res["machine"]["cpu_model"],
-        res["machine"]["cpus"]))
+    print("Call path, one run, median of %d repeats (%s, %d CPUs; loadgen "
+          "gRPC client: %s)" % (
+              res["config"]["repeats"], res["machine"]["cpu_model"],
+              res["machine"]["cpus"], res["config"]["grpc_client"]))
     print("%-13s %4s %10s %9s %9s %9s %9s %9s %9s %7s" % (
         "system", "c", "calls/s", "p50 us", "p90 us", "p99 us", "p99.9 us",
         "cpu us/c", "lg us/c", "errors"))

@@ -3,7 +3,9 @@
 # calls_bench.py --smoke (every system for 1 s at concurrency 2, 1,000
 # bindings, cold start, seal throughput) against the real latchkeyd, nginx
 # and grpc_floor, then asserts that every request of every run succeeded
-# and that the JSON holds every field docs/PERFORMANCE.md reports.
+# and that the JSON holds every field docs/PERFORMANCE.md reports. The gRPC
+# systems run loadgen's HTTP/2 (libnghttp2) client; one more latchkey-uds
+# run uses its grpc-core client, so both stay alive.
 set -euo pipefail
 
 root="${TEST_SRCDIR:?run me with bazel test}/${TEST_WORKSPACE:-latchkey}"
@@ -36,6 +38,18 @@ for s in systems:
 for run in r["runs"]:
     if run["errors"] or run["exit"] or run["ok"] <= 0:
         problems.append("run failed: %r" % run)
+if r["config"].get("grpc_client") != "h2" or \
+        r["config"].get("loadgen_grpc_mode") != "grpc":
+    problems.append("config: gRPC client not h2: %r" % r["config"])
+for run in r["runs"]:
+    if run["system"] in ("grpc-floor", "latchkey-uds", "latchkey-tcp") and \
+            run["mode"] != "grpc":
+        problems.append("%s ran loadgen mode %s" % (run["system"],
+                                                     run["mode"]))
+other = r.get("other_grpc_client_run")
+if other is None or other["mode"] != "grpc-core" or other["errors"] or \
+        other["exit"] or other["ok"] <= 0:
+    problems.append("grpc-core cross-check run failed: %r" % (other,))
 for lk in ("latchkey-uds", "latchkey-tcp"):
     for k in ("throughput_vs_direct", "throughput_vs_nginx",
               "added_p50_us", "nginx_added_p50_us",

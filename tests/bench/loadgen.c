@@ -3,36 +3,53 @@
  * by tests/bench/calls_bench.py.
  *
  * Why: the comparison "latchkey vs the vendor directly vs nginx" is only
- * honest when every system is driven the same way. This one program drives
- * HTTP/1.1 and gRPC with one concurrency model: N requests in flight from
- * one thread, each completion immediately replaced by the next request,
- * for a fixed duration after an excluded warm-up. Every latency of the
- * measured window is kept (exact samples, sorted at the end), so the
+ * honest when every system is driven the same way, and only measures the
+ * servers when the client is about as cheap for each protocol (loadgen,
+ * vendor and the server under test share the same cores, so a heavier
+ * client takes CPU from the server). This one program drives HTTP/1.1 and
+ * gRPC with one concurrency model on one epoll loop: N requests in flight
+ * from one thread, each completion immediately replaced by the next
+ * request, for a fixed duration after an excluded warm-up. Every latency
+ * of the measured window is kept (exact samples, sorted at the end), so the
  * percentiles are exact nearest-rank values, not bucket estimates.
  *
  * - http: N keep-alive connections to host:port (one request in flight on
  *   each), driven by epoll; GET path with optional extra header lines (the
  *   key in hand for the "direct" floor). A response must be a 200 with a
  *   Content-Length body; anything else counts as an error.
- * - grpc: one channel (target "unix:/path" or "host:port"), N unary calls
- *   in flight on one completion queue; each call sends the same serialized
- *   request. A call is an error unless its status is OK and, when --expect
- *   is given, the reply contains those bytes.
+ * - grpc: HTTP/2 without TLS (h2c, prior knowledge) framed by libnghttp2 on
+ *   the same epoll loop: --grpc-conns K connections (default 1) to
+ *   "unix:/path" or "host:port", the N calls multiplexed as streams over
+ *   them (call i on connection i mod K), as grpc core's client multiplexes
+ *   its calls over its one channel. Each call is HEADERS (POST, the method
+ *   as :path, content-type application/grpc, te trailers) and one DATA
+ *   frame with the 5-byte gRPC prefix and the request, ending the stream.
+ *   A call succeeds only with :status 200, grpc-status 0 and exactly one
+ *   complete uncompressed message that contains the --expect-hex bytes
+ *   when given; otherwise first_error says why (with grpc-status and
+ *   grpc-message when the server sent them).
+ * - grpc-core: the same calls through grpc core's C client (one channel
+ *   per --grpc-conns, N calls on one completion queue, a 10 s deadline
+ *   each), kept so a run can cross-check the two clients.
  *
  * CPU time of the process under test: --pid (repeatable) names processes
  * whose utime+stime (/proc/PID/stat) are read at the start and the end of
  * the measured window; --vendor-pid the same for the vendor, reported
- * separately. Output: one JSON object on stdout.
+ * separately; loadgen's own CPU is reported too. Output: one JSON object on
+ * stdout.
  *
- * Invariants: every buffer has a hard cap (responses MAX_RESP bytes,
- * samples MAX_SAMPLES); the run ends after warm-up + duration even when
- * the server stops answering (calls carry a deadline, sockets are
- * non-blocking and the loop waits at most 100 ms at a time).
+ * Invariants: every buffer has a hard cap (responses MAX_RESP bytes, gRPC
+ * response header blocks MAX_H2_HEADERS bytes, pending HTTP/2 output
+ * H2_OUT_CAP bytes, samples MAX_SAMPLES); the run ends after warm-up +
+ * duration even when the server stops answering (sockets are non-blocking,
+ * the loop waits at most 100 ms at a time, calls still in flight at the end
+ * are abandoned, grpc core's carry a deadline).
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netdb.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -40,6 +57,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -49,6 +67,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
+#include <nghttp2/nghttp2.h>
 
 #define MAX_CONC 1024
 #define MAX_RESP (64 * 1024)
@@ -56,6 +75,14 @@
 #define MAX_SAMPLES (50u * 1000u * 1000u)
 #define MAX_PIDS 16
 #define MAX_HEADERS 8
+#define MAX_CONNS 64
+/* gRPC over HTTP/2: the bytes of one response's header blocks (names and
+ * values, plus 32 per field as HPACK counts them), the grpc-message kept
+ * for first_error, and the output waiting for the socket. */
+#define MAX_H2_HEADERS (16 * 1024)
+#define MAX_GRPC_MESSAGE 120
+#define H2_OUT_CAP (256 * 1024)
+#define H2_FRAME_ROOM (32 * 1024) /* > any one frame loadgen sends */
 
 typedef struct {
   const char *mode;
@@ -68,6 +95,7 @@ typedef struct {
   unsigned char *expect;
   size_t expect_len;
   int conc;
+  int conns; /* grpc, grpc-core: connections (channels) */
   double warmup_s, duration_s;
   int pids[MAX_PIDS], n_pids;
   int vpids[MAX_PIDS], n_vpids;
@@ -191,30 +219,67 @@ typedef struct {
   size_t got;
 } hconn;
 
-static int hconnect(const char *target) {
-  char host[256];
-  const char *colon = strrchr(target, ':');
-  if (colon == NULL || (size_t)(colon - target) >= sizeof(host))
-    return -1;
-  memcpy(host, target, (size_t)(colon - target));
-  host[colon - target] = '\0';
-  struct sockaddr_in sa;
-  memset(&sa, 0, sizeof(sa));
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons((uint16_t)atoi(colon + 1));
-  if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
-    return -1;
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0)
-    return -1;
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-    close(fd);
-    return -1;
+/* A connected, non-blocking stream socket to "unix:/path" or "host:port"
+ * (TCP_NODELAY on TCP), or -1 with the reason in why. */
+static int dial(const char *target, char *why, size_t wn) {
+  int fd = -1;
+  if (strncmp(target, "unix:", 5) == 0) {
+    struct sockaddr_un sa;
+    size_t n = strlen(target + 5);
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    if (n == 0 || n >= sizeof(sa.sun_path)) {
+      snprintf(why, wn, "bad socket path in %s", target);
+      return -1;
+    }
+    memcpy(sa.sun_path, target + 5, n + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+      goto fail;
+  } else {
+    char host[256];
+    const char *colon = strrchr(target, ':');
+    if (colon == NULL || colon == target ||
+        (size_t)(colon - target) >= sizeof(host)) {
+      snprintf(why, wn, "target %s is not host:port", target);
+      return -1;
+    }
+    const char *h = target;
+    size_t hl = (size_t)(colon - target);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') { /* [v6]:port */
+      h++;
+      hl -= 2;
+    }
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    int gerr = getaddrinfo(host, colon + 1, &hints, &ai);
+    if (gerr != 0) {
+      snprintf(why, wn, "cannot resolve %s: %s", target, gai_strerror(gerr));
+      return -1;
+    }
+    for (struct addrinfo *p = ai; p != NULL && fd < 0; p = p->ai_next) {
+      fd = socket(p->ai_family, p->ai_socktype | SOCK_CLOEXEC, p->ai_protocol);
+      if (fd >= 0 && connect(fd, p->ai_addr, p->ai_addrlen) != 0) {
+        close(fd);
+        fd = -1;
+      }
+    }
+    freeaddrinfo(ai);
+    if (fd < 0)
+      goto fail;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   }
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   return fd;
+fail:
+  snprintf(why, wn, "cannot connect to %s: %s", target, strerror(errno));
+  if (fd >= 0)
+    close(fd);
+  return -1;
 }
 
 /* Length of a complete response in c->buf (0 = need more, -1 = bad). */
@@ -256,22 +321,27 @@ static int run_http(const opts *o, samples *s, cpu_window *w, int64_t end) {
     fprintf(stderr, "loadgen: request too long\n");
     return -1;
   }
+  int rc = -1;
   int ep = epoll_create1(EPOLL_CLOEXEC);
   hconn *cs = calloc((size_t)o->conc, sizeof(*cs));
+  for (int i = 0; cs != NULL && i < o->conc; i++)
+    cs[i].fd = -1;
   if (ep < 0 || cs == NULL)
-    return -1;
+    goto done;
   for (int i = 0; i < o->conc; i++) {
-    cs[i].fd = hconnect(o->target);
+    char why[200];
+    cs[i].fd = dial(o->target, why, sizeof(why));
     if (cs[i].fd < 0) {
-      fprintf(stderr, "loadgen: cannot connect to %s\n", o->target);
-      return -1;
+      fprintf(stderr, "loadgen: %s\n", why);
+      note_error(s, why);
+      goto done;
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
     epoll_ctl(ep, EPOLL_CTL_ADD, cs[i].fd, &ev);
     cs[i].t0 = now_ns();
     if (write(cs[i].fd, req, (size_t)rl) != rl) {
       fprintf(stderr, "loadgen: short write\n");
-      return -1;
+      goto done;
     }
   }
   struct epoll_event evs[64];
@@ -285,7 +355,7 @@ static int run_http(const opts *o, samples *s, cpu_window *w, int64_t end) {
       if (r == 0 || (r < 0 && errno != EAGAIN)) {
         fprintf(stderr, "loadgen: the server closed a connection\n");
         note_error(s, "connection closed");
-        return -1;
+        goto done;
       }
       if (r < 0)
         continue;
@@ -298,7 +368,7 @@ static int run_http(const opts *o, samples *s, cpu_window *w, int64_t end) {
       cpu_mark(w, t1);
       if (len < 0) {
         note_error(s, "malformed or oversized HTTP response");
-        return -1;
+        goto done;
       }
       char why[64];
       snprintf(why, sizeof(why), "HTTP status %d", status);
@@ -308,18 +378,410 @@ static int run_http(const opts *o, samples *s, cpu_window *w, int64_t end) {
       c->t0 = now_ns();
       if (write(c->fd, req, (size_t)rl) != rl) {
         note_error(s, "short write");
-        return -1;
+        goto done;
       }
     }
   }
-  for (int i = 0; i < o->conc; i++)
-    close(cs[i].fd);
+  rc = 0;
+done:
+  for (int i = 0; cs != NULL && i < o->conc; i++)
+    if (cs[i].fd >= 0)
+      close(cs[i].fd);
   free(cs);
-  close(ep);
+  if (ep >= 0)
+    close(ep);
+  return rc;
+}
+
+/* ---- gRPC over HTTP/2 (libnghttp2) on the epoll loop ------------------- */
+
+typedef struct h2run h2run;
+
+typedef struct {
+  h2run *run;
+  int fd;
+  nghttp2_session *ses;
+  int pollout; /* EPOLLOUT is armed: output is waiting for the socket */
+  size_t out_len, out_off;
+  uint8_t out[H2_OUT_CAP];
+} h2conn;
+
+/* One call slot: a stream in flight, then the next call in its place. */
+typedef struct {
+  h2conn *conn;
+  int64_t t0, t1;
+  size_t sent;                  /* request bytes handed to nghttp2 */
+  int http_status, grpc_status; /* -1: not received */
+  uint32_t reset;               /* RST_STREAM code; 0 when closed cleanly */
+  size_t hdr_bytes;
+  int hdr_over, msg_over;
+  char grpc_message[MAX_GRPC_MESSAGE + 1];
+  size_t got;
+  uint8_t msg[5 + MAX_RESP]; /* the length-prefixed response message(s) */
+} h2call;
+
+struct h2run {
+  const opts *o;
+  samples *s;
+  cpu_window *w;
+  int64_t end;
+  int failed;     /* a submit or a connection failed: stop */
+  uint8_t *frame; /* 5-byte gRPC prefix + request, sent by every call */
+  size_t frame_len;
+  nghttp2_nv nva[6];
+  h2call **done; /* closed streams not yet recorded (at most conc) */
+  int n_done;
+};
+
+static int h2on_header(nghttp2_session *ses, const nghttp2_frame *f,
+                       const uint8_t *name, size_t nl, const uint8_t *value,
+                       size_t vl, uint8_t flags, void *ud) {
+  (void)flags;
+  (void)ud;
+  h2call *k = nghttp2_session_get_stream_user_data(ses, f->hd.stream_id);
+  if (k == NULL || f->hd.type != NGHTTP2_HEADERS)
+    return 0;
+  k->hdr_bytes += nl + vl + 32;
+  if (k->hdr_bytes > MAX_H2_HEADERS) {
+    k->hdr_over = 1; /* resets the stream */
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  }
+  if (nl == 7 && memcmp(name, ":status", 7) == 0 &&
+      f->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+    k->http_status = vl == 3 ? atoi((const char *)value) : 0;
+  } else if (nl == 11 && memcmp(name, "grpc-status", 11) == 0) {
+    int v = vl >= 1 && vl <= 4 ? 0 : -2; /* -2: present, not a number */
+    for (size_t i = 0; i < vl && v >= 0; i++)
+      v = value[i] >= '0' && value[i] <= '9' ? v * 10 + (value[i] - '0') : -2;
+    k->grpc_status = v;
+  } else if (nl == 12 && memcmp(name, "grpc-message", 12) == 0) {
+    size_t n = vl < MAX_GRPC_MESSAGE ? vl : MAX_GRPC_MESSAGE;
+    memcpy(k->grpc_message, value, n);
+    k->grpc_message[n] = '\0';
+  }
   return 0;
 }
 
-/* ---- gRPC over grpc core's C API ------------------------------------- */
+static int h2on_data(nghttp2_session *ses, uint8_t flags, int32_t id,
+                     const uint8_t *data, size_t len, void *ud) {
+  (void)flags;
+  (void)ud;
+  h2call *k = nghttp2_session_get_stream_user_data(ses, id);
+  if (k == NULL || k->msg_over)
+    return 0;
+  if (len > sizeof(k->msg) - k->got) {
+    k->msg_over = 1;
+    return nghttp2_submit_rst_stream(ses, NGHTTP2_FLAG_NONE, id,
+                                     NGHTTP2_CANCEL) == 0
+               ? 0
+               : NGHTTP2_ERR_CALLBACK_FAILURE;
+  }
+  memcpy(k->msg + k->got, data, len);
+  k->got += len;
+  return 0;
+}
+
+static int h2on_close(nghttp2_session *ses, int32_t id, uint32_t code,
+                      void *ud) {
+  h2run *r = ((h2conn *)ud)->run;
+  h2call *k = nghttp2_session_get_stream_user_data(ses, id);
+  if (k == NULL)
+    return 0;
+  k->t1 = now_ns();
+  k->reset = code;
+  if (r->n_done < r->o->conc) /* each slot closes once per call */
+    r->done[r->n_done++] = k;
+  return 0;
+}
+
+/* Hands nghttp2 the request frame, all in one DATA frame when it fits. */
+static ssize_t h2body(nghttp2_session *ses, int32_t id, uint8_t *buf,
+                      size_t len, uint32_t *flags, nghttp2_data_source *src,
+                      void *ud) {
+  (void)ses;
+  (void)id;
+  h2call *k = src->ptr;
+  const h2run *r = ((h2conn *)ud)->run;
+  size_t n = r->frame_len - k->sent;
+  if (n > len)
+    n = len;
+  memcpy(buf, r->frame + k->sent, n);
+  k->sent += n;
+  if (k->sent == r->frame_len)
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+  return (ssize_t)n;
+}
+
+static void h2fail(h2run *r, const char *what, const char *detail) {
+  char why[200];
+  snprintf(why, sizeof(why), "%s%s%s", what, detail ? ": " : "",
+           detail ? detail : "");
+  fprintf(stderr, "loadgen: %s\n", why);
+  note_error(r->s, why);
+  r->failed = 1;
+}
+
+/* Starts the next call in slot k on its connection. */
+static void h2submit(h2run *r, h2call *k) {
+  k->sent = 0;
+  k->http_status = -1;
+  k->grpc_status = -1;
+  k->reset = 0;
+  k->hdr_bytes = 0;
+  k->hdr_over = k->msg_over = 0;
+  k->grpc_message[0] = '\0';
+  k->got = 0;
+  nghttp2_data_provider dp;
+  dp.source.ptr = k;
+  dp.read_callback = h2body;
+  k->t0 = now_ns();
+  int32_t id = nghttp2_submit_request(k->conn->ses, NULL, r->nva, 6, &dp, k);
+  if (id < 0)
+    h2fail(r, "cannot start an HTTP/2 stream", nghttp2_strerror(id));
+}
+
+/* Whether call k succeeded; when not, why says so. */
+static int h2verdict(const h2run *r, const h2call *k, char *why, size_t n) {
+  uint32_t mlen = 0;
+  if (k->got >= 5)
+    mlen = (uint32_t)k->msg[1] << 24 | (uint32_t)k->msg[2] << 16 |
+           (uint32_t)k->msg[3] << 8 | k->msg[4];
+  if (k->hdr_over) {
+    snprintf(why, n, "response headers over %d bytes", MAX_H2_HEADERS);
+  } else if (k->msg_over) {
+    snprintf(why, n, "reply message over %d bytes", MAX_RESP);
+  } else if (k->reset != NGHTTP2_NO_ERROR) {
+    snprintf(why, n, "stream reset: %s (gRPC status %d%s%s)",
+             nghttp2_http2_strerror(k->reset), k->grpc_status,
+             k->grpc_message[0] ? ": " : "", k->grpc_message);
+  } else if (k->http_status != 200) {
+    snprintf(why, n, "HTTP status %d", k->http_status);
+  } else if (k->grpc_status == -1) {
+    snprintf(why, n, "response without grpc-status");
+  } else if (k->grpc_status != 0) {
+    snprintf(why, n, "gRPC status %d: %s", k->grpc_status, k->grpc_message);
+  } else if (k->got == 0) {
+    snprintf(why, n, "grpc-status 0 without a reply message");
+  } else if (k->got < 5 || k->got - 5 < mlen) {
+    snprintf(why, n, "truncated reply message");
+  } else if (k->msg[0] != 0) {
+    snprintf(why, n, "reply message with compressed flag %d", k->msg[0]);
+  } else if (k->got - 5 > mlen) {
+    snprintf(why, n, "more than one reply message");
+  } else if (r->o->expect_len > 0 &&
+             memmem(k->msg + 5, mlen, r->o->expect, r->o->expect_len) == NULL) {
+    snprintf(why, n, "reply without the expected bytes");
+  } else {
+    return 1;
+  }
+  return 0;
+}
+
+/* Records every closed stream and starts its successor while time lasts. */
+static void h2finish(h2run *r) {
+  for (int i = 0; i < r->n_done; i++) {
+    h2call *k = r->done[i];
+    char why[200];
+    int ok = h2verdict(r, k, why, sizeof(why));
+    cpu_mark(r->w, k->t1);
+    record(r->s, k->t0, k->t1, r->w->m0, r->w->m1, ok, why);
+    if (k->t1 < r->end && !r->failed)
+      h2submit(r, k);
+  }
+  r->n_done = 0;
+}
+
+/* Arms EPOLLOUT exactly while output is waiting for the socket. */
+static void h2poll(int ep, h2conn *c, uint32_t idx) {
+  int want = c->out_len > c->out_off;
+  if (want == c->pollout)
+    return;
+  struct epoll_event ev = {.events = EPOLLIN | (want ? EPOLLOUT : 0),
+                           .data.u32 = idx};
+  epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+  c->pollout = want;
+}
+
+/* Serializes what nghttp2 has queued into c->out and writes it out until
+ * nothing is left or the socket is full. */
+static void h2flush(h2run *r, h2conn *c) {
+  for (;;) {
+    int more = 0;
+    while (H2_OUT_CAP - c->out_len >= H2_FRAME_ROOM) {
+      const uint8_t *d;
+      ssize_t n = nghttp2_session_mem_send(c->ses, &d);
+      if (n < 0) {
+        h2fail(r, "HTTP/2 send", nghttp2_strerror((int)n));
+        return;
+      }
+      if (n == 0)
+        break;
+      if ((size_t)n > H2_OUT_CAP - c->out_len) {
+        h2fail(r, "HTTP/2 frame over the output buffer", NULL);
+        return;
+      }
+      memcpy(c->out + c->out_len, d, (size_t)n);
+      c->out_len += (size_t)n;
+      more = H2_OUT_CAP - c->out_len < H2_FRAME_ROOM;
+    }
+    while (c->out_off < c->out_len) {
+      ssize_t w = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
+                       MSG_NOSIGNAL);
+      if (w < 0 && errno == EINTR)
+        continue;
+      if (w < 0 && errno == EAGAIN)
+        break;
+      if (w < 0) {
+        h2fail(r, "HTTP/2 write", strerror(errno));
+        return;
+      }
+      c->out_off += (size_t)w;
+    }
+    if (c->out_off < c->out_len) { /* the socket is full: keep the rest */
+      memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+      c->out_len -= c->out_off;
+      c->out_off = 0;
+      return;
+    }
+    c->out_len = c->out_off = 0;
+    if (!more)
+      return;
+  }
+}
+
+/* Reads what the socket has, feeds it to nghttp2, records and replaces the
+ * calls that closed, and flushes. */
+static void h2read(h2run *r, h2conn *c) {
+  static uint8_t buf[64 * 1024];
+  ssize_t n = read(c->fd, buf, sizeof(buf));
+  if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+    h2fail(r, "the server closed an HTTP/2 connection",
+           n < 0 ? strerror(errno) : NULL);
+    return;
+  }
+  if (n < 0)
+    return;
+  ssize_t used = nghttp2_session_mem_recv(c->ses, buf, (size_t)n);
+  if (used < 0) {
+    h2fail(r, "HTTP/2 protocol error", nghttp2_strerror((int)used));
+    return;
+  }
+}
+
+static int run_h2(const opts *o, samples *s, cpu_window *w, int64_t end) {
+  h2run r;
+  memset(&r, 0, sizeof(r));
+  r.o = o;
+  r.s = s;
+  r.w = w;
+  r.end = end;
+  char authority[300];
+  snprintf(authority, sizeof(authority), "%s",
+           strncmp(o->target, "unix:", 5) == 0 ? "localhost" : o->target);
+  const char *hv[6][2] = {{":method", "POST"},
+                          {":scheme", "http"},
+                          {":path", o->path},
+                          {":authority", authority},
+                          {"content-type", "application/grpc"},
+                          {"te", "trailers"}};
+  for (int i = 0; i < 6; i++) {
+    r.nva[i].name = (uint8_t *)hv[i][0];
+    r.nva[i].namelen = strlen(hv[i][0]);
+    r.nva[i].value = (uint8_t *)hv[i][1];
+    r.nva[i].valuelen = strlen(hv[i][1]);
+    r.nva[i].flags =
+        NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+  }
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  nghttp2_session_callbacks *cb = NULL;
+  h2conn *cs = calloc((size_t)o->conns, sizeof(*cs));
+  h2call *ks = calloc((size_t)o->conc, sizeof(*ks));
+  r.done = calloc((size_t)o->conc, sizeof(*r.done));
+  r.frame_len = 5 + o->req_len;
+  r.frame = malloc(r.frame_len);
+  for (int i = 0; cs != NULL && i < o->conns; i++)
+    cs[i].fd = -1;
+  if (ep < 0 || cs == NULL || ks == NULL || r.done == NULL || r.frame == NULL ||
+      nghttp2_session_callbacks_new(&cb) != 0) {
+    h2fail(&r, "out of memory", NULL);
+    goto done;
+  }
+  r.frame[0] = 0; /* uncompressed */
+  r.frame[1] = (uint8_t)(o->req_len >> 24);
+  r.frame[2] = (uint8_t)(o->req_len >> 16);
+  r.frame[3] = (uint8_t)(o->req_len >> 8);
+  r.frame[4] = (uint8_t)o->req_len;
+  if (o->req_len > 0)
+    memcpy(r.frame + 5, o->req, o->req_len);
+  nghttp2_session_callbacks_set_on_header_callback(cb, h2on_header);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, h2on_data);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cb, h2on_close);
+  nghttp2_settings_entry set[] = {
+      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, MAX_H2_HEADERS}};
+  for (int i = 0; i < o->conns; i++) {
+    h2conn *c = &cs[i];
+    c->run = &r;
+    char why[200];
+    if ((c->fd = dial(o->target, why, sizeof(why))) < 0) {
+      h2fail(&r, why, NULL);
+      goto done;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) != 0 ||
+        nghttp2_session_client_new(&c->ses, cb, c) != 0 ||
+        nghttp2_submit_settings(c->ses, NGHTTP2_FLAG_NONE, set, 2) != 0) {
+      h2fail(&r, "cannot set up an HTTP/2 session", NULL);
+      goto done;
+    }
+  }
+  for (int i = 0; i < o->conc && !r.failed; i++) {
+    ks[i].conn = &cs[i % o->conns];
+    h2submit(&r, &ks[i]);
+  }
+  for (int i = 0; i < o->conns && !r.failed; i++)
+    h2flush(&r, &cs[i]);
+  struct epoll_event evs[64];
+  int64_t t;
+  while (!r.failed && (t = now_ns()) < end) {
+    cpu_mark(w, t);
+    int n = epoll_wait(ep, evs, 64, 100);
+    for (int e = 0; e < n && !r.failed; e++) {
+      h2conn *c = &cs[evs[e].data.u32];
+      if (evs[e].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        h2read(&r, c);
+      /* Closing a stream can queue frames (and resetting one closes it):
+       * record, refill and flush until both settle. */
+      while (!r.failed) {
+        h2finish(&r);
+        h2flush(&r, c);
+        if (r.n_done == 0)
+          break;
+      }
+      if (!r.failed)
+        h2poll(ep, c, evs[e].data.u32);
+      if (!r.failed && !nghttp2_session_want_read(c->ses) &&
+          !nghttp2_session_want_write(c->ses))
+        h2fail(&r, "the server ended an HTTP/2 connection (GOAWAY)", NULL);
+    }
+  }
+done:
+  for (int i = 0; cs != NULL && i < o->conns; i++) {
+    nghttp2_session_del(cs[i].ses);
+    if (cs[i].fd >= 0)
+      close(cs[i].fd);
+  }
+  nghttp2_session_callbacks_del(cb);
+  free(cs);
+  free(ks);
+  free(r.done);
+  free(r.frame);
+  if (ep >= 0)
+    close(ep);
+  return r.failed ? -1 : 0;
+}
+
+/* ---- gRPC over grpc core's C API (mode grpc-core) ---------------------- */
 
 typedef struct {
   grpc_call *call;
@@ -395,10 +857,20 @@ static void gclean(gslot *g) {
   g->call = NULL;
 }
 
-static int run_grpc(const opts *o, samples *s, cpu_window *w, int64_t end) {
+static int run_grpc_core(const opts *o, samples *s, cpu_window *w,
+                         int64_t end) {
   int64_t m0 = w->m0, m1 = w->m1;
+  /* One connection per channel: a local subchannel pool keeps channels to
+   * the same target from sharing one. */
+  grpc_arg arg;
+  arg.type = GRPC_ARG_INTEGER;
+  arg.key = (char *)GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
+  arg.value.integer = 1;
+  grpc_channel_args cargs = {1, &arg};
+  grpc_channel *chs[MAX_CONNS];
   grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-  grpc_channel *ch = grpc_channel_create(o->target, creds, NULL);
+  for (int i = 0; i < o->conns; i++)
+    chs[i] = grpc_channel_create(o->target, creds, &cargs);
   grpc_channel_credentials_release(creds);
   grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
   grpc_slice method = grpc_slice_from_static_string(o->path);
@@ -407,7 +879,7 @@ static int run_grpc(const opts *o, samples *s, cpu_window *w, int64_t end) {
   if (gs == NULL)
     return -1;
   for (int i = 0; i < o->conc; i++) {
-    if (gstart(ch, cq, o, method, &gs[i]) != 0) {
+    if (gstart(chs[i % o->conns], cq, o, method, &gs[i]) != 0) {
       fprintf(stderr, "loadgen: cannot start a gRPC call\n");
       rc = -1;
       break;
@@ -443,7 +915,7 @@ static int run_grpc(const opts *o, samples *s, cpu_window *w, int64_t end) {
     record(s, g->t0, t1, m0, m1, ok, why);
     gclean(g);
     if (t1 < end && rc == 0) {
-      if (gstart(ch, cq, o, method, g) != 0) {
+      if (gstart(chs[(g - gs) % o->conns], cq, o, method, g) != 0) {
         rc = -1;
         continue;
       }
@@ -451,7 +923,8 @@ static int run_grpc(const opts *o, samples *s, cpu_window *w, int64_t end) {
     }
   }
   free(gs);
-  grpc_channel_destroy(ch);
+  for (int i = 0; i < o->conns; i++)
+    grpc_channel_destroy(chs[i]);
   grpc_completion_queue_shutdown(cq);
   while (
       grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
@@ -510,10 +983,11 @@ static unsigned char *unhex(const char *h, size_t *len) {
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: loadgen http HOST:PORT PATH | grpc TARGET METHOD\n"
+          "usage: loadgen http HOST:PORT PATH | grpc TARGET METHOD |\n"
+          "  grpc-core TARGET METHOD (TARGET: unix:/path or host:port)\n"
           "  [-c N] [-d SECONDS] [-w WARMUP_SECONDS] [-H 'Name: value']\n"
-          "  [--body-hex HEX] [--expect-hex HEX] [--pid PID]... "
-          "[--vendor-pid PID]...\n");
+          "  [--grpc-conns K] [--body-hex HEX] [--expect-hex HEX]\n"
+          "  [--pid PID]... [--vendor-pid PID]...\n");
   exit(2);
 }
 
@@ -521,6 +995,7 @@ int main(int argc, char **argv) {
   opts o;
   memset(&o, 0, sizeof(o));
   o.conc = 1;
+  o.conns = 1;
   o.duration_s = 5;
   o.warmup_s = 1;
   if (argc < 4)
@@ -536,6 +1011,8 @@ int main(int argc, char **argv) {
     i++;
     if (strcmp(a, "-c") == 0) {
       o.conc = atoi(v);
+    } else if (strcmp(a, "--grpc-conns") == 0) {
+      o.conns = atoi(v);
     } else if (strcmp(a, "-d") == 0) {
       o.duration_s = atof(v);
     } else if (strcmp(a, "-w") == 0) {
@@ -556,16 +1033,19 @@ int main(int argc, char **argv) {
       usage();
     }
   }
-  if (o.conc < 1 || o.conc > MAX_CONC || o.duration_s <= 0 || o.warmup_s < 0)
+  if (o.conc < 1 || o.conc > MAX_CONC || o.duration_s <= 0 || o.warmup_s < 0 ||
+      o.conns < 1 || o.conns > MAX_CONNS || o.conns > o.conc)
     usage();
-  int grpc_mode = strcmp(o.mode, "grpc") == 0;
+  int h2_mode = strcmp(o.mode, "grpc") == 0;
+  int core_mode = strcmp(o.mode, "grpc-core") == 0;
+  int grpc_mode = h2_mode || core_mode;
   if (!grpc_mode && strcmp(o.mode, "http") != 0)
     usage();
   if (grpc_mode && o.req == NULL) {
     o.req = calloc(1, 1);
     o.req_len = 0;
   }
-  if (grpc_mode)
+  if (core_mode)
     grpc_init();
 
   samples s;
@@ -574,7 +1054,9 @@ int main(int argc, char **argv) {
   int64_t m0 = start + (int64_t)(o.warmup_s * 1e9);
   int64_t m1 = m0 + (int64_t)(o.duration_s * 1e9);
   cpu_window cw = {.m0 = m0, .m1 = m1, .o = &o};
-  int rc = grpc_mode ? run_grpc(&o, &s, &cw, m1) : run_http(&o, &s, &cw, m1);
+  int rc = h2_mode     ? run_h2(&o, &s, &cw, m1)
+           : core_mode ? run_grpc_core(&o, &s, &cw, m1)
+                       : run_http(&o, &s, &cw, m1);
   if (!cw.seen1) { /* the loop ended at m1 before reading the counters */
     int64_t t = now_ns();
     cpu_mark(&cw, t < m1 ? m1 : t);
@@ -582,7 +1064,8 @@ int main(int argc, char **argv) {
   long long c0 = cw.c0, c1 = cw.c1, v0 = cw.v0, v1 = cw.v1;
   int64_t w0 = cw.t0, w1 = cw.t1 ? cw.t1 : now_ns();
 
-  qsort(s.v, s.n, sizeof(*s.v), cmp_u32);
+  if (s.n > 0) /* qsort wants a non-null base even for no samples */
+    qsort(s.v, s.n, sizeof(*s.v), cmp_u32);
   double secs = (double)(w1 - w0) / 1e9;
   double tick_us = 1e6 / (double)sysconf(_SC_CLK_TCK);
   double calls = (double)(s.ok ? s.ok : 1);
@@ -591,15 +1074,16 @@ int main(int argc, char **argv) {
     sum += s.v[i];
   printf(
       "{\"mode\":\"%s\",\"target\":\"%s\",\"concurrency\":%d,"
+      "\"connections\":%d,"
       "\"duration_s\":%.3f,\"ok\":%llu,\"errors\":%llu,\"dropped\":%llu,"
       "\"throughput\":%.1f,\"mean_us\":%.1f,\"p50_us\":%.1f,"
       "\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
       "\"max_us\":%.1f,",
-      o.mode, o.target, o.conc, secs, (unsigned long long)s.ok,
-      (unsigned long long)s.errors, (unsigned long long)s.dropped,
-      (double)s.ok / secs, s.n ? sum / (double)s.n / 1000.0 : 0, pct_us(&s, 50),
-      pct_us(&s, 90), pct_us(&s, 99), pct_us(&s, 99.9),
-      s.n ? s.v[s.n - 1] / 1000.0 : 0);
+      o.mode, o.target, o.conc, grpc_mode ? o.conns : o.conc, secs,
+      (unsigned long long)s.ok, (unsigned long long)s.errors,
+      (unsigned long long)s.dropped, secs > 0 ? (double)s.ok / secs : 0,
+      s.n ? sum / (double)s.n / 1000.0 : 0, pct_us(&s, 50), pct_us(&s, 90),
+      pct_us(&s, 99), pct_us(&s, 99.9), s.n ? s.v[s.n - 1] / 1000.0 : 0);
   if (c0 >= 0 && c1 >= 0 && o.n_pids > 0)
     printf("\"cpu_us_per_call\":%.2f,", (double)(c1 - c0) * tick_us / calls);
   else
@@ -621,7 +1105,7 @@ int main(int argc, char **argv) {
   free(s.v);
   free(o.req);
   free(o.expect);
-  if (grpc_mode)
+  if (core_mode)
     grpc_shutdown();
   return rc == 0 ? 0 : 1;
 }
