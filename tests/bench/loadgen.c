@@ -22,7 +22,9 @@
  *   "unix:/path" or "host:port", the N calls multiplexed as streams over
  *   them (call i on connection i mod K), as grpc core's client multiplexes
  *   its calls over its one channel. Each call is HEADERS (POST, the method
- *   as :path, content-type application/grpc, te trailers) and one DATA
+ *   as :path, content-type application/grpc, te trailers, grpc-timeout
+ *   10S: the same 10 s deadline grpc-core sets, so the server arms the
+ *   same per-call deadline either way) and one DATA
  *   frame with the 5-byte gRPC prefix and the request, ending the stream.
  *   A call succeeds only with :status 200, grpc-status 0 and exactly one
  *   complete uncompressed message that contains the --expect-hex bytes
@@ -428,7 +430,7 @@ struct h2run {
   int failed;     /* a submit or a connection failed: stop */
   uint8_t *frame; /* 5-byte gRPC prefix + request, sent by every call */
   size_t frame_len;
-  nghttp2_nv nva[6];
+  nghttp2_nv nva[7];
   h2call **done; /* closed streams not yet recorded (at most conc) */
   int n_done;
 };
@@ -535,7 +537,7 @@ static void h2submit(h2run *r, h2call *k) {
   dp.source.ptr = k;
   dp.read_callback = h2body;
   k->t0 = now_ns();
-  int32_t id = nghttp2_submit_request(k->conn->ses, NULL, r->nva, 6, &dp, k);
+  int32_t id = nghttp2_submit_request(k->conn->ses, NULL, r->nva, 7, &dp, k);
   if (id < 0)
     h2fail(r, "cannot start an HTTP/2 stream", nghttp2_strerror(id));
 }
@@ -678,13 +680,14 @@ static int run_h2(const opts *o, samples *s, cpu_window *w, int64_t end) {
   char authority[300];
   snprintf(authority, sizeof(authority), "%s",
            strncmp(o->target, "unix:", 5) == 0 ? "localhost" : o->target);
-  const char *hv[6][2] = {{":method", "POST"},
+  const char *hv[7][2] = {{":method", "POST"},
                           {":scheme", "http"},
                           {":path", o->path},
                           {":authority", authority},
                           {"content-type", "application/grpc"},
-                          {"te", "trailers"}};
-  for (int i = 0; i < 6; i++) {
+                          {"te", "trailers"},
+                          {"grpc-timeout", "10S"}};
+  for (int i = 0; i < 7; i++) {
     r.nva[i].name = (uint8_t *)hv[i][0];
     r.nva[i].namelen = strlen(hv[i][0]);
     r.nva[i].value = (uint8_t *)hv[i][1];

@@ -50,8 +50,16 @@ def empty(req, ctx):
     return b""
 
 
+def deadline(req, ctx):
+    # The expected bytes only for a call that carries a deadline of
+    # about 10 s, as both clients send (grpc-timeout 10S; grpc core rounds
+    # its encoded timeout up, so up to 10.1 s arrives).
+    left = ctx.time_remaining()
+    return EXPECT if left is not None and 5 < left <= 10.5 else b""
+
+
 METHODS = {"ok": ok, "echo": echo, "big": big, "denied": denied,
-           "trailers": trailers, "empty": empty}
+           "trailers": trailers, "empty": empty, "deadline": deadline}
 
 
 class Handler(grpc.GenericRpcHandler):
@@ -111,6 +119,12 @@ class LoadgenGrpcTest(unittest.TestCase):
         body = "0a0362656e6368" + EXPECT.hex() + "ff" * 100
         self.assert_all_ok(self.run_loadgen(
             self.uds, "echo", "--body-hex", body, "--expect-hex", body))
+
+    def test_calls_carry_the_ten_second_deadline_in_both_modes(self):
+        for mode in ("grpc", "grpc-core"):
+            self.assert_all_ok(self.run_loadgen(
+                self.uds, "deadline", "--expect-hex", EXPECT.hex(),
+                mode=mode))
 
     def test_reply_without_expected_bytes_is_an_error(self):
         self.assert_all_fail(
