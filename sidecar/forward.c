@@ -2,9 +2,12 @@
  * forward.c - the forwarder thread: a curl multi loop fed by a queue.
  *
  * Submitters append to a mutex-protected queue and wake the loop with
- * curl_multi_wakeup; the loop adds queued transfers, drives curl, and
- * completes finished ones. Cancellation is polled every loop turn (at
- * most 50 ms apart), so a client that gives up frees its connection
+ * curl_multi_wakeup, but only when the loop has marked itself (under the
+ * same mutex, after finding the queue empty) as about to wait: a busy loop
+ * takes the queue on its next turn, and the pipe write it would not need
+ * costs the submitter a system call. The loop adds queued transfers,
+ * drives curl, and completes finished ones. Cancellation is polled every loop
+ * turn (at most 50 ms apart), so a client that gives up frees its connection
  * quickly. Everything curl allocates goes through wiping allocators
  * (lib/wipealloc, installed by lk_forward_global_init), because curl keeps
  * private copies of the URL, headers and received bytes, any of which may hold
@@ -188,6 +191,12 @@ struct lk_forwarder {
   transfer *queue;  /* submitted, not yet added (guarded by mu) */
   transfer *active; /* owned by the thread */
   int stopping;     /* guarded by mu */
+  /* Set (under mu) by the thread only after it saw an empty queue and
+   * before it waits in curl_multi_poll; cleared when a submitter wakes it
+   * and when the thread looks at the queue again. A submitter writes to
+   * curl's wakeup pipe only when it finds the mark set: a busy thread
+   * takes the queue on its next turn anyway. */
+  int waiting;
 };
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userp) {
@@ -478,7 +487,15 @@ static void finish_transfer(lk_forwarder *f, transfer *t, CURLcode rc) {
                  curl_easy_strerror(rc));
 }
 
+/* With nothing in flight there is nothing to poll for cancellation or a
+ * deadline, and a submit or destroy wakes the thread: the long wait only
+ * bounds the harm of a bug, and a lost wake-up shows in tests as seconds,
+ * not as a hidden 50 ms. */
+#define IDLE_WAIT_MS 10000
+
 static int64_t poll_wait_ms(const lk_forwarder *f) {
+  if (f->active == NULL)
+    return IDLE_WAIT_MS;
   int64_t wait = 50;
   int64_t now = lk_now_ms();
   for (const transfer *t = f->active; t != NULL; t = t->next) {
@@ -495,6 +512,7 @@ static void *forwarder_main(void *arg) {
     transfer *incoming = f->queue;
     f->queue = NULL;
     int stopping = f->stopping;
+    f->waiting = 0;
     pthread_mutex_unlock(&f->mu);
 
     while (incoming != NULL) {
@@ -561,7 +579,15 @@ static void *forwarder_main(void *arg) {
       if (done != NULL)
         finish_transfer(f, done, rc);
     }
-    curl_multi_poll(f->multi, NULL, 0, (int)poll_wait_ms(f), NULL);
+    /* Wait only on an empty queue, and say so under mu first: a submit
+     * after this point sees the mark and writes to the wakeup pipe, which
+     * curl_multi_poll then returns for even if the write came first. */
+    pthread_mutex_lock(&f->mu);
+    int idle = f->queue == NULL && !f->stopping;
+    f->waiting = idle;
+    pthread_mutex_unlock(&f->mu);
+    if (idle)
+      curl_multi_poll(f->multi, NULL, 0, (int)poll_wait_ms(f), NULL);
   }
   return NULL;
 }
@@ -627,8 +653,11 @@ void lk_forwarder_submit(lk_forwarder *f, const lk_http_request *req,
   /* Appending at the head reverses order within one wake-up; harmless. */
   t->next = f->queue;
   f->queue = t;
+  int wake = f->waiting;
+  f->waiting = 0; /* one write is enough until the thread waits again */
   pthread_mutex_unlock(&f->mu);
-  curl_multi_wakeup(f->multi);
+  if (wake)
+    curl_multi_wakeup(f->multi);
 }
 
 void lk_forwarder_destroy(lk_forwarder *f) {

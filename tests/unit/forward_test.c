@@ -465,6 +465,77 @@ static void test_get_with_headers(void **state) {
   outcome_clear(&o);
 }
 
+/* Several threads submit, some in bursts while the forwarder is busy,
+ * some after pauses long enough for it to fall asleep in curl_multi_poll
+ * (whose idle wait is 10 s): a submit whose wake-up were lost would wait
+ * out that sleep and miss its 4 s deadline. */
+enum { SUBMITTERS = 6, PER_SUBMITTER = 40 };
+
+typedef struct {
+  lk_forwarder *f;
+  unsigned seed;
+  request q[PER_SUBMITTER];
+  outcome o[PER_SUBMITTER];
+  int64_t submitted_ms[PER_SUBMITTER];
+} submitter;
+
+static void *submitter_main(void *arg) {
+  submitter *s = arg;
+  char url[256];
+  url_for(url, sizeof(url), "/headers");
+  for (int i = 0; i < PER_SUBMITTER; i++) {
+    request_init(&s->q[i], "GET", url, NULL, NULL, NULL);
+    s->submitted_ms[i] = lk_now_ms();
+    lk_forwarder_submit(s->f, &s->q[i].r, 1, s->submitted_ms[i] + 4000, NULL,
+                        on_done, &s->o[i]);
+    /* Every fourth request ends a burst: pause 0-40 ms so the forwarder
+     * goes idle between some submits and is busy during others. */
+    if (i % 4 == 3)
+      usleep((useconds_t)(rand_r(&s->seed) % 40) * 1000);
+  }
+  return NULL;
+}
+
+static void test_concurrent_submits_are_never_left_asleep(void **state) {
+  fx *x = *state;
+  submitter *s = calloc(SUBMITTERS, sizeof(*s));
+  assert_non_null(s);
+  pthread_t th[SUBMITTERS];
+  for (int round = 0; round < 3; round++) {
+    for (int k = 0; k < SUBMITTERS; k++) {
+      memset(&s[k], 0, sizeof(s[k]));
+      s[k].f = x->f;
+      s[k].seed = (unsigned)(round * SUBMITTERS + k + 1);
+      assert_int_equal(pthread_create(&th[k], NULL, submitter_main, &s[k]), 0);
+    }
+    for (int k = 0; k < SUBMITTERS; k++)
+      assert_int_equal(pthread_join(th[k], NULL), 0);
+    for (int k = 0; k < SUBMITTERS; k++) {
+      wait_done(s[k].o, PER_SUBMITTER);
+      for (int i = 0; i < PER_SUBMITTER; i++) {
+        outcome *o = &s[k].o[i];
+        assert_int_equal(o->calls, 1);
+        if (o->status != LK_OK)
+          fail_msg("round %d submitter %d request %d: %s", round, k, i,
+                   o->err.msg);
+        assert_int_equal(o->http_status, 200);
+        assert_true(o->done_ms - s[k].submitted_ms[i] < 4000);
+        outcome_clear(o);
+        request_clear(&s[k].q[i]);
+      }
+    }
+    /* The forwarder is idle now: one more submit must wake it. */
+    outcome o = {0};
+    int64_t start = lk_now_ms();
+    usleep(100 * 1000);
+    run_one(x->f, "GET", "/headers", NULL, NULL, NULL, 4000, &o);
+    assert_int_equal(o.status, LK_OK);
+    assert_true(o.done_ms - start < 4000);
+    outcome_clear(&o);
+  }
+  free(s);
+}
+
 static void test_basic_credentials_are_sent(void **state) {
   fx *x = *state;
   outcome o = {0};
@@ -1023,6 +1094,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_get_with_headers, setup, teardown),
       cmocka_unit_test_setup_teardown(test_basic_credentials_are_sent, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(
+          test_concurrent_submits_are_never_left_asleep, setup, teardown),
       cmocka_unit_test_setup_teardown(test_post_body_arrives, setup, teardown),
       cmocka_unit_test_setup_teardown(test_redirect_is_not_followed, setup,
                                       teardown),
