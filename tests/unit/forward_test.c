@@ -1059,6 +1059,75 @@ static void test_reused_connection_is_checked_for_each_request(void **state) {
   assert_int_equal(access_lines(), before + 2);
 }
 
+/* Finished transfers' easy handles are reset and reused (the pool is
+ * last-in first-out, and these requests run one at a time, so each one
+ * after the first runs on the handle of the one before). Nothing of a
+ * request carries over to the next: not its headers, credentials, method,
+ * body or HEAD mode, and not its permission to reach private addresses,
+ * neither on a new connection (127.0.0.2) nor on the keep-alive one. */
+static void test_reused_handle_keeps_nothing_of_the_last_request(void **state) {
+  fx *x = *state;
+  char url[256];
+  size_t before = access_lines();
+  outcome o = {0};
+
+  /* 1: allowed, with a header and basic credentials. */
+  const char *hdrs[] = {"X-Test: from-request-one", NULL};
+  run_one(x->f, "GET", "/headers", NULL, hdrs, "user:pass", 20000, &o);
+  assert_int_equal(o.status, LK_OK);
+  assert_string_equal(o.body,
+                      "method=GET test=from-request-one "
+                      "auth=Basic dXNlcjpwYXNz ua=latchkey/1 "
+                      "expect=[] query=");
+  outcome_clear(&o);
+
+  /* 2 and 3: not allowed, on a new connection and on the kept one. */
+  snprintf(url, sizeof(url), "http://127.0.0.2:%d/headers", g_nginx.port);
+  run_dest(x->f, url, 0, &o);
+  assert_int_equal(o.status, LK_FAILED_PRECONDITION);
+  assert_string_equal(o.err.msg,
+                      "the vendor's host resolves to a private address "
+                      "(127.0.0.2); only loopback vendors may, with "
+                      "--allow-insecure-vendors");
+  outcome_clear(&o);
+  url_for(url, sizeof(url), "/headers");
+  run_dest(x->f, url, 0, &o);
+  assert_int_equal(o.status, LK_FAILED_PRECONDITION);
+  assert_non_null(strstr(o.err.msg, "private address (127.0.0.1)"));
+  outcome_clear(&o);
+
+  /* 4: allowed again, bare: no header or credential of request 1. */
+  run_one(x->f, "GET", "/headers", NULL, NULL, NULL, 20000, &o);
+  assert_int_equal(o.status, LK_OK);
+  assert_string_equal(o.body,
+                      "method=GET test= auth= ua=latchkey/1 "
+                      "expect=[] query=");
+  outcome_clear(&o);
+
+  /* 5 and 6: a POST body does not ride along on the next GET. */
+  run_one(x->f, "POST", "/body", "secret-body", NULL, NULL, 20000, &o);
+  assert_int_equal(o.status, LK_OK);
+  assert_string_equal(o.body, "POST:secret-body");
+  outcome_clear(&o);
+  run_one(x->f, "GET", "/body", NULL, NULL, NULL, 20000, &o);
+  assert_int_equal(o.status, LK_OK);
+  assert_string_equal(o.body, "GET:");
+  outcome_clear(&o);
+
+  /* 7 and 8: HEAD's no-body mode does not stick. */
+  run_one(x->f, "HEAD", "/head", NULL, NULL, NULL, 20000, &o);
+  assert_int_equal(o.status, LK_OK);
+  assert_int_equal(o.body_len, 0);
+  outcome_clear(&o);
+  run_one(x->f, "GET", "/head", NULL, NULL, NULL, 20000, &o);
+  assert_int_equal(o.status, LK_OK);
+  assert_string_equal(o.body, "twelve bytes");
+  outcome_clear(&o);
+
+  /* The refused requests never reached nginx. */
+  assert_int_equal(access_lines(), before + 6);
+}
+
 static void test_literal_private_hosts(void **state) {
   (void)state;
   const char *yes[] = {
@@ -1131,6 +1200,9 @@ int main(void) {
           test_allowed_name_connects_to_the_address_it_resolved_to),
       cmocka_unit_test_setup_teardown(
           test_reused_connection_is_checked_for_each_request, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_reused_handle_keeps_nothing_of_the_last_request, setup,
+          teardown),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
