@@ -10,12 +10,11 @@
  * turn (at most 50 ms apart), so a client that gives up frees its connection
  * quickly. Everything curl allocates goes through wiping allocators
  * (lib/wipealloc, installed by lk_forward_global_init), because curl keeps
- * private copies of the URL, the request text it writes and received bytes,
- * any of which may hold a secret; the header list it is given points at the
- * request's own guarded lines instead of copies. Easy handles are reset and
- * pooled between transfers (every option is set again for each one); a
- * pooled handle's buffers may still hold the tail of its last response, so
- * the pool is freed, and wiped, after IDLE_WAIT_MS with nothing in flight.
+ * private copies of the URL, headers and received bytes, any of which may
+ * hold a secret. Easy handles are reset and pooled between transfers (every
+ * option is set again for each one); a pooled handle's buffers may still
+ * hold the tail of its last response, so the pool is freed, and wiped,
+ * after IDLE_WAIT_MS with nothing in flight.
  *
  * Destinations are checked in curl's open-socket callback, which runs for
  * every new connection with the very address about to be connected to:
@@ -187,10 +186,6 @@ typedef struct transfer {
   lk_forward_done done;
   void *ctx;
   CURL *easy;
-  /* The request's header lines as curl's list type, one node each plus
-   * "Expect:", pointing at the request's own guarded strings: curl only
-   * reads the list during the transfer, so no copy of a secret header is
-   * made, and nothing but this array is allocated for it. */
   struct curl_slist *headers;
   lk_secret_buf *body;
   lk_secret_buf *head;
@@ -360,7 +355,11 @@ static void easy_give_back(lk_forwarder *f, CURL *e) {
 static void transfer_free(transfer *t) {
   if (t->easy != NULL)
     easy_give_back(t->f, t->easy);
-  free(t->headers); /* after the reset: curl holds no pointer to it */
+  if (t->headers != NULL) {
+    /* Header copies live in curl's (wiping) allocator; free wipes them.
+     * The handle was reset first, so curl holds no pointer to them. */
+    curl_slist_free_all(t->headers);
+  }
   lk_secret_buf_free(t->body);
   lk_secret_buf_free(t->head);
   free(t);
@@ -407,18 +406,18 @@ static lk_status setup_easy(lk_forwarder *f, transfer *t, lk_err *err) {
     return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   }
   CURL *e = t->easy;
-  t->headers = calloc(r->n_headers + 1, sizeof(*t->headers));
-  if (t->headers == NULL)
-    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   for (size_t i = 0; i < r->n_headers; i++) {
-    /* curl never writes through the list's data pointers. */
-    t->headers[i].data = (char *)lk_secret_str(r->headers[i]);
-    t->headers[i].next = &t->headers[i + 1];
+    struct curl_slist *next =
+        curl_slist_append(t->headers, lk_secret_str(r->headers[i]));
+    if (next == NULL)
+      return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+    t->headers = next;
   }
   /* The agent never sets these; keep curl from adding its own Expect. */
-  static char no_expect[] = "Expect:";
-  t->headers[r->n_headers].data = no_expect;
-  t->headers[r->n_headers].next = NULL;
+  struct curl_slist *next = curl_slist_append(t->headers, "Expect:");
+  if (next == NULL)
+    return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  t->headers = next;
 
   int64_t left = t->deadline_ms - lk_now_ms();
   if (left < 1)
