@@ -7,7 +7,9 @@
  * HEAD answers without waiting for a body; the body cap, the deadline,
  * an unreachable vendor, a non-HTTP scheme and caller cancellation each
  * end in their exact status; slow transfers overlap; sequential requests
- * share one keep-alive connection; destroy fails everything in flight.
+ * share one keep-alive connection; destroy fails everything in flight;
+ * submits from several threads, to an idle or a busy forwarder, are never
+ * left asleep; a reused easy handle keeps nothing of its last request.
  * Destinations: a loopback vendor is refused with LK_FAILED_PRECONDITION
  * (not LK_UNAVAILABLE) unless the request allows private addresses, also
  * when it comes by name ("localhost") or over a new keep-alive slot, and
