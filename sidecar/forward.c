@@ -2,13 +2,19 @@
  * forward.c - the forwarder thread: a curl multi loop fed by a queue.
  *
  * Submitters append to a mutex-protected queue and wake the loop with
- * curl_multi_wakeup; the loop adds queued transfers, drives curl, and
- * completes finished ones. Cancellation is polled every loop turn (at
- * most 50 ms apart), so a client that gives up frees its connection
+ * curl_multi_wakeup, but only when the loop has marked itself (under the
+ * same mutex, after finding the queue empty) as about to wait: a busy loop
+ * takes the queue on its next turn, and the pipe write it would not need
+ * costs the submitter a system call. The loop adds queued transfers,
+ * drives curl, and completes finished ones. Cancellation is polled every loop
+ * turn (at most 50 ms apart), so a client that gives up frees its connection
  * quickly. Everything curl allocates goes through wiping allocators
  * (lib/wipealloc, installed by lk_forward_global_init), because curl keeps
- * private copies of the URL, headers and received bytes, any of which may hold
- * a secret.
+ * private copies of the URL, headers and received bytes, any of which may
+ * hold a secret. Easy handles are reset and pooled between transfers (every
+ * option is set again for each one); a pooled handle's buffers may still
+ * hold the tail of its last response, so the pool is freed, and wiped,
+ * after IDLE_WAIT_MS with nothing in flight.
  *
  * Destinations are checked in curl's open-socket callback, which runs for
  * every new connection with the very address about to be connected to:
@@ -40,6 +46,17 @@
 #include "lib/wipealloc.h"
 
 #define MAX_HEADER_BYTES (64 * 1024)
+
+/* Idle easy handles kept for reuse: enough for the transfers a busy
+ * sidecar has in flight at once, each a few tens of KiB. */
+#define EASY_POOL_MAX 64
+
+/* With nothing in flight there is nothing to poll for cancellation or a
+ * deadline, and a submit or destroy wakes the thread: the long wait only
+ * bounds the harm of a bug, and a lost wake-up shows in tests as seconds,
+ * not as a hidden 50 ms. Pooled easy handles are freed after this long
+ * with nothing in flight. */
+#define IDLE_WAIT_MS 10000
 
 lk_status lk_forward_global_init(lk_err *err) {
   CURLcode rc = curl_global_init_mem(CURL_GLOBAL_DEFAULT, lk_wipealloc_malloc,
@@ -161,6 +178,7 @@ int lk_forward_url_host_is_private(const char *url) {
 
 typedef struct transfer {
   struct transfer *next;
+  struct lk_forwarder *f;
   const lk_http_request *req;
   int64_t deadline_ms;
   int64_t sent_ms;
@@ -188,6 +206,20 @@ struct lk_forwarder {
   transfer *queue;  /* submitted, not yet added (guarded by mu) */
   transfer *active; /* owned by the thread */
   int stopping;     /* guarded by mu */
+  /* Set (under mu) by the thread only after it saw an empty queue and
+   * before it waits in curl_multi_poll; cleared when a submitter wakes it
+   * and when the thread looks at the queue again. A submitter writes to
+   * curl's wakeup pipe only when it finds the mark set: a busy thread
+   * takes the queue on its next turn anyway. */
+  int waiting;
+  /* Easy handles of finished transfers, reset and kept for the next ones
+   * (owned by the thread): creating one per request cost more than the
+   * transfer's own bookkeeping. Freed once nothing has been in flight for
+   * IDLE_WAIT_MS, so what curl's buffers held of the last responses does
+   * not linger in an idle process. */
+  CURL *idle_easy[EASY_POOL_MAX];
+  size_t n_idle_easy;
+  int64_t last_done_ms; /* when a handle last went back to the pool */
 };
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userp) {
@@ -292,13 +324,42 @@ static int on_prereq(void *clientp, char *primary_ip, char *local_ip,
   return CURL_PREREQFUNC_ABORT;
 }
 
+/* Frees every pooled easy handle (curl's allocator wipes their buffers). */
+static void easy_pool_drain(lk_forwarder *f) {
+  while (f->n_idle_easy > 0)
+    curl_easy_cleanup(f->idle_easy[--f->n_idle_easy]);
+}
+
+/* A handle for a new transfer: a pooled one (reset when it was pooled, so
+ * it carries no option of its last transfer) or a fresh one. */
+static CURL *easy_take(lk_forwarder *f) {
+  if (f->n_idle_easy > 0)
+    return f->idle_easy[--f->n_idle_easy];
+  return curl_easy_init();
+}
+
+/* Takes back e, no longer in the multi handle: reset to curl's defaults at
+ * once, so no header list, credential, body or callback pointer of the
+ * finished transfer survives, then pooled, or freed when the pool is
+ * full. */
+static void easy_give_back(lk_forwarder *f, CURL *e) {
+  f->last_done_ms = lk_now_ms();
+  if (f->n_idle_easy == EASY_POOL_MAX) {
+    curl_easy_cleanup(e);
+    return;
+  }
+  curl_easy_reset(e);
+  f->idle_easy[f->n_idle_easy++] = e;
+}
+
 static void transfer_free(transfer *t) {
+  if (t->easy != NULL)
+    easy_give_back(t->f, t->easy);
   if (t->headers != NULL) {
-    /* Header copies live in curl's (wiping) allocator; free wipes them. */
+    /* Header copies live in curl's (wiping) allocator; free wipes them.
+     * The handle was reset first, so curl holds no pointer to them. */
     curl_slist_free_all(t->headers);
   }
-  if (t->easy != NULL)
-    curl_easy_cleanup(t->easy);
   lk_secret_buf_free(t->body);
   lk_secret_buf_free(t->head);
   free(t);
@@ -340,7 +401,7 @@ static lk_status setup_easy(lk_forwarder *f, transfer *t, lk_err *err) {
   const lk_http_request *r = t->req;
   t->body = lk_secret_buf_new(f->opts.max_response_bytes);
   t->head = lk_secret_buf_new(MAX_HEADER_BYTES);
-  t->easy = curl_easy_init();
+  t->easy = easy_take(f);
   if (t->body == NULL || t->head == NULL || t->easy == NULL) {
     return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
   }
@@ -388,6 +449,9 @@ static lk_status setup_easy(lk_forwarder *f, transfer *t, lk_err *err) {
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(e, CURLOPT_PROXY, ""); /* not even from the environment */
+  /* No host goes through a proxy; this also spares curl reading no_proxy
+   * and NO_PROXY from the environment for every request. */
+  curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, t);
   curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
@@ -479,6 +543,12 @@ static void finish_transfer(lk_forwarder *f, transfer *t, CURLcode rc) {
 }
 
 static int64_t poll_wait_ms(const lk_forwarder *f) {
+  if (f->active == NULL) {
+    if (f->n_idle_easy == 0)
+      return IDLE_WAIT_MS;
+    int64_t until_drain = f->last_done_ms + IDLE_WAIT_MS - lk_now_ms();
+    return until_drain < 1 ? 1 : until_drain;
+  }
   int64_t wait = 50;
   int64_t now = lk_now_ms();
   for (const transfer *t = f->active; t != NULL; t = t->next) {
@@ -495,6 +565,7 @@ static void *forwarder_main(void *arg) {
     transfer *incoming = f->queue;
     f->queue = NULL;
     int stopping = f->stopping;
+    f->waiting = 0;
     pthread_mutex_unlock(&f->mu);
 
     while (incoming != NULL) {
@@ -561,7 +632,19 @@ static void *forwarder_main(void *arg) {
       if (done != NULL)
         finish_transfer(f, done, rc);
     }
-    curl_multi_poll(f->multi, NULL, 0, (int)poll_wait_ms(f), NULL);
+    /* Wait only on an empty queue, and say so under mu first: a submit
+     * after this point sees the mark and writes to the wakeup pipe, which
+     * curl_multi_poll then returns for even if the write came first. */
+    pthread_mutex_lock(&f->mu);
+    int idle = f->queue == NULL && !f->stopping;
+    f->waiting = idle;
+    pthread_mutex_unlock(&f->mu);
+    if (idle && f->active == NULL && f->n_idle_easy > 0 &&
+        lk_now_ms() - f->last_done_ms >= IDLE_WAIT_MS) {
+      easy_pool_drain(f);
+    }
+    if (idle)
+      curl_multi_poll(f->multi, NULL, 0, (int)poll_wait_ms(f), NULL);
   }
   return NULL;
 }
@@ -617,6 +700,7 @@ void lk_forwarder_submit(lk_forwarder *f, const lk_http_request *req,
     done(ctx, &res);
     return;
   }
+  t->f = f;
   t->req = req;
   t->allow_private = allow_private;
   t->deadline_ms = deadline_ms;
@@ -627,8 +711,11 @@ void lk_forwarder_submit(lk_forwarder *f, const lk_http_request *req,
   /* Appending at the head reverses order within one wake-up; harmless. */
   t->next = f->queue;
   f->queue = t;
+  int wake = f->waiting;
+  f->waiting = 0; /* one write is enough until the thread waits again */
   pthread_mutex_unlock(&f->mu);
-  curl_multi_wakeup(f->multi);
+  if (wake)
+    curl_multi_wakeup(f->multi);
 }
 
 void lk_forwarder_destroy(lk_forwarder *f) {
@@ -646,6 +733,7 @@ void lk_forwarder_destroy(lk_forwarder *f) {
     complete_error(t, LK_UNAVAILABLE, "%s",
                    "the sidecar is shutting down: retry on another one");
   }
+  easy_pool_drain(f);
   curl_multi_cleanup(f->multi);
   curl_slist_free_all(f->resolve);
   pthread_mutex_destroy(&f->mu);

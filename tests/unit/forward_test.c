@@ -7,7 +7,9 @@
  * HEAD answers without waiting for a body; the body cap, the deadline,
  * an unreachable vendor, a non-HTTP scheme and caller cancellation each
  * end in their exact status; slow transfers overlap; sequential requests
- * share one keep-alive connection; destroy fails everything in flight.
+ * share one keep-alive connection; destroy fails everything in flight;
+ * submits from several threads, to an idle or a busy forwarder, are never
+ * left asleep; a reused easy handle keeps nothing of its last request.
  * Destinations: a loopback vendor is refused with LK_FAILED_PRECONDITION
  * (not LK_UNAVAILABLE) unless the request allows private addresses, also
  * when it comes by name ("localhost") or over a new keep-alive slot, and
@@ -463,6 +465,77 @@ static void test_get_with_headers(void **state) {
   assert_true(o.sent_ms >= before);
   assert_true(o.sent_ms <= o.done_ms);
   outcome_clear(&o);
+}
+
+/* Several threads submit, some in bursts while the forwarder is busy,
+ * some after pauses long enough for it to fall asleep in curl_multi_poll
+ * (whose idle wait is 10 s): a submit whose wake-up were lost would wait
+ * out that sleep and miss its 4 s deadline. */
+enum { SUBMITTERS = 6, PER_SUBMITTER = 40 };
+
+typedef struct {
+  lk_forwarder *f;
+  unsigned seed;
+  request q[PER_SUBMITTER];
+  outcome o[PER_SUBMITTER];
+  int64_t submitted_ms[PER_SUBMITTER];
+} submitter;
+
+static void *submitter_main(void *arg) {
+  submitter *s = arg;
+  char url[256];
+  url_for(url, sizeof(url), "/headers");
+  for (int i = 0; i < PER_SUBMITTER; i++) {
+    request_init(&s->q[i], "GET", url, NULL, NULL, NULL);
+    s->submitted_ms[i] = lk_now_ms();
+    lk_forwarder_submit(s->f, &s->q[i].r, 1, s->submitted_ms[i] + 4000, NULL,
+                        on_done, &s->o[i]);
+    /* Every fourth request ends a burst: pause 0-40 ms so the forwarder
+     * goes idle between some submits and is busy during others. */
+    if (i % 4 == 3)
+      usleep((useconds_t)(rand_r(&s->seed) % 40) * 1000);
+  }
+  return NULL;
+}
+
+static void test_concurrent_submits_are_never_left_asleep(void **state) {
+  fx *x = *state;
+  submitter *s = calloc(SUBMITTERS, sizeof(*s));
+  assert_non_null(s);
+  pthread_t th[SUBMITTERS];
+  for (int round = 0; round < 3; round++) {
+    for (int k = 0; k < SUBMITTERS; k++) {
+      memset(&s[k], 0, sizeof(s[k]));
+      s[k].f = x->f;
+      s[k].seed = (unsigned)(round * SUBMITTERS + k + 1);
+      assert_int_equal(pthread_create(&th[k], NULL, submitter_main, &s[k]), 0);
+    }
+    for (int k = 0; k < SUBMITTERS; k++)
+      assert_int_equal(pthread_join(th[k], NULL), 0);
+    for (int k = 0; k < SUBMITTERS; k++) {
+      wait_done(s[k].o, PER_SUBMITTER);
+      for (int i = 0; i < PER_SUBMITTER; i++) {
+        outcome *o = &s[k].o[i];
+        assert_int_equal(o->calls, 1);
+        if (o->status != LK_OK)
+          fail_msg("round %d submitter %d request %d: %s", round, k, i,
+                   o->err.msg);
+        assert_int_equal(o->http_status, 200);
+        assert_true(o->done_ms - s[k].submitted_ms[i] < 4000);
+        outcome_clear(o);
+        request_clear(&s[k].q[i]);
+      }
+    }
+    /* The forwarder is idle now: one more submit must wake it. */
+    outcome o = {0};
+    int64_t start = lk_now_ms();
+    usleep(100 * 1000);
+    run_one(x->f, "GET", "/headers", NULL, NULL, NULL, 4000, &o);
+    assert_int_equal(o.status, LK_OK);
+    assert_true(o.done_ms - start < 4000);
+    outcome_clear(&o);
+  }
+  free(s);
 }
 
 static void test_basic_credentials_are_sent(void **state) {
@@ -988,6 +1061,75 @@ static void test_reused_connection_is_checked_for_each_request(void **state) {
   assert_int_equal(access_lines(), before + 2);
 }
 
+/* Finished transfers' easy handles are reset and reused (the pool is
+ * last-in first-out, and these requests run one at a time, so each one
+ * after the first runs on the handle of the one before). Nothing of a
+ * request carries over to the next: not its headers, credentials, method,
+ * body or HEAD mode, and not its permission to reach private addresses,
+ * neither on a new connection (127.0.0.2) nor on the keep-alive one. */
+static void test_reused_handle_keeps_nothing_of_the_last_request(void **state) {
+  fx *x = *state;
+  char url[256];
+  size_t before = access_lines();
+  outcome o = {0};
+
+  /* 1: allowed, with a header and basic credentials. */
+  const char *hdrs[] = {"X-Test: from-request-one", NULL};
+  run_one(x->f, "GET", "/headers", NULL, hdrs, "user:pass", 20000, &o);
+  assert_int_equal(o.status, LK_OK);
+  assert_string_equal(o.body,
+                      "method=GET test=from-request-one "
+                      "auth=Basic dXNlcjpwYXNz ua=latchkey/1 "
+                      "expect=[] query=");
+  outcome_clear(&o);
+
+  /* 2 and 3: not allowed, on a new connection and on the kept one. */
+  snprintf(url, sizeof(url), "http://127.0.0.2:%d/headers", g_nginx.port);
+  run_dest(x->f, url, 0, &o);
+  assert_int_equal(o.status, LK_FAILED_PRECONDITION);
+  assert_string_equal(o.err.msg,
+                      "the vendor's host resolves to a private address "
+                      "(127.0.0.2); only loopback vendors may, with "
+                      "--allow-insecure-vendors");
+  outcome_clear(&o);
+  url_for(url, sizeof(url), "/headers");
+  run_dest(x->f, url, 0, &o);
+  assert_int_equal(o.status, LK_FAILED_PRECONDITION);
+  assert_non_null(strstr(o.err.msg, "private address (127.0.0.1)"));
+  outcome_clear(&o);
+
+  /* 4: allowed again, bare: no header or credential of request 1. */
+  run_one(x->f, "GET", "/headers", NULL, NULL, NULL, 20000, &o);
+  assert_int_equal(o.status, LK_OK);
+  assert_string_equal(o.body,
+                      "method=GET test= auth= ua=latchkey/1 "
+                      "expect=[] query=");
+  outcome_clear(&o);
+
+  /* 5 and 6: a POST body does not ride along on the next GET. */
+  run_one(x->f, "POST", "/body", "secret-body", NULL, NULL, 20000, &o);
+  assert_int_equal(o.status, LK_OK);
+  assert_string_equal(o.body, "POST:secret-body");
+  outcome_clear(&o);
+  run_one(x->f, "GET", "/body", NULL, NULL, NULL, 20000, &o);
+  assert_int_equal(o.status, LK_OK);
+  assert_string_equal(o.body, "GET:");
+  outcome_clear(&o);
+
+  /* 7 and 8: HEAD's no-body mode does not stick. */
+  run_one(x->f, "HEAD", "/head", NULL, NULL, NULL, 20000, &o);
+  assert_int_equal(o.status, LK_OK);
+  assert_int_equal(o.body_len, 0);
+  outcome_clear(&o);
+  run_one(x->f, "GET", "/head", NULL, NULL, NULL, 20000, &o);
+  assert_int_equal(o.status, LK_OK);
+  assert_string_equal(o.body, "twelve bytes");
+  outcome_clear(&o);
+
+  /* The refused requests never reached nginx. */
+  assert_int_equal(access_lines(), before + 6);
+}
+
 static void test_literal_private_hosts(void **state) {
   (void)state;
   const char *yes[] = {
@@ -1023,6 +1165,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_get_with_headers, setup, teardown),
       cmocka_unit_test_setup_teardown(test_basic_credentials_are_sent, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(
+          test_concurrent_submits_are_never_left_asleep, setup, teardown),
       cmocka_unit_test_setup_teardown(test_post_body_arrives, setup, teardown),
       cmocka_unit_test_setup_teardown(test_redirect_is_not_followed, setup,
                                       teardown),
@@ -1058,6 +1202,9 @@ int main(void) {
           test_allowed_name_connects_to_the_address_it_resolved_to),
       cmocka_unit_test_setup_teardown(
           test_reused_connection_is_checked_for_each_request, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_reused_handle_keeps_nothing_of_the_last_request, setup,
+          teardown),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
