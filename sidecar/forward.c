@@ -181,7 +181,7 @@ typedef struct transfer {
   struct lk_forwarder *f;
   const lk_http_request *req;
   int64_t deadline_ms;
-  int64_t sent_ms;
+  int64_t added_us; /* monotonic µs when the handle joined the multi */
   lk_forward_cancelled cancelled;
   lk_forward_done done;
   void *ctx;
@@ -367,7 +367,6 @@ static void transfer_free(transfer *t) {
 
 /* Reports res to the submitter and frees t. */
 static void complete(transfer *t, lk_forward_result *res) {
-  res->sent_ms = t->sent_ms;
   t->done(t->ctx, res);
   transfer_free(t);
 }
@@ -476,6 +475,31 @@ static lk_status setup_easy(lk_forwarder *f, transfer *t, lk_err *err) {
   return LK_OK;
 }
 
+/* Sets res's sent and answered times from curl's timings of t, which
+ * count from when curl started the transfer (just after t->added_us). A
+ * new connection's TCP and TLS set-up is network time, not the sidecar's:
+ * it is taken out of the time before the request was written. */
+static void transfer_times(transfer *t, lk_forward_result *res) {
+  curl_off_t pre = 0, total = 0, conn = 0, tls = 0;
+  long new_conns = 0;
+  if (curl_easy_getinfo(t->easy, CURLINFO_PRETRANSFER_TIME_T, &pre) !=
+          CURLE_OK ||
+      curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &total) != CURLE_OK)
+    return;
+  curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &new_conns);
+  if (new_conns > 0) {
+    curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME_T, &conn);
+    curl_easy_getinfo(t->easy, CURLINFO_APPCONNECT_TIME_T, &tls);
+  }
+  curl_off_t setup = tls > conn ? tls : conn;
+  if (setup > pre)
+    setup = pre;
+  if (total < pre)
+    total = pre;
+  res->sent_us = t->added_us + (int64_t)(pre - setup);
+  res->answered_us = t->added_us + (int64_t)total;
+}
+
 static void finish_transfer(lk_forwarder *f, transfer *t, CURLcode rc) {
   curl_multi_remove_handle(f->multi, t->easy);
   lk_forward_result res;
@@ -495,6 +519,7 @@ static void finish_transfer(lk_forwarder *f, transfer *t, CURLcode rc) {
     }
     res.status = LK_OK;
     res.http_status = code;
+    transfer_times(t, &res);
     res.body = body;
     res.headers = head;
     complete(t, &res);
@@ -578,11 +603,11 @@ static void *forwarder_main(void *arg) {
                        "the sidecar is shutting down: retry on another one");
         continue;
       }
-      t->sent_ms = lk_now_ms();
       if (setup_easy(f, t, &err) != LK_OK) {
         complete_error(t, err.code, "%s", err.msg);
         continue;
       }
+      t->added_us = lk_now_us();
       CURLMcode mc = curl_multi_add_handle(f->multi, t->easy);
       if (mc != CURLM_OK) {
         complete_error(t, LK_INTERNAL, "curl_multi_add_handle: %s",

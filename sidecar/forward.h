@@ -52,7 +52,14 @@ typedef struct {
   const lk_secret *body;    /* raw body, unscrubbed (guarded memory) */
   const lk_secret *headers; /* raw "Name: value\r\n" lines of the final
                                response, unscrubbed (guarded memory) */
-  int64_t sent_ms;          /* monotonic ms when the transfer started */
+  /* When an HTTP response arrived (status LK_OK), from curl's timings of
+   * the transfer: monotonic µs when the request started to be written to
+   * the connection (after any new connection's TCP and TLS set-up, which
+   * is network time), and when the whole answer had been read. The time
+   * between them is the vendor's and the network's; the rest of a call is
+   * the sidecar's own (DESIGN §9's sidecar-internal time). 0 otherwise. */
+  int64_t sent_us;
+  int64_t answered_us;
 } lk_forward_result;
 
 /* Called once per submitted request, on the forwarder thread. */

@@ -80,7 +80,8 @@ typedef struct {
   char *op;
   char *cred_id;
   int64_t start_us;
-  int64_t submitted_us;   /* when the request went to the forwarder */
+  int64_t submitted_us;   /* when the request went to the forwarder, then
+                             when it was written to the vendor */
   json_t *hashes;         /* field name -> audit hash, or NULL */
   const char *hash_error; /* static text when hashes is NULL, or NULL */
   /* oauth2 credential: what a retry after a 401 needs. */
@@ -152,7 +153,7 @@ static lk_status register_metrics(lk_toolcalls *t, lk_metrics *m, lk_err *err) {
     st = lk_metrics_histogram(
         m, "latchkey_sidecar_internal_seconds",
         "Sidecar-internal time of Calls that reached the vendor: arrival to "
-        "request handed to the forwarder, plus vendor answer to reply built.",
+        "request written to the vendor, plus answer read to reply built.",
         NULL, 0, internal_buckets,
         sizeof(internal_buckets) / sizeof(internal_buckets[0]), &t->m_internal,
         err);
@@ -819,7 +820,8 @@ static void count_vendor_error(const pending *p, lk_status st,
 }
 
 /* Returns the sidecar-internal time of the leg whose answer came back at
- * back_us: its start to submission, plus the answer to now. */
+ * back_us: its start to the request's writing (submission when the
+ * forwarder could not say), plus the answer to now. */
 static int64_t leg_internal_us(const pending *p, int64_t back_us) {
   return (p->submitted_us - p->leg_start_us) + (lk_now_us() - back_us);
 }
@@ -1074,6 +1076,13 @@ static void on_refresh_outcome(void *ctx, lk_oauth_retry_outcome outcome,
 static void on_vendor_done(void *ctx, const lk_forward_result *res) {
   int64_t back_us = lk_now_us();
   pending *p = ctx;
+  if (res->sent_us >= p->submitted_us && res->answered_us >= res->sent_us &&
+      res->answered_us <= back_us) {
+    /* The forwarder's queue and curl's own work count as the sidecar's;
+     * only the vendor's answer (and new connections' set-up) does not. */
+    p->submitted_us = res->sent_us;
+    back_us = res->answered_us;
+  }
   lk_err err;
   lk_err_clear(&err);
   count_vendor_error(p, res->status, res->http_status);
