@@ -3,9 +3,17 @@
  *
  * Every completion-queue tag points at a struct whose first member is a
  * tag_kind, so a worker can tell request notifications from call batches.
- * A call holds two references: one for its RECV_CLOSE_ON_SERVER batch
- * (which tells us about client cancellation) and one for its final send
- * batch; whichever completes last frees it on the worker that accepted it.
+ * A unary call's RECV_CLOSE_ON_SERVER op (which tells us about client
+ * cancellation) rides in its final send batch, so a call costs grpc core
+ * two batches and two completions (request, reply) instead of three: a
+ * separate close batch from the start cost about a sixth of the server's
+ * CPU per call (docs/PERFORMANCE.md). Only a handler that asks
+ * lk_rpc_call_cancelled needs to learn of a cancel before it replies; the
+ * first such question once the call is CANCEL_WATCH_AFTER_MS old starts
+ * the close batch on its own. A call holds one
+ * reference per batch in flight (the reply's, plus the early close
+ * batch's if one was started); whichever completes last frees it on the
+ * worker that accepted it.
  * Methods a listener does not serve get UNIMPLEMENTED at once from one
  * generic request per listener (grpc core would otherwise hold such calls
  * until their deadline).
@@ -55,6 +63,10 @@
 
 #define MAX_LISTENERS 8
 #define MAX_REQUEST_BYTES (4 * 1024 * 1024)
+/* lk_rpc_call_cancelled starts watching for a cancel only once a call is
+ * this old: latchkeyd's forwarder asks about every call in flight, and
+ * most are answered sooner, so most calls never pay for the watch. */
+#define CANCEL_WATCH_AFTER_MS 10
 /* Largest channelz JSON answer we parse (a page is at most 100 refs). */
 #define CHANNELZ_MAX_JSON (1024 * 1024)
 #define CHANNELZ_PAGE 100
@@ -144,13 +156,15 @@ struct lk_rpc_call {
   grpc_call *call;
   grpc_metadata_array md;
   int64_t deadline_ms;
+  int64_t accepted_ms; /* lk_now_ms() when accepted */
   unsigned char *req;
   size_t req_len;
   int close_cancelled; /* written by grpc when the close batch completes */
   atomic_int closed;
+  atomic_int close_started; /* a RECV_CLOSE_ON_SERVER op was started */
   atomic_int refs;
   atomic_int finished;
-  grpc_op ops[3];
+  grpc_op ops[4];
   grpc_byte_buffer *resp;
   grpc_slice details;
   int has_details;
@@ -288,10 +302,12 @@ static void accept_call(request_slot *slot) {
   c->l = slot->l;
   c->method = slot->method;
   c->call = slot->call;
-  c->md = slot->md; /* moved */
-  atomic_init(&c->refs, 2);
+  c->md = slot->md;         /* moved */
+  atomic_init(&c->refs, 1); /* the reply batch's */
   atomic_init(&c->closed, 0);
+  atomic_init(&c->close_started, 0);
   atomic_init(&c->finished, 0);
+  c->accepted_ms = lk_now_ms();
   gpr_timespec dl = gpr_convert_clock_type(slot->deadline, GPR_CLOCK_MONOTONIC);
   if (gpr_time_cmp(dl, gpr_inf_future(GPR_CLOCK_MONOTONIC)) == 0) {
     c->deadline_ms = INT64_MAX;
@@ -309,15 +325,6 @@ static void accept_call(request_slot *slot) {
   pthread_mutex_lock(&srv->mu);
   srv->live_calls++;
   pthread_mutex_unlock(&srv->mu);
-
-  grpc_op close_op;
-  memset(&close_op, 0, sizeof(close_op));
-  close_op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-  close_op.data.recv_close_on_server.cancelled = &c->close_cancelled;
-  if (grpc_call_start_batch(c->call, &close_op, 1, &c->close_tag, NULL) !=
-      GRPC_CALL_OK) {
-    call_release(c);
-  }
 
   if (bad_payload) {
     lk_err err;
@@ -1283,10 +1290,27 @@ int64_t lk_rpc_call_deadline_ms(const lk_rpc_call *c) {
   return c->deadline_ms;
 }
 
-int lk_rpc_call_cancelled(const lk_rpc_call *c) {
+int lk_rpc_call_cancelled(lk_rpc_call *c) {
   if (atomic_load(&c->closed))
     return 1;
-  return c->deadline_ms != INT64_MAX && lk_now_ms() >= c->deadline_ms;
+  int64_t now = lk_now_ms();
+  if (!atomic_load(&c->close_started) &&
+      now - c->accepted_ms >= CANCEL_WATCH_AFTER_MS) {
+    /* The ref first: send_final may race us to close_started. */
+    atomic_fetch_add(&c->refs, 1);
+    if (atomic_exchange(&c->close_started, 1) != 0) {
+      call_release(c);
+    } else {
+      grpc_op close_op;
+      memset(&close_op, 0, sizeof(close_op));
+      close_op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+      close_op.data.recv_close_on_server.cancelled = &c->close_cancelled;
+      if (grpc_call_start_batch(c->call, &close_op, 1, &c->close_tag, NULL) !=
+          GRPC_CALL_OK)
+        call_release(c);
+    }
+  }
+  return c->deadline_ms != INT64_MAX && now >= c->deadline_ms;
 }
 
 static void send_final(lk_rpc_call *c, grpc_status_code code, const char *msg,
@@ -1318,6 +1342,11 @@ static void send_final(lk_rpc_call *c, grpc_status_code code, const char *msg,
     c->ops[n].data.send_status_from_server.status_details = &c->details;
   }
   n++;
+  if (atomic_exchange(&c->close_started, 1) == 0) {
+    c->ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    c->ops[n].data.recv_close_on_server.cancelled = &c->close_cancelled;
+    n++;
+  }
   grpc_call_error e =
       grpc_call_start_batch(c->call, c->ops, n, &c->send_tag, NULL);
   if (e != GRPC_CALL_OK) {

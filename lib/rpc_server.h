@@ -154,8 +154,11 @@ const char *lk_rpc_call_metadata(const lk_rpc_call *c, const char *key,
  * INT64_MAX when the client set none. */
 int64_t lk_rpc_call_deadline_ms(const lk_rpc_call *c);
 
-/* Returns nonzero once the client has cancelled or the deadline passed. */
-int lk_rpc_call_cancelled(const lk_rpc_call *c);
+/* Returns nonzero once the client has cancelled or the deadline passed.
+ * A cancel is watched for from the first call made once the call is
+ * 10 ms old (a batch grpc core answers on the worker) and shows from a
+ * later call on: poll it. Any thread, until the call is finished. */
+int lk_rpc_call_cancelled(lk_rpc_call *c);
 
 /* Sends resp as the reply with status OK and releases the call. */
 void lk_rpc_call_finish(lk_rpc_call *c, const unsigned char *resp, size_t len);
