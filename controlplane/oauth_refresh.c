@@ -976,7 +976,12 @@ static void *scheduler_main(void *arg) {
     for (size_t i = 0; i < r->n_forced; i++) {
       work_item *f = &r->forced[i];
       if (is_in_flight(r, f->id)) {
-        continue; /* the attempt in flight answers its waiters */
+        /* Kept for after it: the attempt in flight answers the waiters
+         * that asked about an older generation than it makes, and this
+         * item then finds them answered; one that asked about the
+         * generation it makes needs another attempt. */
+        r->forced[keep++] = *f;
+        continue;
       }
       int done = 0;
       for (size_t k = 0; k < r->n_queue; k++) {
@@ -1254,8 +1259,9 @@ void lk_oauth_refresh_request_async(lk_oauth_refresh *r, const char *cred_id,
       if (generation > r->forced[i].asked) {
         r->forced[i].asked = generation;
       }
-    } else if (!is_in_flight(r, cred_id) &&
-               r->n_forced < LK_OAUTH_REFRESH_MAX_QUEUE) {
+    } else if (r->n_forced < LK_OAUTH_REFRESH_MAX_QUEUE) {
+      /* Even with an attempt for it in flight: that attempt may make the
+       * very generation this waiter saw refused (see the scheduler). */
       work_item *f = &r->forced[r->n_forced++];
       snprintf(f->id, sizeof(f->id), "%s", cred_id);
       f->asked = generation;

@@ -518,6 +518,9 @@ static void *thread_main(void *arg) {
     }
     if (o.answer) {
       answer_waiters(r, item.id, &o);
+      /* Requests that joined it about the very generation it made (seen
+       * refused before it had finished) need one more attempt. */
+      requeue_waiters(r, item.id, o.st == LK_OK ? o.gen : 0);
     } else {
       requeue_waiters(r, item.id, now_gen);
     }

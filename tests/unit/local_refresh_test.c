@@ -486,15 +486,16 @@ static void on_demand_ends_at_its_deadline(void **state) {
 
 typedef struct {
   fx *f;
+  uint64_t asked; /* 0: 1 */
   lk_status st;
   uint64_t gen;
+  lk_err err;
 } asker;
 
 static void *ask(void *arg) {
   asker *a = arg;
-  lk_err err;
-  a->st = lk_local_refresh_request(a->f->r, CRED, 1, lk_now_ms() + WAIT_MS,
-                                   &a->gen, &err);
+  a->st = lk_local_refresh_request(a->f->r, CRED, a->asked ? a->asked : 1,
+                                   lk_now_ms() + WAIT_MS, &a->gen, &a->err);
   return NULL;
 }
 
@@ -506,6 +507,7 @@ static void on_demand_askers_share_one_request(void **state) {
   create(f, 3600);
   ts_set_delay_ms(f->ts, 500);
   for (int i = 0; i < 6; i++) {
+    memset(&a[i], 0, sizeof(a[i]));
     a[i].f = f;
     assert_int_equal(pthread_create(&th[i], NULL, ask, &a[i]), 0);
   }
@@ -519,10 +521,48 @@ static void on_demand_askers_share_one_request(void **state) {
   assert_int_equal(s.reuse, 0);
 }
 
+/* A request about the generation the attempt in flight is about to make
+ * (seen refused before the attempt had finished) gets an attempt of its
+ * own afterwards instead of waiting out its deadline. */
+static void request_about_the_generation_in_flight_gets_its_own_attempt(
+    void **state) {
+  fx *f = *state;
+  start(f, 2000, 1000);
+  create(f, 3600);
+  ts_set_delay_ms(f->ts, 600);
+  asker first, second;
+  memset(&first, 0, sizeof(first));
+  memset(&second, 0, sizeof(second));
+  first.f = second.f = f;
+  first.asked = 1;
+  second.asked = 2;
+  pthread_t t1, t2;
+  assert_int_equal(pthread_create(&t1, NULL, ask, &first), 0);
+  int64_t end = lk_now_ms() + WAIT_MS;
+  while (ts_get_stats(f->ts).requests == 0) {
+    if (lk_now_ms() > end) {
+      fail_msg("no token request");
+    }
+    usleep(10 * 1000);
+  }
+  assert_int_equal(pthread_create(&t2, NULL, ask, &second), 0);
+  pthread_join(t1, NULL);
+  pthread_join(t2, NULL);
+  if (first.st != LK_OK)
+    fail_msg("first asker: %s", first.err.msg);
+  if (second.st != LK_OK)
+    fail_msg("second asker: %s", second.err.msg);
+  assert_int_equal(first.gen, 2);
+  assert_int_equal(second.gen, 3);
+  assert_int_equal(ts_get_stats(f->ts).requests, 2);
+}
+
 static void stop_answers_a_waiting_request(void **state) {
   fx *f = *state;
   pthread_t th;
-  asker a = {f, LK_OK, 0};
+  asker a;
+  memset(&a, 0, sizeof(a));
+  a.f = f;
   lk_err err;
   uint64_t gen = 0;
   start(f, 2000, 1000);
@@ -575,6 +615,9 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(on_demand_askers_share_one_request, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(
+          request_about_the_generation_in_flight_gets_its_own_attempt, setup,
+          teardown),
       cmocka_unit_test_setup_teardown(stop_answers_a_waiting_request, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(start_needs_its_parts, setup, teardown),

@@ -815,6 +815,41 @@ static void on_demand_askers_share_one_request(void **state) {
   world_free(w);
 }
 
+/* A request about the generation an attempt still in flight is about to
+ * make (a replica saw it, and the vendor refused it, before the control
+ * plane's worker had finished) gets an attempt of its own afterwards,
+ * instead of waiting out its deadline with nothing asked. */
+static void request_about_the_generation_in_flight_gets_its_own_attempt(
+    void **state) {
+  (void)state;
+  world *w = world_new();
+  cp_fx c;
+  char exp[24];
+  ts_set_delay_ms(w->ts, 600);
+  cp_open(&c, w);
+  expiry_in(3600, exp); /* not due by itself */
+  put_oauth_cred(&c, w, CRED, w->access, w->refresh, exp, NULL, 1);
+  cp_start(&c, 2000, 0, 0, "cp-a");
+  lk_oauth_refresh *r = atomic_load(&c.oauth);
+  asker first = {.r = r, .asked = 1};
+  asker second = {.r = r, .asked = 2};
+  pthread_t t1, t2;
+  assert_int_equal(pthread_create(&t1, NULL, ask, &first), 0);
+  wait_requests(w, 1); /* the attempt making generation 2 is in flight */
+  assert_int_equal(pthread_create(&t2, NULL, ask, &second), 0);
+  pthread_join(t1, NULL);
+  pthread_join(t2, NULL);
+  if (first.st != LK_OK)
+    fail_msg("first asker: %s", first.err.msg);
+  if (second.st != LK_OK)
+    fail_msg("second asker: %s", second.err.msg);
+  assert_int_equal(first.gen, 2);
+  assert_int_equal(second.gen, 3);
+  assert_int_equal(ts_get_stats(w->ts).requests, 2);
+  cp_close(&c);
+  world_free(w);
+}
+
 static void on_demand_during_backoff_fails_fast(void **state) {
   (void)state;
   world *w = world_new();
@@ -868,6 +903,8 @@ int main(void) {
       cmocka_unit_test(an_owner_update_during_a_refresh_wins),
       cmocka_unit_test(a_key_rotation_during_a_refresh_lands_under_the_new_key),
       cmocka_unit_test(on_demand_askers_share_one_request),
+      cmocka_unit_test(
+          request_about_the_generation_in_flight_gets_its_own_attempt),
       cmocka_unit_test(on_demand_during_backoff_fails_fast),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
