@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/catalog_cache.h"
 #include "lib/secret.h"
 
 /* "bind/" + id + "/tool/" + id + NUL, with room to spare. */
@@ -34,6 +35,7 @@ struct lk_catalog {
   lk_catalog_commit_fn commit; /* NULL: write to store */
   void *commit_ctx;
   pthread_mutex_t commit_mu; /* the default committer's compare and write */
+  lk_catalog_cache *peeked;  /* shared decoded records for lk_catalog_peek_* */
 };
 
 struct lk_catalog_seen {
@@ -146,6 +148,14 @@ lk_status lk_catalog_open(lk_store *store, lk_catalog **out, lk_err *err) {
     st = lk_fail(err, LK_INTERNAL, "could not create the catalog's mutex");
     goto done;
   }
+  st = lk_catalog_cache_new(LK_CATALOG_CACHE_ENTRIES, LK_CATALOG_CACHE_BYTES,
+                            &c->peeked, err);
+  if (st != LK_OK) {
+    pthread_mutex_destroy(&c->commit_mu);
+    free(c);
+    c = NULL;
+    goto done;
+  }
   c->store = store;
   *out = c;
 done:
@@ -159,6 +169,7 @@ void lk_catalog_destroy(lk_catalog *c) {
   if (c == NULL) {
     return;
   }
+  lk_catalog_cache_destroy(c->peeked);
   pthread_mutex_destroy(&c->commit_mu);
   free(c);
 }
@@ -355,6 +366,160 @@ lk_status lk_catalog_get_binding_type(lk_catalog *c, const char *budget,
                                       Latchkey__V1__Binding **out,
                                       lk_err *err) {
   return get_binding(c, budget, "type", type, out, err);
+}
+
+/* ---- shared records for the call path (lk_catalog_peek_*) ------------ */
+
+/* Appends s to key at *n (the caller bounds the total by KEY_MAX). */
+static void key_append(char *key, size_t *n, const char *s) {
+  size_t len = strlen(s);
+  memcpy(key + *n, s, len);
+  *n += len;
+  key[*n] = '\0';
+}
+
+/* Takes a shared reference to key's record, decoded as k. */
+static lk_status peek_key(lk_catalog *c, const kind *k, const char *key,
+                          const void **out, lk_err *err) {
+  const ProtobufCMessage *m = NULL;
+  lk_status st =
+      lk_catalog_cache_get(c->peeked, c->store, key, k->desc, k->noun, &m, err);
+  if (st == LK_OK) {
+    *out = m;
+  }
+  return st;
+}
+
+/* Like get_by_id, answering a shared record. */
+static lk_status peek_by_id(lk_catalog *c, const kind *k, const char *id,
+                            const void **out, lk_err *err) {
+  char key[KEY_MAX];
+  size_t n = 0;
+
+  if (!lk_catalog_valid_id(id)) {
+    return bad_id(err, k->noun);
+  }
+  key_append(key, &n, k->prefix);
+  key_append(key, &n, id);
+  lk_status st = peek_key(c, k, key, out, err);
+  if (st == LK_NOT_FOUND) {
+    return lk_fail(err, LK_NOT_FOUND, "%s '%s' not found; %s", k->noun, id,
+                   k->hint);
+  }
+  return st;
+}
+
+/* Like get_binding, answering a shared record. */
+static lk_status peek_binding(lk_catalog *c, const char *budget,
+                              const char *what, const char *id,
+                              const Latchkey__V1__Binding **out, lk_err *err) {
+  char key[KEY_MAX];
+  size_t n = 0;
+  const void *m = NULL;
+
+  if (!lk_catalog_valid_id(budget)) {
+    return bad_id(err, "budget");
+  }
+  if (!lk_catalog_valid_id(id)) {
+    return bad_id(err, what[1] == 'o' ? "tool" : "credential type");
+  }
+  key_append(key, &n, "bind/");
+  key_append(key, &n, budget);
+  key_append(key, &n, what[1] == 'o' ? "/tool/" : "/type/");
+  key_append(key, &n, id);
+  lk_status st = peek_key(c, &kind_bind, key, &m, err);
+  if (st == LK_NOT_FOUND) {
+    return lk_fail(err, LK_NOT_FOUND,
+                   "no credential is bound to %s '%s' in budget '%s'; bind "
+                   "one with `latchkeyctl bind %s --%s %s --credential CRED`",
+                   what[1] == 'o' ? "tool" : "credential type", id, budget,
+                   budget, what, id);
+  }
+  if (st == LK_OK) {
+    *out = m;
+  }
+  return st;
+}
+
+lk_status lk_catalog_peek_tool(lk_catalog *c, const char *id,
+                               const Latchkey__V1__Tool **out, lk_err *err) {
+  const void *m = NULL;
+  lk_status st = peek_by_id(c, &kind_tool, id, &m, err);
+  if (st == LK_OK) {
+    *out = m;
+  }
+  return st;
+}
+
+lk_status lk_catalog_peek_type(lk_catalog *c, const char *id,
+                               const Latchkey__V1__CredentialType **out,
+                               lk_err *err) {
+  const void *m = NULL;
+  lk_status st = peek_by_id(c, &kind_type, id, &m, err);
+  if (st == LK_OK) {
+    *out = m;
+  }
+  return st;
+}
+
+lk_status lk_catalog_peek_credential(lk_catalog *c, const char *id,
+                                     const Latchkey__V1__Credential **out,
+                                     lk_err *err) {
+  const void *m = NULL;
+  lk_status st = peek_by_id(c, &kind_cred, id, &m, err);
+  if (st == LK_OK) {
+    *out = m;
+  }
+  return st;
+}
+
+lk_status lk_catalog_peek_budget(lk_catalog *c, const char *id,
+                                 const Latchkey__V1__Budget **out,
+                                 lk_err *err) {
+  const void *m = NULL;
+  lk_status st = peek_by_id(c, &kind_budget, id, &m, err);
+  if (st == LK_OK) {
+    *out = m;
+  }
+  return st;
+}
+
+lk_status lk_catalog_peek_binding_tool(lk_catalog *c, const char *budget,
+                                       const char *tool,
+                                       const Latchkey__V1__Binding **out,
+                                       lk_err *err) {
+  return peek_binding(c, budget, "tool", tool, out, err);
+}
+
+lk_status lk_catalog_peek_binding_type(lk_catalog *c, const char *budget,
+                                       const char *type,
+                                       const Latchkey__V1__Binding **out,
+                                       lk_err *err) {
+  return peek_binding(c, budget, "type", type, out, err);
+}
+
+void lk_catalog_release_tool(const Latchkey__V1__Tool *tool) {
+  lk_catalog_cache_release(tool != NULL ? &tool->base : NULL);
+}
+
+void lk_catalog_release_type(const Latchkey__V1__CredentialType *type) {
+  lk_catalog_cache_release(type != NULL ? &type->base : NULL);
+}
+
+void lk_catalog_release_credential(const Latchkey__V1__Credential *cred) {
+  lk_catalog_cache_release(cred != NULL ? &cred->base : NULL);
+}
+
+void lk_catalog_release_budget(const Latchkey__V1__Budget *budget) {
+  lk_catalog_cache_release(budget != NULL ? &budget->base : NULL);
+}
+
+void lk_catalog_release_binding(const Latchkey__V1__Binding *bind) {
+  lk_catalog_cache_release(bind != NULL ? &bind->base : NULL);
+}
+
+void lk_catalog_peek_usage(lk_catalog *c, size_t *entries, size_t *bytes) {
+  lk_catalog_cache_usage(c->peeked, entries, bytes);
 }
 
 /* One listing in progress: the typed callback and what went wrong. */

@@ -21,8 +21,9 @@
  * unambiguous ("bind/a/" never matches budget "ab").
  *
  * Invariants:
- * - Lookups (lk_catalog_get_*) cost exactly one store get: they are on the
- *   hot path of every tool call.
+ * - Lookups (lk_catalog_get_*) cost exactly one store get; the call
+ *   path's peeks (lk_catalog_peek_*) cost at most one, none while the
+ *   store has not been written since the record was last decoded.
  * - Buffers that held a Credential encoding are wiped before they are freed.
  * - Writes never go straight to the store: lk_catalog_put_* and
  *   lk_catalog_delete_* add to an lk_store_batch, and lk_catalog_commit
@@ -40,7 +41,9 @@
  *
  * Messages returned by getters and handed to list callbacks are unpacked
  * protobuf-c messages owned by the caller: free them with the matching
- * lk_catalog_free_* (or protobuf_c_message_free_unpacked).
+ * lk_catalog_free_* (or protobuf_c_message_free_unpacked). Records from
+ * lk_catalog_peek_* are shared and const: release them with the matching
+ * lk_catalog_release_*.
  */
 #ifndef LK_CATALOG_H
 #define LK_CATALOG_H
@@ -109,6 +112,55 @@ lk_status lk_catalog_get_binding_type(lk_catalog *c, const char *budget,
                                       const char *type,
                                       Latchkey__V1__Binding **out,
                                       lk_err *err) LK_MUST_CHECK;
+
+/* Shared records for the tool-call path. Like the getters above (same
+ * validation, same messages), but the record is shared and read-only:
+ * the catalog keeps decoded records (lib/catalog_cache.h), each valid
+ * only for the store write generation it was read under, so a peek that
+ * starts after a write returned (through this catalog, another one over
+ * the same store, or a raw lk_store batch such as the replica applier's)
+ * sees that write, exactly like a getter. Ownership: *out is one
+ * reference; give it back with the matching lk_catalog_release_* (never
+ * lk_catalog_free_*, never modify it). A held record stays valid while
+ * other threads write and replace it, and even after lk_catalog_destroy,
+ * until released. Misses are not cached. Only the call path uses
+ * these; Admin, the replica applier and the control plane keep the
+ * getters and their private copies. */
+lk_status lk_catalog_peek_tool(lk_catalog *c, const char *id,
+                               const Latchkey__V1__Tool **out,
+                               lk_err *err) LK_MUST_CHECK;
+lk_status lk_catalog_peek_type(lk_catalog *c, const char *id,
+                               const Latchkey__V1__CredentialType **out,
+                               lk_err *err) LK_MUST_CHECK;
+/* The sealed fields stay sealed (ciphertext); every block of a shared
+ * credential is wiped when its last reference goes. */
+lk_status lk_catalog_peek_credential(lk_catalog *c, const char *id,
+                                     const Latchkey__V1__Credential **out,
+                                     lk_err *err) LK_MUST_CHECK;
+lk_status lk_catalog_peek_budget(lk_catalog *c, const char *id,
+                                 const Latchkey__V1__Budget **out,
+                                 lk_err *err) LK_MUST_CHECK;
+lk_status lk_catalog_peek_binding_tool(lk_catalog *c, const char *budget,
+                                       const char *tool,
+                                       const Latchkey__V1__Binding **out,
+                                       lk_err *err) LK_MUST_CHECK;
+lk_status lk_catalog_peek_binding_type(lk_catalog *c, const char *budget,
+                                       const char *type,
+                                       const Latchkey__V1__Binding **out,
+                                       lk_err *err) LK_MUST_CHECK;
+
+/* Give back a reference from the matching lk_catalog_peek_*; NULL is a
+ * no-op. */
+void lk_catalog_release_tool(const Latchkey__V1__Tool *tool);
+void lk_catalog_release_type(const Latchkey__V1__CredentialType *type);
+void lk_catalog_release_credential(const Latchkey__V1__Credential *cred);
+void lk_catalog_release_budget(const Latchkey__V1__Budget *budget);
+void lk_catalog_release_binding(const Latchkey__V1__Binding *bind);
+
+/* Reports how many shared records, and how many decoded bytes, the
+ * catalog currently keeps for lk_catalog_peek_* (at most
+ * LK_CATALOG_CACHE_ENTRIES and LK_CATALOG_CACHE_BYTES). */
+void lk_catalog_peek_usage(lk_catalog *c, size_t *entries, size_t *bytes);
 
 /* Listings: call fn for every record of the kind in id order, handing it
  * ownership. LK_INTERNAL (naming the key) when a record does not decode;

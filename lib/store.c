@@ -368,6 +368,10 @@ done:
   return st;
 }
 
+uint64_t lk_store_generation(lk_store *s) {
+  return atomic_load(&s->gen);
+}
+
 void lk_store_value_free(unsigned char *val, size_t len) {
   if (val == NULL) {
     return;

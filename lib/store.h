@@ -17,6 +17,7 @@
 #define LK_STORE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "lib/status.h"
 
@@ -42,6 +43,13 @@ void lk_store_close(lk_store *s);
  * *len. LK_NOT_FOUND (with *val NULL) when the key is absent. */
 lk_status lk_store_get(lk_store *s, const char *key, unsigned char **val,
                        size_t *len, lk_err *err) LK_MUST_CHECK;
+
+/* Returns the store's write generation: a counter that every put, delete
+ * and batch write bumps after RocksDB applied it and before it returns
+ * (failed writes too). A value read after taking generation g reflects
+ * every write that had returned by then, so a copy of it tagged g stays
+ * exact while lk_store_generation still returns g. */
+uint64_t lk_store_generation(lk_store *s);
 
 /* Wipes the len bytes of a value from lk_store_get, then frees it; NULL ok. */
 void lk_store_value_free(unsigned char *val, size_t len);

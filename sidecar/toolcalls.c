@@ -85,10 +85,10 @@ typedef struct {
   json_t *hashes;         /* field name -> audit hash, or NULL */
   const char *hash_error; /* static text when hashes is NULL, or NULL */
   /* oauth2 credential: what a retry after a 401 needs. */
-  int may_refresh;           /* not yet refused, not yet retried */
-  int retried;               /* the request in flight is the retry */
-  uint64_t oauth_generation; /* of the token sent first */
-  Latchkey__V1__Tool *tool_rec;
+  int may_refresh;                    /* not yet refused, not yet retried */
+  int retried;                        /* the request in flight is the retry */
+  uint64_t oauth_generation;          /* of the token sent first */
+  const Latchkey__V1__Tool *tool_rec; /* shared: released, not freed */
   const Latchkey__V1__Operation *op_rec; /* in tool_rec */
   json_t *args;
   int64_t call_deadline_ms;
@@ -235,13 +235,13 @@ static lk_status check_id(const char *what, const char *id, lk_err *err) {
 
 /* Step 1: the budget exists, lists this agent, and is not paused. */
 static lk_status authorize(lk_toolcalls *t, const char *budget_id,
-                           Latchkey__V1__Budget **out, lk_err *err) {
+                           const Latchkey__V1__Budget **out, lk_err *err) {
   *out = NULL;
   lk_status st = check_id("budget_id", budget_id, err);
   if (st != LK_OK)
     return st;
-  Latchkey__V1__Budget *b = NULL;
-  st = lk_catalog_get_budget(t->cat, budget_id, &b, err);
+  const Latchkey__V1__Budget *b = NULL;
+  st = lk_catalog_peek_budget(t->cat, budget_id, &b, err);
   if (st == LK_NOT_FOUND) {
     return lk_fail(err, LK_NOT_FOUND,
                    "budget '%s' does not exist: ask the account owner to "
@@ -256,14 +256,14 @@ static lk_status authorize(lk_toolcalls *t, const char *budget_id,
       listed = 1;
   }
   if (!listed) {
-    lk_catalog_free_budget(b);
+    lk_catalog_release_budget(b);
     return lk_fail(err, LK_PERMISSION_DENIED,
                    "budget '%s' is not available to agent '%s': use a budget "
                    "of this agent, or ask the owner to add the agent to it",
                    budget_id, t->cfg.agent_id);
   }
   if (b->paused) {
-    lk_catalog_free_budget(b);
+    lk_catalog_release_budget(b);
     return lk_fail(err, LK_FAILED_PRECONDITION,
                    "budget '%s' is paused: ask the owner to resume it "
                    "(latchkeyctl budget resume %s)",
@@ -278,24 +278,24 @@ static lk_status authorize(lk_toolcalls *t, const char *budget_id,
  * neither exists (or the bound credential is gone or of another type). */
 static lk_status resolve(lk_toolcalls *t, const char *budget,
                          const Latchkey__V1__Tool *tool,
-                         Latchkey__V1__Credential **out, lk_err *err) {
+                         const Latchkey__V1__Credential **out, lk_err *err) {
   *out = NULL;
-  Latchkey__V1__Binding *bind = NULL;
+  const Latchkey__V1__Binding *bind = NULL;
   lk_status st =
-      lk_catalog_get_binding_tool(t->cat, budget, tool->id, &bind, err);
+      lk_catalog_peek_binding_tool(t->cat, budget, tool->id, &bind, err);
   if (st == LK_NOT_FOUND) {
-    st = lk_catalog_get_binding_type(t->cat, budget, tool->credential_type,
-                                     &bind, err);
+    st = lk_catalog_peek_binding_type(t->cat, budget, tool->credential_type,
+                                      &bind, err);
   }
   if (st != LK_OK)
     return st;
-  Latchkey__V1__Credential *cred = NULL;
-  st = lk_catalog_get_credential(t->cat, bind->credential_id, &cred, err);
-  lk_catalog_free_binding(bind);
+  const Latchkey__V1__Credential *cred = NULL;
+  st = lk_catalog_peek_credential(t->cat, bind->credential_id, &cred, err);
+  lk_catalog_release_binding(bind);
   if (st != LK_OK)
     return st;
   if (strcmp(cred->type, tool->credential_type) != 0) {
-    lk_catalog_free_credential(cred);
+    lk_catalog_release_credential(cred);
     return lk_fail(err, LK_NOT_FOUND, "bound credential has another type");
   }
   *out = cred;
@@ -670,7 +670,7 @@ static void pending_free(pending *p) {
   free(p->cred_id);
   json_decref(p->hashes);
   json_decref(p->args);
-  lk_catalog_free_tool(p->tool_rec);
+  lk_catalog_release_tool(p->tool_rec);
   free(p->first);
   free(p);
 }
@@ -960,7 +960,7 @@ static void retry_call(pending *p) {
   lk_toolcalls *t = p->t;
   lk_err err;
   lk_err_clear(&err);
-  Latchkey__V1__Credential *cred = NULL;
+  const Latchkey__V1__Credential *cred = NULL;
   Latchkey__V1__CredentialType *type = NULL;
   lk_field fields[MAX_FIELDS];
   size_t n_fields = 0;
@@ -1034,7 +1034,7 @@ done:
   wipe_fields(fields, n_fields);
   lk_http_request_destroy(req);
   lk_scrubber_destroy(scrub);
-  lk_catalog_free_credential(cred);
+  lk_catalog_release_credential(cred);
   lk_catalog_free_type(type);
 }
 
@@ -1153,10 +1153,11 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
   size_t req_len = 0;
   const unsigned char *req_bytes = lk_rpc_call_request(call, &req_len);
   Latchkey__V1__ToolCallRequest *rq = NULL;
-  Latchkey__V1__Budget *budget = NULL;
-  Latchkey__V1__Tool *tool = NULL;
-  Latchkey__V1__CredentialType *type = NULL;
-  Latchkey__V1__Credential *cred = NULL;
+  /* Shared catalog records (lk_catalog_peek_*): released, not freed. */
+  const Latchkey__V1__Budget *budget = NULL;
+  const Latchkey__V1__Tool *tool = NULL;
+  const Latchkey__V1__CredentialType *type = NULL;
+  const Latchkey__V1__Credential *cred = NULL;
   json_t *args = NULL;
   lk_field fields[MAX_FIELDS];
   size_t n_fields = 0;
@@ -1184,7 +1185,7 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
   st = check_id("tool_id", rq->tool_id, &err);
   if (st != LK_OK)
     goto fail;
-  st = lk_catalog_get_tool(t->cat, rq->tool_id, &tool, &err);
+  st = lk_catalog_peek_tool(t->cat, rq->tool_id, &tool, &err);
   if (st == LK_NOT_FOUND) {
     st = lk_fail(&err, LK_NOT_FOUND,
                  "tool '%s' is not registered: list the tools of budget '%s' "
@@ -1236,7 +1237,7 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
       reply_expired(t, call, budget->id, tool, op->name, start_us, cred, &err);
       goto done;
     }
-    st = lk_catalog_get_type(t->cat, tool->credential_type, &type, &err);
+    st = lk_catalog_peek_type(t->cat, tool->credential_type, &type, &err);
     if (st != LK_OK)
       goto fail;
     st = unseal_fields(t, cred, fields, &n_fields, &err);
@@ -1247,7 +1248,7 @@ static void handle_call(lk_toolcalls *t, lk_rpc_call *call) {
        * and the store now holds it sealed to the new one. Once more. */
       wipe_fields(fields, n_fields);
       n_fields = 0;
-      lk_catalog_free_credential(cred);
+      lk_catalog_release_credential(cred);
       cred = NULL;
       st = resolve(t, budget->id, tool, &cred, &err);
       if (st == LK_OK && lk_oauth_credential_is_oauth2(cred) &&
@@ -1346,10 +1347,10 @@ done:
   lk_http_request_destroy(req);
   lk_scrubber_destroy(scrub);
   json_decref(args);
-  lk_catalog_free_credential(cred);
-  lk_catalog_free_type(type);
-  lk_catalog_free_tool(tool);
-  lk_catalog_free_budget(budget);
+  lk_catalog_release_credential(cred);
+  lk_catalog_release_type(type);
+  lk_catalog_release_tool(tool);
+  lk_catalog_release_budget(budget);
   if (rq != NULL) {
     latchkey__v1__tool_call_request__free_unpacked(rq, NULL);
   }
@@ -1371,7 +1372,7 @@ static int credential_ready(lk_toolcalls *t, const char *budget,
                             const Latchkey__V1__Tool *tool) {
   if (tool->credential_type[0] == '\0')
     return 1;
-  Latchkey__V1__Credential *cred = NULL;
+  const Latchkey__V1__Credential *cred = NULL;
   lk_err ignored;
   if (resolve(t, budget, tool, &cred, &ignored) != LK_OK)
     return 0;
@@ -1379,7 +1380,7 @@ static int credential_ready(lk_toolcalls *t, const char *budget,
    * until it is refreshed or re-authorised: not ready either. */
   int ready = !(lk_oauth_credential_is_oauth2(cred) &&
                 lk_oauth_expired(cred, lk_wall_ms()));
-  lk_catalog_free_credential(cred);
+  lk_catalog_release_credential(cred);
   return ready;
 }
 
@@ -1462,7 +1463,7 @@ static void handle_list_tools(lk_toolcalls *t, lk_rpc_call *call) {
   lk_err_clear(&err);
   size_t req_len = 0;
   const unsigned char *req_bytes = lk_rpc_call_request(call, &req_len);
-  Latchkey__V1__Budget *budget = NULL;
+  const Latchkey__V1__Budget *budget = NULL;
   list_ctx lc = {t, NULL, NULL, 0, 0, LK_OK, &err};
   Latchkey__V1__ListToolsRequest *rq =
       latchkey__v1__list_tools_request__unpack(NULL, req_len, req_bytes);
@@ -1504,7 +1505,7 @@ out:
   for (size_t i = 0; i < lc.n; i++)
     free_info(lc.infos[i]);
   free(lc.infos);
-  lk_catalog_free_budget(budget);
+  lk_catalog_release_budget(budget);
   if (rq != NULL)
     latchkey__v1__list_tools_request__free_unpacked(rq, NULL);
 }
