@@ -47,9 +47,10 @@ void lk_heap_trimmer_destroy(lk_heap_trimmer *t);
  * when another thread is trimming right now); safe from any thread. */
 int lk_heap_trim_if_slack(lk_heap_trimmer *t);
 
-/* The process's resident anonymous memory less what malloc has in use, in
- * bytes: free heap still resident, plus stacks and other anonymous
- * mappings (exposed for the trimmer's tests). */
+/* The process's resident anonymous memory less what malloc has in use
+ * inside its arenas, in bytes: free heap still resident, plus stacks, the
+ * resident pages of mapped blocks and other anonymous mappings (exposed
+ * for the trimmer's tests). */
 size_t lk_heap_resident_slack(void);
 
 #endif

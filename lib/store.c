@@ -5,7 +5,7 @@
  *  - RocksDB reports errors through a malloc'd errptr string; store_fail is
  *    the one place that turns such a string into an lk_err and frees it.
  *  - Memory stays small for a sidecar with a 30 MB RSS target
- *    (docs/PERFORMANCE.md, "Memory"): one 2 MiB LRU block cache that also
+ *    (docs/PERFORMANCE.md, "Memory"): one 1 MiB LRU block cache that also
  *    holds index and filter blocks, 1 MiB write buffers (two at most), a
  *    bounded number of open files. 100,000 bindings are about 5 MB of
  *    SST; a block the cache drops is read again from the kernel's page
@@ -49,7 +49,7 @@
 
 #include "lib/secret.h"
 
-#define STORE_BLOCK_CACHE_BYTES (2u * 1024u * 1024u)
+#define STORE_BLOCK_CACHE_BYTES (1u * 1024u * 1024u)
 #define STORE_WRITE_BUFFER_BYTES (1u * 1024u * 1024u)
 #define STORE_MAX_OPEN_FILES 256
 #define STORE_LOG_FILE_BYTES (1u * 1024u * 1024u)
