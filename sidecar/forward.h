@@ -56,8 +56,9 @@ typedef struct {
    * the transfer: monotonic µs when the request started to be written to
    * the connection (after any new connection's TCP and TLS set-up, which
    * is network time), and when the whole answer had been read. The time
-   * between them is the vendor's and the network's; the rest of a call is
-   * the sidecar's own (DESIGN §9's sidecar-internal time). 0 otherwise. */
+   * between them is the vendor's and the network's (and any time the answer
+   * waited for the busy forwarder to read it); the rest of a call is the
+   * sidecar's own (DESIGN §9's sidecar-internal time). 0 otherwise. */
   int64_t sent_us;
   int64_t answered_us;
 } lk_forward_result;
