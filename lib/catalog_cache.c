@@ -202,8 +202,8 @@ static rec *lookup(lk_catalog_cache *cc, const char *key, size_t klen,
     hit = *slot;
     atomic_fetch_add_explicit(&hit->refs, 1, memory_order_relaxed);
     hit->tick = ++cc->tick;
-  } else if (slot != NULL) {
-    drop_slot(cc, slot);
+  } else if (slot != NULL && (*slot)->gen < gen) {
+    drop_slot(cc, slot); /* stale; a newer one (a slower reader's) stays */
   }
   pthread_mutex_unlock(&cc->mu);
   return hit;

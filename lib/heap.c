@@ -23,9 +23,10 @@
  *    mostly never touched): after a bulk load the trimmer then saw 0.3 MB
  *    of slack where malloc_trim still returned 1.1 to 1.6 MB. Left out,
  *    a mapped block that fills up (a RocksDB memtable) can cost one
- *    trim that returns little, at most once per slack of growth. A check is one
- * small /proc read and one mallinfo2 walk; malloc_trim runs only after a burst,
- * so a steady load does not keep returning and refaulting pages.
+ *    trim that returns little, at most once per slack of growth. A check
+ *    is one small /proc read and one mallinfo2 walk; malloc_trim runs only
+ *    after a burst, so a steady load does not keep returning and
+ *    refaulting pages.
  *  - trylock: a thread that finds another one trimming just goes on.
  */
 #include "lib/heap.h"

@@ -34,6 +34,7 @@
 #include <curl/curl.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -192,6 +193,7 @@ typedef struct transfer {
   int body_too_large;
   int head_too_large;
   int allow_private;
+  int poolable; /* no credential in the URL or basic auth: see easy_give_back */
   addr_class refused;  /* ADDR_PUBLIC, or why a connect was refused */
   int refused_at_send; /* refused by the pre-request check */
   char refused_addr[INET6_ADDRSTRLEN];
@@ -220,6 +222,7 @@ struct lk_forwarder {
   CURL *idle_easy[EASY_POOL_MAX];
   size_t n_idle_easy;
   int64_t last_done_ms; /* when a handle last went back to the pool */
+  atomic_size_t pooled; /* n_idle_easy, for lk_forwarder_pooled */
 };
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userp) {
@@ -328,33 +331,43 @@ static int on_prereq(void *clientp, char *primary_ip, char *local_ip,
 static void easy_pool_drain(lk_forwarder *f) {
   while (f->n_idle_easy > 0)
     curl_easy_cleanup(f->idle_easy[--f->n_idle_easy]);
+  atomic_store(&f->pooled, 0);
 }
 
 /* A handle for a new transfer: a pooled one (reset when it was pooled, so
  * it carries no option of its last transfer) or a fresh one. */
 static CURL *easy_take(lk_forwarder *f) {
-  if (f->n_idle_easy > 0)
-    return f->idle_easy[--f->n_idle_easy];
+  if (f->n_idle_easy > 0) {
+    CURL *e = f->idle_easy[--f->n_idle_easy];
+    atomic_store(&f->pooled, f->n_idle_easy);
+    return e;
+  }
   return curl_easy_init();
 }
 
 /* Takes back e, no longer in the multi handle: reset to curl's defaults at
  * once, so no header list, credential, body or callback pointer of the
- * finished transfer survives, then pooled, or freed when the pool is
- * full. */
-static void easy_give_back(lk_forwarder *f, CURL *e) {
+ * finished transfer survives, then pooled, or freed when the pool is full
+ * or the request put a credential where curl keeps copies of it past a
+ * reset (the URL it parsed and the user name and password of basic
+ * authentication stay in the handle's own state until it is reused or
+ * freed; header values and bodies do not). Freed means wiped
+ * (lib/wipealloc). */
+static void easy_give_back(lk_forwarder *f, CURL *e, int poolable) {
   f->last_done_ms = lk_now_ms();
-  if (f->n_idle_easy == EASY_POOL_MAX) {
+  if (!poolable || f->n_idle_easy == EASY_POOL_MAX) {
     curl_easy_cleanup(e);
+    atomic_store(&f->pooled, f->n_idle_easy);
     return;
   }
   curl_easy_reset(e);
   f->idle_easy[f->n_idle_easy++] = e;
+  atomic_store(&f->pooled, f->n_idle_easy);
 }
 
 static void transfer_free(transfer *t) {
   if (t->easy != NULL)
-    easy_give_back(t->f, t->easy);
+    easy_give_back(t->f, t->easy, t->poolable);
   if (t->headers != NULL) {
     /* Header copies live in curl's (wiping) allocator; free wipes them.
      * The handle was reset first, so curl holds no pointer to them. */
@@ -680,6 +693,7 @@ lk_status lk_forwarder_new(const lk_forward_opts *opts, lk_forwarder **out,
   lk_forwarder *f = calloc(1, sizeof(*f));
   if (f == NULL)
     return lk_fail(err, LK_RESOURCE_EXHAUSTED, "out of memory");
+  atomic_init(&f->pooled, 0);
   f->opts = *opts;
   if (f->opts.max_connections <= 0)
     f->opts.max_connections = 64;
@@ -727,6 +741,7 @@ void lk_forwarder_submit(lk_forwarder *f, const lk_http_request *req,
   }
   t->f = f;
   t->req = req;
+  t->poolable = req->userpwd == NULL && !req->url_has_credential;
   t->allow_private = allow_private;
   t->deadline_ms = deadline_ms;
   t->cancelled = cancelled;
@@ -763,4 +778,8 @@ void lk_forwarder_destroy(lk_forwarder *f) {
   curl_slist_free_all(f->resolve);
   pthread_mutex_destroy(&f->mu);
   free(f);
+}
+
+size_t lk_forwarder_pooled(lk_forwarder *f) {
+  return atomic_load(&f->pooled);
 }

@@ -91,6 +91,11 @@ void lk_forwarder_submit(lk_forwarder *f, const lk_http_request *req,
                          lk_forward_cancelled cancelled, lk_forward_done done,
                          void *ctx);
 
+/* Returns how many reset easy handles the forwarder keeps for reuse (for
+ * tests: a request with a credential in its URL or basic authentication
+ * never leaves its handle in the pool). */
+size_t lk_forwarder_pooled(lk_forwarder *f);
+
 /* Stops the thread, failing every queued or running transfer with
  * LK_UNAVAILABLE through its callback, and frees f; NULL is ignored. */
 void lk_forwarder_destroy(lk_forwarder *f);

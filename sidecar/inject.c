@@ -649,6 +649,7 @@ static lk_status build_url(lk_http_request *r, const Latchkey__V1__Tool *tool,
     }
     st = em_str(&e, ENC_RAW, has_query ? "&" : "?", err);
     has_query = 1;
+    r->url_has_credential = 1;
     if (st == LK_OK) {
       st = em_str(&e, ENC_QUERY, rule->name, err);
     }

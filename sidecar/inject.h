@@ -71,9 +71,10 @@ typedef struct lk_http_request {
   char method[8]; /* "GET", "POST", ... NUL-terminated */
   lk_secret *url; /* base_url + expanded path + query string */
   size_t n_headers;
-  lk_secret **headers; /* "Name: value" lines, ready for curl_slist */
-  lk_secret *body;     /* JSON body, or NULL */
-  lk_secret *userpwd;  /* "user:pass" for a basic rule, else NULL */
+  lk_secret **headers;    /* "Name: value" lines, ready for curl_slist */
+  lk_secret *body;        /* JSON body, or NULL */
+  lk_secret *userpwd;     /* "user:pass" for a basic rule, else NULL */
+  int url_has_credential; /* a query rule put a credential value in url */
 } lk_http_request;
 
 /* Builds op's request to tool->base_url from args (as returned by

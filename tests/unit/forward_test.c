@@ -1072,6 +1072,57 @@ static void test_reused_connection_is_checked_for_each_request(void **state) {
  * request carries over to the next: not its headers, credentials, method,
  * body or HEAD mode, and not its permission to reach private addresses,
  * neither on a new connection (127.0.0.2) nor on the keep-alive one. */
+/* Waits (bounded) until f keeps want handles for reuse. */
+static void wait_pooled(lk_forwarder *f, size_t want) {
+  int64_t end = lk_now_ms() + 2000;
+  while (lk_forwarder_pooled(f) != want) {
+    if (lk_now_ms() > end)
+      fail_msg("the forwarder keeps %zu handles, not %zu",
+               lk_forwarder_pooled(f), want);
+    usleep(1000);
+  }
+}
+
+/* curl keeps the parsed URL and basic authentication's user name and
+ * password in a handle's own state past curl_easy_reset: a handle that
+ * carried a credential there is freed (wiped), never kept for reuse. The
+ * handle goes back right after the callback, on the forwarder thread, so
+ * 200 ms is far longer than it takes. */
+static void test_handles_with_a_credential_in_url_or_basic_auth_are_freed(
+    void **state) {
+  fx *x = *state;
+  outcome o = {0};
+  assert_int_equal(lk_forwarder_pooled(x->f), 0);
+  run_one(x->f, "GET", "/headers", NULL, NULL, NULL, 20000, &o);
+  assert_int_equal(o.http_status, 200);
+  outcome_clear(&o);
+  wait_pooled(x->f, 1);
+
+  run_one(x->f, "GET", "/headers", NULL, NULL, "user:pass", 20000, &o);
+  assert_int_equal(o.http_status, 200);
+  outcome_clear(&o);
+  usleep(200 * 1000);
+  assert_int_equal(lk_forwarder_pooled(x->f), 0);
+
+  run_one(x->f, "GET", "/headers", NULL, NULL, NULL, 20000, &o);
+  outcome_clear(&o);
+  wait_pooled(x->f, 1);
+
+  char url[256];
+  request q;
+  url_for(url, sizeof(url), "/headers?api_key=query-secret");
+  request_init(&q, "GET", url, NULL, NULL, NULL);
+  q.r.url_has_credential = 1;
+  lk_forwarder_submit(x->f, &q.r, 1, lk_now_ms() + 20000, on_cancelled, on_done,
+                      &o);
+  wait_done(&o, 1);
+  request_clear(&q);
+  assert_int_equal(o.http_status, 200);
+  outcome_clear(&o);
+  usleep(200 * 1000);
+  assert_int_equal(lk_forwarder_pooled(x->f), 0);
+}
+
 static void test_reused_handle_keeps_nothing_of_the_last_request(void **state) {
   fx *x = *state;
   char url[256];
@@ -1207,6 +1258,9 @@ int main(void) {
           test_allowed_name_connects_to_the_address_it_resolved_to),
       cmocka_unit_test_setup_teardown(
           test_reused_connection_is_checked_for_each_request, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_handles_with_a_credential_in_url_or_basic_auth_are_freed, setup,
+          teardown),
       cmocka_unit_test_setup_teardown(
           test_reused_handle_keeps_nothing_of_the_last_request, setup,
           teardown),

@@ -207,6 +207,7 @@ static void query_rule_appends_encoded_parameter(void **state) {
       build(&f, 1, "{\"city\":\"Paris\",\"days\":3}", LK_OK, &err);
   assert_string_equal(lk_secret_str(r->url), BASE
                       "/v1/forecast/Paris?days=3&key=ab%20c%26d%3De%2Bf%2F");
+  assert_true(r->url_has_credential); /* so forward.c never pools it */
   assert_int_equal(r->n_headers, 0);
   assert_null(r->body);
   lk_http_request_destroy(r);
@@ -540,6 +541,7 @@ static void query_values_cannot_inject_parameters_or_headers(void **state) {
   assert_string_equal(lk_secret_str(r->url), BASE
                       "/s?q=x%26key%3Devil%23frag%3Fy%3D1%3Bz%0D%0AX-Api-"
                       "Key%3A%20evil%5C%20%252e%252e%2F");
+  assert_false(r->url_has_credential); /* the agent's own query only */
   assert_int_equal(r->n_headers, 0);
   lk_http_request_destroy(r);
 }
